@@ -1,0 +1,277 @@
+"""Task registry: one YAML file per task, validated with pydantic on load.
+
+A task YAML says what the task is (type, description, prompt template, labels or tools), how it
+is scored, where its data comes from, and which models play which role under each profile.
+Add a task by dropping ``<name>.yaml`` into ``distil_platform/tasks/`` (or the directory named by
+env ``DISTIL_TASKS_DIR``) plus its data; see README "Adding a task".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from distil_platform.paths import PACKAGE_DIR
+
+TaskType = Literal["classification", "tool_calling", "text2sql", "open_book_qa", "generation"]
+MetricName = Literal[
+    "exact_match", "tool_call_equivalence", "sql_execution_match", "llm_judge", "token_f1"
+]
+
+DEFAULT_METRIC: dict[str, str] = {
+    "classification": "exact_match",
+    "tool_calling": "tool_call_equivalence",
+    "text2sql": "sql_execution_match",
+    "open_book_qa": "llm_judge",
+    "generation": "llm_judge",
+}
+
+TASK_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class TaskSpecError(ValueError):
+    """A task YAML is malformed. The message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HFSource(_Strict):
+    """A public Hugging Face dataset, loaded with ``datasets.load_dataset``."""
+
+    path: str
+    name: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    question_field: str = "question"
+    answer_field: str = "answer"
+    context_field: str | None = None
+    # Integer labels are mapped to names through the dataset's ClassLabel feature.
+    label_names_from_feature: bool = False
+    # Keep only these labels (e.g. the benchmark's 8-class Banking77 subset); None keeps all.
+    label_subset: list[str] | None = None
+    # Cap rows per split (seed = train, test = test); per label for classification.
+    max_seed_rows: int | None = None
+    max_test_rows: int | None = None
+    revision: str | None = None
+
+
+class DataSources(_Strict):
+    # (1) local directory in the question/answer(/context) jsonl-or-csv layout (train/test files).
+    local_dir: str | None = None
+    # env var overriding local_dir; default DISTIL_DATA_<TASK> (upper-case task name).
+    local_dir_env: str | None = None
+    # (2) public dataset on the Hugging Face hub.
+    hf: HFSource | None = None
+    # (3) sample shipped in the package: distil_platform/data/<sample>/{train,test}.jsonl
+    sample: str | None = None
+    # Unlabelled in-domain text (a csv/jsonl with a `question` or `context` column) that the
+    # teacher may ground generation in.
+    unstructured_file: str | None = None
+
+
+class ModelRef(_Strict):
+    """A model as the platform calls it (litellm model string, or a model-store name when served)."""
+
+    model: str
+    # OpenAI-compatible endpoint; when None and the model is a model-store name it is served locally.
+    api_base: str | None = None
+    # Env var holding the API key (never the key itself).
+    api_key_env: str | None = None
+    temperature: float = 0.0
+    max_tokens: int = 256
+    repeats: int = 1
+    # "mid-tier" frontier models (< $1/MTok input) are what the report compares students against.
+    tier: Literal["frontier", "mid_tier", "baseline", "teacher", "judge"] = "frontier"
+
+
+class PerProfile(_Strict):
+    local: str | None = None
+    gpu: str | None = None
+    test: str | None = None
+
+    def for_profile(self, profile: str) -> str | None:
+        return getattr(self, profile)
+
+
+class TrainingOverrides(_Strict):
+    max_steps: int | None = None
+    learning_rate: float | None = None
+    batch_size: int | None = None
+    max_length: int | None = None
+    use_lora: bool | None = None
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    epochs: float | None = None
+
+
+class SynthesisConfig(_Strict):
+    target: PerProfile = Field(default_factory=PerProfile)
+    seeds_per_request: int = 4
+    examples_per_request: int = 4
+    topics: list[str] = Field(default_factory=list)
+    ground_in_unstructured: bool = False
+    near_duplicate_threshold: float = 0.9
+    decontamination_ngram: int = 8
+    decontamination_threshold: float = 0.5
+    min_accepted: PerProfile = Field(default_factory=PerProfile)
+    temperature: float = 0.8
+
+
+class TaskSpec(_Strict):
+    name: str
+    type: TaskType
+    description: str
+    # Rendered with str.format(question=..., context=...); see prompts.render_user_prompt.
+    prompt_template: str = "{question}"
+    labels: dict[str, str] | None = None
+    tools: list[dict[str, Any]] | None = None
+    metric: MetricName | None = None
+    judge_rubric: str | None = None
+    data: DataSources = Field(default_factory=DataSources)
+    student_base_model: PerProfile = Field(default_factory=PerProfile)
+    teacher: dict[str, ModelRef] = Field(default_factory=dict)  # profile -> teacher
+    judge: ModelRef | None = None
+    comparison_models: list[ModelRef] = Field(default_factory=list)
+    training: TrainingOverrides = Field(default_factory=TrainingOverrides)
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    max_answer_tokens: int = 128
+    latency_slo_s: float = 1.0
+    min_seed_rows: int = 10
+    min_test_rows: int = 20
+    # Where the YAML came from (set by the loader, not by the file).
+    source_file: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not TASK_NAME_RE.match(v):
+            raise ValueError(f"task name {v!r} must be lower snake_case (it becomes an asset key prefix)")
+        return v
+
+    @model_validator(mode="after")
+    def _by_type(self) -> TaskSpec:
+        if self.type == "classification" and not self.labels:
+            raise ValueError("classification tasks need `labels` (name -> description)")
+        if self.type == "tool_calling":
+            if not self.tools:
+                raise ValueError("tool_calling tasks need `tools` (OpenAI function schemas)")
+            for i, tool in enumerate(self.tools):
+                fn = tool.get("function") if isinstance(tool, dict) else None
+                if tool.get("type") != "function" or not isinstance(fn, dict) or "name" not in fn:
+                    raise ValueError(f"tools[{i}] must be {{type: function, function: {{name, parameters}}}}")
+                params = fn.get("parameters", {})
+                if params.get("type", "object") != "object":
+                    raise ValueError(f"tools[{i}].function.parameters must be a JSON-schema object")
+        if self.metric == "llm_judge" and not self.judge_rubric:
+            raise ValueError("metric llm_judge needs a `judge_rubric`")
+        try:
+            self.prompt_template.format(question="q", context="c")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"prompt_template may only use {{question}} and {{context}} (escape braces as {{{{ }}}}): {exc}"
+            ) from exc
+        return self
+
+    # -- derived -----------------------------------------------------------------------------
+    @property
+    def metric_name(self) -> str:
+        return self.metric or DEFAULT_METRIC[self.type]
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [t["function"]["name"] for t in self.tools or []]
+
+    def student_base(self, profile: str) -> str:
+        from distil_platform.profiles import get_profile
+
+        return self.student_base_model.for_profile(profile) or get_profile(profile).default_student_base
+
+    def teacher_for(self, profile: str) -> ModelRef:
+        from distil_platform.profiles import get_profile
+
+        if profile in self.teacher:
+            return self.teacher[profile]
+        return ModelRef(model=get_profile(profile).default_teacher, tier="teacher", temperature=0.8)
+
+    def local_data_dir(self) -> Path | None:
+        env = self.data.local_dir_env or f"DISTIL_DATA_{self.name.upper()}"
+        value = os.environ.get(env) or self.data.local_dir
+        if not value:
+            return None
+        path = Path(value)
+        if not path.is_absolute() and self.source_file:
+            path = Path(self.source_file).parent / path
+        return path
+
+    def sample_dir(self) -> Path:
+        return PACKAGE_DIR / "data" / (self.data.sample or self.name)
+
+
+def tasks_dir() -> Path:
+    return Path(os.environ.get("DISTIL_TASKS_DIR") or PACKAGE_DIR / "tasks")
+
+
+def _format_validation_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid task definition"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        lines.append(f"  field `{loc}`: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_task_file(path: str | Path) -> TaskSpec:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TaskSpecError(f"{path}: task file not found") from None
+    except yaml.YAMLError as exc:
+        raise TaskSpecError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise TaskSpecError(f"{path}: a task file must be a mapping, got {type(raw).__name__}")
+    if "source_file" in raw:
+        raise TaskSpecError(f"{path}: field `source_file` is set by the loader, not by the file")
+    raw.setdefault("name", path.stem)
+    if raw["name"] != path.stem:
+        raise TaskSpecError(f"{path}: field `name` ({raw['name']!r}) must match the file name ({path.stem!r})")
+    try:
+        return TaskSpec(**raw, source_file=str(path.resolve()))
+    except ValidationError as exc:
+        raise TaskSpecError(_format_validation_error(path, exc)) from None
+
+
+def load_tasks(directory: str | Path | None = None) -> dict[str, TaskSpec]:
+    """All tasks in ``directory`` (default: :func:`tasks_dir`), keyed by name, sorted."""
+    directory = Path(directory) if directory else tasks_dir()
+    if not directory.is_dir():
+        raise TaskSpecError(f"{directory}: task directory does not exist")
+    specs = {}
+    for path in sorted(directory.glob("*.yaml")):
+        spec = load_task_file(path)
+        specs[spec.name] = spec
+    if not specs:
+        raise TaskSpecError(f"{directory}: no *.yaml task files")
+    return specs
+
+
+@lru_cache(maxsize=8)
+def _cached(directory: str) -> dict[str, TaskSpec]:
+    return load_tasks(directory)
+
+
+def get_task(name: str, directory: str | Path | None = None) -> TaskSpec:
+    specs = _cached(str(Path(directory) if directory else tasks_dir()))
+    if name not in specs:
+        raise KeyError(f"unknown task {name!r}; known: {', '.join(specs)}")
+    return specs[name]
