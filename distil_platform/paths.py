@@ -43,7 +43,13 @@ def checkpoints_dir(*parts: str) -> Path:
 
 
 def models_dir(*parts: str) -> Path:
-    """``$DAGSTER_HOME/models/<parts>``: cached base models (created)."""
+    """Cached base models: ``$DISTIL_MODELS_DIR`` if set (share one cache across homes), else
+    ``$DAGSTER_HOME/models/<parts>`` (created)."""
+    override = os.environ.get("DISTIL_MODELS_DIR")
+    if override:
+        path = Path(override).joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
     return _sub("models", *parts)
 
 

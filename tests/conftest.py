@@ -15,8 +15,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_BENCHMARK = REPO_ROOT.parent / "shared" / "benchmark" / "related"
 
 
+@pytest.fixture(scope="session")
+def _shared_models_dir(tmp_path_factory) -> Path:
+    # Base models (tiny-qwen3, dequantised SmolLM2) are built once per test session.
+    return Path(os.environ.get("DISTIL_TEST_MODELS_DIR") or tmp_path_factory.mktemp("models"))
+
+
 @pytest.fixture(autouse=True)
-def _isolated_dagster_home(tmp_path, monkeypatch):
+def _isolated_dagster_home(tmp_path, monkeypatch, _shared_models_dir):
+    monkeypatch.setenv("DISTIL_MODELS_DIR", str(_shared_models_dir))
     home = tmp_path / "dagster_home"
     home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(home))
