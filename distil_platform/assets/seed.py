@@ -1,0 +1,180 @@
+"""Seed-set asset ``<task>``: seed (train) and test splits as Parquet, plus blocking checks."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from distil_platform import paths
+from distil_platform.resources.store import ResultsStoreResource
+from distil_platform.store import seed_sets
+from distil_platform.taskspec import TaskSpec
+from distil_platform.validation import find_overlaps, validate_frame
+
+from .metadata import table_metadata
+
+
+class InvalidSeedSetError(ValueError):
+    """Rows that are not valid for the task. The message names file, row and field."""
+
+
+def _frame_hash(*frames: pl.DataFrame) -> str:
+    h = hashlib.sha256()
+    for df in frames:
+        for row in df.select("id", "question", "answer", "context").iter_rows():
+            h.update("\x1f".join(row).encode())
+            h.update(b"\x1e")
+    return h.hexdigest()
+
+
+def describe_invalid(spec: TaskSpec, df: pl.DataFrame, split: str, origin: str) -> list[str]:
+    return [
+        f"{origin} ({split}) row {idx + 1} id={row_id!r} field `{field}`: {reason}"
+        for idx, row_id, field, reason in validate_frame(spec, df)
+    ]
+
+
+def label_distribution(spec: TaskSpec, df: pl.DataFrame) -> dict[str, int]:
+    """Labels for classification, tool names for tool calling; empty otherwise."""
+    if spec.type == "classification":
+        return dict(Counter(df["answer"].to_list()).most_common())
+    if spec.type == "tool_calling":
+        import json
+
+        names = []
+        for answer in df["answer"].to_list():
+            try:
+                names.append(json.loads(answer).get("name", "?"))
+            except (ValueError, AttributeError):
+                names.append("?")
+        return dict(Counter(names).most_common())
+    return {}
+
+
+def build_seed_set_asset(spec: TaskSpec) -> list:
+    task = spec.name
+
+    @dg.asset(
+        key=dg.AssetKey(task),
+        group_name=task,
+        kinds={"polars", "parquet"},
+        description=f"Seed (train) and test splits of `{task}` ({spec.type}), Parquet under "
+        f"$DAGSTER_HOME/artifacts/{task}/seed_set/<run id>/.",
+        metadata={"task_type": spec.type, "metric": spec.metric_name, "task_file": spec.source_file or ""},
+    )
+    def seed_set(context: dg.AssetExecutionContext, results_store: ResultsStoreResource) -> dg.Output[dict]:
+        from distil_platform.datasources import load_seed_and_test
+
+        data = load_seed_and_test(spec)
+        origin = data.source
+        context.log.info(f"{task}: loaded {data.seed.height} seed / {data.test.height} test rows from {origin}")
+        # A bad row fails the run before anything is written, so the last good materialisation stays.
+        problems = describe_invalid(spec, data.seed, "seed", origin) + describe_invalid(
+            spec, data.test, "test", origin
+        )
+        if problems:
+            shown = "\n".join(problems[:20])
+            more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            raise InvalidSeedSetError(f"{task}: {len(problems)} invalid row(s):\n{shown}{more}")
+
+        out_dir = paths.artifacts_dir(task, "seed_set", context.run_id)
+        seed_path, test_path = out_dir / "seed.parquet", out_dir / "test.parquet"
+        data.seed.write_parquet(seed_path)
+        data.test.write_parquet(test_path)
+        unstructured_path = None
+        if data.unstructured is not None and data.unstructured.height:
+            unstructured_path = out_dir / "unstructured.parquet"
+            data.unstructured.write_parquet(unstructured_path)
+
+        content_hash = _frame_hash(data.seed, data.test)
+        results_store.store().insert(
+            seed_sets,
+            [dict(task=task, run_id=context.run_id, source=origin, n_seed=data.seed.height,
+                  n_test=data.test.height, seed_path=str(seed_path), test_path=str(test_path),
+                  content_hash=content_hash)],
+        )
+        value = {
+            "seed_path": str(seed_path),
+            "test_path": str(test_path),
+            "unstructured_path": str(unstructured_path) if unstructured_path else None,
+            "source": origin,
+            "content_hash": content_hash,
+        }
+        dist = label_distribution(spec, data.seed)
+        metadata = {
+            "source": origin,
+            "n_seed": data.seed.height,
+            "n_test": data.test.height,
+            "n_unstructured": data.unstructured.height if data.unstructured is not None else 0,
+            "seed_path": dg.MetadataValue.path(str(seed_path)),
+            "test_path": dg.MetadataValue.path(str(test_path)),
+            "content_hash": content_hash[:16],
+            "seed_sample": table_metadata(data.seed.to_dicts(), ["id", "question", "answer"]),
+        }
+        if dist:
+            metadata["seed_label_distribution"] = dg.MetadataValue.json(dist)
+            metadata["test_label_distribution"] = dg.MetadataValue.json(label_distribution(spec, data.test))
+        return dg.Output(value, metadata=metadata, data_version=dg.DataVersion(content_hash[:32]))
+
+    @dg.asset_check(asset=seed_set, name="rows_valid", blocking=True,
+                    description="Every seed and test row is valid for the task type.")
+    def rows_valid(seed_set: dict) -> dg.AssetCheckResult:
+        return check_rows_valid(spec, seed_set)
+
+    @dg.asset_check(asset=seed_set, name="no_seed_test_leakage", blocking=True,
+                    description="No test question also appears (after normalisation) among the seeds.")
+    def no_leakage(seed_set: dict) -> dg.AssetCheckResult:
+        return check_no_leakage(seed_set)
+
+    @dg.asset_check(asset=seed_set, name="minimum_sizes", blocking=True,
+                    description="Enough seed and test rows for training and a meaningful CI.")
+    def minimum_sizes(seed_set: dict) -> dg.AssetCheckResult:
+        return check_minimum_sizes(spec, seed_set)
+
+    return [seed_set, rows_valid, no_leakage, minimum_sizes]
+
+
+# The check bodies are plain functions so tests can run them on planted data.
+def check_rows_valid(spec: TaskSpec, seed_set: dict) -> dg.AssetCheckResult:
+    problems = []
+    for split in ("seed", "test"):
+        path = seed_set[f"{split}_path"]
+        problems += describe_invalid(spec, pl.read_parquet(path), split, path)
+    return dg.AssetCheckResult(
+        passed=not problems,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"n_invalid": len(problems), "first_problems": dg.MetadataValue.md("\n".join(
+            f"- {p}" for p in problems[:10]) or "none")},
+    )
+
+
+def check_no_leakage(seed_set: dict) -> dg.AssetCheckResult:
+    seed = pl.read_parquet(seed_set["seed_path"])
+    test = pl.read_parquet(seed_set["test_path"])
+    overlaps = find_overlaps(seed, test)
+    return dg.AssetCheckResult(
+        passed=not overlaps,
+        metadata={"n_overlapping_pairs": len(overlaps),
+                  "examples": dg.MetadataValue.json([list(p) for p in overlaps[:10]])},
+    )
+
+
+def check_minimum_sizes(spec: TaskSpec, seed_set: dict) -> dg.AssetCheckResult:
+    n_seed = pl.read_parquet(seed_set["seed_path"]).height
+    n_test = pl.read_parquet(seed_set["test_path"]).height
+    return dg.AssetCheckResult(
+        passed=n_seed >= spec.min_seed_rows and n_test >= spec.min_test_rows,
+        metadata={"n_seed": n_seed, "n_test": n_test, "min_seed_rows": spec.min_seed_rows,
+                  "min_test_rows": spec.min_test_rows},
+    )
+
+
+def read_split(seed_set: dict, split: str) -> pl.DataFrame:
+    path = seed_set.get(f"{split}_path")
+    if not path or not Path(path).exists():
+        raise FileNotFoundError(f"seed set has no {split} split on disk ({path}); re-materialise the seed set")
+    return pl.read_parquet(path)

@@ -1,0 +1,58 @@
+"""The Dagster Definitions: every task's asset graph, shared cost/report assets, sensor, schedule.
+
+Loading this module reads the task YAMLs and builds the graph; it imports no ML library
+(torch, transformers, vllm, litellm are imported inside the assets that use them).
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+# No price map is fetched over the network at import (litellm would otherwise try).
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from distil_platform.assets import build_task_assets  # noqa: E402
+from distil_platform.assets.costs import build_shared_cost_assets  # noqa: E402
+from distil_platform.profiles import get_profile  # noqa: E402
+from distil_platform.resources import (  # noqa: E402
+    LLMResource,
+    ModelStoreResource,
+    ResultsStoreResource,
+    ServingResource,
+)
+from distil_platform.sensors import build_sensors_and_schedules  # noqa: E402
+from distil_platform.taskspec import load_tasks  # noqa: E402
+
+
+def build_definitions() -> dg.Definitions:
+    specs = load_tasks()
+    profile = get_profile()
+    assets_and_checks: list = []
+    for spec in specs.values():
+        assets_and_checks += build_task_assets(spec)
+    assets_and_checks += build_shared_cost_assets(list(specs))
+    assets = [a for a in assets_and_checks if isinstance(a, dg.AssetsDefinition) and not _is_check_only(a)]
+    checks = [a for a in assets_and_checks if _is_check_only(a)]
+    sensors, schedules, jobs = build_sensors_and_schedules(specs)
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        sensors=sensors,
+        schedules=schedules,
+        jobs=jobs,
+        resources={
+            "llm": LLMResource(),
+            "serving": ServingResource(backend=profile.serving_backend),
+            "model_store": ModelStoreResource(),
+            "results_store": ResultsStoreResource(),
+        },
+    )
+
+
+def _is_check_only(obj) -> bool:
+    return isinstance(obj, dg.AssetChecksDefinition)
+
+
+defs = build_definitions()
