@@ -1,0 +1,81 @@
+"""The Definitions load, hold every task's graph, and selections pick exactly one task's pipeline."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+
+from distil_platform.taskspec import load_tasks
+
+NINE = {"text2sql", "smart_home", "git_assistant", "banking77", "ecommerce", "trec", "hotpotqa",
+        "docstring", "pii_redaction"}
+STAGES = ["", "_teacher_data", "_student", "_student_eval", "_baseline_evals", "_throughput", "_cost_table"]
+
+
+@pytest.fixture(scope="module")
+def defs():
+    from distil_platform.definitions import build_definitions
+
+    return build_definitions()
+
+
+def _keys(defs) -> set[str]:
+    return {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+
+
+def test_every_task_has_its_full_pipeline(defs):
+    keys = _keys(defs)
+    for task in NINE:
+        for stage in STAGES:
+            assert f"{task}{stage}" in keys
+    assert {"pricing", "benchmark_report"} <= keys
+
+
+def test_each_task_is_its_own_group(defs):
+    graph = defs.resolve_asset_graph()
+    for task in NINE:
+        for stage in STAGES:
+            assert graph.get(dg.AssetKey(f"{task}{stage}")).group_name == task
+
+
+def _select(defs, selection: str) -> set[str]:
+    graph = defs.resolve_asset_graph()
+    sel = dg.AssetSelection.from_string(selection)
+    return {k.to_user_string() for k in sel.resolve(graph)}
+
+
+def test_downstream_selection_picks_one_task_plus_shared_report(defs):
+    selected = _select(defs, "text2sql*")
+    assert {f"text2sql{s}" for s in STAGES} <= selected
+    assert selected - {f"text2sql{s}" for s in STAGES} == {"benchmark_report"}
+    # smart_home shares the text2sql prefix with nothing; banking77 etc. never leak in.
+    assert not any(k.startswith(("smart_home", "banking77", "git_assistant")) for k in selected)
+
+
+def test_group_and_key_prefix_selections(defs):
+    expected = {f"text2sql{s}" for s in STAGES}
+    assert _select(defs, "group:text2sql") == expected
+    assert _select(defs, 'key:"text2sql*"') == expected
+
+
+def test_definitions_import_no_ml_libraries():
+    code = (
+        "import sys; import distil_platform.definitions as d; "
+        "bad=[m for m in ('torch','transformers','vllm','trl','peft','litellm','datasets') if m in sys.modules]; "
+        "print(','.join(bad)); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, f"heavy modules imported at Definitions load: {out.stdout} {out.stderr[-2000:]}"
+
+
+def test_dagster_cli_validates_definitions():
+    exe = [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "distil_platform.definitions"]
+    out = subprocess.run(exe, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def test_tasks_yaml_matches_definitions(defs):
+    assert set(load_tasks()) >= NINE
