@@ -138,6 +138,9 @@ class TaskSpec(_Strict):
     tools: list[dict[str, Any]] | None = None
     metric: MetricName | None = None
     judge_rubric: str | None = None
+    # Generation tasks whose answers mark spans with typed placeholders ("[PERSON]", ...): the
+    # allowed names, without brackets. Validation rejects answers using any other "[UPPER_CASE]".
+    answer_placeholders: list[str] | None = None
     data: DataSources = Field(default_factory=DataSources)
     student_base_model: PerProfile = Field(default_factory=PerProfile)
     teacher: dict[str, ModelRef] = Field(default_factory=dict)  # profile -> teacher
