@@ -1,0 +1,251 @@
+"""Answer a test set with a model and score it: per-item results, summary, worst items, paired
+comparison. The same prompt rendering (``prompts.build_messages``) serves every model.
+
+Reproducibility: the rows are always sent in the same order, in fixed-size chunks, at the given
+temperature (0 for the student): batched greedy decoding in bf16 depends on batch composition, so
+the composition must not change between runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from distil_platform.prompts import build_messages
+from distil_platform.taskspec import TaskSpec
+
+
+@dataclass
+class Answer:
+    """One model reply (whatever client produced it)."""
+
+    text: str | None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float | None = None
+    error: str | None = None
+    cache_hit: bool = False
+
+
+@dataclass
+class ItemResult:
+    item_id: str
+    repeat: int
+    prediction: str | None
+    reference: str
+    score: float | None  # None: unscorable (e.g. the judge gave no verdict)
+    score_strict: float | None
+    parse_ok: bool
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float | None = None
+    error: str | None = None
+    detail: str = ""
+    question: str = ""
+
+
+AnswerFn = Callable[[list[list[dict[str, str]]], int], list[Answer]]
+
+
+def eval_messages(spec: TaskSpec, rows: Sequence[dict[str, Any]]) -> list[list[dict[str, str]]]:
+    return [build_messages(spec, row) for row in rows]
+
+
+def score_answers(
+    spec: TaskSpec,
+    rows: Sequence[dict[str, Any]],
+    answers: Sequence[Answer],
+    *,
+    repeat: int = 0,
+    judge: Any = None,
+) -> list[ItemResult]:
+    """Score each answer against its row with the task's metric (``scoring.score_prediction``).
+
+    A failed request (no text) scores 0 and counts as a parse failure: a model that cannot answer
+    is wrong, not absent.
+    """
+    from distil_platform.scoring import score_prediction
+
+    if len(rows) != len(answers):
+        raise ValueError(f"{len(answers)} answers for {len(rows)} rows")
+    out = []
+    for row, ans in zip(rows, answers):
+        if ans.text is None:
+            score, strict, parse_ok, detail = 0.0, 0.0, False, f"request failed: {ans.error}"
+        else:
+            item = score_prediction(spec, ans.text, row, judge=judge)
+            score, strict, parse_ok, detail = item.score, item.strict, item.parse_ok, item.detail
+        out.append(ItemResult(
+            item_id=str(row["id"]), repeat=repeat, prediction=ans.text, reference=str(row["answer"]),
+            score=None if score is None or (isinstance(score, float) and math.isnan(score)) else float(score),
+            score_strict=None if strict is None else float(strict), parse_ok=bool(parse_ok),
+            prompt_tokens=ans.prompt_tokens, completion_tokens=ans.completion_tokens,
+            latency_s=ans.latency_s, error=ans.error, detail=str(detail or ""),
+            question=str(row.get("question", "")),
+        ))
+    return out
+
+
+def evaluate(
+    spec: TaskSpec,
+    rows: Sequence[dict[str, Any]],
+    answer: AnswerFn,
+    *,
+    repeats: int = 1,
+    judge: Any = None,
+) -> list[ItemResult]:
+    """Answer every row ``repeats`` times (``answer(messages, repeat)``) and score the replies."""
+    messages = eval_messages(spec, rows)
+    results: list[ItemResult] = []
+    for r in range(repeats):
+        answers = answer(messages, r)
+        results += score_answers(spec, rows, answers, repeat=r, judge=judge)
+    return results
+
+
+# -- summaries ---------------------------------------------------------------------------------
+def item_means(results: Sequence[ItemResult], strict: bool = False) -> dict[str, float]:
+    """Mean score per item over repeats (unscorable repeats left out; items with none dropped)."""
+    acc: dict[str, list[float]] = {}
+    for r in results:
+        value = r.score_strict if strict else r.score
+        if value is not None:
+            acc.setdefault(r.item_id, []).append(value)
+    return {k: sum(v) / len(v) for k, v in acc.items() if v}
+
+
+def repeat_means(results: Sequence[ItemResult]) -> list[float]:
+    by_repeat: dict[int, list[float]] = {}
+    for r in results:
+        if r.score is not None:
+            by_repeat.setdefault(r.repeat, []).append(r.score)
+    return [sum(v) / len(v) for _, v in sorted(by_repeat.items()) if v]
+
+
+@dataclass
+class EvalSummary:
+    score: float
+    ci_low: float
+    ci_high: float
+    n: int
+    repeats: int
+    repeat_mean: float
+    repeat_std: float
+    parse_failures: int
+    request_errors: int
+    unscorable: int
+    score_strict: float | None = None
+    mean_prompt_tokens: float | None = None
+    mean_completion_tokens: float | None = None
+    mean_latency_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(out.pop("extra"))
+        return out
+
+
+def _mean(values: Sequence[float | int | None]) -> float | None:
+    vals = [float(v) for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarize(results: Sequence[ItemResult], *, n_boot: int = 2000, seed: int = 0) -> EvalSummary:
+    """Item-level score with a 95% bootstrap CI over items (repeats averaged per item first), and
+    mean ± std over repeats."""
+    from distil_platform.stats import bootstrap_ci, mean_std
+
+    per_item = item_means(results)
+    values = list(per_item.values())
+    if not values:
+        raise ValueError("no scorable results to summarise")
+    score = sum(values) / len(values)
+    lo, hi = _ci(bootstrap_ci(values, n_boot=n_boot, seed=seed))
+    reps = repeat_means(results)
+    rep_mean, rep_std = mean_std(reps) if reps else (score, 0.0)
+    strict_items = item_means(results, strict=True)
+    return EvalSummary(
+        score=score,
+        ci_low=lo,
+        ci_high=hi,
+        n=len(values),
+        repeats=len({r.repeat for r in results}),
+        repeat_mean=float(rep_mean),
+        repeat_std=float(rep_std),
+        parse_failures=sum(1 for r in results if not r.parse_ok),
+        request_errors=sum(1 for r in results if r.prediction is None),
+        unscorable=sum(1 for r in results if r.score is None),
+        score_strict=(sum(strict_items.values()) / len(strict_items)) if strict_items else None,
+        mean_prompt_tokens=_mean([r.prompt_tokens for r in results]),
+        mean_completion_tokens=_mean([r.completion_tokens for r in results]),
+        mean_latency_s=_mean([r.latency_s for r in results]),
+    )
+
+
+def _ci(value: Any) -> tuple[float, float]:
+    """Accept ``(lo, hi)``, ``(point, lo, hi)`` or an object with ``low``/``high``."""
+    if hasattr(value, "low") and hasattr(value, "high"):
+        return float(value.low), float(value.high)
+    if isinstance(value, dict):
+        return float(value["low"]), float(value["high"])
+    seq = tuple(value)
+    return (float(seq[-2]), float(seq[-1]))
+
+
+def worst_items(results: Sequence[ItemResult], k: int = 10) -> list[dict[str, Any]]:
+    """The ``k`` lowest-scoring items (mean over repeats), parse failures first on ties."""
+    per_item = item_means(results)
+    first: dict[str, ItemResult] = {}
+    parse_fail: dict[str, int] = {}
+    for r in results:
+        first.setdefault(r.item_id, r)
+        parse_fail[r.item_id] = parse_fail.get(r.item_id, 0) + (not r.parse_ok)
+    order = sorted(first, key=lambda i: (per_item.get(i, -1.0), -parse_fail[i], i))
+    rows = []
+    for item_id in order[:k]:
+        r = first[item_id]
+        rows.append({"item_id": item_id, "score": round(per_item[item_id], 3) if item_id in per_item else None,
+                     "parse_ok": r.parse_ok, "question": r.question, "prediction": r.prediction,
+                     "reference": r.reference, "detail": r.detail})
+    return rows
+
+
+def paired_comparison(student: Sequence[ItemResult], baseline: Sequence[ItemResult]) -> dict[str, Any]:
+    """Student vs baseline on the items both scored: difference with CI, McNemar p, win/tie/loss."""
+    from distil_platform.stats import compare
+
+    s, b = item_means(student), item_means(baseline)
+    common = sorted(set(s) & set(b))
+    if not common:
+        return {"n_paired": 0}
+    out = compare([s[i] for i in common], [b[i] for i in common])
+    out = dict(out if isinstance(out, dict) else asdict(out))
+    out["n_paired"] = len(common)
+    return out
+
+
+def prediction_rows(
+    results: Sequence[ItemResult], *, task: str, stage: str, model: str, run_id: str, variant: str = ""
+) -> list[dict[str, Any]]:
+    """Rows for the results store's ``predictions`` table."""
+    return [
+        dict(run_id=run_id, task=task, stage=stage, model=model, variant=variant, item_id=r.item_id,
+             repeat=r.repeat, prediction=r.prediction, reference=r.reference, score=r.score,
+             score_strict=r.score_strict, parse_ok=r.parse_ok, prompt_tokens=r.prompt_tokens,
+             completion_tokens=r.completion_tokens, latency_s=r.latency_s, error=r.error)
+        for r in results
+    ]
+
+
+def results_from_store_rows(rows: Sequence[dict[str, Any]]) -> list[ItemResult]:
+    """Inverse of :func:`prediction_rows` (for paired comparisons across assets)."""
+    return [
+        ItemResult(item_id=r["item_id"], repeat=r["repeat"] or 0, prediction=r["prediction"],
+                   reference=r["reference"] or "", score=r["score"], score_strict=r["score_strict"],
+                   parse_ok=bool(r["parse_ok"]), prompt_tokens=r["prompt_tokens"],
+                   completion_tokens=r["completion_tokens"], latency_s=r["latency_s"], error=r["error"])
+        for r in rows
+    ]
