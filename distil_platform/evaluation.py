@@ -232,10 +232,11 @@ def prediction_rows(
 ) -> list[dict[str, Any]]:
     """Rows for the results store's ``predictions`` table."""
     return [
-        dict(run_id=run_id, task=task, stage=stage, model=model, variant=variant, item_id=r.item_id,
-             repeat=r.repeat, prediction=r.prediction, reference=r.reference, score=r.score,
-             score_strict=r.score_strict, parse_ok=r.parse_ok, prompt_tokens=r.prompt_tokens,
-             completion_tokens=r.completion_tokens, latency_s=r.latency_s, error=r.error)
+        {"run_id": run_id, "task": task, "stage": stage, "model": model, "variant": variant,
+         "item_id": r.item_id, "repeat": r.repeat, "prediction": r.prediction, "reference": r.reference,
+         "score": r.score, "score_strict": r.score_strict, "parse_ok": r.parse_ok,
+         "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+         "latency_s": r.latency_s, "error": r.error}
         for r in results
     ]
 

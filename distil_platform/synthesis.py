@@ -362,6 +362,10 @@ def decontaminate(
 _INT_RE = re.compile(r"(?<![\w.])(\d+)(?![\w.])")
 
 
+def _swap_int(text: str, old: str, new: str) -> str:
+    return _INT_RE.sub(lambda m: new if m.group(1) == old else m.group(1), text)
+
+
 def literal_swap_augment(
     spec: TaskSpec, seeds: Sequence[dict[str, Any]], per_seed: int = 2, rng_seed: int = 0
 ) -> list[dict[str, Any]]:
@@ -416,8 +420,7 @@ def literal_swap_augment(
                 question = s["question"].replace(old, new)
                 answer = s["answer"].replace(f"'{old}'", f"'{new}'")
             else:
-                question = _INT_RE.sub(lambda mm: new if mm.group(1) == old else mm.group(1), s["question"])
-                answer = _INT_RE.sub(lambda mm: new if mm.group(1) == old else mm.group(1), s["answer"])
+                question, answer = _swap_int(s["question"], old, new), _swap_int(s["answer"], old, new)
             out.append({"question": question, "answer": answer, "context": s.get("context") or "",
                         "origin": "literal_swap", "seed_ids": str(s.get("id", ""))})
     return out

@@ -70,13 +70,13 @@ class TrainConfig:
             epochs=t.epochs,
             bf16=profile.bf16,
         )
-        if not cfg.use_lora and t.learning_rate is None:
-            cfg.learning_rate = min(cfg.learning_rate, 5e-5)  # full FT needs a far smaller step
         for key, value in overrides.items():
             if value is not None:
                 if not hasattr(cfg, key):
                     raise ValueError(f"unknown training option {key!r}")
                 setattr(cfg, key, value)
+        if not cfg.use_lora and t.learning_rate is None and overrides.get("learning_rate") is None:
+            cfg.learning_rate = min(cfg.learning_rate, 5e-5)  # full FT needs a far smaller step
         return cfg
 
     def steps_for(self, n_examples: int) -> int:
@@ -140,7 +140,6 @@ def labelled_positions_loss(model, inputs: dict[str, Any]):
     Equivalent to the usual causal-LM loss (labels shifted by one, -100 ignored), but it never builds
     logits for prompt or padding positions.
     """
-    import torch
     import torch.nn.functional as F
 
     labels = inputs["labels"]
@@ -286,33 +285,12 @@ def train_student(
                   f"{config.max_length} tokens (longest {max(lengths)}); their prompt start is cut"})
     dataset = Dataset.from_list(chat_rows)
     steps = config.steps_for(len(rows))
-    sft_args = SFTConfig(
-        output_dir=str(out_dir / "_trainer"),
-        max_steps=steps,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        max_length=config.max_length,
-        # Over-long rows lose the start of the prompt rather than the answer (keep_start would drop
-        # the row entirely once the prompt alone fills max_length); counted in the summary.
-        truncation_mode="keep_end",
-        assistant_only_loss=True,
-        packing=False,
-        # bf16 autocast only where the weights are fp32 (full FT); LoRA weights are already bf16.
-        bf16=bool(config.bf16 and (on_cuda or not config.use_lora)),
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=config.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        dataloader_num_workers=0,
-        use_cpu=not on_cuda,
-        disable_tqdm=True,
-        gradient_checkpointing=False,
-    )
+    import warnings
+
+    with warnings.catch_warnings():
+        # keep_end is deprecated in TRL 1.x but is the mode that keeps the answer of an over-long row.
+        warnings.filterwarnings("ignore", message=".*keep_end.*", category=FutureWarning)
+        sft_args = _sft_config(SFTConfig, config, out_dir, steps, on_cuda)
     history: list[dict[str, float]] = []
     trainer_cls = _trainer_class() if config.labelled_positions_loss else __import__("trl").SFTTrainer
     trainer = trainer_cls(
@@ -375,3 +353,33 @@ def train_student(
 
     shutil.rmtree(out_dir / "_trainer", ignore_errors=True)
     return result
+
+
+def _sft_config(SFTConfig, config: TrainConfig, out_dir: Path, steps: int, on_cuda: bool):
+    return SFTConfig(
+        output_dir=str(out_dir / "_trainer"),
+        max_steps=steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        max_length=config.max_length,
+        # Over-long rows lose the start of the prompt rather than the answer (keep_start would drop
+        # the row entirely once the prompt alone fills max_length); counted in the summary.
+        truncation_mode="keep_end",
+        assistant_only_loss=True,
+        packing=False,
+        # bf16 autocast only where the weights are fp32 (full FT); LoRA weights are already bf16.
+        bf16=bool(config.bf16 and (on_cuda or not config.use_lora)),
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        dataloader_num_workers=0,
+        use_cpu=not on_cuda,
+        disable_tqdm=True,
+        gradient_checkpointing=False,
+    )
