@@ -172,6 +172,17 @@ price_snapshots = Table(
     _created(),
 )
 
+# One row each time a snapshot becomes the current one (a snapshot's content can become current
+# again after a revert, so "current" is the latest activation, not the latest snapshot row).
+price_snapshot_activations = Table(
+    "price_snapshot_activations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("hash", String(64), nullable=False, index=True),
+    Column("run_id", String(64)),
+    _created(),
+)
+
 cost_rows = Table(
     "cost_rows",
     metadata,
