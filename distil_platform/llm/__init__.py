@@ -1,0 +1,27 @@
+"""Async batch LLM client over litellm (cache, retries, budget). Imports no ML library at load."""
+
+from distil_platform.llm.client import (
+    BudgetExceeded,
+    ChatRequest,
+    ChatResult,
+    ErrorRateExceeded,
+    LLMClient,
+    LLMError,
+    UnknownPriceError,
+    cache_key,
+)
+from distil_platform.llm.prices import chain_price_lookups, default_price_lookup, litellm_price_lookup
+
+__all__ = [
+    "BudgetExceeded",
+    "ChatRequest",
+    "ChatResult",
+    "ErrorRateExceeded",
+    "LLMClient",
+    "LLMError",
+    "UnknownPriceError",
+    "cache_key",
+    "chain_price_lookups",
+    "default_price_lookup",
+    "litellm_price_lookup",
+]

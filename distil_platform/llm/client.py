@@ -1,0 +1,671 @@
+"""Async batch LLM client: bounded concurrency, retries, response cache, usage/cost records, budget cap.
+
+One client serves frontier APIs (any litellm model string) and OpenAI-compatible servers
+(``openai/<served name>`` + ``api_base``: vLLM, ``transformers serve``). For the latter it talks
+HTTP directly through one pooled ``httpx.AsyncClient`` (``fast_path``): litellm adds about
+1.5-2.5 ms of CPU per call, which on a 2-core machine caps a batch below what a local server
+sustains (see ``benchmarks/README.md``). Providers always go through ``litellm.acompletion``.
+
+Results store use (``distil_platform.store``):
+- ``llm_cache``: one row per successful response, keyed by model, messages, tools, decoding
+  parameters and the repeat index. A rerun after a crash re-bills nothing; repeats 0, 1, 2 of one
+  prompt are three distinct calls.
+- ``llm_requests``: one row per request answered (from the server or the cache) or failed.
+Rows are written in batches from a background flush (one transaction per ~0.25 s or 256 rows),
+so hundreds of requests per second do not serialise on SQLite commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from distil_platform.llm.prices import PriceLookup, litellm_price_lookup
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+# Never wait longer than this for a Retry-After (a misconfigured server could ask for hours).
+MAX_RETRY_AFTER_S = 120.0
+
+
+class LLMError(RuntimeError):
+    """Base class of batch-level failures; ``results`` holds what completed before the stop."""
+
+    def __init__(self, message: str, results: list[ChatResult] | None = None):
+        super().__init__(message)
+        self.results = results or []
+
+
+class ErrorRateExceeded(LLMError):
+    """Too many items failed: the endpoint (or the requests) are broken, stop billing."""
+
+
+class BudgetExceeded(LLMError):
+    """The next request could take spending past ``max_usd``."""
+
+
+class UnknownPriceError(LLMError):
+    """A budget was set but no price is known for the model."""
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    temperature: float = 0.0
+    max_tokens: int = 256
+    repeat: int = 0  # repeat index: part of the cache key, so repeats are distinct calls
+    item_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # other OpenAI params (top_p, stop, seed, ...)
+
+
+@dataclass
+class ChatResult:
+    request: ChatRequest
+    text: str | None
+    tool_calls: list[dict[str, Any]] | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    tokens_counted: bool  # True: counted locally because the server reported no usage
+    latency_s: float | None
+    # Cost of this answer's tokens at the current prices (None: no price known). A cache hit
+    # reports the same cost but bills nothing; the budget counts only fresh calls.
+    cost_usd: float | None
+    cache_hit: bool
+    error: str | None
+    attempts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class _RetryableError(Exception):
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class _FatalError(Exception):
+    """Not worth retrying (400, 401, 404, 422, ...)."""
+
+
+def cache_key(model: str, request: ChatRequest) -> str:
+    payload = {
+        "model": model,
+        "messages": request.messages,
+        "tools": request.tools,
+        "temperature": request.temperature,
+        "max_tokens": request.max_tokens,
+        "extra": request.extra,
+        "repeat": request.repeat,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def _parse_retry_after(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = str(value).strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(0.0, min(seconds, MAX_RETRY_AFTER_S))
+
+
+def _headers_of(exc: BaseException) -> dict[str, str]:
+    for attr in ("litellm_response_headers", "headers"):
+        headers = getattr(exc, attr, None)
+        if headers:
+            return {str(k).lower(): v for k, v in dict(headers).items()}
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers:
+        return {str(k).lower(): v for k, v in dict(headers).items()}
+    return {}
+
+
+def _classify_litellm_error(exc: BaseException) -> Exception:
+    import httpx
+
+    if isinstance(exc, (asyncio.TimeoutError, httpx.TimeoutException)):
+        return _RetryableError(f"timeout: {exc}")
+    status = getattr(exc, "status_code", None)
+    name = type(exc).__name__
+    if name in ("Timeout", "APITimeoutError"):
+        return _RetryableError(f"timeout: {exc}")
+    if name in ("APIConnectionError", "ServiceUnavailableError", "InternalServerError", "BadGatewayError"):
+        return _RetryableError(f"{name}: {exc}", _parse_retry_after(_headers_of(exc).get("retry-after")))
+    if isinstance(status, int) and status in RETRYABLE_STATUS:
+        return _RetryableError(f"HTTP {status}: {exc}", _parse_retry_after(_headers_of(exc).get("retry-after")))
+    return _FatalError(f"{name}: {exc}")
+
+
+def _normalise_tool_calls(raw: Any) -> list[dict[str, Any]] | None:
+    if not raw:
+        return None
+    calls = []
+    for call in raw:
+        if hasattr(call, "model_dump"):
+            call = call.model_dump()
+        elif not isinstance(call, dict):
+            call = dict(call)
+        fn = call.get("function") or {}
+        if hasattr(fn, "model_dump"):
+            fn = fn.model_dump()
+        calls.append({"id": call.get("id"), "type": call.get("type", "function"),
+                      "function": {"name": fn.get("name"), "arguments": fn.get("arguments")}})
+    return calls
+
+
+def _read_usage(usage: Any) -> tuple[int | None, int | None]:
+    if usage is None:
+        return None, None
+    if not isinstance(usage, dict):
+        usage = usage.model_dump() if hasattr(usage, "model_dump") else dict(usage)
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    # Some servers send zeros instead of omitting usage: treat "0 prompt tokens" as unknown.
+    if not prompt:
+        return None, None
+    return int(prompt), None if completion is None else int(completion)
+
+
+class LLMClient:
+    """Batch chat completions against one model. See the module docstring for store semantics.
+
+    ``token_counter(messages, text) -> (prompt_tokens, completion_tokens)`` counts tokens when the
+    server reports none (pass the served model's tokenizer); default ``litellm.token_counter``.
+    ``log(str)`` receives progress lines; the API key never appears in them.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_base: str | None = None,
+        api_key: str | None = None,
+        store: Any | None = None,
+        concurrency: int = 16,
+        timeout_s: float = 60.0,
+        max_retries: int = 5,
+        max_error_rate: float = 0.5,
+        max_usd: float | None = None,
+        price_lookup: PriceLookup | None = None,
+        log: Callable[[str], None] | None = None,
+        run_id: str | None = None,
+        task: str | None = None,
+        stage: str | None = None,
+        token_counter: Callable[[list, str], tuple[int, int]] | None = None,
+        retry_base_s: float = 0.5,
+        retry_max_s: float = 30.0,
+        fast_path: bool = True,
+        min_items_for_error_rate: int = 10,
+        progress_every_s: float = 10.0,
+    ):
+        if not model:
+            raise ValueError("LLMClient needs a model string (a litellm model, or openai/<name> with api_base)")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if not 0.0 <= max_error_rate <= 1.0:
+            raise ValueError(f"max_error_rate must be within [0, 1], got {max_error_rate}")
+        self.model = model
+        self.api_base = api_base.rstrip("/") if api_base else None
+        self._api_key = api_key
+        self.store = store
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.max_error_rate = max_error_rate
+        self.max_usd = max_usd
+        self.price_lookup = price_lookup or litellm_price_lookup
+        self.log = log or (lambda message: None)
+        self.run_id, self.task, self.stage = run_id, task, stage
+        self.token_counter = token_counter
+        self.retry_base_s, self.retry_max_s = retry_base_s, retry_max_s
+        self.fast_path = bool(fast_path and self.api_base and model.startswith("openai/"))
+        self.min_items_for_error_rate = min_items_for_error_rate
+        self.progress_every_s = progress_every_s
+        self.spent_usd = 0.0  # fresh (billed) spend across this client's batches
+        self._price: tuple[float, float] | None | bool = False  # False = not looked up yet
+        self.http_calls = 0  # attempts sent over the wire (tests and benchmarks read it)
+
+    def __repr__(self) -> str:  # never show the key
+        return f"LLMClient(model={self.model!r}, api_base={self.api_base!r}, concurrency={self.concurrency})"
+
+    # -- prices ------------------------------------------------------------------------------
+
+    def price(self) -> tuple[float, float] | None:
+        if self._price is False:
+            self._price = self.price_lookup(self.model)
+        return self._price  # type: ignore[return-value]
+
+    def _cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float | None:
+        price = self.price()
+        if price is None or prompt_tokens is None:
+            return None
+        return prompt_tokens * price[0] + (completion_tokens or 0) * price[1]
+
+    def _worst_case_cost(self, request: ChatRequest) -> float:
+        price = self.price()
+        assert price is not None
+        # Upper-bound the prompt cheaply: ~1 token per 3 characters of JSON is generous for BPE.
+        prompt_chars = len(json.dumps(request.messages)) + len(json.dumps(request.tools or []))
+        return (prompt_chars / 3.0) * price[0] + request.max_tokens * price[1]
+
+    # -- token counting ----------------------------------------------------------------------
+
+    def _count_tokens(self, request: ChatRequest, text: str) -> tuple[int, int]:
+        if self.token_counter is not None:
+            prompt, completion = self.token_counter(request.messages, text)
+            return int(prompt), int(completion)
+        import litellm
+
+        model = self.model.split("/", 1)[1] if self.model.startswith("openai/") else self.model
+        prompt = litellm.token_counter(model=model, messages=request.messages)
+        completion = litellm.token_counter(model=model, text=text or "", count_response_tokens=True)
+        return int(prompt), int(completion)
+
+    # -- one call ------------------------------------------------------------------------------
+
+    def _payload(self, request: ChatRequest) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "messages": request.messages,
+            "temperature": request.temperature,
+            "max_tokens": request.max_tokens,
+        }
+        if request.tools:
+            payload["tools"] = request.tools
+        payload.update(request.extra)
+        return payload
+
+    async def _call_httpx(self, http, request: ChatRequest) -> dict[str, Any]:
+        import httpx
+
+        payload = self._payload(request)
+        payload["model"] = self.model.split("/", 1)[1]
+        try:
+            response = await http.post(f"{self.api_base}/chat/completions", json=payload)
+        except httpx.TimeoutException as exc:
+            raise _RetryableError(f"timeout after {self.timeout_s}s: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise _RetryableError(f"connection error: {type(exc).__name__}: {exc}") from exc
+        if response.status_code != 200:
+            body = response.text[-500:]
+            message = f"HTTP {response.status_code}: {body}"
+            if response.status_code in RETRYABLE_STATUS:
+                raise _RetryableError(message, _parse_retry_after(response.headers.get("retry-after")))
+            raise _FatalError(message)
+        try:
+            data = response.json()
+            message_obj = data["choices"][0]["message"]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise _FatalError(f"malformed response: {response.text[-300:]}") from exc
+        prompt, completion = _read_usage(data.get("usage"))
+        return {"text": message_obj.get("content"), "tool_calls": _normalise_tool_calls(message_obj.get("tool_calls")),
+                "prompt_tokens": prompt, "completion_tokens": completion}
+
+    async def _call_litellm(self, request: ChatRequest) -> dict[str, Any]:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        import litellm
+
+        litellm.suppress_debug_info = True  # no "Give Feedback" banners in run logs
+        kwargs = self._payload(request)
+        if self.api_base:
+            kwargs["api_base"] = self.api_base
+        if self._api_key:
+            kwargs["api_key"] = self._api_key
+        try:
+            # Retries are ours (with Retry-After); litellm's and the OpenAI SDK's are switched off.
+            response = await asyncio.wait_for(
+                litellm.acompletion(model=self.model, timeout=self.timeout_s, num_retries=0, max_retries=0, **kwargs),
+                timeout=self.timeout_s + 5,
+            )
+        except (_RetryableError, _FatalError):
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise _classify_litellm_error(exc) from exc
+        choice = response.choices[0]
+        prompt, completion = _read_usage(getattr(response, "usage", None))
+        return {"text": choice.message.content, "tool_calls": _normalise_tool_calls(choice.message.tool_calls),
+                "prompt_tokens": prompt, "completion_tokens": completion}
+
+    async def _call_with_retries(self, http, request: ChatRequest) -> tuple[dict[str, Any], int]:
+        attempt = 0
+        while True:
+            attempt += 1
+            self.http_calls += 1
+            try:
+                if self.fast_path:
+                    return await self._call_httpx(http, request), attempt
+                return await self._call_litellm(request), attempt
+            except _FatalError as exc:
+                exc.attempts = attempt
+                raise
+            except _RetryableError as exc:
+                if attempt > self.max_retries:
+                    fatal = _FatalError(f"gave up after {attempt} attempts: {exc}")
+                    fatal.attempts = attempt
+                    raise fatal from exc
+                backoff = min(self.retry_max_s, self.retry_base_s * (2 ** (attempt - 1)))
+                delay = backoff * (0.5 + random.random())  # jitter: retries of a burst spread out
+                if exc.retry_after_s is not None:
+                    delay = max(delay, exc.retry_after_s)
+                await asyncio.sleep(delay)
+
+    # -- batch ---------------------------------------------------------------------------------
+
+    def chat_batch(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        """Synchronous :meth:`achat_batch` (runs its own event loop; works inside a running loop too)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.achat_batch(requests))
+        box: dict[str, Any] = {}
+
+        def runner() -> None:
+            try:
+                box["value"] = asyncio.run(self.achat_batch(requests))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                box["error"] = exc
+
+        thread = threading.Thread(target=runner, name="llm-batch")
+        thread.start()
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    async def achat_batch(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        """Answer ``requests`` (results in input order). Raises :class:`ErrorRateExceeded` or
+        :class:`BudgetExceeded` with the completed results attached; those are cached and stored."""
+        requests = list(requests)
+        if not requests:
+            return []
+        if self.max_usd is not None and self.price() is None:
+            raise UnknownPriceError(
+                f"max_usd={self.max_usd} is set but no price is known for model {self.model!r}: add it to the "
+                "platform pricing file or use a model in litellm's price map"
+            )
+        keys = [cache_key(self.model, r) for r in requests]
+        results: list[ChatResult | None] = [None] * len(requests)
+        writer = _StoreWriter(self.store)
+        cached = await asyncio.to_thread(writer.lookup, set(keys)) if self.store is not None else {}
+
+        # Identical requests in one batch are asked once and share the answer.
+        first_index: dict[str, int] = {}
+        pending: list[int] = []
+        duplicates: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            if key in cached:
+                results[i] = self._from_cache(requests[i], cached[key])
+                writer.add_request(self._request_row(results[i], key))
+            elif key in first_index:
+                duplicates.setdefault(first_index[key], []).append(i)
+            else:
+                first_index[key] = i
+                pending.append(i)
+
+        state = _BatchState(total=len(requests), done=len(requests) - len(pending) - sum(map(len, duplicates.values())))
+        state.cache_hits = state.done
+        started = time.perf_counter()
+        semaphore = asyncio.Semaphore(self.concurrency)
+        stop: list[LLMError] = []
+        reserved = [0.0]
+
+        async def run_one(index: int, http) -> None:
+            request, key = requests[index], keys[index]
+            async with semaphore:
+                if stop:
+                    return
+                estimate = 0.0
+                if self.max_usd is not None:
+                    estimate = self._worst_case_cost(request)
+                    if self.spent_usd + reserved[0] + estimate > self.max_usd:
+                        stop.append(BudgetExceeded(
+                            f"budget cap: spent ${self.spent_usd:.4f} of max_usd=${self.max_usd:.4f} on "
+                            f"{self.model!r}; the next request could cost up to ${estimate:.4f}, so the batch "
+                            f"stopped with {state.done}/{state.total} items done (completed items are cached)"
+                        ))
+                        return
+                    reserved[0] += estimate
+                t0 = time.perf_counter()
+                try:
+                    response, attempts = await self._call_with_retries(http, request)
+                    error = None
+                except _FatalError as exc:
+                    response, attempts, error = None, getattr(exc, "attempts", 1), str(exc)
+                finally:
+                    reserved[0] -= estimate
+                latency = time.perf_counter() - t0
+            result = self._finish(request, response, error, latency, attempts)
+            if result.error is None and result.cost_usd is not None:
+                self.spent_usd += result.cost_usd
+            results[index] = result
+            writer.add_request(self._request_row(result, key))
+            if result.error is None:
+                writer.add_cache(key, self.model, _cache_payload(result))
+            for dup in duplicates.get(index, []):
+                results[dup] = ChatResult(**{**result.__dict__, "request": requests[dup],
+                                             "cache_hit": result.error is None})
+                writer.add_request(self._request_row(results[dup], key))
+            if result.error is not None:
+                state.last_error = result.error
+            for finished in [index, *duplicates.get(index, [])]:
+                state.done += 1
+                state.errors += results[finished].error is not None
+            self._check_error_rate(state, stop)
+            self._progress(state, started)
+
+        flush_task = asyncio.create_task(writer.run())
+        try:
+            async with self._http_client() as http:
+                tasks = [asyncio.create_task(run_one(i, http)) for i in pending]
+                try:
+                    if tasks:
+                        await asyncio.gather(*tasks)
+                except BaseException:
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    raise
+        finally:
+            writer.close()
+            await flush_task
+        self._check_error_rate(state, stop, final=True)
+        self._progress(state, started, final=True)
+        done_results = [r for r in results if r is not None]
+        if stop:
+            stop[0].results = done_results
+            raise stop[0]
+        return done_results  # every slot is filled when nothing stopped the batch
+
+    def _check_error_rate(self, state: _BatchState, stop: list[LLMError], final: bool = False) -> None:
+        if stop:
+            return
+        fresh_done = state.done - state.cache_hits
+        if fresh_done == 0 or (fresh_done < self.min_items_for_error_rate and not final):
+            return
+        rate = state.errors / fresh_done
+        if rate > self.max_error_rate:
+            stop.append(ErrorRateExceeded(
+                f"{state.errors}/{fresh_done} requests to {self.model!r} failed ({rate:.0%} > max_error_rate="
+                f"{self.max_error_rate:.0%}); batch stopped, completed items are cached. Last error: {state.last_error}"
+            ))
+
+    def _progress(self, state: _BatchState, started: float, final: bool = False) -> None:
+        now = time.perf_counter()
+        if not final and now - state.last_log < self.progress_every_s:
+            return
+        state.last_log = now
+        elapsed = now - started
+        self.log(
+            f"llm {self.model}: {state.done}/{state.total} done, {state.errors} errors, {state.cache_hits} cache hits, "
+            f"{elapsed:.1f}s, spent ${self.spent_usd:.4f}" + (f" of ${self.max_usd:.2f}" if self.max_usd else "")
+        )
+
+    def _http_client(self):
+        if not self.fast_path:
+            return _NullAsyncContext()
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(self.timeout_s),
+            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+            headers=headers,
+        )
+
+    def _finish(self, request, response, error, latency, attempts) -> ChatResult:
+        if response is None:
+            return ChatResult(request, None, None, None, None, False, latency, None, False, error, attempts)
+        prompt, completion, counted = response["prompt_tokens"], response["completion_tokens"], False
+        if prompt is None or completion is None:
+            try:
+                counted_prompt, counted_completion = self._count_tokens(request, response["text"] or "")
+                prompt = prompt if prompt is not None else counted_prompt
+                completion = completion if completion is not None else counted_completion
+                counted = True
+            except Exception as exc:  # noqa: BLE001 - counting is best effort; cost then stays unknown
+                self.log(f"llm {self.model}: could not count tokens ({type(exc).__name__}: {exc})")
+        cost = self._cost(prompt, completion)
+        return ChatResult(request, response["text"], response["tool_calls"], prompt, completion, counted,
+                          latency, cost, False, None, attempts)
+
+    def _from_cache(self, request: ChatRequest, payload: dict[str, Any]) -> ChatResult:
+        prompt, completion = payload.get("prompt_tokens"), payload.get("completion_tokens")
+        return ChatResult(request, payload.get("text"), payload.get("tool_calls"), prompt, completion,
+                          bool(payload.get("tokens_counted")), payload.get("latency_s"),
+                          self._cost(prompt, completion), True, None, 0)
+
+    def _request_row(self, result: ChatResult, key: str) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "task": self.task, "stage": self.stage, "model": self.model,
+            "cache_key": key, "repeat": result.request.repeat, "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens, "tokens_counted": result.tokens_counted,
+            "latency_s": result.latency_s, "cost_usd": result.cost_usd, "cache_hit": result.cache_hit,
+            "error": result.error,
+        }
+
+
+def _cache_payload(result: ChatResult) -> dict[str, Any]:
+    return {"text": result.text, "tool_calls": result.tool_calls, "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens, "tokens_counted": result.tokens_counted,
+            "latency_s": result.latency_s}
+
+
+@dataclass
+class _BatchState:
+    total: int
+    done: int = 0
+    errors: int = 0
+    cache_hits: int = 0
+    last_log: float = 0.0
+    last_error: str | None = None
+
+
+class _NullAsyncContext:
+    async def __aenter__(self):
+        return None
+
+    async def __aexit__(self, *exc):
+        return False
+
+
+class _StoreWriter:
+    """Buffers llm_requests / llm_cache rows and writes them in one transaction per flush."""
+
+    def __init__(self, store, flush_every_s: float = 0.25, flush_rows: int = 256):
+        self.store = store
+        self.flush_every_s, self.flush_rows = flush_every_s, flush_rows
+        self.requests: list[dict[str, Any]] = []
+        self.cache: dict[str, dict[str, Any]] = {}
+        self._closed = False
+        self._wake = asyncio.Event() if store is not None else None
+
+    def lookup(self, keys: set[str]) -> dict[str, dict[str, Any]]:
+        from sqlalchemy import select
+
+        from distil_platform.store import llm_cache
+
+        found: dict[str, dict[str, Any]] = {}
+        key_list = sorted(keys)
+        with self.store.engine.connect() as conn:
+            for start in range(0, len(key_list), 500):  # SQLite caps bound parameters per statement
+                chunk = key_list[start:start + 500]
+                for row in conn.execute(select(llm_cache.c.key, llm_cache.c.response).where(llm_cache.c.key.in_(chunk))):
+                    found[row.key] = row.response
+        return found
+
+    def add_request(self, row: dict[str, Any]) -> None:
+        if self.store is None:
+            return
+        self.requests.append(row)
+        if len(self.requests) >= self.flush_rows:
+            self._wake.set()
+
+    def add_cache(self, key: str, model: str, payload: dict[str, Any]) -> None:
+        if self.store is None:
+            return
+        self.cache[key] = {"key": key, "model": model, "response": payload}
+
+    def close(self) -> None:
+        self._closed = True
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run(self) -> None:
+        if self.store is None:
+            return
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.flush_every_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            requests, cache = self.requests, list(self.cache.values())
+            self.requests, self.cache = [], {}
+            if requests or cache:
+                # Shielded: a cancelled batch still records what it already paid for.
+                await asyncio.shield(asyncio.to_thread(self._write, requests, cache))
+            if self._closed and not self.requests and not self.cache:
+                return
+
+    def _write(self, requests: list[dict[str, Any]], cache: list[dict[str, Any]]) -> None:
+        from sqlalchemy import insert
+
+        from distil_platform.store import llm_cache, llm_requests
+
+        with self.store.engine.begin() as conn:
+            if cache:
+                conn.execute(_insert_ignore(conn, llm_cache), cache)
+            if requests:
+                conn.execute(insert(llm_requests), requests)
+
+
+def _insert_ignore(conn, table):
+    """INSERT that skips rows whose primary key exists (another run cached the same answer)."""
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy import insert
+
+        return insert(table).prefix_with("IGNORE")  # MySQL/MariaDB
+    return dialect_insert(table).on_conflict_do_nothing()
