@@ -1,0 +1,442 @@
+"""Serving throughput of a model: a guidellm load test with the task's real prompts, and the
+sustained-RPS analysis the cost table prices self-hosted students with.
+
+guidellm (the vLLM project's load generator) sends Poisson arrivals at each offered rate (or, with
+no rates given, runs its adaptive sweep: synchronous, max-throughput, then rates in between) and
+writes a JSON report with every request. This module writes the prompt file, builds the guidellm
+scenario, runs ``guidellm run`` in a subprocess, parses the report and decides the sustained rate.
+
+Two guidellm 0.8.1 behaviours this works around, both measured here:
+
+- With several worker processes each process seeds its own ``random.Random`` identically, so the
+  Poisson gaps repeat once per process (ten equal gaps in a row): arrivals are bursty, not Poisson.
+  One worker process gives true Poisson arrivals (and keeps the load generator from competing with
+  a CPU server for cores); :data:`DEFAULT_WORKER_PROCESSES`.
+- A run stops when the prompt file is exhausted, so prompts are cycled to cover rate x duration.
+
+Rates are estimated from request timestamps, not from counts over the window: requests still in
+flight when the window closes are cancelled, and counting would charge that edge (rate x latency)
+to the server. Offered rate = arrivals over the arrival span; achieved = completions over the
+completion span. An idle server completes requests as fast as they arrive (ratio ~1); a saturated
+one completes them at its capacity.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distil_platform.prompts import build_messages
+from distil_platform.taskspec import TaskSpec
+
+# Achieved throughput must reach this share of the offered rate for the rate to count as sustained.
+MIN_ACHIEVED_RATIO = 0.97
+# Errored requests above this share disqualify a rate (an error is a request not served).
+MAX_ERROR_SHARE = 0.03
+DEFAULT_WORKER_PROCESSES = 1
+
+
+class ThroughputError(RuntimeError):
+    """The load test could not run or produced no usable measurement (message says why)."""
+
+
+@dataclass
+class LoadPoint:
+    """One benchmark of the sweep: one offered rate (or guidellm's synchronous/throughput probe)."""
+
+    strategy: str  # poisson / constant / synchronous / throughput / concurrent
+    offered_rps: float | None  # the configured rate; None for synchronous/throughput probes
+    arrival_rps: float | None  # measured arrivals / arrival span
+    achieved_rps: float  # measured completions / completion span
+    p50_s: float | None
+    p95_s: float | None
+    p99_s: float | None
+    ttft_p50_s: float | None
+    ttft_p95_s: float | None
+    ttft_p99_s: float | None
+    output_tokens_per_s: float | None
+    requests: int  # arrivals in the window (successful + errored + incomplete)
+    successful: int
+    errors: int
+    incomplete: int
+    duration_s: float
+    mean_prompt_tokens: float | None = None
+    mean_output_tokens: float | None = None
+    stopped_by: list[str] = field(default_factory=list)
+    first_error: str | None = None
+
+    @property
+    def achieved_ratio(self) -> float | None:
+        reference = self.arrival_rps or self.offered_rps
+        if not reference:
+            return None
+        return self.achieved_rps / reference
+
+    @property
+    def error_share(self) -> float:
+        done = self.successful + self.errors
+        return self.errors / done if done else 1.0
+
+    def sustained(self, slo_s: float, min_ratio: float = MIN_ACHIEVED_RATIO) -> bool:
+        """Offered load kept up with (throughput >= ``min_ratio`` x arrivals, few errors) within the SLO."""
+        if self.offered_rps is None or self.successful < 2 or self.p95_s is None:
+            return False
+        ratio = self.achieved_ratio
+        return (ratio is not None and ratio >= min_ratio and self.p95_s <= slo_s
+                and self.error_share <= MAX_ERROR_SHARE)
+
+
+@dataclass
+class ThroughputSummary:
+    sustained_rps: float  # 0.0: no offered rate met the criterion
+    max_achieved_rps: float
+    slo_s: float
+    points: list[LoadPoint]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sustained_rps": self.sustained_rps, "max_achieved_rps": self.max_achieved_rps,
+                "slo_s": self.slo_s, "points": [asdict(p) for p in self.points]}
+
+
+# -- prompts -----------------------------------------------------------------------------------
+def requests_needed(rates: Sequence[float] | None, duration_s: float, floor: int = 200) -> int:
+    """Prompts to write so no rate runs out of data (guidellm stops a run when the file ends)."""
+    if not rates:
+        return max(floor, 20000)  # sweep: its max-throughput probe can take many
+    return max(floor, int(math.ceil(max(rates) * duration_s * 1.5)) + 50)
+
+
+def write_prompt_file(spec: TaskSpec, rows: Sequence[Mapping[str, Any]], path: Path, n_requests: int) -> Path:
+    """The task's test prompts (the exact eval messages), cycled to ``n_requests`` lines of jsonl."""
+    if not rows:
+        raise ThroughputError(f"{spec.name}: no test rows to build load-test prompts from")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rendered = [json.dumps({"messages": build_messages(spec, dict(r))}, ensure_ascii=False) for r in rows]
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(max(n_requests, len(rendered))):
+            fh.write(rendered[i % len(rendered)] + "\n")
+    return path
+
+
+# -- guidellm ----------------------------------------------------------------------------------
+def guidellm_scenario(
+    *,
+    target: str,
+    model: str,
+    prompts_path: Path,
+    tokenizer: str,
+    rates: Sequence[float] | None,
+    duration_s: float,
+    max_tokens: int,
+    report_path: Path,
+    seed: int = 0,
+    sweep_size: int = 8,
+    max_concurrency: int | None = None,
+) -> dict[str, Any]:
+    """A guidellm scenario: Poisson arrivals at ``rates`` (or an adaptive sweep when None)."""
+    if rates:
+        profile: dict[str, Any] = {"kind": "poisson", "rate": [float(r) for r in sorted(rates)]}
+    else:
+        profile = {"kind": "sweep", "sweep_size": sweep_size, "strategy_type": "poisson"}
+    if max_concurrency:
+        profile["max_concurrency"] = int(max_concurrency)
+    base = target.rstrip("/")
+    if base.endswith("/v1"):
+        base = base[: -len("/v1")]
+    return {
+        "spec": {
+            "backend": {
+                "kind": "openai_http",
+                "target": base,
+                "model": model,
+                "request_format": "/v1/chat/completions",
+                "max_tokens": int(max_tokens),
+                "timeout": max(60.0, duration_s * 4),
+            },
+            "profile": profile,
+            "data": [{"kind": "json_file", "path": str(prompts_path)}],
+            "tokenizer": {"kind": "hf_auto", "model": tokenizer},
+            "constraints": [
+                {"kind": "max_duration", "seconds": float(duration_s)},
+                # Once a rate over-saturates the server, higher rates only waste the machine's time.
+                {"kind": "over_saturation", "mode": "enforce", "stopping_scope": "all",
+                 "min_seconds": min(30.0, duration_s / 2)},
+            ],
+            "outputs": [{"kind": "json", "path": str(report_path)}],
+            "seed": {"kind": "static", "value": int(seed)},
+        }
+    }
+
+
+def run_guidellm(
+    scenario: dict[str, Any],
+    workdir: Path,
+    *,
+    timeout_s: float,
+    worker_processes: int = DEFAULT_WORKER_PROCESSES,
+) -> Path:
+    """Run ``guidellm run`` on ``scenario``; returns the JSON report path (raises with its log tail)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    scenario_path = workdir / "guidellm_scenario.json"
+    scenario_path.write_text(json.dumps(scenario, indent=1), encoding="utf-8")
+    report = Path(scenario["spec"]["outputs"][0]["path"])
+    log_path = workdir / "guidellm.log"
+    env = dict(os.environ)
+    env["GUIDELLM__MAX_WORKER_PROCESSES"] = str(int(worker_processes))
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cmd = [sys.executable, "-m", "guidellm", "run", "-c", str(scenario_path), "--disable-console-interactive"]
+    try:
+        with log_path.open("w", encoding="utf-8") as log:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout_s,
+                                  cwd=workdir, check=False)
+    except subprocess.TimeoutExpired:
+        raise ThroughputError(f"guidellm did not finish within {timeout_s:.0f}s; log: {log_path}") from None
+    if proc.returncode != 0 or not report.is_file():
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise ThroughputError(f"guidellm exited {proc.returncode} without a report ({report}); log tail:\n{tail}")
+    return report
+
+
+def _pct(metric: Mapping[str, Any] | None, key: str, scale: float = 1.0) -> float | None:
+    if not metric:
+        return None
+    stats = metric.get("successful") or {}
+    if not stats.get("count"):
+        return None
+    value = (stats.get("percentiles") or {}).get(key)
+    return None if value is None else float(value) * scale
+
+
+def _mean(metric: Mapping[str, Any] | None) -> float | None:
+    stats = (metric or {}).get("successful") or {}
+    return float(stats["mean"]) if stats.get("count") and stats.get("mean") is not None else None
+
+
+def _span_rate(times: Sequence[float]) -> float | None:
+    times = sorted(t for t in times if t is not None)
+    if len(times) < 2 or times[-1] <= times[0]:
+        return None
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+def _timing(request: Mapping[str, Any], key: str) -> float | None:
+    info = request.get("info") or {}
+    value = (info.get("timings") or {}).get(key)
+    return float(value) if value is not None else None
+
+
+def _strategy(bench: Mapping[str, Any]) -> tuple[str, float | None]:
+    strategy = (bench.get("config") or {}).get("strategy") or {}
+    kind = str(strategy.get("type_") or strategy.get("type") or "unknown")
+    rate = strategy.get("rate")
+    return kind, (float(rate) if rate is not None and kind in ("poisson", "constant") else None)
+
+
+def parse_guidellm_report(report: Path | str | Mapping[str, Any]) -> list[LoadPoint]:
+    """One :class:`LoadPoint` per benchmark in a guidellm 0.8 JSON report."""
+    data = report if isinstance(report, Mapping) else json.loads(Path(report).read_text(encoding="utf-8"))
+    benches = data.get("benchmarks")
+    if not isinstance(benches, list) or not benches:
+        raise ThroughputError(f"guidellm report {report if not isinstance(report, Mapping) else ''} has no benchmarks")
+    points = []
+    for bench in benches:
+        kind, offered = _strategy(bench)
+        metrics = bench.get("metrics") or {}
+        totals = metrics.get("request_totals") or {}
+        reqs = bench.get("requests") or {}
+        ok = list(reqs.get("successful") or [])
+        bad = list(reqs.get("errored") or [])
+        incomplete = list(reqs.get("incomplete") or [])
+        n_ok = int(totals.get("successful", len(ok)))
+        n_err = int(totals.get("errored", len(bad)))
+        n_inc = int(totals.get("incomplete", len(incomplete)))
+        duration = float(bench.get("duration") or 0.0)
+        arrivals = [_timing(r, "targeted_start") or _timing(r, "request_start") for r in ok + bad + incomplete]
+        completions = [_timing(r, "request_end") for r in ok]
+        achieved = _span_rate(completions)
+        if achieved is None or len(ok) < n_ok:  # samples missing: fall back to guidellm's aggregate
+            achieved = _mean(metrics.get("requests_per_second")) or (n_ok / duration if duration else 0.0)
+        arrival_rps = _span_rate(arrivals) if len(arrivals) >= n_ok + n_err else None
+        first_error = None
+        for r in bad:
+            err = (r.get("info") or {}).get("error")
+            if err:
+                first_error = str(err)[:500]
+                break
+        stopped = sorted(((bench.get("scheduler_state") or {}).get("end_processing_constraints") or {}).keys())
+        points.append(LoadPoint(
+            strategy=kind,
+            offered_rps=offered,
+            arrival_rps=arrival_rps if kind != "throughput" else None,
+            achieved_rps=float(achieved),
+            p50_s=_pct(metrics.get("request_latency"), "p50"),
+            p95_s=_pct(metrics.get("request_latency"), "p95"),
+            p99_s=_pct(metrics.get("request_latency"), "p99"),
+            ttft_p50_s=_pct(metrics.get("time_to_first_token_ms"), "p50", 1e-3),
+            ttft_p95_s=_pct(metrics.get("time_to_first_token_ms"), "p95", 1e-3),
+            ttft_p99_s=_pct(metrics.get("time_to_first_token_ms"), "p99", 1e-3),
+            output_tokens_per_s=_mean(metrics.get("output_tokens_per_second")),
+            requests=n_ok + n_err + n_inc,
+            successful=n_ok,
+            errors=n_err,
+            incomplete=n_inc,
+            duration_s=duration,
+            mean_prompt_tokens=_mean(metrics.get("prompt_token_count")),
+            mean_output_tokens=_mean(metrics.get("output_token_count")),
+            stopped_by=stopped,
+            first_error=first_error,
+        ))
+    if all(p.successful == 0 for p in points):
+        errors = next((p.first_error for p in points if p.first_error), "no request completed")
+        raise ThroughputError(f"every load-test request failed; first error: {errors}")
+    return points
+
+
+def analyse(points: Sequence[LoadPoint], slo_s: float, min_ratio: float = MIN_ACHIEVED_RATIO) -> ThroughputSummary:
+    """Sustained RPS = highest offered rate kept up with within the p95 latency SLO."""
+    sustained = [p.offered_rps for p in points if p.sustained(slo_s, min_ratio) and p.offered_rps is not None]
+    return ThroughputSummary(
+        sustained_rps=max(sustained) if sustained else 0.0,
+        max_achieved_rps=max((p.achieved_rps for p in points if p.successful), default=0.0),
+        slo_s=float(slo_s),
+        points=list(points),
+    )
+
+
+def warm_up(base_url: str, model: str, messages: Sequence[list[dict[str, str]]], max_tokens: int,
+            timeout_s: float = 300.0) -> None:
+    """Send a few requests before measuring: the first request to a fresh server pays for lazy
+    initialisation (seconds on CPU) and would otherwise be charged to the lowest offered rate."""
+    import httpx
+
+    url = base_url.rstrip("/")
+    url = url if url.endswith("/v1") else url + "/v1"
+    with httpx.Client(timeout=timeout_s) as client:
+        for msgs in messages:
+            response = client.post(f"{url}/chat/completions",
+                                   json={"model": model, "messages": msgs, "max_tokens": max_tokens})
+            if response.status_code != 200:
+                raise ThroughputError(
+                    f"warm-up request to {url} failed with HTTP {response.status_code}: {response.text[:500]}")
+
+
+def load_test(
+    spec: TaskSpec,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    base_url: str,
+    model: str,
+    tokenizer: str,
+    rates: Sequence[float] | None,
+    duration_s: float,
+    workdir: Path,
+    max_tokens: int | None = None,
+    seed: int = 0,
+    max_concurrency: int | None = None,
+    worker_processes: int = DEFAULT_WORKER_PROCESSES,
+) -> tuple[list[LoadPoint], Path]:
+    """Load-test a running OpenAI-compatible server with ``spec``'s test prompts. Returns the points
+    and the guidellm JSON report path."""
+    workdir = Path(workdir)
+    prompts = write_prompt_file(spec, rows, workdir / "prompts.jsonl", requests_needed(rates, duration_s))
+    warm_up(base_url, model, [build_messages(spec, dict(r)) for r in rows[:2]], max_tokens or spec.max_answer_tokens)
+    report_path = workdir / "guidellm_report.json"
+    scenario = guidellm_scenario(
+        target=base_url, model=model, prompts_path=prompts, tokenizer=tokenizer, rates=rates,
+        duration_s=duration_s, max_tokens=max_tokens or spec.max_answer_tokens, report_path=report_path,
+        seed=seed, max_concurrency=max_concurrency,
+    )
+    n_benchmarks = len(rates) if rates else 8
+    timeout = n_benchmarks * (duration_s + 60) + 180  # + guidellm start-up and server drain
+    run_guidellm(scenario, workdir, timeout_s=timeout, worker_processes=worker_processes)
+    return parse_guidellm_report(report_path), report_path
+
+
+# -- outputs -----------------------------------------------------------------------------------
+def point_rows(points: Sequence[LoadPoint], **common: Any) -> list[dict[str, Any]]:
+    """Rows for the store's ``throughput_points`` table (``common``: run_id, task, model, ...)."""
+    return [
+        dict(common, offered_rps=p.offered_rps, achieved_rps=p.achieved_rps, p50_s=p.p50_s, p95_s=p.p95_s,
+             p99_s=p.p99_s, ttft_p50_s=p.ttft_p50_s, ttft_p95_s=p.ttft_p95_s, ttft_p99_s=p.ttft_p99_s,
+             output_tokens_per_s=p.output_tokens_per_s, requests=p.requests, errors=p.errors)
+        for p in points
+    ]
+
+
+def points_markdown(points: Sequence[LoadPoint], slo_s: float) -> str:
+    def f(v: float | None, nd: int = 2) -> str:
+        return "–" if v is None else f"{v:.{nd}f}"
+
+    lines = ["| strategy | offered rps | arrivals rps | achieved rps | p50 s | p95 s | p99 s | TTFT p50 s "
+             "| out tok/s | ok | err | incomplete | sustained |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        lines.append(
+            f"| {p.strategy} | {f(p.offered_rps)} | {f(p.arrival_rps)} | {f(p.achieved_rps)} | {f(p.p50_s)} "
+            f"| {f(p.p95_s)} | {f(p.p99_s)} | {f(p.ttft_p50_s, 3)} | {f(p.output_tokens_per_s, 1)} "
+            f"| {p.successful} | {p.errors} | {p.incomplete} | {'yes' if p.sustained(slo_s) else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_latency_vs_load(series: Mapping[str, Sequence[LoadPoint]], slo_s: float, path: Path, title: str = "") -> Path:
+    """p50/p95 latency and achieved throughput against offered rate, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_lat, ax_tp) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, points in series.items():
+        pts = sorted((p for p in points if p.offered_rps is not None), key=lambda p: p.offered_rps)
+        if not pts:
+            continue
+        x = [p.offered_rps for p in pts]
+        ax_lat.plot(x, [p.p50_s for p in pts], marker="o", label=f"{name} p50")
+        ax_lat.plot(x, [p.p95_s for p in pts], marker="^", linestyle="--", label=f"{name} p95")
+        ax_tp.plot(x, [p.achieved_rps for p in pts], marker="o", label=f"{name} achieved")
+    ax_lat.axhline(slo_s, color="red", linewidth=0.8, label=f"SLO {slo_s:g}s")
+    ax_lat.set_xlabel("offered load (requests/s)")
+    ax_lat.set_ylabel("end-to-end latency (s)")
+    ax_lat.legend(fontsize=8)
+    ax_lat.grid(alpha=0.3)
+    lim = max([p.offered_rps or 0 for pts in series.values() for p in pts] + [1e-9])
+    ax_tp.plot([0, lim], [0, lim], color="grey", linewidth=0.8, linestyle=":", label="achieved = offered")
+    ax_tp.set_xlabel("offered load (requests/s)")
+    ax_tp.set_ylabel("achieved throughput (requests/s)")
+    ax_tp.legend(fontsize=8)
+    ax_tp.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fp8_supported(backend: str) -> tuple[bool, str]:
+    """fp8 weights need vLLM on a GPU with fp8 tensor cores (compute capability >= 8.9: Ada, Hopper)."""
+    if backend != "vllm":
+        return False, f"backend {backend!r} has no fp8 path (vLLM only)"
+    try:
+        import torch
+    except ImportError:
+        return False, "torch is not installed"
+    if not torch.cuda.is_available():
+        return False, "no CUDA GPU"
+    major, minor = torch.cuda.get_device_capability(0)
+    if (major, minor) < (8, 9):
+        return False, f"GPU compute capability {major}.{minor} < 8.9 (no fp8 tensor cores)"
+    return True, f"GPU compute capability {major}.{minor}"
