@@ -1,6 +1,5 @@
 """Seed-set asset ``<task>``: seed (train) and test splits as Parquet, plus blocking checks."""
 
-from __future__ import annotations
 
 import hashlib
 from collections import Counter
@@ -118,7 +117,7 @@ def build_seed_set_asset(spec: TaskSpec) -> list:
         if dist:
             metadata["seed_label_distribution"] = dg.MetadataValue.json(dist)
             metadata["test_label_distribution"] = dg.MetadataValue.json(label_distribution(spec, data.test))
-        return dg.Output(value, metadata=metadata, data_version=dg.DataVersion(content_hash[:32]))
+        return dg.Output(value, metadata=metadata)
 
     @dg.asset_check(asset=seed_set, name="rows_valid", blocking=True,
                     description="Every seed and test row is valid for the task type.")

@@ -1,6 +1,23 @@
-"""Dagster resources wrapping model access and the results store."""
+"""Dagster resources wrapping model access and the results store.
 
-from .models import LLMResource, ModelStoreResource, ServingResource
-from .store import ResultsStoreResource
+Import from the submodules (``resources.models``, ``resources.store``); the names are re-exported
+lazily so importing one resource never drags in the others.
+"""
 
-__all__ = ["LLMResource", "ModelStoreResource", "ResultsStoreResource", "ServingResource"]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "LLMResource": "models",
+    "ModelStoreResource": "models",
+    "ServingResource": "models",
+    "ResultsStoreResource": "store",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(name)
