@@ -163,7 +163,8 @@ def summarize(results: Sequence[ItemResult], *, n_boot: int = 2000, seed: int = 
     if not values:
         raise ValueError("no scorable results to summarise")
     score = sum(values) / len(values)
-    lo, hi = _ci(bootstrap_ci(values, n_boot=n_boot, seed=seed))
+    ci = bootstrap_ci(values, n_resamples=n_boot, seed=seed)
+    lo, hi = float(ci.low), float(ci.high)
     reps = repeat_means(results)
     rep_mean, rep_std = mean_std(reps) if reps else (score, 0.0)
     strict_items = item_means(results, strict=True)
@@ -185,16 +186,6 @@ def summarize(results: Sequence[ItemResult], *, n_boot: int = 2000, seed: int = 
     )
 
 
-def _ci(value: Any) -> tuple[float, float]:
-    """Accept ``(lo, hi)``, ``(point, lo, hi)`` or an object with ``low``/``high``."""
-    if hasattr(value, "low") and hasattr(value, "high"):
-        return float(value.low), float(value.high)
-    if isinstance(value, dict):
-        return float(value["low"]), float(value["high"])
-    seq = tuple(value)
-    return (float(seq[-2]), float(seq[-1]))
-
-
 def worst_items(results: Sequence[ItemResult], k: int = 10) -> list[dict[str, Any]]:
     """The ``k`` lowest-scoring items (mean over repeats), parse failures first on ties."""
     per_item = item_means(results)
@@ -214,16 +205,20 @@ def worst_items(results: Sequence[ItemResult], k: int = 10) -> list[dict[str, An
 
 
 def paired_comparison(student: Sequence[ItemResult], baseline: Sequence[ItemResult]) -> dict[str, Any]:
-    """Student vs baseline on the items both scored: difference with CI, McNemar p, win/tie/loss."""
+    """Student vs baseline on the items both scored (repeats averaged per item): the difference
+    (student - baseline) with its paired bootstrap CI, the exact McNemar p-value for 0/1 scores,
+    the overall verdict, and per-item wins / ties / losses of the student."""
     from distil_platform.stats import compare
 
     s, b = item_means(student), item_means(baseline)
     common = sorted(set(s) & set(b))
     if not common:
         return {"n_paired": 0}
-    out = compare([s[i] for i in common], [b[i] for i in common])
-    out = dict(out if isinstance(out, dict) else asdict(out))
+    out = dict(compare([s[i] for i in common], [b[i] for i in common]))
     out["n_paired"] = len(common)
+    out["item_wins"] = sum(1 for i in common if s[i] > b[i])
+    out["item_ties"] = sum(1 for i in common if s[i] == b[i])
+    out["item_losses"] = sum(1 for i in common if s[i] < b[i])
     return out
 
 

@@ -301,6 +301,10 @@ def train_student(
         peft_config=peft_config,
         callbacks=[_progress_callback(steps, progress, history)],
     )
+    # disable_tqdm makes the Trainer print every log dict to stdout; progress goes through `progress`.
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
     trained = trainer.model
     trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trained.parameters())
