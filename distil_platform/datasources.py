@@ -230,21 +230,29 @@ def normalise_records(
 
 
 def _load_unstructured(spec: TaskSpec, directory: Path) -> tuple[pl.DataFrame | None, str | None]:
-    """The task's unstructured file: ``data.unstructured_file`` (absolute, or relative to the
-    data directory, then the sample directory), else ``unstructured.{jsonl,csv}`` in ``directory``."""
+    """The task's unlabelled texts: ``data.unstructured_file`` in ``directory``, else any
+    ``unstructured.{jsonl,csv}`` there (a local data dir brings its own), else the configured file
+    in the shipped sample (or an absolute path)."""
     name = spec.data.unstructured_file
-    if name:
-        candidates = [Path(name)] if Path(name).is_absolute() else [directory / name, spec.sample_dir() / name]
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
+    candidates = []
+    if name and Path(name).is_absolute():
+        candidates.append(Path(name))
+    else:
+        if name:
+            candidates.append(directory / name)
+        found = _find_file(directory, "unstructured", required=False)
+        if found:
+            candidates.append(found)
+        if name:
+            candidates.append(spec.sample_dir() / name)
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        if name:
             raise DataSourceError(
                 f"{spec.source_file}: field `data.unstructured_file`: {name} not found "
-                f"(looked in {', '.join(str(c.parent) for c in candidates)})"
+                f"(looked in {', '.join(sorted({str(c.parent) for c in candidates}))})"
             )
-    else:
-        path = _find_file(directory, "unstructured", required=False)
-        if path is None:
-            return None, None
+        return None, None
     return read_unstructured(path), str(path)
 
 
