@@ -394,6 +394,7 @@ def extract_literals(sql: str) -> list[_Literal]:
 # -- data generation -----------------------------------------------------------------------------
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}")
 _BASE_DATE = dt.date(2018, 1, 1)
+_DAYS_BACK = (0, 0, 1, 6, 7, 8, 29, 30, 31)  # edges of "today", "last 7 days", "last 30 days"
 
 
 def _parse_date(value: Any) -> dt.date | None:
@@ -447,10 +448,15 @@ def _literal_variants(lit: _Literal, kind: str, rng: random.Random) -> list[Any]
     return [text]
 
 
-def _random_value(column: _Column, rng: random.Random, vocabulary: int) -> Any:
+def _random_value(column: _Column, rng: random.Random, vocabulary: int, pool: list[Any] | None = None) -> Any:
     kind, name = column.kind, column.name.lower()
     if kind == "bool":
         return rng.randint(0, 1)
+    numbers = [v for v in pool or () if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0]
+    if kind in ("int", "real") and numbers:
+        # On the scale of the query's thresholds, so `salary > 85000` splits the rows.
+        value = rng.uniform(0, 2 * rng.choice(numbers))
+        return int(value) if kind == "int" else round(value, 2)
     if kind == "int":
         if "year" in name:
             return rng.randint(2015, 2026)
@@ -460,8 +466,9 @@ def _random_value(column: _Column, rng: random.Random, vocabulary: int) -> Any:
     if kind == "real":
         return round(rng.uniform(0, 1000), 2)
     if kind in ("date", "datetime"):
-        if rng.random() < 0.3:  # near today, for DATE('now', '-30 days') style filters
-            day = dt.date.today() - dt.timedelta(days=rng.randint(0, 60))
+        if rng.random() < 0.3:  # near today, for DATE('now') / DATE('now', '-30 days') style filters
+            back = rng.choice(_DAYS_BACK) if rng.random() < 0.5 else rng.randint(0, 90)
+            day = dt.date.today() - dt.timedelta(days=back)
         else:
             day = _BASE_DATE + dt.timedelta(days=rng.randint(0, 365 * 8))
         if kind == "date":
@@ -504,10 +511,12 @@ def _foreign_key_values(
         nullable = not any(c.notnull for c in table.columns if c.name in cols)
         if parent == table.name:  # self reference: an earlier row of this table, or NULL
             candidates = [tuple(r.get(p) for p in pcols) for r in self_rows]
+            hot: list[tuple] = []
         else:
-            candidates = parent_values.get((parent, pcols), [])
+            candidates, hot = parent_values.get((parent, pcols), ([], []))
         if candidates and not (nullable and rng.random() < _NULL_RATE):
-            row.update(zip(cols, rng.choice(candidates)))
+            # Often a parent that matches a query literal, so joins + WHERE on the parent select rows.
+            row.update(zip(cols, rng.choice(hot if hot and rng.random() < _LITERAL_RATE else candidates)))
         elif nullable:
             row.update(dict.fromkeys(cols))
         else:
@@ -540,7 +549,7 @@ def _generate_rows(
                 elif (pool := pools.get((table.name, column.name))) and rng.random() < _LITERAL_RATE:
                     row[column.name] = rng.choice(pool)
                 else:
-                    row[column.name] = _random_value(column, rng, vocabulary)
+                    row[column.name] = _random_value(column, rng, vocabulary, pool)
             for unique in table.uniques:
                 col = unique[0]
                 if len(unique) == 1 and col not in fk_columns and (row[col],) in seen[unique]:
@@ -577,7 +586,8 @@ def build_database(
     conn = _new_connection()
     try:
         conn.executescript(schema_sql)
-        parent_values: dict[tuple[str, tuple[str, ...]], list[tuple]] = {}
+        # (parent, parent columns) -> (all keys, keys of rows holding a query literal)
+        parent_values: dict[tuple[str, tuple[str, ...]], tuple[list[tuple], list[tuple]]] = {}
         referenced = {(parent, pcols) for t in tables for _, parent, pcols in t.foreign_keys}
         for table in tables:
             n_rows = rng.randint(low, high) * (2 if table.foreign_keys else 1)
@@ -586,12 +596,20 @@ def build_database(
                 cols = ", ".join(_quote(c.name) for c in table.columns)
                 marks = ", ".join("?" for _ in table.columns)
                 conn.executemany(f"INSERT OR IGNORE INTO {_quote(table.name)} ({cols}) VALUES ({marks})", rows)
+            literal_values = {
+                v
+                for (t, _), values in pools.items()
+                if t == table.name
+                for v in values
+                if isinstance(v, str) or (isinstance(v, (int, float)) and abs(v) > 1)  # not 0/1 flags
+            }
             for parent, pcols in referenced:
                 if parent == table.name:
                     select = ", ".join(_quote(c) for c in pcols)
-                    parent_values[(parent, pcols)] = conn.execute(
-                        f"SELECT DISTINCT {select} FROM {_quote(parent)} ORDER BY 1"
-                    ).fetchall()
+                    keyed = conn.execute(f"SELECT {select}, * FROM {_quote(parent)}").fetchall()
+                    keys = sorted({r[: len(pcols)] for r in keyed}, key=repr)
+                    hot = sorted({r[: len(pcols)] for r in keyed if literal_values & set(r[len(pcols):])}, key=repr)
+                    parent_values[(parent, pcols)] = (keys, hot)
     except sqlite3.Error as exc:
         conn.close()
         raise SQLSchemaError(f"cannot fill a database for the schema: {exc}") from None
