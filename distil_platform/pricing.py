@@ -34,7 +34,8 @@ PRICING_FILE_ENV = "DISTIL_PRICING_FILE"
 
 # Serving hardware the platform knows how to describe; a typo ("h10") must fail loudly rather
 # than silently leave a student unpriced.
-KNOWN_GPUS = ("h100", "h200", "b200", "a100", "a100-40gb", "a100-80gb", "l4", "l40s", "a10g", "t4")
+KNOWN_GPUS = ("h100", "h200", "gh200", "b200", "a100", "a100-40gb", "a100-80gb", "l4", "l40s", "a10g", "t4", "v100",
+              "mi300x")
 CPU_KEY_RE = re.compile(r"^cpu-(\d+)core$")
 
 ORIGIN_FILE = "pricing_file"
@@ -57,6 +58,19 @@ def is_known_hardware(key: str) -> bool:
 def cpu_hardware_key(cores: int) -> str:
     """Hardware key of a CPU instance with ``cores`` cores (what the local profile is priced as)."""
     return f"cpu-{int(cores)}core"
+
+
+def pricing_hardware_key(server_key: str, description: str = "") -> str:
+    """The pricing-file key for a server's hardware: GPU keys pass through; a CPU server (``cpu``)
+    is priced as an instance with as many cores as the description (``"..., 2 cores"``) or this
+    process's CPU affinity says."""
+    if server_key != "cpu":
+        return server_key
+    match = re.search(r"(\d+)\s+cores?\b", description or "")
+    if match:
+        return cpu_hardware_key(int(match.group(1)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cpu_hardware_key(cores)
 
 
 @dataclass(frozen=True)
