@@ -42,6 +42,9 @@ _VERDICT_LINE_RE = re.compile(
     r"[\*\[\(\"'`]*\s*(good|bad)\s*[\*\]\)\"'`]*\s*[.!]?\s*$",
     re.IGNORECASE,
 )
+# A labelled verdict anywhere in a line ("..., so my verdict: BAD") also counts, so a judge that
+# changes its mind mid-reply is caught as contradictory.
+_LABELLED_VERDICT_RE = re.compile(r"\bverdict\s*[:=]\s*[\*\[\(\"'`]*\s*(good|bad)\b", re.IGNORECASE)
 _VERDICT_KEYS = ("verdict", "grade", "answer", "judgement", "judgment", "label")
 
 
@@ -87,6 +90,7 @@ def parse_verdict(text: Any) -> float:
                     return 1.0 if verdict.strip().lower() == "good" else 0.0
             return math.nan
     verdicts = {m.group(1).lower() for line in text.splitlines() if (m := _VERDICT_LINE_RE.match(line))}
+    verdicts |= {m.group(1).lower() for m in _LABELLED_VERDICT_RE.finditer(text)}
     if len(verdicts) != 1:
         return math.nan
     return 1.0 if verdicts.pop() == "good" else 0.0

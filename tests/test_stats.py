@@ -1,0 +1,140 @@
+"""Statistics: hand-worked values, degenerate inputs, pairing, and the win/tie/loss verdict."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distil_platform.stats import (
+    bootstrap_ci,
+    compare,
+    mcnemar_exact,
+    mean_std,
+    paired_bootstrap_diff,
+    per_item_means,
+    wilson_interval,
+)
+
+
+def test_mean_std_hand_worked():
+    mean, std = mean_std([0.8, 0.9, 1.0])
+    assert mean == pytest.approx(0.9) and std == pytest.approx(0.1)  # sample std (ddof=1)
+    assert mean_std([0.7]) == (0.7, 0.0)
+    assert all(math.isnan(v) for v in mean_std([]))
+    assert mean_std([1.0, float("nan"), 0.0]) == pytest.approx((0.5, math.sqrt(0.5)))
+
+
+def test_wilson_interval_hand_worked():
+    # p = 0.3, z = 1.959964: centre (0.3 + z^2/20) / (1 + z^2/10) = 0.355506,
+    # half-width z * sqrt(0.021 + z^2/400) / (1 + z^2/10) = 0.247713
+    low, high = wilson_interval(3, 10)
+    assert low == pytest.approx(0.107793, abs=1e-5) and high == pytest.approx(0.603219, abs=1e-5)
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.277533, abs=1e-5)  # z^2/10 / (1 + z^2/10)
+    assert wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+    with pytest.raises(ValueError):
+        wilson_interval(11, 10)
+
+
+def test_mcnemar_exact_hand_worked():
+    a = [1] * 8 + [0] * 2 + [1] * 5 + [0] * 5
+    b = [0] * 8 + [1] * 2 + [1] * 5 + [0] * 5
+    result = mcnemar_exact(a, b)
+    assert (result.a_only, result.b_only, result.both, result.neither, result.n) == (8, 2, 5, 5, 20)
+    assert result.p_value == pytest.approx(2 * (1 + 10 + 45) / 1024)  # two-sided binomial, n=10, k<=2
+    assert mcnemar_exact([1, 0], [1, 0]).p_value == 1.0  # no discordant pairs
+    assert mcnemar_exact([True, True, True], [False, False, False]).p_value == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        mcnemar_exact([1], [1, 0])
+
+
+def test_per_item_means_averages_repeats_and_ignores_nan():
+    got = per_item_means([[1, 0], [1, 1, float("nan")], 0.25, [float("nan")]])
+    assert got[:3].tolist() == [0.5, 1.0, 0.25] and math.isnan(got[3])
+
+
+def test_bootstrap_ci_close_to_normal_approximation():
+    scores = [1.0] * 70 + [0.0] * 30
+    ci = bootstrap_ci(scores)
+    half = 1.959964 * math.sqrt(0.7 * 0.3 / 100)
+    assert ci.mean == pytest.approx(0.7) and ci.n == 100
+    assert ci.low == pytest.approx(0.7 - half, abs=0.02) and ci.high == pytest.approx(0.7 + half, abs=0.02)
+    assert ci["low"] == ci.low and ci.as_dict()["high"] == ci.high
+    assert bootstrap_ci(scores, seed=1).low == pytest.approx(ci.low, abs=0.02)
+    assert bootstrap_ci(scores) == ci  # deterministic for a seed
+    narrow = bootstrap_ci(scores, confidence=0.5)
+    assert ci.low < narrow.low < narrow.high < ci.high
+
+
+def test_bootstrap_ci_degenerate_inputs():
+    empty = bootstrap_ci([])
+    assert empty.n == 0 and all(math.isnan(v) for v in (empty.mean, empty.low, empty.high))
+    one = bootstrap_ci([0.4])
+    assert (one.mean, one.low, one.high, one.n) == (0.4, 0.4, 0.4, 1)
+    flat = bootstrap_ci([1.0] * 30)
+    assert (flat.low, flat.high) == (1.0, 1.0)
+    repeats = bootstrap_ci([[1, 0], [1, 1], [0, 0]])
+    assert repeats.n == 3 and repeats.mean == pytest.approx(0.5)
+    nan_items = bootstrap_ci([1.0, float("nan"), 0.0, [float("nan")]])
+    assert nan_items.n == 2 and nan_items.mean == 0.5
+    with pytest.raises(ValueError):
+        bootstrap_ci([1.0, 0.0], confidence=1.5)
+
+
+def test_paired_bootstrap_uses_the_same_items():
+    rng = random.Random(0)
+    b = [rng.random() for _ in range(60)]  # items differ a lot in difficulty
+    a = [x + 0.05 + rng.uniform(-0.01, 0.01) for x in b]  # A is uniformly a bit better
+    ci = paired_bootstrap_diff(a, b)
+    assert ci.mean == pytest.approx(np.mean(a) - np.mean(b))
+    assert 0.04 < ci.low < ci.mean < ci.high < 0.06  # pairing removes the item variance
+    shifted = paired_bootstrap_diff([x + 0.1 for x in b], b)
+    assert shifted.low == pytest.approx(0.1) and shifted.high == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="same items"):
+        paired_bootstrap_diff([1, 0], [1])
+
+
+def test_compare_verdicts():
+    frontier = [1.0] * 40 + [0.0] * 10
+    win = compare([1.0] * 50, [1.0] * 20 + [0.0] * 30)
+    assert win["verdict"] == "win" and win["ci_low"] > 0 and win["mcnemar_p"] < 0.001
+    loss = compare([0.0] * 30 + [1.0] * 20, frontier)
+    assert loss["verdict"] == "loss" and loss["ci_high"] < 0
+    tie = compare([1.0] * 38 + [0.0] * 12, frontier)
+    assert tie["verdict"] == "tie" and tie["ci_low"] <= 0 <= tie["ci_high"]
+    assert tie["diff"] == pytest.approx(-0.04) and tie["n"] == 50
+    assert tie["student_mean"] == pytest.approx(0.76) and tie["frontier_mean"] == pytest.approx(0.8)
+    same = compare(frontier, frontier)
+    assert (same["verdict"], same["diff"], same["ci_low"], same["ci_high"], same["mcnemar_p"]) == ("tie", 0.0, 0.0, 0.0, 1.0)
+
+
+def test_compare_repeats_nan_and_empty():
+    student = [[1, 1, 0]] * 20
+    frontier = [[0, 0, 1]] * 20
+    result = compare(student, frontier)
+    assert result["verdict"] == "win" and result["mcnemar_p"] is None  # per-item means are not 0/1
+    assert result["diff"] == pytest.approx(1 / 3)
+    with_nan = compare([1.0, float("nan"), 1.0], [0.0, 1.0, 0.0])
+    assert with_nan["n"] == 2 and with_nan["n_excluded"] == 1
+    empty = compare([], [])
+    assert empty["n"] == 0 and empty["verdict"] == "tie" and math.isnan(empty["diff"])
+    with pytest.raises(ValueError):
+        compare([1.0], [1.0, 0.0])
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=2, max_size=40))
+def test_compare_is_antisymmetric(pairs):
+    a = [float(x) for x, _ in pairs]
+    b = [float(y) for _, y in pairs]
+    forward = compare(a, b, n_resamples=2000)
+    backward = compare(b, a, n_resamples=2000)
+    assert forward["diff"] == pytest.approx(-backward["diff"])
+    assert {forward["verdict"], backward["verdict"]} in ({"tie"}, {"win", "loss"})
+    assert forward["mcnemar_p"] == pytest.approx(backward["mcnemar_p"])
