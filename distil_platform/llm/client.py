@@ -327,6 +327,9 @@ class LLMClient:
             kwargs["api_base"] = self.api_base
         if self._api_key:
             kwargs["api_key"] = self._api_key
+        elif self.api_base and self.model.startswith("openai/"):
+            # Local OpenAI-compatible servers need no key, but the OpenAI SDK refuses to send none.
+            kwargs["api_key"] = "no-key"
         try:
             # Retries are ours (with Retry-After); litellm's and the OpenAI SDK's are switched off.
             response = await asyncio.wait_for(

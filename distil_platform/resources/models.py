@@ -1,0 +1,161 @@
+"""Dagster resources for model access: LLM client, serving launcher, base-model store.
+
+Thin configuration wrappers; the logic lives in ``distil_platform.llm``, ``distil_platform.serving``
+and ``distil_platform.modelstore`` (imported inside methods: loading Definitions stays light).
+GPU assets declare the Dagster concurrency pool ``gpu`` so two servers/trainings never share a card.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+
+class LLMResource(dg.ConfigurableResource):
+    """Batch chat completions through litellm (frontier APIs) or straight HTTP (OpenAI-compatible servers).
+
+    One configured resource serves teacher, frontier, judge and student calls: :meth:`client` takes a
+    model, endpoint and key per call. Configure ``api_key`` with ``dg.EnvVar("...")``: it is never
+    logged nor written to metadata (``LLMClient.__repr__`` omits it).
+    """
+
+    model: str = Field(default="", description="Default litellm model string, e.g. 'gpt-5-nano' or 'openai/<name>'.")
+    api_base: str | None = Field(default=None, description="OpenAI-compatible endpoint (…/v1) for openai/<name> models.")
+    api_key: str | None = Field(default=None, description="API key; use dg.EnvVar so it is never stored in config.")
+    concurrency: int = Field(default=16, description="Requests in flight per batch.")
+    timeout_s: float = Field(default=60.0, description="Per-request timeout (seconds).")
+    max_retries: int = Field(default=5, description="Retries on 429/5xx/timeouts, with backoff and Retry-After.")
+    max_error_rate: float = Field(default=0.5, description="Stop a batch when more than this share of items fail.")
+    max_usd: float | None = Field(default=None, description="Budget cap per client: stop before spending more.")
+    fast_path: bool = Field(default=True, description="Plain httpx for openai/<name> + api_base (litellm for providers).")
+    use_pricing_file: bool = Field(default=True, description="Price from the platform pricing file, then litellm's map.")
+
+    def client(
+        self,
+        model: str | None = None,
+        api_base: str | None = None,
+        api_key: str | None = None,
+        *,
+        store: Any | None = None,
+        price_lookup: Callable[[str], tuple[float, float] | None] | None = None,
+        log: Callable[[str], None] | None = None,
+        run_id: str | None = None,
+        task: str | None = None,
+        stage: str | None = None,
+        token_counter: Callable[[list, str], tuple[int, int]] | None = None,
+        concurrency: int | None = None,
+        max_usd: float | None = None,
+        timeout_s: float | None = None,
+    ):
+        """An ``LLMClient`` for ``model`` (default: the configured one) recording into the results store.
+
+        An explicit ``model`` without ``api_base``/``api_key`` does not inherit the configured
+        endpoint or key (they belong to the configured model). Keys of a task's ``ModelRef`` come
+        from ``os.environ[ref.api_key_env]`` at the call site.
+        """
+        from distil_platform.llm import LLMClient, default_price_lookup
+        from distil_platform.store import ResultsStore
+
+        chosen = model or self.model
+        if not chosen:
+            raise ValueError("LLMResource: no model given and none configured (set `model` or pass model=...)")
+        inherit = model is None or model == self.model
+        if price_lookup is None:
+            price_lookup = default_price_lookup(_platform_price_lookup(log) if self.use_pricing_file else None)
+        return LLMClient(
+            chosen,
+            api_base=api_base if api_base is not None else (self.api_base if inherit else None),
+            api_key=api_key if api_key is not None else (self.api_key if inherit else None),
+            store=store if store is not None else ResultsStore(),
+            concurrency=concurrency or self.concurrency,
+            timeout_s=timeout_s or self.timeout_s,
+            max_retries=self.max_retries,
+            max_error_rate=self.max_error_rate,
+            max_usd=max_usd if max_usd is not None else self.max_usd,
+            price_lookup=price_lookup,
+            log=log,
+            run_id=run_id,
+            task=task,
+            stage=stage,
+            token_counter=token_counter,
+            fast_path=self.fast_path,
+        )
+
+
+def _platform_price_lookup(log: Callable[[str], None] | None):
+    """The pricing file's lookup; None (litellm's map only) when the file is absent or invalid."""
+    try:
+        from distil_platform.pricing import price_lookup
+    except ImportError:
+        return None
+    try:
+        return price_lookup()
+    except Exception as exc:  # noqa: BLE001 - a broken pricing file is reported by the pricing asset
+        if log:
+            log(f"pricing file not usable for LLM costs ({type(exc).__name__}: {exc}); using litellm's price map")
+        return None
+
+
+class ServingResource(dg.ConfigurableResource):
+    """Starts an OpenAI-compatible server for a checkpoint (``vllm`` or ``transformers serve``)."""
+
+    backend: str = Field(default="auto", description="auto | vllm | transformers")
+    dtype: str = Field(default="bfloat16", description="Weights/compute dtype passed to the server.")
+    quantization: str | None = Field(default=None, description="None or 'fp8' (vllm only).")
+    max_num_seqs: int | None = Field(default=None, description="vllm --max-num-seqs")
+    gpu_memory_utilization: float | None = Field(default=0.85, description="vllm --gpu-memory-utilization")
+    max_model_len: int | None = Field(default=None, description="vllm --max-model-len")
+    continuous_batching: bool = Field(default=True, description="transformers serve --continuous-batching")
+    cb_num_blocks: int | None = Field(default=80, description="KV-cache blocks (caps the cache's memory on CPU).")
+    cb_max_memory_percent: float | None = Field(default=None, description="transformers --cb-max-memory-percent")
+    device: str = Field(default="auto", description="transformers serve --device")
+    startup_timeout_s: float = Field(default=600.0, description="Seconds to wait for the server to be healthy.")
+    server_threads: int | None = Field(
+        default=None, description="OMP/MKL threads of a CPU server (None: the library default)."
+    )
+
+    @contextlib.contextmanager
+    def serve(self, model_dir: str | Path, **overrides: Any) -> Iterator[Any]:
+        """``with serving.serve(dir) as server:`` -> ``distil_platform.serving.Server``.
+
+        Keyword arguments override the configured knobs for this one server.
+        """
+        from distil_platform.serving import serve
+
+        settings: dict[str, Any] = {
+            "backend": self.backend, "dtype": self.dtype, "quantization": self.quantization,
+            "max_num_seqs": self.max_num_seqs, "gpu_memory_utilization": self.gpu_memory_utilization,
+            "max_model_len": self.max_model_len, "continuous_batching": self.continuous_batching,
+            "cb_num_blocks": self.cb_num_blocks, "cb_max_memory_percent": self.cb_max_memory_percent,
+            "device": self.device, "startup_timeout_s": self.startup_timeout_s,
+        }
+        if self.server_threads:
+            threads = str(self.server_threads)
+            settings["env"] = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        settings.update(overrides)
+        with serve(model_dir, **settings) as server:
+            yield server
+
+    def served_model_name(self, model_dir: str | Path) -> str:
+        """The name a server of ``model_dir`` answers to when no ``served_model_name`` is given."""
+        from distil_platform.serving import default_served_name
+
+        return default_served_name(Path(model_dir))
+
+    def litellm_model_for(self, model_dir: str | Path) -> str:
+        """``openai/<served name>``: the LLM-cache model string of answers from this checkpoint."""
+        return f"openai/{self.served_model_name(model_dir)}"
+
+
+class ModelStoreResource(dg.ConfigurableResource):
+    """Resolves base-model names (tiny-qwen3, smollm2-135m-instruct, HF hub ids, local dirs) to weights."""
+
+    def resolve(self, name: str) -> Path:
+        from distil_platform.modelstore import resolve_model
+
+        return resolve_model(name)
