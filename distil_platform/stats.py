@@ -82,7 +82,9 @@ def mean_std(values: Sequence[float]) -> MeanStd:
     return MeanStd(float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0)
 
 
-def _bootstrap(data: tuple[np.ndarray, ...], statistic, confidence: float, n_resamples: int, seed: int, paired: bool):
+def _bootstrap(
+    data: tuple[np.ndarray, ...], statistic, confidence: float, n_resamples: int, seed: int, paired: bool
+):
     """scipy's BCa interval, falling back to the percentile method where BCa is undefined."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

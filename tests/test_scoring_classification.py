@@ -54,7 +54,7 @@ def test_exact_match_rejects(prediction):
 def test_exact_match_collapses_inner_whitespace_and_case_both_sides():
     assert exact_match("Health  and\nPersonal Care", "health and personal care") == 1.0
     assert normalize_label("  Books. ") == "books"
-    assert normalize_label('"\'x\'"') == "x"  # nested quotes peel off repeatedly
+    assert normalize_label("\"'x'\"") == "x"  # nested quotes peel off repeatedly
 
 
 def test_exact_match_bad_reference_raises():

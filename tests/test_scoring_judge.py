@@ -65,14 +65,24 @@ def test_parse_verdict_unparseable_is_nan(reply):
 def test_llm_judge_sends_rubric_question_context_reference_prediction():
     judge = RecordedJudge("Verdict: GOOD")
     score = llm_judge(
-        "Blonde Redhead", "Blonde Redhead", "Which band has more albums?", RUBRIC, judge=judge, context="Passage text"
+        "Blonde Redhead",
+        "Blonde Redhead",
+        "Which band has more albums?",
+        RUBRIC,
+        judge=judge,
+        context="Passage text",
     )
     assert score == 1.0
     (messages,) = judge.calls
     assert [m["role"] for m in messages] == ["system", "user"]
     assert RUBRIC in messages[0]["content"]
     user = messages[1]["content"]
-    for part in ("Which band has more albums?", "Passage text", "Reference answer:\nBlonde Redhead", "Model answer:\nBlonde Redhead"):
+    for part in (
+        "Which band has more albums?",
+        "Passage text",
+        "Reference answer:\nBlonde Redhead",
+        "Model answer:\nBlonde Redhead",
+    ):
         assert part in user
 
 

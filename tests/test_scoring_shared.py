@@ -114,7 +114,9 @@ def test_classification_references_score_one(shared_benchmark, task):
 
 
 def test_open_book_and_docstring_references_score_one(shared_benchmark):
-    rows = _csv(shared_benchmark / HOTPOTQA / "test.csv") + _jsonl(shared_benchmark / DOCSTRINGS / "test.jsonl")
+    rows = _csv(shared_benchmark / HOTPOTQA / "test.csv") + _jsonl(
+        shared_benchmark / DOCSTRINGS / "test.jsonl"
+    )
     spec = TaskSpec(name="qa", type="open_book_qa", description="d")
     for row in rows:
         assert token_f1(row["answer"], row["answer"]) == 1.0

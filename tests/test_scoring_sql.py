@@ -124,15 +124,26 @@ def test_generated_database_respects_constraints(index):
         assert conn.execute("SELECT COUNT(*) FROM employees WHERE name IS NULL").fetchone()[0] == 0
         assert conn.execute("SELECT COUNT(email) = COUNT(DISTINCT email) FROM employees").fetchone()[0] == 1
         # types: integers, ISO dates, 0/1 booleans; some NULLs in nullable columns across the data
-        assert conn.execute("SELECT COUNT(*) FROM employees WHERE typeof(salary) NOT IN ('integer', 'null')").fetchone()[0] == 0
-        assert conn.execute(
-            "SELECT COUNT(*) FROM employees WHERE hire_date IS NOT NULL AND date(hire_date) IS NULL"
-        ).fetchone()[0] == 0
+        assert (
+            conn.execute(
+                "SELECT COUNT(*) FROM employees WHERE typeof(salary) NOT IN ('integer', 'null')"
+            ).fetchone()[0]
+            == 0
+        )
+        assert (
+            conn.execute(
+                "SELECT COUNT(*) FROM employees WHERE hire_date IS NOT NULL AND date(hire_date) IS NULL"
+            ).fetchone()[0]
+            == 0
+        )
         assert conn.execute("SELECT COUNT(*) FROM employees WHERE is_active NOT IN (0, 1)").fetchone()[0] == 0
         # self reference points at earlier rows only
-        assert conn.execute(
-            "SELECT COUNT(*) FROM employees WHERE manager_id IS NOT NULL AND manager_id >= id"
-        ).fetchone()[0] == 0
+        assert (
+            conn.execute(
+                "SELECT COUNT(*) FROM employees WHERE manager_id IS NOT NULL AND manager_id >= id"
+            ).fetchone()[0]
+            == 0
+        )
     finally:
         conn.close()
 
@@ -184,7 +195,12 @@ def test_order_by_matters_only_when_reference_orders():
     assert match("SELECT name FROM employees ORDER BY id ASC", ref_ordered) == 0.0
     assert match("SELECT name FROM employees", ref_ordered) == 0.0
     assert match("SELECT name FROM employees ORDER BY id DESC", "SELECT name FROM employees") == 1.0
-    assert match("SELECT name FROM employees ORDER BY id LIMIT 4", "SELECT name FROM employees ORDER BY id LIMIT 3") == 0.0
+    assert (
+        match(
+            "SELECT name FROM employees ORDER BY id LIMIT 4", "SELECT name FROM employees ORDER BY id LIMIT 3"
+        )
+        == 0.0
+    )
 
 
 def test_distinct_vs_duplicates():
@@ -198,18 +214,35 @@ def test_nulls():
     assert match("SELECT COUNT(*) FROM employees WHERE manager_id = NULL", ref) == 0.0
     assert match("SELECT SUM(manager_id IS NULL) FROM employees", ref) == 1.0
     assert match("SELECT COUNT(salary) FROM employees", "SELECT COUNT(*) FROM employees") == 0.0
-    assert match("SELECT name, salary FROM employees WHERE salary IS NULL", "SELECT name, salary FROM employees WHERE salary IS NULL") == 1.0
+    assert (
+        match(
+            "SELECT name, salary FROM employees WHERE salary IS NULL",
+            "SELECT name, salary FROM employees WHERE salary IS NULL",
+        )
+        == 1.0
+    )
 
 
 def test_aliases_and_column_order():
     ref = "SELECT e.name AS employee, d.name AS dept FROM employees e JOIN departments d ON e.department_id = d.id"
-    assert match(
-        "SELECT employees.name, departments.name FROM employees, departments WHERE employees.department_id = departments.id",
-        ref,
-    ) == 1.0
-    assert match("SELECT d.name, e.name FROM departments d JOIN employees e ON e.department_id = d.id", ref) == 1.0
+    assert (
+        match(
+            "SELECT employees.name, departments.name FROM employees, departments WHERE employees.department_id = departments.id",
+            ref,
+        )
+        == 1.0
+    )
+    assert (
+        match("SELECT d.name, e.name FROM departments d JOIN employees e ON e.department_id = d.id", ref)
+        == 1.0
+    )
     assert match("SELECT e.name FROM employees e JOIN departments d ON e.department_id = d.id", ref) == 0.0
-    assert match("SELECT e.name, d.name, d.id FROM employees e JOIN departments d ON e.department_id = d.id", ref) == 0.0
+    assert (
+        match(
+            "SELECT e.name, d.name, d.id FROM employees e JOIN departments d ON e.department_id = d.id", ref
+        )
+        == 0.0
+    )
 
 
 def test_aggregates_on_empty_table():
@@ -221,22 +254,35 @@ def test_aggregates_on_empty_table():
 
 def test_joins_with_foreign_keys():
     ref = "SELECT d.name, COUNT(*) FROM departments d JOIN employees e ON e.department_id = d.id GROUP BY d.id, d.name"
-    assert match(
-        "SELECT d.name, COUNT(e.id) FROM employees e INNER JOIN departments d ON d.id = e.department_id GROUP BY d.id",
-        ref,
-    ) == 1.0
+    assert (
+        match(
+            "SELECT d.name, COUNT(e.id) FROM employees e INNER JOIN departments d ON d.id = e.department_id GROUP BY d.id",
+            ref,
+        )
+        == 1.0
+    )
     # a LEFT JOIN also lists departments without employees, which the data contains
-    assert match(
-        "SELECT d.name, COUNT(e.id) FROM departments d LEFT JOIN employees e ON e.department_id = d.id GROUP BY d.id",
-        ref,
-    ) == 0.0
-    assert match(
-        "SELECT d.name, COUNT(*) FROM departments d JOIN employees e ON e.manager_id = d.id GROUP BY d.id", ref
-    ) == 0.0
+    assert (
+        match(
+            "SELECT d.name, COUNT(e.id) FROM departments d LEFT JOIN employees e ON e.department_id = d.id GROUP BY d.id",
+            ref,
+        )
+        == 0.0
+    )
+    assert (
+        match(
+            "SELECT d.name, COUNT(*) FROM departments d JOIN employees e ON e.manager_id = d.id GROUP BY d.id",
+            ref,
+        )
+        == 0.0
+    )
 
 
 def test_float_results_compare_with_tolerance():
-    assert match("SELECT SUM(salary) * 1.0 / COUNT(salary) FROM employees", "SELECT AVG(salary) FROM employees") == 1.0
+    assert (
+        match("SELECT SUM(salary) * 1.0 / COUNT(salary) FROM employees", "SELECT AVG(salary) FROM employees")
+        == 1.0
+    )
     assert match("SELECT ROUND(AVG(salary), 0) FROM employees", "SELECT AVG(salary) FROM employees") == 0.0
 
 
@@ -322,7 +368,10 @@ def test_score_prediction_text2sql_reads_schema_from_context_or_question():
     spec = TaskSpec(name="t2s", type="text2sql", description="Write SQL.")
     ref = "SELECT COUNT(*) FROM employees WHERE salary > 50000;"
     row = {"question": "How many?", "answer": ref, "context": SCHEMA}
-    assert score_prediction(spec, "```sql\nSELECT COUNT(id) FROM employees WHERE salary > 50000\n```", row).score == 1.0
+    assert (
+        score_prediction(spec, "```sql\nSELECT COUNT(id) FROM employees WHERE salary > 50000\n```", row).score
+        == 1.0
+    )
     row_public = {"question": f"Schema:\n{SCHEMA}\n\nQuestion: How many?", "answer": ref, "context": ""}
     item = score_prediction(spec, "SELECT COUNT(*) FROM employees WHERE salary >= 50000", row_public)
     assert (item.score, item.parse_ok) == (0.0, True) and item.detail.startswith("results differ")
@@ -331,16 +380,32 @@ def test_score_prediction_text2sql_reads_schema_from_context_or_question():
 
 def test_fifty_items_score_fast():
     pairs = [
-        ("SELECT COUNT(*) FROM employees WHERE salary > {n}", "SELECT COUNT(id) FROM employees WHERE salary > {n}"),
-        ("SELECT d.name, AVG(e.salary) FROM departments d JOIN employees e ON e.department_id = d.id "
-         "WHERE e.hire_date >= '2021-0{m}-01' GROUP BY d.id",
-         "SELECT d.name, AVG(e.salary) FROM employees e JOIN departments d ON d.id = e.department_id "
-         "WHERE e.hire_date >= '2021-0{m}-01' GROUP BY d.name"),
-        ("SELECT name FROM employees ORDER BY salary DESC, id LIMIT {m}", "SELECT name FROM employees ORDER BY salary DESC, id LIMIT {m}"),
-        ("SELECT project, SUM(hours) FROM assignments GROUP BY project HAVING SUM(hours) > {n}",
-         "SELECT project, SUM(hours) FROM assignments GROUP BY 1 HAVING SUM(hours) > {n}"),
-        ("SELECT DISTINCT e.name FROM employees e JOIN assignments a ON a.employee_id = e.id WHERE a.project LIKE '%{m}%'",
-         "SELECT e.name FROM employees e WHERE e.id IN (SELECT employee_id FROM assignments WHERE project LIKE '%{m}%') GROUP BY e.name"),
+        (
+            "SELECT COUNT(*) FROM employees WHERE salary > {n}",
+            "SELECT COUNT(id) FROM employees WHERE salary > {n}",
+        ),
+        (
+            (
+                "SELECT d.name, AVG(e.salary) FROM departments d JOIN employees e ON e.department_id = d.id "
+                "WHERE e.hire_date >= '2021-0{m}-01' GROUP BY d.id"
+            ),
+            (
+                "SELECT d.name, AVG(e.salary) FROM employees e JOIN departments d ON d.id = e.department_id "
+                "WHERE e.hire_date >= '2021-0{m}-01' GROUP BY d.name"
+            ),
+        ),
+        (
+            "SELECT name FROM employees ORDER BY salary DESC, id LIMIT {m}",
+            "SELECT name FROM employees ORDER BY salary DESC, id LIMIT {m}",
+        ),
+        (
+            "SELECT project, SUM(hours) FROM assignments GROUP BY project HAVING SUM(hours) > {n}",
+            "SELECT project, SUM(hours) FROM assignments GROUP BY 1 HAVING SUM(hours) > {n}",
+        ),
+        (
+            "SELECT DISTINCT e.name FROM employees e JOIN assignments a ON a.employee_id = e.id WHERE a.project LIKE '%{m}%'",
+            "SELECT e.name FROM employees e WHERE e.id IN (SELECT employee_id FROM assignments WHERE project LIKE '%{m}%') GROUP BY e.name",
+        ),
     ]
     start = time.perf_counter()
     scores = []
@@ -350,11 +415,18 @@ def test_fifty_items_score_fast():
         scores.append(match(pred.format(**fill), ref.format(**fill)))
     elapsed = time.perf_counter() - start
     assert elapsed < 3.0, f"50 items took {elapsed:.2f}s"
-    assert sum(scores) >= 40  # equivalent rewrites; a few may differ on duplicate names (DISTINCT vs GROUP BY)
+    assert (
+        sum(scores) >= 40
+    )  # equivalent rewrites; a few may differ on duplicate names (DISTINCT vs GROUP BY)
 
 
 # -- properties -----------------------------------------------------------------------------------
-_columns = st.lists(st.sampled_from(["id", "name", "salary", "hire_date", "department_id"]), min_size=1, max_size=3, unique=True)
+_columns = st.lists(
+    st.sampled_from(["id", "name", "salary", "hire_date", "department_id"]),
+    min_size=1,
+    max_size=3,
+    unique=True,
+)
 _filters = st.one_of(
     st.just(""),
     st.integers(0, 1000).map(lambda n: f" WHERE salary > {n}"),

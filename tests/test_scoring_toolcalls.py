@@ -66,7 +66,10 @@ GIT_TOOLS = [
 HOME_TOOLS = [
     _tool(
         "toggle_lights",
-        {"room": {"type": "string", "enum": ["bedroom", "bathroom"]}, "state": {"type": "string", "enum": ["on", "off"]}},
+        {
+            "room": {"type": "string", "enum": ["bedroom", "bathroom"]},
+            "state": {"type": "string", "enum": ["on", "off"]},
+        },
     ),
     _tool("set_thermostat", {"temperature": {"type": "integer"}, "mode": {"type": "string"}}),
 ]
@@ -88,8 +91,10 @@ EXPECTED = {"name": "git_push", "parameters": {"branch": "main", "force": True}}
         'Sure! Here is the call:\n{"name": "git_push", "arguments": {"branch": "main", "force": true}}\nDone.',
         '<tool_call>\n{"name": "git_push", "arguments": {"branch": "main", "force": true}}\n</tool_call>',
         '{"name": "git_push", "arguments": "{\\"branch\\": \\"main\\", \\"force\\": true}"}',
-        '{"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", '
-        '"function": {"name": "git_push", "arguments": "{\\"branch\\": \\"main\\", \\"force\\": true}"}}]}',
+        (
+            '{"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", '
+            '"function": {"name": "git_push", "arguments": "{\\"branch\\": \\"main\\", \\"force\\": true}"}}]}'
+        ),
         '[{"type": "function", "function": {"name": "git_push", "arguments": {"branch": "main", "force": true}}}]',
         '{"type": "function", "function": {"name": "git_push", "parameters": {"branch": "main", "force": true}}}',
         'I think {"thought": 1} then {"name": "git_push", "parameters": {"branch": "main", "force": true}}',
@@ -102,7 +107,10 @@ def test_parse_tool_call_shapes(text):
 def test_parse_tool_call_accepts_decoded_values_and_no_arguments():
     assert parse_tool_call(EXPECTED) == EXPECTED
     assert parse_tool_call('{"name": "git_status"}') == {"name": "git_status", "parameters": {}}
-    assert parse_tool_call('{"name": "git_status", "arguments": ""}') == {"name": "git_status", "parameters": {}}
+    assert parse_tool_call('{"name": "git_status", "arguments": ""}') == {
+        "name": "git_status",
+        "parameters": {},
+    }
 
 
 @pytest.mark.parametrize(
@@ -127,7 +135,10 @@ def test_parse_tool_call_rejects(text):
 # -- equivalence ----------------------------------------------------------------------------------
 def test_git_push_defaults_fill_both_sides():
     ref = call("git_push", branch="main")
-    assert tool_call_equivalence(call("git_push", branch="main", remote="origin", force=False), ref, GIT_TOOLS) == 1.0
+    assert (
+        tool_call_equivalence(call("git_push", branch="main", remote="origin", force=False), ref, GIT_TOOLS)
+        == 1.0
+    )
     assert tool_call_equivalence(ref, call("git_push", branch="main", remote="origin"), GIT_TOOLS) == 1.0
     assert tool_call_equivalence(call("git_push", branch="main", force=True), ref, GIT_TOOLS) == 0.0
     assert tool_call_equivalence(call("git_push", branch="main", remote="upstream"), ref, GIT_TOOLS) == 0.0
@@ -152,9 +163,15 @@ def test_lists_in_order_and_nested_objects():
     assert tool_call_equivalence(call("git_add", files=["a.py"]), ref, GIT_TOOLS) == 0.0
     nested = call("configure", options={"name": "x"})
     # the nested default (depth=1) fills on both sides
-    assert tool_call_equivalence(call("configure", options={"name": "x", "depth": 1}), nested, GIT_TOOLS) == 1.0
-    assert tool_call_equivalence(call("configure", options={"name": "x", "depth": 2}), nested, GIT_TOOLS) == 0.0
-    assert tool_call_equivalence(call("configure", options={"name": "x", "bogus": 1}), nested, GIT_TOOLS) == 0.0
+    assert (
+        tool_call_equivalence(call("configure", options={"name": "x", "depth": 1}), nested, GIT_TOOLS) == 1.0
+    )
+    assert (
+        tool_call_equivalence(call("configure", options={"name": "x", "depth": 2}), nested, GIT_TOOLS) == 0.0
+    )
+    assert (
+        tool_call_equivalence(call("configure", options={"name": "x", "bogus": 1}), nested, GIT_TOOLS) == 0.0
+    )
 
 
 def test_undefined_parameter_unknown_tool_wrong_name_unparseable_score_zero():
@@ -189,7 +206,9 @@ def test_staged_levels():
     # after default filling an omitted `force` is present (False): right keys, wrong value
     assert tool_call_staged(call("git_push", branch="main"), ref, GIT_TOOLS) == 0.75
     assert tool_call_staged(call("git_push", branch="dev", force=True), ref, GIT_TOOLS) == 0.75
-    assert tool_call_staged(call("git_push", branch="main", force=True, remote="origin"), ref, GIT_TOOLS) == 1.0
+    assert (
+        tool_call_staged(call("git_push", branch="main", force=True, remote="origin"), ref, GIT_TOOLS) == 1.0
+    )
 
 
 def _home_spec():
@@ -202,13 +221,26 @@ def test_score_prediction_multi_turn_smart_home():
         {
             "role": "assistant",
             "content": "",
-            "tool_calls": [{"type": "function", "function": {"name": "toggle_lights", "arguments": {"room": "bedroom", "state": "off"}}}],
+            "tool_calls": [
+                {
+                    "type": "function",
+                    "function": {"name": "toggle_lights", "arguments": {"room": "bedroom", "state": "off"}},
+                }
+            ],
         },
         {"role": "user", "content": "The bathroom too"},
     ]
-    row = {"question": json.dumps(history), "answer": call("toggle_lights", room="bathroom", state="off"), "context": ""}
+    row = {
+        "question": json.dumps(history),
+        "answer": call("toggle_lights", room="bathroom", state="off"),
+        "context": "",
+    }
     spec = _home_spec()
-    good = score_prediction(spec, '```json\n{"name": "toggle_lights", "arguments": {"state": "off", "room": "bathroom"}}\n```', row)
+    good = score_prediction(
+        spec,
+        '```json\n{"name": "toggle_lights", "arguments": {"state": "off", "room": "bathroom"}}\n```',
+        row,
+    )
     assert good == ItemScore(1.0, 1.0, True, "")
     stale = score_prediction(spec, call("toggle_lights", room="bedroom", state="off"), row)
     assert (stale.score, stale.strict, stale.parse_ok, stale.detail) == (0.0, 0.0, True, "staged=0.75")
@@ -217,10 +249,15 @@ def test_score_prediction_multi_turn_smart_home():
 
 
 _json_scalars = st.one_of(
-    st.booleans(), st.integers(-1000, 1000), st.floats(-1e6, 1e6, allow_nan=False), st.text(max_size=8), st.none()
+    st.booleans(),
+    st.integers(-1000, 1000),
+    st.floats(-1e6, 1e6, allow_nan=False),
+    st.text(max_size=8),
+    st.none(),
 )
 _json_values = st.recursive(
-    _json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    _json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=6,
 )
 _PROPERTY_TOOL = [

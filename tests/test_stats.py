@@ -111,7 +111,13 @@ def test_compare_verdicts():
     assert tie["diff"] == pytest.approx(-0.04) and tie["n"] == 50
     assert tie["student_mean"] == pytest.approx(0.76) and tie["frontier_mean"] == pytest.approx(0.8)
     same = compare(frontier, frontier)
-    assert (same["verdict"], same["diff"], same["ci_low"], same["ci_high"], same["mcnemar_p"]) == ("tie", 0.0, 0.0, 0.0, 1.0)
+    assert (same["verdict"], same["diff"], same["ci_low"], same["ci_high"], same["mcnemar_p"]) == (
+        "tie",
+        0.0,
+        0.0,
+        0.0,
+        1.0,
+    )
 
 
 def test_compare_repeats_nan_and_empty():

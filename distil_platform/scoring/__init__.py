@@ -94,7 +94,9 @@ def _schema_for(row: dict[str, Any]) -> str:
     return schema
 
 
-def score_prediction(spec: TaskSpec, prediction: str, row: dict[str, Any], judge: Judge | None = None) -> ItemScore:
+def score_prediction(
+    spec: TaskSpec, prediction: str, row: dict[str, Any], judge: Judge | None = None
+) -> ItemScore:
     """Scores ``prediction`` for ``row`` (keys question, answer, context) with ``spec.metric_name``.
 
     For ``llm_judge`` without a judge the documented fallback is :func:`token_f1`

@@ -118,5 +118,7 @@ def llm_judge(
     prediction = as_text(prediction)
     if not prediction.strip():
         return 0.0
-    messages = build_judge_messages(prediction, as_text(reference), as_text(question), rubric, as_text(context))
+    messages = build_judge_messages(
+        prediction, as_text(reference), as_text(question), rubric, as_text(context)
+    )
     return parse_verdict(judge(messages))

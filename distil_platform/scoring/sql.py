@@ -161,7 +161,12 @@ def split_schema_question(text: str) -> tuple[str, str]:
 
 
 # -- safe execution -------------------------------------------------------------------------------
-_READ_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+_READ_ACTIONS = {
+    sqlite3.SQLITE_SELECT,
+    sqlite3.SQLITE_READ,
+    sqlite3.SQLITE_FUNCTION,
+    sqlite3.SQLITE_RECURSIVE,
+}
 # Functions that reach outside the database (none are compiled into stock SQLite but load_extension).
 _DENIED_FUNCTIONS = {"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"}
 
@@ -286,7 +291,12 @@ def _introspect(schema_sql: str) -> tuple[_Table, ...]:
             info = conn.execute(f"PRAGMA table_info({_quote(name)})").fetchall()
             pk_cols = [r[1] for r in sorted((r for r in info if r[5]), key=lambda r: r[5])]
             columns = tuple(
-                _Column(name=r[1], kind=_column_kind(r[2], r[1]), notnull=bool(r[3]) or r[1] in pk_cols, pk=bool(r[5]))
+                _Column(
+                    name=r[1],
+                    kind=_column_kind(r[2], r[1]),
+                    notnull=bool(r[3]) or r[1] in pk_cols,
+                    pk=bool(r[5]),
+                )
                 for r in info
             )
             integer_pk = None
@@ -380,12 +390,16 @@ def extract_literals(sql: str) -> list[_Literal]:
             side = parent.expression if child is parent.this else parent.this
         if side is None:
             continue
-        op = "like" if isinstance(parent, (exp.Like, exp.ILike)) else (
-            "eq" if isinstance(parent, (exp.EQ, exp.NEQ, exp.In)) else "cmp"
+        op = (
+            "like"
+            if isinstance(parent, (exp.Like, exp.ILike))
+            else ("eq" if isinstance(parent, (exp.EQ, exp.NEQ, exp.In)) else "cmp")
         )
-        columns = {c.name.lower() for c in side.find_all(exp.Column)} if not isinstance(side, exp.Column) else {
-            side.name.lower()
-        }
+        columns = (
+            {c.name.lower() for c in side.find_all(exp.Column)}
+            if not isinstance(side, exp.Column)
+            else {side.name.lower()}
+        )
         for column in sorted(columns):
             found.append(_Literal(column, _literal_value(node), op))
     return found
@@ -429,10 +443,11 @@ def _literal_variants(lit: _Literal, kind: str, rng: random.Random) -> list[Any]
             return [value]
         step = 1 if kind == "int" else 0.5
         around = [value - step, value, value + step, value * 0.5, value * 1.5]
-        return [int(round(v)) if kind == "int" else round(float(v), 2) for v in around]
+        return [round(v) if kind == "int" else round(float(v), 2) for v in around]
     # text
     text = str(value)
     if lit.op == "like":
+
         def fill(pattern: str) -> str:
             out = []
             for ch in pattern:
@@ -557,7 +572,9 @@ def _generate_rows(
                     if isinstance(row[col], str):
                         row[col] = f"{row[col]}_{i}"
                     elif isinstance(row[col], (int, float)):
-                        row[col] = max((k[0] for k in seen[unique] if isinstance(k[0], (int, float))), default=0) + 1
+                        row[col] = (
+                            max((k[0] for k in seen[unique] if isinstance(k[0], (int, float))), default=0) + 1
+                        )
             keys = {u: tuple(row[c] for c in u) for u in table.uniques}
             if all(None in key or key not in seen[u] for u, key in keys.items()):
                 for u, key in keys.items():
@@ -595,7 +612,9 @@ def build_database(
             if rows:
                 cols = ", ".join(_quote(c.name) for c in table.columns)
                 marks = ", ".join("?" for _ in table.columns)
-                conn.executemany(f"INSERT OR IGNORE INTO {_quote(table.name)} ({cols}) VALUES ({marks})", rows)
+                conn.executemany(
+                    f"INSERT OR IGNORE INTO {_quote(table.name)} ({cols}) VALUES ({marks})", rows
+                )
             literal_values = {
                 v
                 for (t, _), values in pools.items()
@@ -608,7 +627,9 @@ def build_database(
                     select = ", ".join(_quote(c) for c in pcols)
                     keyed = conn.execute(f"SELECT {select}, * FROM {_quote(parent)}").fetchall()
                     keys = sorted({r[: len(pcols)] for r in keyed}, key=repr)
-                    hot = sorted({r[: len(pcols)] for r in keyed if literal_values & set(r[len(pcols):])}, key=repr)
+                    hot = sorted(
+                        {r[: len(pcols)] for r in keyed if literal_values & set(r[len(pcols) :])}, key=repr
+                    )
                     parent_values[(parent, pcols)] = (keys, hot)
     except sqlite3.Error as exc:
         conn.close()
@@ -627,7 +648,9 @@ def _normalize_value(value: Any) -> Any:
     return value
 
 
-def results_match(reference: tuple[int, list[tuple]], prediction: tuple[int, list[tuple]], *, ordered: bool) -> bool:
+def results_match(
+    reference: tuple[int, list[tuple]], prediction: tuple[int, list[tuple]], *, ordered: bool
+) -> bool:
     """Whether two results agree: same width and row count, and some column permutation of the
     prediction makes the rows equal as a multiset (as a list when ``ordered``)."""
     (ref_width, ref_rows), (pred_width, pred_rows) = reference, prediction
@@ -748,7 +771,9 @@ def sql_execution_match(
     ).score
 
 
-def sql_reference_error(reference: str, schema_sql: str, *, n_databases: int = 3, seed: int = 0) -> str | None:
+def sql_reference_error(
+    reference: str, schema_sql: str, *, n_databases: int = 3, seed: int = 0
+) -> str | None:
     """Why ``reference`` cannot serve as a text2sql answer for ``schema_sql`` (None when it can)."""
     try:
         sql_match_details(reference, reference, schema_sql, n_databases=n_databases, seed=seed)

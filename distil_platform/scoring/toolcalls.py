@@ -143,11 +143,11 @@ def _undefined_parameter(params: dict[str, Any], schema: dict[str, Any], path: s
         if key not in props:
             return f"{path}{key}"
         sub = props[key]
-        if isinstance(value, dict) and isinstance(sub, dict) and "properties" in sub:
-            if sub.get("additionalProperties", False) is not True:
-                found = _undefined_parameter(value, sub, f"{path}{key}.")
-                if found:
-                    return found
+        nested_closed = isinstance(sub, dict) and "properties" in sub and sub.get("additionalProperties") is not True
+        if isinstance(value, dict) and nested_closed:
+            found = _undefined_parameter(value, sub, f"{path}{key}.")
+            if found:
+                return found
     return None
 
 
@@ -188,7 +188,9 @@ def _reference_call(reference: Any, index: dict[str, dict[str, Any]]) -> dict[st
         raise ToolSchemaError(f"reference calls unknown tool {call['name']!r}; tools: {', '.join(index)}")
     undefined = _undefined_parameter(call["parameters"], index[call["name"]])
     if undefined:
-        raise ToolSchemaError(f"reference call {call['name']} passes parameter {undefined!r} the schema lacks")
+        raise ToolSchemaError(
+            f"reference call {call['name']} passes parameter {undefined!r} the schema lacks"
+        )
     return call
 
 
