@@ -452,3 +452,18 @@ def test_reflexive(query, seed):
 def test_deterministic_for_a_seed(pred, ref, seed):
     first = sql_match_details(pred, ref, SCHEMA, seed=seed)
     assert sql_match_details(pred, ref, SCHEMA, seed=seed) == first
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=120),
+        st.builds(lambda tail: "SELECT " + tail, st.text(max_size=60)),
+        st.sampled_from(
+            ["SELECT ?", "SELECT 1\x00", "SELECT CAST(x'ff' AS TEXT)", "VALUES (1)", "(SELECT 1"]
+        ),
+    )
+)
+def test_garbage_predictions_never_raise(prediction):
+    result = sql_match_details(prediction, "SELECT COUNT(*) FROM employees", SCHEMA, timeout_s=0.5)
+    assert result.score in (0.0, 1.0)

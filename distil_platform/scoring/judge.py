@@ -70,9 +70,9 @@ def parse_verdict(text: Any) -> float:
     """1.0 for GOOD, 0.0 for BAD, NaN when the reply does not state exactly one verdict.
 
     Strict on purpose: the verdict must be a JSON object ``{"verdict": "good"|"bad"}`` or stand
-    alone on a line (optionally as ``Verdict: X``, in bold/brackets/quotes, with a final period).
-    A reply that states both verdicts on separate lines, or only mentions one inside a sentence
-    ("the answer is not good"), is unparseable.
+    alone on a line (optionally as ``Verdict: X``, in bold/brackets/quotes, with a final period);
+    a labelled ``verdict: X`` inside a line also counts. A reply that states both verdicts, or only
+    mentions one inside a sentence ("the answer is not good"), is unparseable.
     """
     text = strip_code_fences(as_text(text)).strip()
     if not text:

@@ -675,7 +675,9 @@ def results_match(
             if k not in used:
                 yield from permutations(j + 1, used + (k,))
 
-    for perm in islice(permutations(0, ()), _MAX_PERMUTATIONS):
+    # Bound the work (permutations x rows) so a wide result of look-alike columns stays cheap.
+    budget = max(10, min(_MAX_PERMUTATIONS, 2_000_000 // len(pred_rows)))
+    for perm in islice(permutations(0, ()), budget):
         permuted = [tuple(r[k] for k in perm) for r in pred_rows]
         if (permuted if ordered else Counter(permuted)) == ref_target:
             return True

@@ -143,7 +143,9 @@ def _undefined_parameter(params: dict[str, Any], schema: dict[str, Any], path: s
         if key not in props:
             return f"{path}{key}"
         sub = props[key]
-        nested_closed = isinstance(sub, dict) and "properties" in sub and sub.get("additionalProperties") is not True
+        nested_closed = (
+            isinstance(sub, dict) and "properties" in sub and sub.get("additionalProperties") is not True
+        )
         if isinstance(value, dict) and nested_closed:
             found = _undefined_parameter(value, sub, f"{path}{key}.")
             if found:
