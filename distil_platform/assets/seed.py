@@ -72,8 +72,10 @@ def build_seed_set_asset(spec: TaskSpec) -> list:
         origin = data.source
         context.log.info(f"{task}: loaded {data.seed.height} seed / {data.test.height} test rows from {origin}")
         # A bad row fails the run before anything is written, so the last good materialisation stays.
-        problems = describe_invalid(spec, data.seed, "seed", origin) + describe_invalid(
-            spec, data.test, "test", origin
+        seed_file = data.files[0] if len(data.files) > 0 else origin
+        test_file = data.files[1] if len(data.files) > 1 else origin
+        problems = describe_invalid(spec, data.seed, "seed", seed_file) + describe_invalid(
+            spec, data.test, "test", test_file
         )
         if problems:
             shown = "\n".join(problems[:20])
