@@ -113,3 +113,24 @@ def test_token_f1_bounded_symmetric_reflexive(a, b):
 @given(st.one_of(st.text(max_size=80), st.binary(max_size=40), st.integers(), st.none()))
 def test_exact_match_never_raises_on_garbage(prediction):
     assert exact_match(prediction, "books") in (0.0, 1.0)
+
+
+def test_every_shipped_sample_reference_scores_one_against_itself():
+    # All task types, not only classification: the nine shipped tasks with their sample data.
+    import json
+
+    from distil_platform.scoring import score_prediction
+    from distil_platform.taskspec import load_tasks
+
+    for name, spec in load_tasks().items():
+        rows = [
+            json.loads(line)
+            for split in ("train", "test")
+            if (spec.sample_dir() / f"{split}.jsonl").exists()
+            for line in (spec.sample_dir() / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
+        assert rows, name
+        for row in rows:
+            item = score_prediction(spec, str(row["answer"]), row)
+            assert (item.score, item.parse_ok) == (1.0, True), (name, row["id"], item)
