@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy import stats as _st
 
 ItemScores = Sequence[float] | Sequence[Sequence[float]]
 
@@ -57,6 +56,13 @@ class McNemarResult:
         return getattr(self, key)
 
 
+def _scipy_stats():
+    # scipy.stats takes ~1 s to import: only when a statistic is computed, not at Definitions load.
+    from scipy import stats
+
+    return stats
+
+
 def per_item_means(item_scores: ItemScores) -> np.ndarray:
     """One score per item: floats pass through, a list of repeats becomes its NaN-ignoring mean
     (NaN when every repeat is NaN)."""
@@ -89,7 +95,7 @@ def _bootstrap(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for method in ("BCa", "percentile"):
-            result = _st.bootstrap(
+            result = _scipy_stats().bootstrap(
                 data,
                 statistic,
                 n_resamples=n_resamples,
@@ -182,7 +188,7 @@ def mcnemar_exact(correct_a: Sequence[Any], correct_b: Sequence[Any]) -> McNemar
     a_only, b_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
     both, neither = int(np.sum(a & b)), int(np.sum(~a & ~b))
     discordant = a_only + b_only
-    p = 1.0 if discordant == 0 else float(_st.binomtest(a_only, discordant, 0.5).pvalue)
+    p = 1.0 if discordant == 0 else float(_scipy_stats().binomtest(a_only, discordant, 0.5).pvalue)
     return McNemarResult(p, a_only, b_only, both, neither)
 
 
@@ -193,7 +199,7 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
         raise ValueError(f"wilson_interval needs 0 <= k <= n, got k={k}, n={n}")
     if n == 0:
         return math.nan, math.nan
-    ci = _st.binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    ci = _scipy_stats().binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
 
 
