@@ -1,5 +1,5 @@
 """LLM client against a scripted stub OpenAI-compatible server: retries, timeouts, error-rate limit,
-cache, repeats, budget cap, store rows. Both transports: the httpx fast path and litellm."""
+cache, repeats, budget cap, store rows. Both transports: the aiohttp fast path and litellm."""
 
 from __future__ import annotations
 
@@ -100,14 +100,14 @@ def stub():
     server.close()
 
 
-@pytest.fixture(params=["httpx", "litellm"])
+@pytest.fixture(params=["fast", "litellm"])
 def transport(request):
     return request.param
 
 
-def _client(stub, transport="httpx", **kw) -> LLMClient:
+def _client(stub, transport="fast", **kw) -> LLMClient:
     defaults = {"api_base": stub.api_base, "api_key": "sk-test-secret", "concurrency": 8, "timeout_s": 2.0,
-                    "max_retries": 3, "retry_base_s": 0.01, "retry_max_s": 0.05, "fast_path": (transport == "httpx"),
+                    "max_retries": 3, "retry_base_s": 0.01, "retry_max_s": 0.05, "fast_path": (transport == "fast"),
                     "price_lookup": lambda model: (1e-3, 2e-3)}
     defaults.update(kw)
     return LLMClient("openai/stub-model", **defaults)
@@ -279,3 +279,29 @@ def test_async_api_and_sync_api_inside_a_running_loop(stub):
 
     results, nested = asyncio.run(main())
     assert [r.text for r in results] == ["echo: a", "echo: b"] and nested[0].text == "echo: c"
+
+
+def test_llm_resource_reads_the_key_from_env_and_never_shows_it(stub, monkeypatch):
+    import dagster as dg
+
+    from distil_platform.resources.models import LLMResource
+    from distil_platform.taskspec import ModelRef
+
+    monkeypatch.setenv("STUB_KEY", "sk-env-secret")
+    resource = LLMResource(model="openai/stub-model", api_base=stub.api_base, api_key=dg.EnvVar("STUB_KEY"))
+    with dg.build_resources({"llm": resource}) as resources:
+        client = resources.llm.client(run_id="res", stage="judge")
+        assert [r.text for r in client.chat_batch([_req("via resource")])] == ["echo: via resource"]
+        assert stub.calls[-1]["authorization"] == "Bearer sk-env-secret"
+        assert "sk-env-secret" not in repr(client) and "sk-env-secret" not in repr(resources.llm)
+        # Another model through the same resource does not inherit the configured key or endpoint.
+        other = resources.llm.client(model="gpt-5-nano")
+        assert other.api_base is None and other._api_key is None
+    ref = ModelRef(model="openai/stub-model", api_base=stub.api_base, api_key_env="REF_KEY")
+    with pytest.raises(ValueError, match="REF_KEY"):
+        LLMResource().client_for_ref(ref)
+    monkeypatch.setenv("REF_KEY", "sk-ref")
+    client = LLMResource().client_for_ref(ref, stage="frontier")
+    client.chat_batch([_req("ref call")])
+    assert stub.calls[-1]["authorization"] == "Bearer sk-ref"
+    assert ResultsStore().select(llm_requests, stage="frontier")

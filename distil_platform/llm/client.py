@@ -2,9 +2,10 @@
 
 One client serves frontier APIs (any litellm model string) and OpenAI-compatible servers
 (``openai/<served name>`` + ``api_base``: vLLM, ``transformers serve``). For the latter it talks
-HTTP directly through one pooled ``httpx.AsyncClient`` (``fast_path``): litellm adds about
-1.5-2.5 ms of CPU per call, which on a 2-core machine caps a batch below what a local server
-sustains (see ``benchmarks/README.md``). Providers always go through ``litellm.acompletion``.
+HTTP directly through one pooled ``aiohttp`` session (``fast_path``): it costs a fraction of
+litellm's per-call CPU, and ``httpx.AsyncClient`` collapses at high concurrency (~100 req/s at 64
+connections on a 2-core machine; see ``benchmarks/README.md``). Providers always go through
+``litellm.acompletion``.
 
 Results store use (``distil_platform.store``):
 - ``llm_cache``: one row per successful response, keyed by model, messages, tools, decoding
@@ -291,28 +292,30 @@ class LLMClient:
         payload.update(request.extra)
         return payload
 
-    async def _call_httpx(self, http, request: ChatRequest) -> dict[str, Any]:
-        import httpx
+    async def _call_http(self, http, request: ChatRequest) -> dict[str, Any]:
+        import aiohttp
 
         payload = self._payload(request)
         payload["model"] = self.model.split("/", 1)[1]
         try:
-            response = await http.post(f"{self.api_base}/chat/completions", json=payload)
-        except httpx.TimeoutException as exc:
-            raise _RetryableError(f"timeout after {self.timeout_s}s: {type(exc).__name__}") from exc
-        except httpx.TransportError as exc:
+            async with http.post(f"{self.api_base}/chat/completions", json=payload) as response:
+                status = response.status
+                body = await response.read()
+                retry_after = response.headers.get("Retry-After")
+        except asyncio.TimeoutError as exc:
+            raise _RetryableError(f"timeout after {self.timeout_s}s") from exc
+        except aiohttp.ClientError as exc:
             raise _RetryableError(f"connection error: {type(exc).__name__}: {exc}") from exc
-        if response.status_code != 200:
-            body = response.text[-500:]
-            message = f"HTTP {response.status_code}: {body}"
-            if response.status_code in RETRYABLE_STATUS:
-                raise _RetryableError(message, _parse_retry_after(response.headers.get("retry-after")))
+        if status != 200:
+            message = f"HTTP {status}: {body[-500:].decode('utf-8', 'replace')}"
+            if status in RETRYABLE_STATUS:
+                raise _RetryableError(message, _parse_retry_after(retry_after))
             raise _FatalError(message)
         try:
-            data = response.json()
+            data = json.loads(body)
             message_obj = data["choices"][0]["message"]
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise _FatalError(f"malformed response: {response.text[-300:]}") from exc
+            raise _FatalError(f"malformed response: {body[-300:].decode('utf-8', 'replace')}") from exc
         prompt, completion = _read_usage(data.get("usage"))
         return {"text": message_obj.get("content"), "tool_calls": _normalise_tool_calls(message_obj.get("tool_calls")),
                 "prompt_tokens": prompt, "completion_tokens": completion}
@@ -354,7 +357,7 @@ class LLMClient:
             self.http_calls += 1
             try:
                 if self.fast_path:
-                    return await self._call_httpx(http, request), attempt
+                    return await self._call_http(http, request), attempt
                 return await self._call_litellm(request), attempt
             except _FatalError as exc:
                 exc.attempts = attempt
@@ -524,12 +527,12 @@ class LLMClient:
     def _http_client(self):
         if not self.fast_path:
             return _NullAsyncContext()
-        import httpx
+        import aiohttp
 
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        return httpx.AsyncClient(
-            timeout=httpx.Timeout(self.timeout_s),
-            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.concurrency),
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
             headers=headers,
         )
 

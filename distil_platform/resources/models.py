@@ -26,13 +26,13 @@ class LLMResource(dg.ConfigurableResource):
 
     model: str = Field(default="", description="Default litellm model string, e.g. 'gpt-5-nano' or 'openai/<name>'.")
     api_base: str | None = Field(default=None, description="OpenAI-compatible endpoint (…/v1) for openai/<name> models.")
-    api_key: str | None = Field(default=None, description="API key; use dg.EnvVar so it is never stored in config.")
+    api_key: str | None = Field(default=None, repr=False, description="API key; use dg.EnvVar so it is never stored in config.")
     concurrency: int = Field(default=16, description="Requests in flight per batch.")
     timeout_s: float = Field(default=60.0, description="Per-request timeout (seconds).")
     max_retries: int = Field(default=5, description="Retries on 429/5xx/timeouts, with backoff and Retry-After.")
     max_error_rate: float = Field(default=0.5, description="Stop a batch when more than this share of items fail.")
     max_usd: float | None = Field(default=None, description="Budget cap per client: stop before spending more.")
-    fast_path: bool = Field(default=True, description="Plain httpx for openai/<name> + api_base (litellm for providers).")
+    fast_path: bool = Field(default=True, description="Direct aiohttp for openai/<name> + api_base (litellm for providers).")
     use_pricing_file: bool = Field(default=True, description="Price from the platform pricing file, then litellm's map.")
 
     def client(
@@ -85,6 +85,19 @@ class LLMResource(dg.ConfigurableResource):
             token_counter=token_counter,
             fast_path=self.fast_path,
         )
+
+
+    def client_for_ref(self, ref: Any, **context: Any):
+        """Client for a task's ``ModelRef`` (``model``, ``api_base``, ``api_key_env``); the key is read
+        from ``os.environ[ref.api_key_env]`` now, and a missing key is a clear error naming the variable."""
+        import os
+
+        api_key = None
+        if getattr(ref, "api_key_env", None):
+            api_key = os.environ.get(ref.api_key_env)
+            if not api_key:
+                raise ValueError(f"model {ref.model!r} needs an API key in env var {ref.api_key_env}, which is not set")
+        return self.client(model=ref.model, api_base=getattr(ref, "api_base", None), api_key=api_key, **context)
 
 
 def _platform_price_lookup(log: Callable[[str], None] | None):
