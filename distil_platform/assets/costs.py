@@ -6,7 +6,6 @@ wires it to resources, run config and metadata. ``<task>_cost_table`` and ``benc
 only the results store (never a model), so re-pricing is cheap and safe to trigger automatically.
 """
 
-from __future__ import annotations
 
 import json
 import time
@@ -17,6 +16,7 @@ import dagster as dg
 
 from distil_platform import paths
 from distil_platform.profiles import get_profile
+from distil_platform.resources.models import LLMResource, ServingResource
 from distil_platform.resources.store import ResultsStoreResource
 from distil_platform.taskspec import TaskSpec
 
@@ -81,8 +81,8 @@ def build_task_cost_assets(spec: TaskSpec) -> list:
         config: ThroughputConfig,
         seed_set: dict,
         student: dict,
-        serving: dg.ResourceParam[Any],
-        llm: dg.ResourceParam[Any],
+        serving: ServingResource,
+        llm: LLMResource,
         results_store: ResultsStoreResource,
     ) -> dg.Output[dict]:
         from distil_platform.pricing import pricing_hardware_key
