@@ -241,6 +241,9 @@ def estimate_usage(spec: TaskSpec, model: str, rows: Sequence[Mapping[str, Any]]
     from distil_platform.prompts import build_messages, format_answer
 
     if token_counter is None:
+        import os
+
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch prices over the network here
         import litellm
 
         token_counter = litellm.token_counter
