@@ -368,6 +368,24 @@ def _wait_ready(proc: subprocess.Popen, base: str, served_name: str, timeout_s: 
     )
 
 
+def _warm_up(base_url: str, served_name: str, timeout_s: float, log_path: Path) -> None:
+    """One 1-token chat request: compiles/allocates what the first real request would otherwise
+    pay for (seconds with continuous batching), and surfaces chat-template errors at start-up."""
+    payload = json.dumps({"model": served_name, "messages": [{"role": "user", "content": "Hello"}],
+                          "max_tokens": 1, "temperature": 0.0}).encode()
+    request = urllib.request.Request(f"{base_url}/chat/completions", data=payload,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        detail = exc.read().decode("utf-8", "replace")[-500:] if isinstance(exc, urllib.error.HTTPError) else ""
+        raise ServingError(
+            f"server started but a warm-up chat request failed ({exc}) {detail}\n"
+            f"log tail ({log_path}):\n{_tail(log_path, 40)}"
+        ) from exc
+
+
 def stop_process_group(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
     """SIGTERM the server's process group, SIGKILL it after ``timeout_s`` (transformers serve drains
     its whole queue on SIGTERM, with no time limit), and reap every process of the tree."""
@@ -418,12 +436,15 @@ def serve(
     env: dict[str, str] | None = None,
     log_dir: str | Path | None = None,
     extra_args: list[str] | None = None,
+    warmup: bool = True,
 ) -> Iterator[Server]:
     """Serve ``model_dir`` until the ``with`` block ends; yields a :class:`Server`.
 
     ``continuous_batching``/``cb_*`` apply to ``transformers``; ``max_num_seqs``,
     ``gpu_memory_utilization``, ``max_model_len`` and ``quantization='fp8'`` to ``vllm``.
     ``env`` is added to the server's environment (e.g. ``OMP_NUM_THREADS``, ``CUDA_VISIBLE_DEVICES``).
+    ``warmup`` sends one 1-token request before yielding, so the first measured request does not
+    pay for start-up work.
     """
     log = log or (lambda message: None)
     model_dir = Path(model_dir).expanduser()
@@ -474,6 +495,9 @@ def serve(
     try:
         started = time.monotonic()
         _wait_ready(proc, f"http://127.0.0.1:{port}", served_name, startup_timeout_s, log_path, command)
+        if warmup:
+            _warm_up(server.base_url, served_name, max(30.0, startup_timeout_s - (time.monotonic() - started)),
+                     log_path)
         log(f"{chosen} server ready in {time.monotonic() - started:.1f}s at {server.base_url} (pid {proc.pid})")
         yield server
     finally:
