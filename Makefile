@@ -31,6 +31,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 $(DAGSTER_HOME):
 	mkdir -p $(DAGSTER_HOME)
+	test -f $(DAGSTER_HOME)/dagster.yaml || cp distil_platform/config/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 run: venv | $(DAGSTER_HOME)
 	$(VENV)/bin/dagster asset materialize -m distil_platform.definitions --select 'text2sql*'
