@@ -1,0 +1,184 @@
+"""Load-test parsing and the sustained-RPS analysis: on a recorded guidellm report of a real load
+test (tiny-qwen3 under ``transformers serve``, text2sql prompts), and live (slow) through the
+``<task>_throughput`` asset itself."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from distil_platform.prompts import build_messages
+from distil_platform.taskspec import get_task
+from distil_platform.throughput import (
+    ThroughputError,
+    analyse,
+    guidellm_scenario,
+    parse_guidellm_report,
+    plot_latency_vs_load,
+    points_markdown,
+    requests_needed,
+    write_prompt_file,
+)
+
+RECORDED = Path(__file__).parent / "data" / "guidellm_tiny_qwen3_text2sql.json.gz"
+
+
+@pytest.fixture(scope="module")
+def recorded() -> dict:
+    # guidellm 0.8.1, Poisson rates 2/8/64 req/s for 4 s each, one worker process, 2-core CPU.
+    return json.loads(gzip.decompress(RECORDED.read_bytes()))
+
+
+def test_parse_recorded_report(recorded):
+    points = parse_guidellm_report(recorded)
+    assert [p.offered_rps for p in points] == [2.0, 8.0, 64.0]
+    assert all(p.strategy == "poisson" and p.errors == 0 for p in points)
+    low, mid, high = points
+    # Unsaturated: completions keep pace with arrivals.
+    assert low.achieved_rps == pytest.approx(low.arrival_rps, rel=0.03)
+    assert mid.achieved_rps == pytest.approx(mid.arrival_rps, rel=0.03)
+    # 64 req/s saturates the CPU server: it completes ~25/s while ~61/s arrive; the backlog is
+    # cancelled at the end of the window.
+    assert high.arrival_rps == pytest.approx(61.05, rel=0.01)
+    assert high.achieved_rps == pytest.approx(25.07, rel=0.01)
+    assert high.incomplete == 145 and high.successful == 99
+    assert high.p95_s > 1.0 > mid.p95_s
+    assert 0 < mid.ttft_p50_s < mid.p50_s + 1e-9
+    assert mid.output_tokens_per_s > 0 and mid.mean_output_tokens == pytest.approx(16.0)
+    assert mid.stopped_by == ["max_duration"]
+
+
+def test_sustained_rate_is_highest_offered_rate_within_slo_and_keeping_up(recorded):
+    points = parse_guidellm_report(recorded)
+    summary = analyse(points, slo_s=1.0)
+    assert summary.sustained_rps == 8.0
+    assert summary.max_achieved_rps == pytest.approx(25.07, rel=0.01)
+    # A latency SLO tighter than every p95: nothing is sustained, max throughput still reported.
+    strict = analyse(points, slo_s=0.01)
+    assert strict.sustained_rps == 0.0 and strict.max_achieved_rps == summary.max_achieved_rps
+    # A generous SLO does not rescue a rate the server did not keep up with (ratio ~0.41).
+    assert analyse(points, slo_s=10.0).sustained_rps == 8.0
+    assert "| poisson | 64.00 |" in points_markdown(points, 1.0)
+
+
+def _to_errors(bench: dict, n: int, message: str) -> None:
+    ok = bench["requests"]["successful"]
+    moved, bench["requests"]["successful"] = ok[:n], ok[n:]
+    for r in moved:
+        r["info"]["error"] = message
+    bench["requests"]["errored"] = moved + bench["requests"].get("errored", [])
+    totals = bench["metrics"]["request_totals"]
+    totals["successful"] -= n
+    totals["errored"] += n
+
+
+def test_errored_requests_are_counted_and_disqualify_a_rate(recorded):
+    data = copy.deepcopy(recorded)
+    _to_errors(data["benchmarks"][1], 5, "HTTP 422: Unprocessable Entity")
+    points = parse_guidellm_report(data)
+    assert points[1].errors == 5 and points[1].first_error.startswith("HTTP 422")
+    assert analyse(points, slo_s=1.0).sustained_rps == 2.0
+
+
+def test_every_request_failing_is_an_error_not_a_measurement(recorded):
+    data = copy.deepcopy(recorded)
+    for bench in data["benchmarks"]:
+        _to_errors(bench, len(bench["requests"]["successful"]), "HTTP 400: model 'x' not found")
+    with pytest.raises(ThroughputError, match="model 'x' not found"):
+        parse_guidellm_report(data)
+    with pytest.raises(ThroughputError, match="no benchmarks"):
+        parse_guidellm_report({"benchmarks": []})
+
+
+def test_scenario_and_prompt_file(tmp_path):
+    spec = get_task("text2sql")
+    rows = [{"id": "a", "question": "How many?", "answer": "SELECT 1", "context": "CREATE TABLE t (x INT);"},
+            {"id": "b", "question": "Which?", "answer": "SELECT 2", "context": "CREATE TABLE u (y INT);"}]
+    path = write_prompt_file(spec, rows, tmp_path / "p.jsonl", 5)
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(lines) == 5 and lines[2] == lines[0]  # cycled
+    assert lines[1]["messages"] == build_messages(spec, rows[1])  # the exact eval prompt
+    assert requests_needed([0.5, 2.0], 20.0) == 200 and requests_needed([100.0], 60.0) == 9050
+    sc = guidellm_scenario(target="http://h:1/v1", model="m", prompts_path=path, tokenizer="/ckpt", rates=[4, 1],
+                           duration_s=3, max_tokens=64, report_path=tmp_path / "r.json")["spec"]
+    assert sc["backend"]["target"] == "http://h:1" and sc["backend"]["max_tokens"] == 64
+    assert sc["profile"] == {"kind": "poisson", "rate": [1.0, 4.0]}
+    assert {c["kind"] for c in sc["constraints"]} == {"max_duration", "over_saturation"}
+    sweep = guidellm_scenario(target="http://h:1", model="m", prompts_path=path, tokenizer="/ckpt", rates=None,
+                              duration_s=60, max_tokens=64, report_path=tmp_path / "r.json", max_concurrency=256)
+    assert sweep["spec"]["profile"] == {"kind": "sweep", "sweep_size": 8, "strategy_type": "poisson",
+                                        "max_concurrency": 256}
+
+
+def test_plot(recorded, tmp_path):
+    points = parse_guidellm_report(recorded)
+    png = plot_latency_vs_load({"bf16": points}, 1.0, tmp_path / "plot.png", title="t")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+# -- live -------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_throughput_asset_live_on_tiny_qwen3(tmp_path, monkeypatch):
+    """The asset end to end: serve tiny-qwen3 with `transformers serve`, guidellm at the test
+    profile's rates, rows in the store, then a cost row priced from them."""
+    import dagster as dg
+    import polars as pl
+
+    from distil_platform.assets.costs import ThroughputConfig, build_task_cost_assets
+    from distil_platform.costs import gather_cost_inputs
+    from distil_platform.modelstore import resolve_model
+    from distil_platform.resources.models import LLMResource, ServingResource
+    from distil_platform.resources.store import ResultsStoreResource
+    from distil_platform.store import ResultsStore, throughput_points, throughput_profiles
+
+    monkeypatch.setenv("DISTIL_PROFILE", "test")  # rates 2 and 4 req/s, 3 s each
+    spec = get_task("text2sql")
+    ckpt = resolve_model("tiny-qwen3")
+    test_rows = pl.read_ndjson(spec.sample_dir() / "test.jsonl").head(20).with_columns(pl.col("id").cast(pl.Utf8))
+    if "context" not in test_rows.columns:
+        test_rows = test_rows.with_columns(pl.lit("").alias("context"))
+    test_path = tmp_path / "test.parquet"
+    test_rows.write_parquet(test_path)
+    throughput = next(a for a in build_task_cost_assets(spec) if a.key.path[0] == "text2sql_throughput")
+    ctx = dg.build_asset_context()
+    out = throughput(ctx, config=ThroughputConfig(), seed_set={"test_path": str(test_path)},
+                     student={"checkpoint_path": str(ckpt), "served_name": "tiny-student", "base_model": "tiny-qwen3"},
+                     serving=ServingResource(backend="transformers", server_threads=1), llm=LLMResource(),
+                     results_store=ResultsStoreResource())
+    bf16 = out.value["variants"]["bf16"]
+    assert "fp8" not in out.value["variants"]  # CPU: no fp8 path
+    assert bf16["backend"] == "transformers" and bf16["hardware_key"].startswith("cpu-")
+    assert bf16["max_achieved_rps"] > 0 and bf16["peak_memory_gb"] > 0
+    store = ResultsStore()
+    points = store.select(throughput_points, task="text2sql")
+    assert sorted(p["offered_rps"] for p in points) == [2.0, 4.0]
+    assert all(p["errors"] == 0 and p["requests"] > 0 for p in points)
+    profile = store.select(throughput_profiles, task="text2sql")[0]
+    assert profile["sustained_rps"] in (0.0, 2.0, 4.0) and profile["hardware"]
+    assert Path(out.value["plot"]).is_file()
+    assert "fp8 not measured" in out.metadata["variants"].value
+    report = json.loads(Path(bf16["report"]).read_text())
+    assert len(report["benchmarks"]) == 2
+
+
+@pytest.mark.slow
+def test_live_server_rejecting_every_request_fails_loudly(tmp_path):
+    from distil_platform.modelstore import resolve_model
+    from distil_platform.serving import serve
+    from distil_platform.throughput import run_guidellm
+
+    spec = get_task("text2sql")
+    ckpt = resolve_model("tiny-qwen3")
+    rows = [{"id": "a", "question": "How many?", "answer": "SELECT 1", "context": "CREATE TABLE t (x INT);"}]
+    prompts = write_prompt_file(spec, rows, tmp_path / "p.jsonl", 50)
+    with serve(ckpt, backend="transformers", served_model_name="tiny", env={"OMP_NUM_THREADS": "1"}) as server:
+        scenario = guidellm_scenario(target=server.base_url, model="not-the-served-model", prompts_path=prompts,
+                                     tokenizer=str(ckpt), rates=[4.0], duration_s=2, max_tokens=8,
+                                     report_path=tmp_path / "r.json")
+        report = run_guidellm(scenario, tmp_path, timeout_s=240)  # guidellm itself exits 0
+    with pytest.raises(ThroughputError, match="every load-test request failed"):
+        parse_guidellm_report(report)
