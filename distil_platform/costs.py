@@ -190,8 +190,9 @@ def gather_cost_inputs(store: Any, spec: TaskSpec, *, test_rows: Sequence[Mappin
         request_rows = store.select(llm_requests, task=task, stage=STAGE_BASELINES, run_id=base_run)
         for label, rows in sorted(by_model.items()):
             variant = rows[0].get("variant") or ""
-            self_hosted = variant == "zero_shot" or label not in tiers
-            role = "baseline" if self_hosted else tiers.get(label, "frontier")
+            # Served here (the zero-shot base, or a model-store comparison model): priced like the student.
+            self_hosted = variant == "zero_shot" or tiers.get(label, "baseline") not in API_TIERS
+            role = "baseline" if self_hosted else tiers[label]
             baselines.append(EvaluatedModel(label=label, role=role, variant=variant, run_id=base_run,
                                             scores=_item_scores(rows), self_hosted=self_hosted))
             if not self_hosted:

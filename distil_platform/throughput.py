@@ -41,6 +41,7 @@ MIN_ACHIEVED_RATIO = 0.97
 # Errored requests above this share disqualify a rate (an error is a request not served).
 MAX_ERROR_SHARE = 0.03
 DEFAULT_WORKER_PROCESSES = 1
+DEFAULT_SWEEP_MAX_CONCURRENCY = 256
 
 
 class ThroughputError(RuntimeError):
@@ -146,6 +147,8 @@ def guidellm_scenario(
         profile: dict[str, Any] = {"kind": "poisson", "rate": [float(r) for r in sorted(rates)]}
     else:
         profile = {"kind": "sweep", "sweep_size": sweep_size, "strategy_type": "poisson"}
+        # The sweep's max-throughput probe would otherwise open thousands of connections at once.
+        max_concurrency = max_concurrency or DEFAULT_SWEEP_MAX_CONCURRENCY
     if max_concurrency:
         profile["max_concurrency"] = int(max_concurrency)
     base = target.rstrip("/")

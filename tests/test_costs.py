@@ -161,6 +161,7 @@ class _Calls:
 @pytest.fixture
 def model_call_counter(monkeypatch):
     """Counts (and refuses) every way this code base could reach a model."""
+    import aiohttp
     import httpx
     import litellm
 
@@ -176,6 +177,7 @@ def model_call_counter(monkeypatch):
         monkeypatch.setattr(litellm, name, refuse)
     monkeypatch.setattr(httpx.Client, "send", refuse)
     monkeypatch.setattr(httpx.AsyncClient, "send", refuse)
+    monkeypatch.setattr(aiohttp.ClientSession, "_request", refuse)  # the LLM client's fast path
     monkeypatch.setattr(serving, "serve", refuse)
     return calls
 
