@@ -276,7 +276,7 @@ def deduplicate(
 ) -> DedupResult:
     """Drop exact (normalised hash) and near duplicates (rapidfuzz ratio >= ``near_threshold``)
     among ``rows`` and against ``seeds``; first occurrence wins. ``near_threshold`` >= 1 disables the
-    near-duplicate pass."""
+    near-duplicate pass, which applies to teacher rows only (see below)."""
     from rapidfuzz import fuzz, process
 
     seed_keys = {exact_key(s) for s in seeds}
@@ -299,7 +299,10 @@ def deduplicate(
             continue
         ctx, q = normalise(row.get("context") or ""), normalise(row["question"])
         candidates = pool.setdefault(ctx, [])
-        if near_threshold < 1 and candidates:
+        # Literal-swap rows are near-copies of a seed by construction (one value changed, and the
+        # answer with it): only exact duplicates of them are dropped.
+        near_check = row.get("origin", "teacher") == "teacher"
+        if near_threshold < 1 and candidates and near_check:
             match = process.extractOne(q, candidates, scorer=fuzz.ratio, score_cutoff=cutoff)
             if match is not None:
                 result.near_duplicates += 1

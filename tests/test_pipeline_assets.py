@@ -1,0 +1,169 @@
+"""The distillation graph end to end on the `test` profile (tiny-qwen3, local `transformers serve`):
+teacher data -> student -> student eval -> baseline evals, artefacts, metadata, store rows, checks,
+and a cached rerun of the baselines that makes no model call."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from distil_platform.assets.pipeline import (
+    build_task_pipeline_assets,
+    check_accepted_minimum,
+    check_distribution,
+    plan_baselines,
+)
+from distil_platform.assets.seed import build_seed_set_asset
+from distil_platform.profiles import get_profile
+from distil_platform.resources import LLMResource, ModelStoreResource, ResultsStoreResource, ServingResource
+from distil_platform.store import ResultsStore, llm_requests, predictions
+from distil_platform.taskspec import get_task
+
+API_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
+
+
+@pytest.fixture
+def test_profile(monkeypatch):
+    monkeypatch.setenv("DISTIL_PROFILE", "test")
+    for key in API_KEYS:
+        monkeypatch.delenv(key, raising=False)
+
+
+def _resources():
+    return {
+        "llm": LLMResource(),
+        "serving": ServingResource(backend="transformers"),
+        "model_store": ModelStoreResource(),
+        "results_store": ResultsStoreResource(),
+    }
+
+
+def _assets(spec):
+    return build_seed_set_asset(spec) + build_task_pipeline_assets(spec)
+
+
+def _md(result, key: str) -> dict:
+    mats = result.asset_materializations_for_node(key)
+    assert mats, f"{key} was not materialised"
+    return {k: v.value if hasattr(v, "value") else v for k, v in mats[-1].metadata.items()}
+
+
+# -- plain functions ---------------------------------------------------------------------------
+def test_baseline_plan_skips_models_without_keys(test_profile, monkeypatch):
+    spec = get_task("text2sql")
+    plan, skipped = plan_baselines(spec, get_profile("test"))
+    assert [p["label"] for p in plan] == ["tiny-qwen3 (zero-shot)"]
+    assert {s["model"] for s in skipped} == {m.model for m in spec.comparison_models}
+    assert all("not set" in s["reason"] for s in skipped)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    plan, skipped = plan_baselines(spec, get_profile("local"))
+    anthropic = [p for p in plan if p["label"].startswith("anthropic/")]
+    assert len(anthropic) == 2 and all(p["repeats"] == 3 and not p["local"] for p in anthropic)
+    assert plan[-1]["label"] == "smollm2-135m-instruct (zero-shot)" and plan[-1]["repeats"] == 1
+
+
+def test_teacher_data_checks_on_planted_values(test_profile):
+    spec = get_task("banking77")
+    labels = list(spec.labels)
+    low = check_accepted_minimum(spec, {"n_accepted": 0, "summary": {"generated": 5}})
+    assert not low.passed and low.metadata["minimum"].value >= 1
+    assert check_accepted_minimum(spec, {"n_accepted": 3}).passed
+    collapsed = check_distribution(spec, {"distribution": {labels[0]: 19, labels[1]: 1}})
+    assert not collapsed.passed
+    assert check_distribution(spec, {"distribution": {labels[0]: 5, labels[1]: 5}}).passed
+    assert check_distribution(get_task("text2sql"), {"distribution": {}}).passed
+
+
+# -- whole graphs --------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_text2sql_graph_end_to_end_and_cached_baseline_rerun(test_profile, tmp_path):
+    spec = get_task("text2sql")
+    assets = _assets(spec)
+    run_config = {"ops": {"text2sql_teacher_data": {"config": {"literal_swap": True}}}}
+    with dg.instance_for_test(temp_dir=os.environ["DAGSTER_HOME"]) as instance:
+        result = dg.materialize(assets, resources=_resources(), instance=instance, run_config=run_config)
+        assert result.success
+        run_id = result.run_id
+
+        teacher = _md(result, "text2sql_teacher_data")
+        for key in ("teacher", "requested", "generated", "accepted", "rejections_by_reason", "exact_duplicates",
+                    "near_duplicates", "decontaminated", "sample", "accepted_path", "teacher_accepted", "augmented_accepted"):
+            assert key in teacher, key
+        accepted = pl.read_parquet(teacher["accepted_path"])
+        assert accepted.height == teacher["accepted"]
+        assert teacher["augmented_accepted"] > 0  # literal swap on: the text2sql seeds share literals
+        assert set(accepted["origin"].unique()) <= {"teacher", "literal_swap"}
+        assert teacher["teacher"] == "tiny-qwen3"
+        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert {"accepted_minimum", "distribution_not_collapsed"} <= set(checks)
+        assert checks["accepted_minimum"].passed
+
+        student = _md(result, "text2sql_student")
+        ckpt = Path(student["checkpoint_path"])
+        assert ckpt.is_dir() and ckpt.parent.name == "text2sql" and run_id in str(ckpt)
+        for name in ("model.safetensors", "config.json", "loss_curve.png"):
+            assert (ckpt / name).exists()
+        for key in ("base_model", "trainable_params", "total_params", "train_examples", "steps", "wall_time_s",
+                    "tokens_per_s", "final_loss", "loss_curve"):
+            assert key in student, key
+        assert student["base_model"] == "tiny-qwen3" and student["steps"] == get_profile("test").max_steps
+        assert student["train_examples"] == student["seed_examples"] + student["synthetic_examples"]
+        assert "data:image/png;base64," in student["loss_curve"]
+
+        evaluation = _md(result, "text2sql_student_eval")
+        for key in ("score", "ci_low", "ci_high", "n", "parse_failures", "worst_items", "model"):
+            assert key in evaluation, key
+        n_test = pl.read_parquet(result.output_for_node("text2sql")["test_path"]).height
+        assert evaluation["n"] == n_test
+        assert evaluation["ci_low"] <= evaluation["score"] <= evaluation["ci_high"]
+
+        store = ResultsStore()
+        student_rows = store.select(predictions, run_id=run_id, stage="student_eval")
+        assert len(student_rows) == n_test and {r["model"] for r in student_rows} == {evaluation["model"]}
+        assert sum(r["score"] for r in student_rows) / n_test == pytest.approx(evaluation["score"])
+        assert len(store.select(llm_requests, run_id=run_id, stage="student_eval")) == n_test
+
+        baselines = _md(result, "text2sql_baseline_evals")
+        assert baselines["models_evaluated"] == 1 and baselines["models_skipped"] == len(spec.comparison_models)
+        assert "tiny-qwen3 (zero-shot)" in baselines["per_model"]
+        base = baselines["per_model"]["tiny-qwen3 (zero-shot)"]
+        assert base["n"] == n_test and base["vs_student"]["n_paired"] == n_test
+        base_rows = store.select(predictions, run_id=run_id, stage="baseline_evals")
+        assert len(base_rows) == n_test and {r["variant"] for r in base_rows} == {"zero_shot"}
+        first_calls = [r for r in store.select(llm_requests, stage="baseline_evals") if not r["cache_hit"]]
+        assert len(first_calls) == n_test and baselines["new_model_calls"] == n_test
+
+        # Rerun the baselines alone: every answer comes from the response cache, no server starts.
+        rerun = dg.materialize(assets, resources=_resources(), instance=instance,
+                               selection=["text2sql_baseline_evals"])
+        assert rerun.success
+        again = _md(rerun, "text2sql_baseline_evals")
+        assert again["new_model_calls"] == 0
+        after = store.select(llm_requests, stage="baseline_evals")
+        assert [r for r in after if not r["cache_hit"]] == first_calls
+        assert sum(1 for r in after if r["cache_hit"]) == n_test
+        assert again["per_model"]["tiny-qwen3 (zero-shot)"]["score"] == base["score"]
+
+
+@pytest.mark.slow
+def test_smart_home_graph_end_to_end(test_profile, tmp_path):
+    spec = get_task("smart_home")
+    with dg.instance_for_test(temp_dir=os.environ["DAGSTER_HOME"]) as instance:
+        result = dg.materialize(_assets(spec), resources=_resources(), instance=instance)
+        assert result.success
+        teacher = _md(result, "smart_home_teacher_data")
+        assert teacher["generated"] + sum(teacher["rejections_by_reason"].values()) >= 0
+        student = _md(result, "smart_home_student")
+        assert Path(student["checkpoint_path"], "model.safetensors").exists()
+        evaluation = _md(result, "smart_home_student_eval")
+        assert "score_strict" in evaluation  # tool calling reports the strict companion metric
+        n_test = evaluation["n"]
+        store = ResultsStore()
+        assert len(store.select(predictions, run_id=result.run_id, stage="student_eval")) == n_test
+        assert len(store.select(predictions, run_id=result.run_id, stage="baseline_evals")) == n_test
+        checks = {e.check_name for e in result.get_asset_check_evaluations()}
+        assert {"accepted_minimum", "distribution_not_collapsed"} <= checks
