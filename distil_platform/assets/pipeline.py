@@ -40,7 +40,9 @@ class TeacherDataConfig(dg.Config):
     # apart from the teacher's.
     literal_swap: bool = False
     max_tokens: int | None = None
-    concurrency: int = 4
+    # Continuous-batching servers peak near 16 requests in flight (cpu-notes); the teacher's
+    # reproducibility does not hinge on batch composition the way scoring does.
+    concurrency: int = 16
     seed: int = 0
 
 
