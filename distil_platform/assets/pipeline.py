@@ -96,6 +96,16 @@ def _eval_concurrency(cfg: EvalConfig, serving: ServingResource) -> int:
     return 1 if getattr(serving, "backend", "transformers") in ("transformers", "auto") and not _has_cuda() else 16
 
 
+def teacher_max_tokens(spec: TaskSpec, profile: Profile) -> int:
+    """Room for ``examples_per_request`` examples (a question plus an answer each). On the CPU
+    ``local`` profile the budget per example is compact (a 135M teacher fills whatever it is given,
+    and every token costs ~50 ms there); capable teachers get the task's full answer length."""
+    per_request = spec.synthesis.examples_per_request
+    if profile.name == "local":
+        return per_request * (min(spec.max_answer_tokens, 64) + 48)
+    return answer_token_cap(profile, min(4096, per_request * (spec.max_answer_tokens + 64)))
+
+
 def answer_token_cap(profile: Profile, max_tokens: int) -> int:
     """The `test` profile's tiny random models never emit EOS: cap their answers at 32 tokens so the
     suite stays fast. Other profiles use the task's / model's limit unchanged."""
@@ -267,9 +277,7 @@ def build_task_pipeline_assets(spec: TaskSpec) -> list:
         unstructured = _read_rows(seed_set.get("unstructured_path"))
         target = _synthetic_target(spec, profile, config.target)
         teacher = spec.teacher_for(profile.name)
-        # Room for examples_per_request examples of a question plus an answer each.
-        max_tokens = config.max_tokens or answer_token_cap(profile, min(
-            2048, spec.synthesis.examples_per_request * (spec.max_answer_tokens + 64)))
+        max_tokens = config.max_tokens or teacher_max_tokens(spec, profile)
         start = time.monotonic()
         served = {"teacher": teacher.model}
 
