@@ -206,7 +206,9 @@ def run_guidellm(
         raise ThroughputError(f"guidellm did not finish within {timeout_s:.0f}s; log: {log_path}") from None
     if proc.returncode != 0 or not report.is_file():
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
-        raise ThroughputError(f"guidellm exited {proc.returncode} without a report ({report}); log tail:\n{tail}")
+        hint = ("; a measurement window completed no request (window shorter than the server's latency): "
+                "lengthen duration_s" if "No measurement start or end times" in tail else "")
+        raise ThroughputError(f"guidellm exited {proc.returncode} without a report ({report}){hint}; log tail:\n{tail}")
     return report
 
 
@@ -317,20 +319,35 @@ def analyse(points: Sequence[LoadPoint], slo_s: float, min_ratio: float = MIN_AC
 
 
 def warm_up(base_url: str, model: str, messages: Sequence[list[dict[str, str]]], max_tokens: int,
-            timeout_s: float = 300.0) -> None:
+            timeout_s: float = 300.0) -> float:
     """Send a few requests before measuring: the first request to a fresh server pays for lazy
-    initialisation (seconds on CPU) and would otherwise be charged to the lowest offered rate."""
+    initialisation (seconds on CPU) and would otherwise be charged to the lowest offered rate.
+    Returns the last request's latency (seconds): an idle server's service time."""
+    import time
+
     import httpx
 
     url = base_url.rstrip("/")
     url = url if url.endswith("/v1") else url + "/v1"
+    latency = 0.0
     with httpx.Client(timeout=timeout_s) as client:
         for msgs in messages:
+            start = time.monotonic()
             response = client.post(f"{url}/chat/completions",
                                    json={"model": model, "messages": msgs, "max_tokens": max_tokens})
+            latency = time.monotonic() - start
             if response.status_code != 200:
                 raise ThroughputError(
                     f"warm-up request to {url} failed with HTTP {response.status_code}: {response.text[:500]}")
+    return latency
+
+
+def window_seconds(duration_s: float, rates: Sequence[float] | None, idle_latency_s: float) -> float:
+    """Measurement window per rate: at least the configured duration, long enough for the slowest
+    rate to send a few requests, and several idle service times (guidellm 0.8.1 aborts the whole run
+    when a window completes no request at all)."""
+    slowest = min(rates) if rates else None
+    return max(duration_s, 4.0 * idle_latency_s, 3.0 / slowest if slowest else 0.0)
 
 
 def load_test(
@@ -351,8 +368,10 @@ def load_test(
     """Load-test a running OpenAI-compatible server with ``spec``'s test prompts. Returns the points
     and the guidellm JSON report path."""
     workdir = Path(workdir)
+    idle_latency = warm_up(base_url, model, [build_messages(spec, dict(r)) for r in rows[:2]],
+                           max_tokens or spec.max_answer_tokens)
+    duration_s = window_seconds(duration_s, rates, idle_latency)
     prompts = write_prompt_file(spec, rows, workdir / "prompts.jsonl", requests_needed(rates, duration_s))
-    warm_up(base_url, model, [build_messages(spec, dict(r)) for r in rows[:2]], max_tokens or spec.max_answer_tokens)
     report_path = workdir / "guidellm_report.json"
     scenario = guidellm_scenario(
         target=base_url, model=model, prompts_path=prompts, tokenizer=tokenizer, rates=rates,

@@ -46,8 +46,15 @@ def _graph_assets(tasks) -> list:
     return assets
 
 
+@pytest.fixture(scope="module")
+def _instance():
+    # One instance for the module (creating one per test dominates the runtime), wiped per test.
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
 @pytest.fixture
-def setup(tmp_path, monkeypatch):
+def setup(tmp_path, monkeypatch, _instance):
     tasks_dir = tmp_path / "tasks"
     tasks_dir.mkdir()
     for t in TASKS:
@@ -58,9 +65,9 @@ def setup(tmp_path, monkeypatch):
     specs = load_tasks(tasks_dir)
     sensors, schedules, jobs = build_sensors_and_schedules(specs)
     defs = dg.Definitions(assets=_graph_assets(TASKS), sensors=sensors, schedules=schedules, jobs=jobs)
-    with dg.instance_for_test() as instance:
-        yield {"defs": defs, "sensor": sensors[0], "schedule": schedules[0], "instance": instance,
-               "pricing": pricing, "tasks_dir": tasks_dir}
+    _instance.wipe()
+    return {"defs": defs, "sensor": sensors[0], "schedule": schedules[0], "instance": _instance,
+            "pricing": pricing, "tasks_dir": tasks_dir}
 
 
 def _tick(s, cursor):

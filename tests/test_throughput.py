@@ -21,6 +21,7 @@ from distil_platform.throughput import (
     plot_latency_vs_load,
     points_markdown,
     requests_needed,
+    window_seconds,
     write_prompt_file,
 )
 
@@ -112,6 +113,13 @@ def test_scenario_and_prompt_file(tmp_path):
                               duration_s=60, max_tokens=64, report_path=tmp_path / "r.json", max_concurrency=256)
     assert sweep["spec"]["profile"] == {"kind": "sweep", "sweep_size": 8, "strategy_type": "poisson",
                                         "max_concurrency": 256}
+
+
+def test_measurement_window_covers_slow_servers_and_low_rates():
+    assert window_seconds(20.0, [0.25, 1.0], 0.5) == 20.0
+    assert window_seconds(6.0, [0.25, 1.0], 0.5) == 12.0  # 3 arrivals at the slowest rate
+    assert window_seconds(6.0, [1.0, 4.0], 8.0) == 32.0  # several idle service times
+    assert window_seconds(60.0, None, 0.1) == 60.0
 
 
 def test_plot(recorded, tmp_path):
