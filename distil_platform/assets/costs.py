@@ -225,7 +225,6 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str) -> dict[str, Any]:
     import hashlib
 
     from distil_platform.costs import (
-        CostTableError,
         build_cost_table,
         cost_rows_for_store,
         cost_table_markdown,
@@ -237,7 +236,15 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str) -> dict[str, Any]:
 
     snapshot = current_snapshot(store)
     if snapshot is None:
-        raise CostTableError(f"{spec.name}: no price snapshot in the results store; materialise `pricing` first")
+        # First run on a fresh DAGSTER_HOME (e.g. `--select 'text2sql*'`, which does not select the
+        # upstream `pricing`): take the snapshot `pricing` would take, from the pricing file and the
+        # bundled price map, and store it so later re-pricings compare against it.
+        from distil_platform.pricing import build_snapshot, pricing_file, store_snapshot
+        from distil_platform.taskspec import load_tasks
+
+        needed = [ref.model for s in load_tasks().values() for ref in s.comparison_models]
+        snapshot = build_snapshot(pricing_file(), needed)
+        store_snapshot(store, snapshot, table_id)
     inputs = gather_cost_inputs(store, spec)
     inputs.table_id = table_id
     rows = build_cost_table(inputs, snapshot)
