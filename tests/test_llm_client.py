@@ -305,3 +305,26 @@ def test_llm_resource_reads_the_key_from_env_and_never_shows_it(stub, monkeypatc
     client.chat_batch([_req("ref call")])
     assert stub.calls[-1]["authorization"] == "Bearer sk-ref"
     assert ResultsStore().select(llm_requests, stage="frontier")
+
+
+def test_cancelled_batch_keeps_what_completed(stub):
+    import asyncio
+
+    store = ResultsStore()
+    client = _client(stub, store=store, concurrency=4, timeout_s=10.0)
+    requests = [_req(f"quick {i}") for i in range(4)] + [_req(f"hang {i}") for i in range(4)]
+
+    async def main():
+        task = asyncio.create_task(client.achat_batch(requests))
+        await asyncio.sleep(1.0)  # the quick ones are done, the hanging ones are in flight
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    cached = {row["response"]["text"] for row in store.select(llm_cache)}
+    assert cached == {f"echo: quick {i}" for i in range(4)}
+    # Rerunning only asks for what is missing.
+    stub.calls.clear()
+    client.chat_batch(requests[:4])
+    assert stub.calls == []
