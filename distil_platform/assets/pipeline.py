@@ -490,6 +490,7 @@ def build_task_pipeline_assets(spec: TaskSpec) -> list:
         key=baselines_key,
         group_name=task,
         ins={"seed_set": dg.AssetIn(seed_key), "student_eval": dg.AssetIn(student_eval_key)},
+        pool="gpu",  # the zero-shot base is served on the accelerator like the student
         description=f"Comparison models (frontier APIs with credentials; the zero-shot base model) on the `{task}` "
         f"test set with the same prompts, repeated; per-item rows in the results store (stage {STAGE_BASELINES}), "
         "paired comparison with the student.",
