@@ -314,6 +314,14 @@ def build_task_pipeline_assets(spec: TaskSpec) -> list:
                 served["served_as"] = server.model
                 report = run(generate_with(client))
         else:
+            # The gpu profile's open-weight teacher sits behind an OpenAI-compatible endpoint.
+            api_base = teacher.api_base or os.environ.get("DISTIL_TEACHER_API_BASE")
+            if teacher.model.startswith("openai/") and not api_base:
+                raise RuntimeError(
+                    f"{task}: teacher {teacher.model} needs an endpoint: set api_base in the task YAML's "
+                    "teacher or env DISTIL_TEACHER_API_BASE (an OpenAI-compatible .../v1 URL)"
+                )
+            teacher = teacher.model_copy(update={"api_base": api_base})
             if teacher.api_key_env and not os.environ.get(teacher.api_key_env):
                 raise RuntimeError(
                     f"{task}: the {profile.name} profile's teacher {teacher.model} needs env {teacher.api_key_env}"
