@@ -42,6 +42,7 @@ def build_definitions() -> dg.Definitions:
         sensors=sensors,
         schedules=schedules,
         jobs=jobs,
+        executor=_executor(profile.name),
         resources={
             "llm": LLMResource(),
             "serving": ServingResource(backend=profile.serving_backend),
@@ -49,6 +50,16 @@ def build_definitions() -> dg.Definitions:
             "results_store": ResultsStoreResource(),
         },
     )
+
+
+def _executor(profile_name: str) -> dg.ExecutorDefinition:
+    """On a CPU profile every heavy step (training, serving, load tests) wants all cores: two at once
+    each run 7-12x slower, and a load test beside a training job measures nothing. So steps run one
+    at a time, each in its own process (memory is returned after training). On the GPU profile steps
+    run in parallel and the `gpu` concurrency pool keeps two off one card."""
+    if profile_name in ("local", "test"):
+        return dg.multiprocess_executor.configured({"max_concurrent": 1})
+    return dg.multiprocess_executor
 
 
 def _is_check_only(obj) -> bool:
