@@ -15,6 +15,16 @@ NINE = {"text2sql", "smart_home", "git_assistant", "banking77", "ecommerce", "tr
 STAGES = ["", "_teacher_data", "_student", "_student_eval", "_baseline_evals", "_throughput", "_cost_table"]
 
 
+def test_key_module_matches_the_documented_stages():
+    from distil_platform.assets.keys import TASK_STAGES, task_key
+
+    assert list(TASK_STAGES) == STAGES
+    assert task_key("text2sql", "student").to_user_string() == "text2sql_student"
+    assert task_key("text2sql").to_user_string() == "text2sql"
+    with pytest.raises(ValueError):
+        task_key("text2sql", "students")
+
+
 @pytest.fixture(scope="module")
 def defs():
     from distil_platform.definitions import build_definitions

@@ -20,18 +20,8 @@ from distil_platform.resources.models import LLMResource, ServingResource
 from distil_platform.resources.store import ResultsStoreResource
 from distil_platform.taskspec import TaskSpec
 
+from .keys import PRICING_KEY, REPORT_KEY, cost_table_key, task_key, throughput_key
 from .metadata import png_markdown
-
-PRICING_KEY = dg.AssetKey("pricing")
-REPORT_KEY = dg.AssetKey("benchmark_report")
-
-
-def throughput_key(task: str) -> dg.AssetKey:
-    return dg.AssetKey(f"{task}_throughput")
-
-
-def cost_table_key(task: str) -> dg.AssetKey:
-    return dg.AssetKey(f"{task}_cost_table")
 
 
 class ThroughputConfig(dg.Config):
@@ -64,7 +54,7 @@ def _read_rows(path: str) -> list[dict[str, Any]]:
 def build_task_cost_assets(spec: TaskSpec) -> list:
     task = spec.name
     seed_key = dg.AssetKey(task)
-    student_key = dg.AssetKey(f"{task}_student")
+    student_key = task_key(task, "student")
 
     @dg.asset(
         key=throughput_key(task),
@@ -186,7 +176,7 @@ def build_task_cost_assets(spec: TaskSpec) -> list:
     @dg.asset(
         key=cost_table_key(task),
         group_name=task,
-        deps=[dg.AssetKey(f"{task}_student_eval"), dg.AssetKey(f"{task}_baseline_evals"), throughput_key(task),
+        deps=[task_key(task, "student_eval"), task_key(task, "baseline_evals"), throughput_key(task),
               PRICING_KEY],
         kinds={"polars", "parquet"},
         description=f"`{task}`: one row per model — accuracy ± std and CI, USD per million requests (APIs: measured "

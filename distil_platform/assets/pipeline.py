@@ -22,6 +22,7 @@ from distil_platform.resources.models import LLMResource, ModelStoreResource, Se
 from distil_platform.resources.store import ResultsStoreResource
 from distil_platform.taskspec import ModelRef, TaskSpec
 
+from .keys import task_key
 from .metadata import markdown_table, png_markdown, table_metadata
 
 STAGE_TEACHER = "teacher_data"
@@ -117,7 +118,7 @@ def _has_cuda() -> bool:
         import torch
 
         return bool(torch.cuda.is_available())
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -246,10 +247,10 @@ def _summary_metadata(summary, results, k: int) -> dict[str, Any]:
 def build_task_pipeline_assets(spec: TaskSpec) -> list:
     task = spec.name
     seed_key = dg.AssetKey(task)
-    teacher_key = dg.AssetKey(f"{task}_teacher_data")
-    student_key = dg.AssetKey(f"{task}_student")
-    student_eval_key = dg.AssetKey(f"{task}_student_eval")
-    baselines_key = dg.AssetKey(f"{task}_baseline_evals")
+    teacher_key = task_key(task, "teacher_data")
+    student_key = task_key(task, "student")
+    student_eval_key = task_key(task, "student_eval")
+    baselines_key = task_key(task, "baseline_evals")
 
     @dg.asset(
         key=teacher_key,
@@ -689,7 +690,7 @@ def _peak_memory(server) -> float | None:
     fn = getattr(server, "peak_memory_gb", None)
     try:
         return float(fn()) if callable(fn) else None
-    except Exception:  # noqa: BLE001 - a memory probe must never fail an evaluation
+    except Exception:
         return None
 
 

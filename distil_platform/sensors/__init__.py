@@ -12,18 +12,10 @@ from collections.abc import Mapping
 
 import dagster as dg
 
+from distil_platform.assets.keys import PRICING_KEY, REPORT_KEY, cost_table_key, teacher_data_key
 from distil_platform.taskspec import TaskSpec
 
-from .config_watch import (
-    PRICING_KEY,
-    REPORT_KEY,
-    REPRICING_JOB,
-    TASK_REFRESH_JOB,
-    build_config_change_sensor,
-    cost_table_key,
-    repricing_keys,
-    teacher_data_key,
-)
+from .config_watch import REPRICING_JOB, TASK_REFRESH_JOB, build_config_change_sensor, repricing_keys
 
 MONTHLY_REPRICING = "monthly_repricing"
 MONTHLY_CRON = "0 6 1 * *"

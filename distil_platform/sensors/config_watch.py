@@ -26,6 +26,13 @@ from typing import Any
 import dagster as dg
 import yaml
 
+from distil_platform.assets.keys import (
+    PRICING_KEY,
+    REPORT_KEY,
+    TASK_STAGES,
+    cost_table_key,
+    teacher_data_key,
+)
 from distil_platform.taskspec import TaskSpec
 
 PROMPT_FIELDS = ("description", "prompt_template", "labels", "tools")
@@ -33,20 +40,8 @@ PRICING_ID = "pricing"
 SENSOR_NAME = "config_change_sensor"
 REPRICING_JOB = "repricing"
 TASK_REFRESH_JOB = "task_refresh"
-PRICING_KEY = dg.AssetKey("pricing")
-REPORT_KEY = dg.AssetKey("benchmark_report")
-
-
-def cost_table_key(task: str) -> dg.AssetKey:
-    return dg.AssetKey(f"{task}_cost_table")
-
-
-def teacher_data_key(task: str) -> dg.AssetKey:
-    return dg.AssetKey(f"{task}_teacher_data")
-
-
 # Stages downstream of <task>_teacher_data, used only when no asset graph is at hand.
-_DOWNSTREAM_STAGES = ("_teacher_data", "_student", "_student_eval", "_baseline_evals", "_throughput", "_cost_table")
+_DOWNSTREAM_STAGES = TASK_STAGES[TASK_STAGES.index("_teacher_data"):]
 
 
 @dataclass
