@@ -43,12 +43,18 @@ def setup_task(spec, model_dir: Path, rows: int, threads: int, log, rates: list[
     """Real eval + throughput profile of ``model_dir`` on ``spec``'s sample test rows."""
     import polars as pl
 
-    from distil_platform.assets.pipeline import _answer_fn, _token_counter
-    from distil_platform.evaluation import evaluate, prediction_rows, summarize
+    from distil_platform.evaluation import client_answer_fn, evaluate, prediction_rows, summarize
+    from distil_platform.modelstore import chat_token_counter
     from distil_platform.pricing import pricing_hardware_key
     from distil_platform.resources.models import LLMResource
     from distil_platform.serving import serve
-    from distil_platform.store import ResultsStore, predictions, seed_sets, throughput_points, throughput_profiles
+    from distil_platform.store import (
+        ResultsStore,
+        predictions,
+        seed_sets,
+        throughput_points,
+        throughput_profiles,
+    )
     from distil_platform.throughput import analyse, load_test, point_rows
 
     store = ResultsStore()
@@ -68,8 +74,8 @@ def setup_task(spec, model_dir: Path, rows: int, threads: int, log, rates: list[
         server_start_s = time.monotonic() - started
         client = LLMResource().client(model=server.litellm_model, api_base=server.base_url, run_id="bench-eval",
                                       task=spec.name, stage="student_eval", concurrency=1,
-                                      token_counter=_token_counter(model_dir))
-        results = evaluate(spec, test_rows, _answer_fn(client, 0.0, spec.max_answer_tokens,
+                                      token_counter=chat_token_counter(model_dir))
+        results = evaluate(spec, test_rows, client_answer_fn(client, 0.0, spec.max_answer_tokens,
                                                        [r["id"] for r in test_rows]))
         eval_s = time.monotonic() - started
         calls = client.http_calls
@@ -108,7 +114,7 @@ class CallCounter:
         import httpx
         import litellm
 
-        import distil_platform.serving as serving
+        from distil_platform import serving
 
         def refuse(*a, **k):
             self.calls += 1

@@ -267,7 +267,8 @@ def _summary(model: EvaluatedModel) -> dict[str, Any]:
     per_item = {k: v for k, v in per_item.items() if v}
     if not per_item:
         return {"n_items": 0, "repeats": 0, "accuracy": None, "accuracy_std": None, "ci_low": None, "ci_high": None}
-    means = [sum(v) / len(v) for v in per_item.values()]
+    # Item-id order, as evaluation.summarize: the same scores give the same bootstrap interval.
+    means = [sum(per_item[k]) / len(per_item[k]) for k in sorted(per_item)]
     repeats = max(len(v) for v in model.scores.values())
     by_repeat = [[vals[r] for vals in model.scores.values() if r < len(vals) and vals[r] is not None]
                  for r in range(repeats)]

@@ -13,17 +13,17 @@ import dagster as dg
 # No price map is fetched over the network at import (litellm would otherwise try).
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from distil_platform.assets import build_task_assets  # noqa: E402
-from distil_platform.assets.costs import build_shared_cost_assets  # noqa: E402
-from distil_platform.profiles import get_profile  # noqa: E402
-from distil_platform.resources import (  # noqa: E402
+from distil_platform.assets import build_task_assets
+from distil_platform.assets.costs import build_shared_cost_assets
+from distil_platform.profiles import get_profile
+from distil_platform.resources import (
     LLMResource,
     ModelStoreResource,
     ResultsStoreResource,
     ServingResource,
 )
-from distil_platform.sensors import build_sensors_and_schedules  # noqa: E402
-from distil_platform.taskspec import load_tasks  # noqa: E402
+from distil_platform.sensors import build_sensors_and_schedules
+from distil_platform.taskspec import load_tasks
 
 
 def build_definitions() -> dg.Definitions:

@@ -49,6 +49,21 @@ class ItemResult:
 AnswerFn = Callable[[list[list[dict[str, str]]], int], list[Answer]]
 
 
+def client_answer_fn(client, temperature: float, max_tokens: int, item_ids: Sequence[str]) -> AnswerFn:
+    """An ``answer`` function for :func:`evaluate` that sends each prompt through an LLM client
+    (``distil_platform.llm.LLMClient``) as one batch, ``item_ids`` naming the rows in the store."""
+    from distil_platform.llm import ChatRequest
+
+    def answer(messages_list: list[list[dict[str, str]]], repeat: int) -> list[Answer]:
+        requests = [ChatRequest(messages=m, temperature=temperature, max_tokens=max_tokens, repeat=repeat,
+                                item_id=i) for m, i in zip(messages_list, item_ids, strict=True)]
+        return [Answer(text=r.text, prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
+                       latency_s=r.latency_s, error=r.error, cache_hit=r.cache_hit)
+                for r in client.chat_batch(requests)]
+
+    return answer
+
+
 def eval_messages(spec: TaskSpec, rows: Sequence[dict[str, Any]]) -> list[list[dict[str, str]]]:
     return [build_messages(spec, row) for row in rows]
 
@@ -153,17 +168,20 @@ def _mean(values: Sequence[float | int | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def summarize(results: Sequence[ItemResult], *, n_boot: int = 2000, seed: int = 0) -> EvalSummary:
+def summarize(results: Sequence[ItemResult], *, seed: int = 0) -> EvalSummary:
     """Item-level score with a 95% bootstrap CI over items (repeats averaged per item first), and
-    mean ± std over repeats."""
+    mean ± std over repeats.
+
+    Items are bootstrapped in item-id order with ``bootstrap_ci``'s defaults, as the cost table
+    does, so the same scores give the same interval in every asset."""
     from distil_platform.stats import bootstrap_ci, mean_std
 
     per_item = item_means(results)
-    values = list(per_item.values())
+    values = [per_item[k] for k in sorted(per_item)]
     if not values:
         raise ValueError("no scorable results to summarise")
     score = sum(values) / len(values)
-    ci = bootstrap_ci(values, n_resamples=n_boot, seed=seed)
+    ci = bootstrap_ci(values, seed=seed)
     lo, hi = float(ci.low), float(ci.high)
     reps = repeat_means(results)
     rep_mean, rep_std = mean_std(reps) if reps else (score, 0.0)

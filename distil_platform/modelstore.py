@@ -396,3 +396,17 @@ def resolve_model(name: str) -> Path:
         f"unknown model {name!r}: expected {TINY_QWEN3!r}, {SMOLLM2!r}, a Hugging Face hub id "
         "(org/name) or a local directory"
     )
+
+
+def chat_token_counter(model_dir: str | Path) -> Callable[[list[dict[str, str]], str | None], tuple[int, int]]:
+    """``count(messages, completion) -> (prompt_tokens, completion_tokens)`` with the model's own
+    tokenizer and chat template, for servers that report no ``usage``."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+
+    def count(messages: list[dict[str, str]], text: str | None) -> tuple[int, int]:
+        prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return len(prompt["input_ids"]), len(tok(text or "", add_special_tokens=False)["input_ids"])
+
+    return count

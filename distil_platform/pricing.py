@@ -302,7 +302,6 @@ def parse_pricing(raw: Any, path: str, file_sha256: str = "") -> PricingFile:
 
 def _missing(where: str, errors: list[str]) -> None:
     errors.append(f"{where}: missing (or set a top-level `as_of`)")
-    return None
 
 
 def load_pricing_file(path: str | Path | None = None) -> PricingFile:
@@ -414,7 +413,7 @@ def current_snapshot(store: Any) -> PriceSnapshot | None:
     """The snapshot most recently made current, or None when prices were never snapshotted."""
     from sqlalchemy import select
 
-    from distil_platform.store import price_snapshot_activations, price_snapshots
+    from distil_platform.store import price_snapshot_activations
 
     stmt = select(price_snapshot_activations.c.hash).order_by(price_snapshot_activations.c.id.desc()).limit(1)
     with store.engine.connect() as conn:

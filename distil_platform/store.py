@@ -28,7 +28,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    UniqueConstraint,
     create_engine,
     event,
     insert,
@@ -193,8 +192,6 @@ cost_rows = Table(
     Column("row", JSON, nullable=False),
     _created(),
 )
-
-UniqueConstraint  # re-exported for extensions
 
 
 def default_url() -> str:

@@ -152,8 +152,7 @@ def guidellm_scenario(
     if max_concurrency:
         profile["max_concurrency"] = int(max_concurrency)
     base = target.rstrip("/")
-    if base.endswith("/v1"):
-        base = base[: -len("/v1")]
+    base = base.removesuffix("/v1")
     return {
         "spec": {
             "backend": {

@@ -9,6 +9,7 @@ import dagster as dg
 import polars as pl
 import pytest
 import yaml
+from cost_fixtures import CACHED, COMPLETION, PROMPT, plant_task
 
 from distil_platform.costs import (
     api_usd_per_request,
@@ -22,8 +23,6 @@ from distil_platform.pricing import DEFAULT_PRICING_FILE, build_snapshot, store_
 from distil_platform.prompts import build_messages, format_answer
 from distil_platform.store import ResultsStore
 from distil_platform.taskspec import get_task
-
-from cost_fixtures import CACHED, COMPLETION, PROMPT, plant_task
 
 HAIKU = "anthropic/claude-haiku-4-5"
 FLASH_LITE = "gemini/gemini-2.5-flash-lite"
@@ -165,7 +164,7 @@ def model_call_counter(monkeypatch):
     import httpx
     import litellm
 
-    import distil_platform.serving as serving
+    from distil_platform import serving
 
     calls = _Calls()
 
@@ -242,3 +241,20 @@ def test_invalid_pricing_fails_the_run_and_keeps_the_previous_snapshot(tmp_path,
     failure = result.get_step_failure_events()[0].event_specific_data.error.to_string()
     assert f"models.{HAIKU}.input_per_mtok" in failure and str(bad) in failure
     assert current_snapshot(store).hash == good.hash
+
+
+def test_cost_table_ci_is_the_student_eval_ci():
+    """The report and cost table must show the interval `<task>_student_eval` showed for the
+    same scores, whatever order the store returns items in."""
+    from distil_platform.costs import EvaluatedModel, _summary
+    from distil_platform.evaluation import ItemResult, summarize
+
+    scores = {f"q{i:02d}": float(i % 3 == 0) for i in range(40)}
+    results = [ItemResult(item_id=k, repeat=0, prediction="p", reference="r", score=v, score_strict=v, parse_ok=True)
+               for k, v in reversed(scores.items())]
+    model = EvaluatedModel(label="student", role="student", variant="bf16", run_id="r1",
+                           scores={k: [v] for k, v in scores.items()})
+    evaluated, tabled = summarize(results), _summary(model)
+    assert evaluated.score == pytest.approx(tabled["accuracy"])
+    assert (evaluated.ci_low, evaluated.ci_high) == (tabled["ci_low"], tabled["ci_high"])
+    assert evaluated.ci_low < evaluated.score < evaluated.ci_high

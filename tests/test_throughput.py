@@ -137,7 +137,6 @@ def test_throughput_asset_live_on_tiny_qwen3(tmp_path, monkeypatch):
     import polars as pl
 
     from distil_platform.assets.costs import ThroughputConfig, build_task_cost_assets
-    from distil_platform.costs import gather_cost_inputs
     from distil_platform.modelstore import resolve_model
     from distil_platform.resources.models import LLMResource, ServingResource
     from distil_platform.resources.store import ResultsStoreResource

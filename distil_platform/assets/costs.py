@@ -196,15 +196,14 @@ def _evaluate_fp8(context, spec: TaskSpec, llm, server, ckpt: Path, test: list[d
     """The fp8 student's accuracy on the test set (same prompts, greedy), rows stored as stage
     ``throughput_fp8``."""
     from distil_platform.costs import STAGE_FP8_EVAL
-    from distil_platform.evaluation import evaluate, prediction_rows, summarize
+    from distil_platform.evaluation import client_answer_fn, evaluate, prediction_rows, summarize
+    from distil_platform.modelstore import chat_token_counter
     from distil_platform.store import predictions
-
-    from .pipeline import _answer_fn, _token_counter
 
     client = llm.client(model=server.litellm_model, api_base=server.base_url, run_id=context.run_id, task=spec.name,
                         stage=STAGE_FP8_EVAL, concurrency=16, log=context.log.info,
-                        token_counter=_token_counter(ckpt))
-    results = evaluate(spec, test, _answer_fn(client, 0.0, spec.max_answer_tokens, [str(r["id"]) for r in test]))
+                        token_counter=chat_token_counter(ckpt))
+    results = evaluate(spec, test, client_answer_fn(client, 0.0, spec.max_answer_tokens, [str(r["id"]) for r in test]))
     store.insert(predictions, prediction_rows(results, task=spec.name, stage=STAGE_FP8_EVAL, model=server.model,
                                               run_id=context.run_id, variant="fp8"))
     return summarize(results).score

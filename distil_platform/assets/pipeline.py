@@ -17,6 +17,8 @@ import dagster as dg
 import polars as pl
 
 from distil_platform import paths
+from distil_platform.evaluation import client_answer_fn
+from distil_platform.modelstore import chat_token_counter
 from distil_platform.profiles import Profile, get_profile
 from distil_platform.resources.models import LLMResource, ModelStoreResource, ServingResource
 from distil_platform.resources.store import ResultsStoreResource
@@ -122,19 +124,6 @@ def _has_cuda() -> bool:
         return False
 
 
-def _token_counter(model_dir: Path):
-    """Count tokens with the served model's own tokenizer when the server reports no usage."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-
-    def count(messages, text):
-        prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-        return len(prompt["input_ids"]), len(tok(text or "", add_special_tokens=False)["input_ids"])
-
-    return count
-
-
 @contextlib.contextmanager
 def _local_client(context, llm: LLMResource, serving: ServingResource, model_dir: Path, *, stage: str,
                   task: str, concurrency: int, served_name: str | None = None, timeout_s: float = 600.0):
@@ -146,7 +135,7 @@ def _local_client(context, llm: LLMResource, serving: ServingResource, model_dir
         client = llm.client(
             model=server.litellm_model, api_base=server.base_url, run_id=context.run_id, task=task,
             stage=stage, concurrency=concurrency, log=context.log.info,
-            token_counter=_token_counter(model_dir), timeout_s=timeout_s,
+            token_counter=chat_token_counter(model_dir), timeout_s=timeout_s,
         )
         yield client, server
 
@@ -155,24 +144,6 @@ def _api_client(context, llm: LLMResource, ref: ModelRef, *, stage: str, task: s
     api_key = os.environ.get(ref.api_key_env) if ref.api_key_env else None
     return llm.client(model=ref.model, api_base=ref.api_base, api_key=api_key, run_id=context.run_id,
                       task=task, stage=stage, concurrency=concurrency, log=context.log.info)
-
-
-def _answers(results) -> list:
-    from distil_platform.evaluation import Answer
-
-    return [Answer(text=r.text, prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
-                   latency_s=r.latency_s, error=r.error, cache_hit=r.cache_hit) for r in results]
-
-
-def _answer_fn(client, temperature: float, max_tokens: int, item_ids: list[str]):
-    from distil_platform.llm import ChatRequest
-
-    def answer(messages_list, repeat):
-        requests = [ChatRequest(messages=m, temperature=temperature, max_tokens=max_tokens, repeat=repeat,
-                                item_id=i) for m, i in zip(messages_list, item_ids)]
-        return _answers(client.chat_batch(requests))
-
-    return answer
 
 
 def _all_cached(store, model: str, requests) -> bool:
@@ -474,7 +445,7 @@ def build_task_pipeline_assets(spec: TaskSpec) -> list:
         with _local_client(context, llm, serving, ckpt, stage=STAGE_STUDENT_EVAL, task=task,
                            concurrency=_eval_concurrency(config, serving),
                            served_name=student["served_name"]) as (client, server):
-            results = evaluate(spec, test, _answer_fn(client, 0.0, answer_token_cap(get_profile(), spec.max_answer_tokens),
+            results = evaluate(spec, test, client_answer_fn(client, 0.0, answer_token_cap(get_profile(), spec.max_answer_tokens),
                                                      [str(r["id"]) for r in test]), repeats=1, judge=judge)
             peak = _peak_memory(server)
         wall = time.monotonic() - start
@@ -553,19 +524,19 @@ def build_task_pipeline_assets(spec: TaskSpec) -> list:
                     client = llm.client(model=litellm_model, api_base="http://cached.invalid/v1",
                                         run_id=context.run_id, task=task, stage=STAGE_BASELINES,
                                         log=context.log.info)
-                    results = evaluate(spec, test, _answer_fn(client, **answer_kwargs, item_ids=item_ids),
+                    results = evaluate(spec, test, client_answer_fn(client, **answer_kwargs, item_ids=item_ids),
                                        repeats=repeats, judge=judge)
                     new_calls += client.http_calls
                 else:
                     with _local_client(context, llm, serving, model_dir, stage=STAGE_BASELINES, task=task,
                                        concurrency=_eval_concurrency(config, serving)) as (client, _server):
-                        results = evaluate(spec, test, _answer_fn(client, **answer_kwargs, item_ids=item_ids),
+                        results = evaluate(spec, test, client_answer_fn(client, **answer_kwargs, item_ids=item_ids),
                                            repeats=repeats, judge=judge)
                         new_calls += client.http_calls
             else:
                 client = _api_client(context, llm, ref, stage=STAGE_BASELINES, task=task,
                                      concurrency=config.concurrency or 8)
-                results = evaluate(spec, test, _answer_fn(client, **answer_kwargs, item_ids=item_ids),
+                results = evaluate(spec, test, client_answer_fn(client, **answer_kwargs, item_ids=item_ids),
                                    repeats=repeats, judge=judge)
                 new_calls += client.http_calls
             wall = time.monotonic() - start
