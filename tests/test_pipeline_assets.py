@@ -156,8 +156,12 @@ def test_smart_home_graph_end_to_end(test_profile, tmp_path):
         result = dg.materialize(_assets(spec), resources=_resources(), instance=instance)
         assert result.success
         teacher = _md(result, "smart_home_teacher_data")
-        assert teacher["generated"] + sum(teacher["rejections_by_reason"].values()) >= 0
+        assert teacher["requested"] > 0 and teacher["teacher_accepted"] <= teacher["generated"]
+        assert teacher["rejected"] == sum(teacher["rejections_by_reason"].values())
         student = _md(result, "smart_home_student")
+        # Every accepted synthetic row is trained on, next to every seed.
+        assert student["synthetic_examples"] == teacher["accepted"]
+        assert student["train_examples"] == student["seed_examples"] + teacher["accepted"]
         assert Path(student["checkpoint_path"], "model.safetensors").exists()
         evaluation = _md(result, "smart_home_student_eval")
         assert "score_strict" in evaluation  # tool calling reports the strict companion metric

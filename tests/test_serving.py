@@ -173,7 +173,10 @@ def test_startup_failure_shows_the_log_tail(tmp_path):
 
 _CHILD = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
+    # A shell's background job inherits SIGINT ignored, and Python then keeps it ignored: restore
+    # the KeyboardInterrupt handler so the test means the same however the suite is launched.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from distil_platform.serving import serve
     with serve(sys.argv[1], continuous_batching=False, env={"OMP_NUM_THREADS": "1"}) as server:
         print(server.pid, flush=True)
@@ -196,7 +199,11 @@ def test_no_orphan_when_the_parent_is_interrupted_or_killed(parent_signal):
         server_pid = int(line)
         assert psutil.pid_exists(server_pid)
         parent.send_signal(parent_signal)
-        parent.wait(timeout=30)
+        try:
+            parent.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            parent.kill()
+            pytest.fail(f"parent did not exit after {parent_signal!r}; stderr: {parent.stderr.read()[-2000:]}")
         assert _gone(server_pid), "server outlived its parent"
     finally:
         if parent.poll() is None:
