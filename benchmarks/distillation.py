@@ -5,7 +5,10 @@ banking77 by default) this runs the task's Dagster graph in-process against ``$D
 
 1. ``<task>`` → ``<task>_teacher_data`` → ``<task>_student`` → ``<task>_student_eval`` →
    ``<task>_baseline_evals`` (the zero-shot base model; frontier models only with API keys);
-2. the seed-only ablation: ``<task>_student`` with ``use_synthetic: false`` and its eval.
+2. the seed-only ablation: ``<task>_student`` with ``use_synthetic: false`` and its eval;
+3. with ``--grounding-ablation``, for tasks that have unlabelled in-domain text (``unstructured``):
+   ``<task>_teacher_data`` with ``ground_in_unstructured`` flipped from the task's setting, then
+   ``<task>_student`` and its eval on that data, to measure what grounding the teacher is worth.
 
 It prints and writes (``--out``, JSON) per task: each model's score with its 95% bootstrap CI, the
 teacher-data counts, and per-stage wall times. Run one task at a time on a quiet machine:
@@ -58,7 +61,14 @@ def _md(result, key: str) -> dict:
     return {k: v.value if hasattr(v, "value") else v for k, v in mat.metadata.items()}
 
 
-def run_task(task: str, literal_swap: bool, teacher_target: int | None) -> dict:
+def _teacher_counts(teacher: dict) -> dict:
+    return {k: teacher.get(k) for k in ("teacher", "requested", "generated", "accepted", "teacher_accepted",
+                                        "augmented_accepted", "rejected", "rejections_by_reason",
+                                        "exact_duplicates", "near_duplicates", "decontaminated",
+                                        "distribution", "wall_time_s")}
+
+
+def run_task(task: str, literal_swap: bool, teacher_target: int | None, grounding_ablation: bool = False) -> dict:
     import dagster as dg
 
     from distil_platform.assets.pipeline import build_task_pipeline_assets
@@ -101,16 +111,38 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None) -> dict:
     seed_student = _md(seed_only, f"{task}_student")
     seed_eval = _md(seed_only, f"{task}_student_eval")
 
+    grounding = None
+    seed_md = _md(full, task)
+    if grounding_ablation and seed_md.get("n_unstructured"):
+        flipped = not spec.synthesis.ground_in_unstructured
+        start = time.monotonic()
+        ablation = dg.materialize(
+            assets, resources=resources, instance=instance,
+            selection=[f"{task}_teacher_data", f"{task}_student", f"{task}_student_eval"],
+            run_config={"ops": {f"{task}_teacher_data": {"config": {**teacher_cfg, "ground_in_unstructured": flipped}}}},
+        )
+        ab_eval = _md(ablation, f"{task}_student_eval")
+        grounding = {
+            "task_setting": spec.synthesis.ground_in_unstructured,
+            "ablation_setting": flipped,
+            "teacher": _teacher_counts(_md(ablation, f"{task}_teacher_data")),
+            "student": {"score": ab_eval["score"], "ci": [ab_eval["ci_low"], ab_eval["ci_high"]],
+                        "train_examples": _md(ablation, f"{task}_student")["train_examples"]},
+            "wall_s": round(time.monotonic() - start, 1),
+        }
+    elif grounding_ablation:
+        print(f"{task}: no unstructured rows, grounding ablation skipped", file=sys.stderr)
+
     zero_shot = {k: v for k, v in baselines["per_model"].items() if k.endswith("(zero-shot)")}
     return {
         "task": task,
         "profile": profile.name,
-        "source": _md(full, task).get("source"),
-        "n_seed": _md(full, task).get("n_seed"),
+        "source": seed_md.get("source"),
+        "n_seed": seed_md.get("n_seed"),
+        "n_unstructured": seed_md.get("n_unstructured"),
         "n_test": student_eval["n"],
-        "teacher": {k: teacher.get(k) for k in ("teacher", "requested", "generated", "accepted", "teacher_accepted",
-                                                  "augmented_accepted", "rejected", "rejections_by_reason",
-                                                  "exact_duplicates", "near_duplicates", "decontaminated")},
+        "teacher": _teacher_counts(teacher),
+        "ground_in_unstructured": spec.synthesis.ground_in_unstructured,
         "student": {"score": student_eval["score"], "ci": [student_eval["ci_low"], student_eval["ci_high"]],
                     "train_examples": student["train_examples"], "steps": student["steps"],
                     "train_wall_s": student["wall_time_s"], "final_loss": student["final_loss"]},
@@ -121,6 +153,7 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None) -> dict:
                           "vs_student": {x: v["vs_student"].get(x) for x in
                                          ("diff", "ci_low", "ci_high", "mcnemar_p", "verdict")}}
                       for k, v in zero_shot.items()},
+        "grounding_ablation": grounding,
         "skipped": baselines.get("skipped"),
         "wall_s": {"full_graph": round(full_wall, 1), "seed_only": round(seed_only_wall, 1),
                    "steps": _step_times(instance, full.run_id)},
@@ -132,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default="text2sql,smart_home,banking77")
     parser.add_argument("--literal-swap", action="store_true", help="add the text2sql literal-swap augmentation")
     parser.add_argument("--teacher-target", type=int, default=None)
+    parser.add_argument("--grounding-ablation", action="store_true",
+                        help="also train on teacher data with ground_in_unstructured flipped (tasks with unstructured text)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "distillation.json"))
     args = parser.parse_args(argv)
     os.environ.setdefault("DISTIL_PROFILE", "local")
@@ -145,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         os.environ[f"DISTIL_DATA_{task.upper()}"] = str(data)
         print(f"== {task} ({data})", flush=True)
-        res = run_task(task, args.literal_swap, args.teacher_target)
+        res = run_task(task, args.literal_swap, args.teacher_target, args.grounding_ablation)
         print(json.dumps(res, indent=1, default=str), flush=True)
         results.append(res)
         out = Path(args.out)

@@ -1,0 +1,51 @@
+"""benchmarks/distillation.py on the `test` profile: the numbers it writes into benchmarks/README.md
+come from the runs it claims (full graph, seed-only ablation, grounding ablation)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+from conftest import REPO_ROOT
+
+API_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("distillation_benchmark", REPO_ROOT / "benchmarks" / "distillation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_distillation_benchmark_runs_ablations_on_the_shipped_sample(monkeypatch):
+    monkeypatch.setenv("DISTIL_PROFILE", "test")
+    for key in API_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("DISTIL_DATA_BANKING77", raising=False)  # the shipped sample, with unstructured rows
+    bench = _load_benchmark()
+    import dagster as dg
+
+    with dg.instance_for_test(temp_dir=os.environ["DAGSTER_HOME"]):
+        res = bench.run_task("banking77", literal_swap=False, teacher_target=8, grounding_ablation=True)
+
+    assert res["task"] == "banking77" and res["profile"] == "test" and res["n_unstructured"] > 0
+    n_seed = res["n_seed"]
+    # The seed-only student trains on the seeds alone; the student on seeds + accepted teacher rows.
+    assert res["seed_only_student"]["train_examples"] == n_seed
+    assert res["student"]["train_examples"] == n_seed + res["teacher"]["accepted"]
+    assert res["teacher"]["requested"] == 8
+    for model in (res["student"], res["seed_only_student"], *res["zero_shot"].values()):
+        low, high = model["ci"]
+        assert 0.0 <= low <= model["score"] <= high <= 1.0
+    assert list(res["zero_shot"]) == ["tiny-qwen3 (zero-shot)"]
+    assert res["zero_shot"]["tiny-qwen3 (zero-shot)"]["vs_student"]["verdict"]
+    # banking77 grounds its teacher by default: the ablation flips it and trains on that data.
+    grounding = res["grounding_ablation"]
+    assert res["ground_in_unstructured"] is True
+    assert grounding["task_setting"] is True and grounding["ablation_setting"] is False
+    assert grounding["student"]["train_examples"] == n_seed + grounding["teacher"]["accepted"]
+    assert set(res["wall_s"]) == {"full_graph", "seed_only", "steps"}
+    assert "banking77_student" in res["wall_s"]["steps"]
