@@ -61,6 +61,10 @@ def _md(result, key: str) -> dict:
     return {k: v.value if hasattr(v, "value") else v for k, v in mat.metadata.items()}
 
 
+def _score(evaluation: dict) -> dict:
+    return {"score": evaluation["score"], "ci": [evaluation["ci_low"], evaluation["ci_high"]]}
+
+
 def _teacher_counts(teacher: dict) -> dict:
     return {k: teacher.get(k) for k in ("teacher", "requested", "generated", "accepted", "teacher_accepted",
                                         "augmented_accepted", "rejected", "rejections_by_reason",
@@ -92,43 +96,38 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
         teacher_cfg["target"] = teacher_target
     instance = dg.DagsterInstance.get()
 
-    start = time.monotonic()
-    full = dg.materialize(assets, resources=resources, instance=instance,
-                          run_config={"ops": {f"{task}_teacher_data": {"config": teacher_cfg}}})
-    full_wall = time.monotonic() - start
+    def timed(selection, ops_config: dict) -> tuple:
+        start = time.monotonic()
+        result = dg.materialize(assets, resources=resources, instance=instance, selection=selection,
+                                run_config={"ops": ops_config})
+        return result, round(time.monotonic() - start, 1)
+
+    full, full_wall = timed(None, {f"{task}_teacher_data": {"config": teacher_cfg}})
     teacher = _md(full, f"{task}_teacher_data")
     student = _md(full, f"{task}_student")
     student_eval = _md(full, f"{task}_student_eval")
     baselines = _md(full, f"{task}_baseline_evals")
+    seed_set = _md(full, task)
 
-    start = time.monotonic()
-    seed_only = dg.materialize(
-        assets, resources=resources, instance=instance,
-        selection=[f"{task}_student", f"{task}_student_eval"],
-        run_config={"ops": {f"{task}_student": {"config": {"use_synthetic": False}}}},
-    )
-    seed_only_wall = time.monotonic() - start
+    seed_only, seed_only_wall = timed([f"{task}_student", f"{task}_student_eval"],
+                                      {f"{task}_student": {"config": {"use_synthetic": False}}})
     seed_student = _md(seed_only, f"{task}_student")
     seed_eval = _md(seed_only, f"{task}_student_eval")
 
     grounding = None
-    seed_md = _md(full, task)
-    if grounding_ablation and seed_md.get("n_unstructured"):
+    if grounding_ablation and seed_set.get("n_unstructured"):
         flipped = not spec.synthesis.ground_in_unstructured
-        start = time.monotonic()
-        ablation = dg.materialize(
-            assets, resources=resources, instance=instance,
-            selection=[f"{task}_teacher_data", f"{task}_student", f"{task}_student_eval"],
-            run_config={"ops": {f"{task}_teacher_data": {"config": {**teacher_cfg, "ground_in_unstructured": flipped}}}},
+        ablation, ablation_wall = timed(
+            [f"{task}_teacher_data", f"{task}_student", f"{task}_student_eval"],
+            {f"{task}_teacher_data": {"config": {**teacher_cfg, "ground_in_unstructured": flipped}}},
         )
-        ab_eval = _md(ablation, f"{task}_student_eval")
         grounding = {
             "task_setting": spec.synthesis.ground_in_unstructured,
             "ablation_setting": flipped,
             "teacher": _teacher_counts(_md(ablation, f"{task}_teacher_data")),
-            "student": {"score": ab_eval["score"], "ci": [ab_eval["ci_low"], ab_eval["ci_high"]],
+            "student": {**_score(_md(ablation, f"{task}_student_eval")),
                         "train_examples": _md(ablation, f"{task}_student")["train_examples"]},
-            "wall_s": round(time.monotonic() - start, 1),
+            "wall_s": ablation_wall,
         }
     elif grounding_ablation:
         print(f"{task}: no unstructured rows, grounding ablation skipped", file=sys.stderr)
@@ -137,25 +136,22 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
     return {
         "task": task,
         "profile": profile.name,
-        "source": seed_md.get("source"),
-        "n_seed": seed_md.get("n_seed"),
-        "n_unstructured": seed_md.get("n_unstructured"),
+        "source": seed_set.get("source"),
+        "n_seed": seed_set.get("n_seed"),
+        "n_unstructured": seed_set.get("n_unstructured"),
         "n_test": student_eval["n"],
         "teacher": _teacher_counts(teacher),
         "ground_in_unstructured": spec.synthesis.ground_in_unstructured,
-        "student": {"score": student_eval["score"], "ci": [student_eval["ci_low"], student_eval["ci_high"]],
-                    "train_examples": student["train_examples"], "steps": student["steps"],
+        "student": {**_score(student_eval), "train_examples": student["train_examples"], "steps": student["steps"],
                     "train_wall_s": student["wall_time_s"], "final_loss": student["final_loss"]},
-        "seed_only_student": {"score": seed_eval["score"], "ci": [seed_eval["ci_low"], seed_eval["ci_high"]],
-                              "train_examples": seed_student["train_examples"],
+        "seed_only_student": {**_score(seed_eval), "train_examples": seed_student["train_examples"],
                               "train_wall_s": seed_student["wall_time_s"]},
-        "zero_shot": {k: {"score": v["score"], "ci": [v["ci_low"], v["ci_high"]],
-                          "vs_student": {x: v["vs_student"].get(x) for x in
-                                         ("diff", "ci_low", "ci_high", "mcnemar_p", "verdict")}}
+        "zero_shot": {k: {**_score(v), "vs_student": {x: v["vs_student"].get(x) for x in
+                                                      ("diff", "ci_low", "ci_high", "mcnemar_p", "verdict")}}
                       for k, v in zero_shot.items()},
         "grounding_ablation": grounding,
         "skipped": baselines.get("skipped"),
-        "wall_s": {"full_graph": round(full_wall, 1), "seed_only": round(seed_only_wall, 1),
+        "wall_s": {"full_graph": full_wall, "seed_only": seed_only_wall,
                    "steps": _step_times(instance, full.run_id)},
     }
 

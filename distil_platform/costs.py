@@ -260,37 +260,36 @@ def estimate_usage(spec: TaskSpec, model: str, rows: Sequence[Mapping[str, Any]]
 
 
 # -- the table ---------------------------------------------------------------------------------
+def _item_means(model: EvaluatedModel) -> dict[str, float]:
+    """Mean score per item over its scored repeats; items with no score are left out."""
+    out = {}
+    for k, vals in model.scores.items():
+        vals = [v for v in vals if v is not None]
+        if vals:
+            out[k] = sum(vals) / len(vals)
+    return out
+
+
 def _summary(model: EvaluatedModel) -> dict[str, Any]:
     from distil_platform.stats import bootstrap_ci, mean_std
 
-    per_item = {k: [v for v in vals if v is not None] for k, vals in model.scores.items()}
-    per_item = {k: v for k, v in per_item.items() if v}
-    if not per_item:
+    means = _item_means(model)
+    if not means:
         return {"n_items": 0, "repeats": 0, "accuracy": None, "accuracy_std": None, "ci_low": None, "ci_high": None}
-    # Item-id order, as evaluation.summarize: the same scores give the same bootstrap interval.
-    means = [sum(per_item[k]) / len(per_item[k]) for k in sorted(per_item)]
     repeats = max(len(v) for v in model.scores.values())
     by_repeat = [[vals[r] for vals in model.scores.values() if r < len(vals) and vals[r] is not None]
                  for r in range(repeats)]
     repeat_means = [sum(v) / len(v) for v in by_repeat if v]
     ci = bootstrap_ci(means)
     std = mean_std(repeat_means).std if len(repeat_means) > 1 else 0.0
-    return {"n_items": len(means), "repeats": repeats, "accuracy": sum(means) / len(means),
+    return {"n_items": len(means), "repeats": repeats, "accuracy": sum(means.values()) / len(means),
             "accuracy_std": float(std), "ci_low": float(ci.low), "ci_high": float(ci.high)}
 
 
 def _versus(student: EvaluatedModel, other: EvaluatedModel) -> dict[str, Any]:
     from distil_platform.stats import compare
 
-    def item_means(m: EvaluatedModel) -> dict[str, float]:
-        out = {}
-        for k, vals in m.scores.items():
-            vals = [v for v in vals if v is not None]
-            if vals:
-                out[k] = sum(vals) / len(vals)
-        return out
-
-    s, o = item_means(student), item_means(other)
+    s, o = _item_means(student), _item_means(other)
     common = sorted(set(s) & set(o))
     if not common:
         return {}

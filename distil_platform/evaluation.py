@@ -170,18 +170,15 @@ def _mean(values: Sequence[float | int | None]) -> float | None:
 
 def summarize(results: Sequence[ItemResult], *, seed: int = 0) -> EvalSummary:
     """Item-level score with a 95% bootstrap CI over items (repeats averaged per item first), and
-    mean ± std over repeats.
-
-    Items are bootstrapped in item-id order with ``bootstrap_ci``'s defaults, as the cost table
-    does, so the same scores give the same interval in every asset."""
+    mean ± std over repeats."""
     from distil_platform.stats import bootstrap_ci, mean_std
 
     per_item = item_means(results)
-    values = [per_item[k] for k in sorted(per_item)]
-    if not values:
+    if not per_item:
         raise ValueError("no scorable results to summarise")
+    values = list(per_item.values())
     score = sum(values) / len(values)
-    ci = bootstrap_ci(values, seed=seed)
+    ci = bootstrap_ci(per_item, seed=seed)
     lo, hi = float(ci.low), float(ci.high)
     reps = repeat_means(results)
     rep_mean, rep_std = mean_std(reps) if reps else (score, 0.0)

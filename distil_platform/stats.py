@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
-ItemScores = Sequence[float] | Sequence[Sequence[float]]
+ItemScores = Sequence[float] | Sequence[Sequence[float]] | Mapping[str, float | Sequence[float]]
 
 
 class MeanStd(NamedTuple):
@@ -65,7 +65,10 @@ def _scipy_stats():
 
 def per_item_means(item_scores: ItemScores) -> np.ndarray:
     """One score per item: floats pass through, a list of repeats becomes its NaN-ignoring mean
-    (NaN when every repeat is NaN)."""
+    (NaN when every repeat is NaN). A mapping ``item id -> score(s)`` is read in item-id order, so
+    the same scores resample identically however they were collected (every asset shows one CI)."""
+    if isinstance(item_scores, Mapping):
+        item_scores = [item_scores[k] for k in sorted(item_scores)]
     out = np.empty(len(item_scores), dtype=float)
     for i, value in enumerate(item_scores):
         if isinstance(value, (list, tuple, np.ndarray)):
@@ -141,6 +144,8 @@ def bootstrap_ci(
 
 
 def _aligned(scores_a: ItemScores, scores_b: ItemScores) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(scores_a, Mapping) and isinstance(scores_b, Mapping) and scores_a.keys() != scores_b.keys():
+        raise ValueError("paired scores must cover the same item ids")
     a, b = per_item_means(scores_a), per_item_means(scores_b)
     if a.shape != b.shape:
         raise ValueError(f"paired scores must cover the same items: {a.size} vs {b.size}")

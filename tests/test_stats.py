@@ -87,6 +87,21 @@ def test_bootstrap_ci_degenerate_inputs():
         bootstrap_ci([1.0, 0.0], confidence=1.5)
 
 
+def test_bootstrap_ci_of_a_mapping_does_not_depend_on_collection_order():
+    # Assets collect item scores in whatever order the store or the client returns them; the
+    # interval must be a function of the scores, so the eval and the cost table agree.
+    rng = random.Random(3)
+    scores = {f"item-{i:03d}": float(rng.random() < 0.4) for i in range(50)}
+    shuffled = dict(rng.sample(list(scores.items()), len(scores)))
+    assert list(shuffled) != list(scores)
+    ci = bootstrap_ci(scores)
+    assert bootstrap_ci(shuffled) == ci
+    assert ci == bootstrap_ci([scores[k] for k in sorted(scores)])
+    assert per_item_means({"b": [1, 0], "a": 0.25}).tolist() == [0.25, 0.5]
+    with pytest.raises(ValueError, match="same item ids"):
+        paired_bootstrap_diff({"a": 1.0, "b": 0.0}, {"a": 1.0, "c": 0.0})
+
+
 def test_paired_bootstrap_uses_the_same_items():
     rng = random.Random(0)
     b = [rng.random() for _ in range(60)]  # items differ a lot in difficulty
