@@ -75,7 +75,7 @@ def _teacher_counts(teacher: dict) -> dict:
 def run_task(task: str, literal_swap: bool, teacher_target: int | None, grounding_ablation: bool = False) -> dict:
     import dagster as dg
 
-    from distil_platform.assets.pipeline import build_task_pipeline_assets
+    from distil_platform.assets import build_task_pipeline_assets
     from distil_platform.assets.seed import build_seed_set_asset
     from distil_platform.profiles import get_profile
     from distil_platform.resources import (

@@ -11,12 +11,9 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from distil_platform.assets.pipeline import (
-    build_task_pipeline_assets,
-    check_accepted_minimum,
-    check_distribution,
-    plan_baselines,
-)
+from distil_platform.assets import build_task_pipeline_assets
+from distil_platform.assets.evals import plan_baselines
+from distil_platform.assets.teacher import check_accepted_minimum, check_distribution
 from distil_platform.assets.seed import build_seed_set_asset
 from distil_platform.profiles import get_profile
 from distil_platform.resources import LLMResource, ModelStoreResource, ResultsStoreResource, ServingResource

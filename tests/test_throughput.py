@@ -136,7 +136,7 @@ def test_throughput_asset_live_on_tiny_qwen3(tmp_path, monkeypatch):
     import dagster as dg
     import polars as pl
 
-    from distil_platform.assets.costs import ThroughputConfig, build_task_cost_assets
+    from distil_platform.assets.throughput import ThroughputConfig, build_throughput_asset
     from distil_platform.modelstore import resolve_model
     from distil_platform.resources.models import LLMResource, ServingResource
     from distil_platform.resources.store import ResultsStoreResource
@@ -150,7 +150,7 @@ def test_throughput_asset_live_on_tiny_qwen3(tmp_path, monkeypatch):
         test_rows = test_rows.with_columns(pl.lit("").alias("context"))
     test_path = tmp_path / "test.parquet"
     test_rows.write_parquet(test_path)
-    throughput = next(a for a in build_task_cost_assets(spec) if a.key.path[0] == "text2sql_throughput")
+    throughput = build_throughput_asset(spec)[0]
     ctx = dg.build_asset_context()
     out = throughput(ctx, config=ThroughputConfig(), seed_set={"test_path": str(test_path)},
                      student={"checkpoint_path": str(ckpt), "served_name": "tiny-student", "base_model": "tiny-qwen3"},

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import dagster as dg
-
 from distil_platform.assets.keys import PRICING_KEY, REPORT_KEY, cost_table_key, teacher_data_key
+
 from distil_platform.taskspec import TaskSpec
 
 from .config_watch import REPRICING_JOB, TASK_REFRESH_JOB, build_config_change_sensor, repricing_keys

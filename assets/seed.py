@@ -7,9 +7,9 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+from distil_platform.resources.store import ResultsStoreResource
 
 from distil_platform import paths
-from distil_platform.resources.store import ResultsStoreResource
 from distil_platform.store import seed_sets
 from distil_platform.taskspec import TaskSpec
 from distil_platform.validation import find_overlaps, validate_frame

@@ -25,7 +25,6 @@ from typing import Any
 
 import dagster as dg
 import yaml
-
 from distil_platform.assets.keys import (
     PRICING_KEY,
     REPORT_KEY,
@@ -33,6 +32,7 @@ from distil_platform.assets.keys import (
     cost_table_key,
     teacher_data_key,
 )
+
 from distil_platform.taskspec import TaskSpec
 
 PROMPT_FIELDS = ("description", "prompt_template", "labels", "tools")

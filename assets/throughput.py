@@ -1,11 +1,4 @@
-"""Cost assets: ``<task>_throughput`` and ``<task>_cost_table`` per task; ``pricing`` and
-``benchmark_report`` shared.
-
-Logic lives in ``distil_platform.throughput`` / ``pricing`` / ``costs`` / ``report``; this module
-wires it to resources, run config and metadata. ``<task>_cost_table`` and ``benchmark_report`` read
-only the results store (never a model), so re-pricing is cheap and safe to trigger automatically.
-"""
-
+"""``<task>_throughput``: guidellm load test of the served student (bf16, and fp8 where supported)."""
 
 import json
 import time
@@ -13,14 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from distil_platform.resources.models import LLMResource, ServingResource
+from distil_platform.resources.store import ResultsStoreResource
 
 from distil_platform import paths
 from distil_platform.profiles import get_profile
-from distil_platform.resources.models import LLMResource, ServingResource
-from distil_platform.resources.store import ResultsStoreResource
 from distil_platform.taskspec import TaskSpec
 
-from .keys import PRICING_KEY, REPORT_KEY, cost_table_key, task_key, throughput_key
+from .keys import task_key, throughput_key
 from .metadata import png_markdown
 
 
@@ -39,10 +32,6 @@ class ThroughputConfig(dg.Config):
     seed: int = 0
 
 
-class PricingConfig(dg.Config):
-    # Fetch litellm's hosted price map for models missing from the pricing file (the monthly
-    # schedule sets this); otherwise the bundled copy is used. The pricing file always wins.
-    refresh_hosted: bool = False
 
 
 def _read_rows(path: str) -> list[dict[str, Any]]:
@@ -51,7 +40,7 @@ def _read_rows(path: str) -> list[dict[str, Any]]:
     return pl.read_parquet(path).to_dicts()
 
 
-def build_task_cost_assets(spec: TaskSpec) -> list:
+def build_throughput_asset(spec: TaskSpec) -> list:
     task = spec.name
     seed_key = dg.AssetKey(task)
     student_key = task_key(task, "student")
@@ -173,23 +162,7 @@ def build_task_cost_assets(spec: TaskSpec) -> list:
                                                         for k, v in variants.items()}, "plot": str(plot)}
         return dg.Output(value, metadata=metadata)
 
-    @dg.asset(
-        key=cost_table_key(task),
-        group_name=task,
-        deps=[task_key(task, "student_eval"), task_key(task, "baseline_evals"), throughput_key(task),
-              PRICING_KEY],
-        kinds={"polars", "parquet"},
-        description=f"`{task}`: one row per model — accuracy ± std and CI, USD per million requests (APIs: measured "
-        "tokens x snapshot prices; students: hardware $/h / sustained RPS), verdict and cost ratio vs the student, "
-        "break-even daily volume. Computed from the results store only: re-pricing never calls a model.",
-    )
-    def cost_table(context: dg.AssetExecutionContext, results_store: ResultsStoreResource) -> dg.Output[dict]:
-        result = compute_cost_table(spec, results_store.store(), context.run_id)
-        context.log.info(f"{task}: cost table with {result['n_rows']} rows at prices {result['snapshot_hash'][:12]}")
-        return dg.Output(result["value"], metadata=result["metadata"],
-                         data_version=dg.DataVersion(result["content_hash"][:32]))
-
-    return [throughput, cost_table]
+    return [throughput]
 
 
 def _evaluate_fp8(context, spec: TaskSpec, llm, server, ckpt: Path, test: list[dict], store) -> float:
@@ -209,114 +182,3 @@ def _evaluate_fp8(context, spec: TaskSpec, llm, server, ckpt: Path, test: list[d
     return summarize(results).score
 
 
-def compute_cost_table(spec: TaskSpec, store, table_id: str) -> dict[str, Any]:
-    """Build, write (Parquet, CSV, store) and describe one task's cost table at the current prices."""
-    import hashlib
-
-    from distil_platform.costs import (
-        build_cost_table,
-        cost_rows_for_store,
-        cost_table_markdown,
-        gather_cost_inputs,
-        write_cost_table,
-    )
-    from distil_platform.pricing import current_snapshot
-    from distil_platform.store import cost_rows
-
-    snapshot = current_snapshot(store)
-    if snapshot is None:
-        # First run on a fresh DAGSTER_HOME (e.g. `--select 'text2sql*'`, which does not select the
-        # upstream `pricing`): take the snapshot `pricing` would take, from the pricing file and the
-        # bundled price map, and store it so later re-pricings compare against it.
-        from distil_platform.pricing import build_snapshot, pricing_file, store_snapshot
-        from distil_platform.taskspec import load_tasks
-
-        needed = [ref.model for s in load_tasks().values() for ref in s.comparison_models]
-        snapshot = build_snapshot(pricing_file(), needed)
-        store_snapshot(store, snapshot, table_id)
-    inputs = gather_cost_inputs(store, spec)
-    inputs.table_id = table_id
-    rows = build_cost_table(inputs, snapshot)
-    out_dir = paths.artifacts_dir(spec.name, "cost_table", table_id)
-    parquet, csv = write_cost_table(rows, out_dir)
-    store.insert(cost_rows, cost_rows_for_store(rows))
-    content_hash = hashlib.sha256(json.dumps([{k: v for k, v in r.items() if k != "table_id"} for r in rows],
-                                             sort_keys=True, default=str).encode()).hexdigest()
-    md = cost_table_markdown(rows)
-    metadata = {
-        "rows": len(rows),
-        "snapshot_hash": snapshot.hash[:16],
-        "prices_as_of": snapshot.as_of,
-        "parquet_path": dg.MetadataValue.path(str(parquet)),
-        "csv_path": dg.MetadataValue.path(str(csv)),
-        "cost_table": dg.MetadataValue.md(md),
-        "model_calls": 0,
-    }
-    value = {"table_id": table_id, "parquet_path": str(parquet), "csv_path": str(csv), "snapshot_hash": snapshot.hash}
-    return {"value": value, "metadata": metadata, "content_hash": content_hash, "n_rows": len(rows),
-            "snapshot_hash": snapshot.hash, "rows": rows}
-
-
-def build_shared_cost_assets(task_names: list[str]) -> list:
-    task_names = list(task_names)
-
-    @dg.asset(
-        key=PRICING_KEY,
-        group_name="costs",
-        kinds={"yaml"},
-        description="Price snapshot: the pricing file (env DISTIL_PRICING_FILE overrides the path), validated, with "
-        "models it lacks priced from litellm's map (marked as such); stored with its hash and date. A file that "
-        "fails validation fails this run and the previous snapshot stays current.",
-    )
-    def pricing(context: dg.AssetExecutionContext, config: PricingConfig,
-                results_store: ResultsStoreResource) -> dg.Output[dict]:
-        from distil_platform.pricing import build_snapshot, pricing_file, store_snapshot
-        from distil_platform.taskspec import load_tasks
-
-        needed = [ref.model for spec in load_tasks().values() for ref in spec.comparison_models]
-        snapshot = build_snapshot(pricing_file(), needed, refresh_hosted=config.refresh_hosted)
-        store_snapshot(results_store.store(), snapshot, context.run_id)
-        fallback = {k: v.origin for k, v in snapshot.models.items() if v.origin != "pricing_file"}
-        lines = ["| model | $/MTok in | $/MTok out | $/MTok cached | origin | source |", "|---|---|---|---|---|---|"]
-        for name, p in sorted(snapshot.models.items()):
-            lines.append(f"| {name} | {p.input_per_mtok:g} | {p.output_per_mtok:g} | {p.cached_input_per_mtok:g} "
-                         f"| {p.origin} | {p.source} |")
-        hw = ["| hardware | $/hour | source |", "|---|---|---|"] + [
-            f"| {k} | {h.usd_per_hour:g} | {h.source} |" for k, h in sorted(snapshot.hardware.items())]
-        metadata = {
-            "snapshot_hash": snapshot.hash,
-            "as_of": snapshot.as_of,
-            "pricing_file": dg.MetadataValue.path(snapshot.source),
-            "models_priced": len(snapshot.models),
-            "litellm_fallbacks": dg.MetadataValue.json(fallback),
-            "unpriced_models": dg.MetadataValue.json(list(snapshot.unpriced)),
-            "model_prices": dg.MetadataValue.md("\n".join(lines)),
-            "hardware_prices": dg.MetadataValue.md("\n".join(hw)),
-        }
-        return dg.Output({"hash": snapshot.hash, "as_of": snapshot.as_of}, metadata=metadata,
-                         data_version=dg.DataVersion(snapshot.hash[:32]))
-
-    @dg.asset(
-        key=REPORT_KEY,
-        group_name="costs",
-        deps=[cost_table_key(t) for t in task_names],
-        kinds={"markdown"},
-        description="Across every task with a cost table: best student vs best mid-tier frontier model (< $1/MTok "
-        "input), scores with CIs, win/tie/loss, $/M requests, cost ratio; headline counts; a cost-vs-accuracy "
-        "plot per task. Written to $DAGSTER_HOME/reports/benchmark_report.md.",
-    )
-    def benchmark_report(context: dg.AssetExecutionContext, results_store: ResultsStoreResource) -> dg.Output[dict]:
-        from distil_platform.report import write_report
-
-        report = write_report(results_store.store(), task_names, paths.reports_dir())
-        context.log.info(report.headline)
-        metadata = {
-            "headline": report.headline,
-            "tasks_with_cost_tables": len(report.tasks),
-            "report_path": dg.MetadataValue.path(str(report.path)),
-            "report": dg.MetadataValue.md(report.markdown),
-        }
-        return dg.Output({"path": str(report.path), "tasks": report.tasks, "headline": report.headline},
-                         metadata=metadata)
-
-    return [pricing, benchmark_report]

@@ -1,0 +1,191 @@
+"""Helpers shared by the per-stage asset modules: local servers and clients, the judge, metadata formatting."""
+
+# No `from __future__ import annotations`: Dagster reads the config/resource annotations at runtime.
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from distil_platform.resources.models import LLMResource, ServingResource
+
+from distil_platform.modelstore import chat_token_counter
+from distil_platform.profiles import Profile, get_profile
+from distil_platform.taskspec import ModelRef, TaskSpec
+
+from .metadata import markdown_table
+
+STAGE_TEACHER = "teacher_data"
+STAGE_STUDENT_EVAL = "student_eval"
+STAGE_BASELINES = "baseline_evals"
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _read_rows(path: str | None) -> list[dict[str, Any]]:
+    if not path:
+        return []
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} does not exist; re-materialise the upstream asset")
+    return pl.read_parquet(path).to_dicts()
+
+
+def _is_store_model(ref: ModelRef) -> bool:
+    """A model-store name served locally (no endpoint and no provider prefix)."""
+    return ref.api_base is None and "/" not in ref.model and ref.api_key_env is None
+
+def _eval_concurrency(cfg, serving: ServingResource) -> int:
+    if cfg.concurrency:
+        return cfg.concurrency
+    if get_profile().name == "test":
+        return 8  # tiny random models: speed matters, reproducibility of their noise does not
+    return 1 if getattr(serving, "backend", "transformers") in ("transformers", "auto") and not _has_cuda() else 16
+
+
+def teacher_max_tokens(spec: TaskSpec, profile: Profile) -> int:
+    """Room for ``examples_per_request`` examples (a question plus an answer each). On the CPU
+    ``local`` profile the budget per example is compact (a 135M teacher fills whatever it is given,
+    and every token costs ~50 ms there); capable teachers get the task's full answer length."""
+    per_request = spec.synthesis.examples_per_request
+    if profile.name == "local":
+        return per_request * (min(spec.max_answer_tokens, 64) + 48)
+    return answer_token_cap(profile, min(4096, per_request * (spec.max_answer_tokens + 64)))
+
+
+def answer_token_cap(profile: Profile, max_tokens: int) -> int:
+    """The `test` profile's tiny random models never emit EOS: cap their answers at 32 tokens so the
+    suite stays fast. Other profiles use the task's / model's limit unchanged."""
+    return min(max_tokens, 32) if profile.name == "test" else max_tokens
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def _local_client(context, llm: LLMResource, serving: ServingResource, model_dir: Path, *, stage: str,
+                  task: str, concurrency: int, served_name: str | None = None, timeout_s: float = 600.0):
+    """Serve ``model_dir`` locally and yield ``(client, server)``.
+
+    The per-request timeout is long: a CPU server answering several long generations at once
+    (the teacher) legitimately takes minutes per request."""
+    with serving.serve(model_dir, served_model_name=served_name, log=context.log.info) as server:
+        client = llm.client(
+            model=server.litellm_model, api_base=server.base_url, run_id=context.run_id, task=task,
+            stage=stage, concurrency=concurrency, log=context.log.info,
+            token_counter=chat_token_counter(model_dir), timeout_s=timeout_s,
+        )
+        yield client, server
+
+
+def _api_client(context, llm: LLMResource, ref: ModelRef, *, stage: str, task: str, concurrency: int):
+    api_key = os.environ.get(ref.api_key_env) if ref.api_key_env else None
+    return llm.client(model=ref.model, api_base=ref.api_base, api_key=api_key, run_id=context.run_id,
+                      task=task, stage=stage, concurrency=concurrency, log=context.log.info)
+
+
+def _all_cached(store, model: str, requests) -> bool:
+    """True when every request is already in the response cache (a rerun then needs no server)."""
+    from sqlalchemy import select
+
+    from distil_platform.llm import cache_key
+    from distil_platform.store import llm_cache
+
+    keys = {cache_key(model, r) for r in requests}
+    found: set[str] = set()
+    key_list = list(keys)
+    with store.engine.connect() as conn:
+        for i in range(0, len(key_list), 500):
+            chunk = key_list[i : i + 500]
+            found |= {row[0] for row in conn.execute(select(llm_cache.c.key).where(llm_cache.c.key.in_(chunk)))}
+    return found == keys
+
+
+def _judge(spec: TaskSpec, llm: LLMResource, context):
+    """The task's LLM judge (``messages -> verdict text``) when configured and reachable, else None:
+    scoring then uses its documented fallback metric, with a warning here."""
+    if spec.metric_name != "llm_judge":
+        return None
+    ref = spec.judge
+    if ref is None or (ref.api_key_env and not os.environ.get(ref.api_key_env)):
+        context.log.warning(
+            f"{spec.name}: metric llm_judge but no judge is reachable "
+            f"({'none configured' if ref is None else f'{ref.api_key_env} not set'}); "
+            "scoring falls back to token F1 (ItemScore.detail = fallback:token_f1)"
+        )
+        return None
+    from distil_platform.llm import ChatRequest
+
+    client = _api_client(context, llm, ref, stage="judge", task=spec.name, concurrency=1)
+
+    def judge(messages):
+        result = client.chat_batch([ChatRequest(messages=messages, temperature=ref.temperature,
+                                                max_tokens=ref.max_tokens)])[0]
+        if result.text is None:
+            raise RuntimeError(f"judge {ref.model} failed: {result.error}")
+        return result.text
+
+    return judge
+
+
+def _summary_metadata(summary, results, k: int) -> dict[str, Any]:
+    from distil_platform.evaluation import worst_items
+
+    md: dict[str, Any] = {
+        "score": dg.MetadataValue.float(round(summary.score, 4)),
+        "ci_low": round(summary.ci_low, 4),
+        "ci_high": round(summary.ci_high, 4),
+        "n": summary.n,
+        "parse_failures": summary.parse_failures,
+        "request_errors": summary.request_errors,
+        "unscorable": summary.unscorable,
+    }
+    if summary.score_strict is not None:
+        md["score_strict"] = round(summary.score_strict, 4)
+    for key in ("mean_prompt_tokens", "mean_completion_tokens", "mean_latency_s"):
+        value = getattr(summary, key)
+        if value is not None:
+            md[key] = round(value, 3)
+    md["worst_items"] = dg.MetadataValue.md(markdown_table(
+        worst_items(results, k), ["item_id", "score", "parse_ok", "question", "prediction", "reference", "detail"],
+        max_chars=70))
+    return md
+
+def serving_model_string(serving: ServingResource, model_dir: Path) -> str | None:
+    """The litellm model string a local server of ``model_dir`` answers to (None if unknown)."""
+    fn = getattr(serving, "litellm_model_for", None)
+    return fn(model_dir) if fn else None
+
+
+def _peak_memory(server) -> float | None:
+    fn = getattr(server, "peak_memory_gb", None)
+    try:
+        return float(fn()) if callable(fn) else None
+    except Exception:
+        return None
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    import math
+
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    return value

@@ -1,0 +1,251 @@
+"""``<task>_student_eval`` and ``<task>_baseline_evals``: the served student and every comparison model on the same test rows and prompts."""
+
+# No `from __future__ import annotations`: Dagster reads the config/resource annotations at runtime.
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from distil_platform.resources.models import LLMResource, ModelStoreResource, ServingResource
+from distil_platform.resources.store import ResultsStoreResource
+
+from distil_platform.evaluation import client_answer_fn
+from distil_platform.profiles import Profile, get_profile
+from distil_platform.taskspec import ModelRef, TaskSpec
+
+from .common import (
+    STAGE_BASELINES,
+    STAGE_STUDENT_EVAL,
+    _all_cached,
+    _api_client,
+    _eval_concurrency,
+    _fmt,
+    _is_store_model,
+    _jsonable,
+    _judge,
+    _local_client,
+    _peak_memory,
+    _read_rows,
+    _summary_metadata,
+    answer_token_cap,
+    serving_model_string,
+)
+from .keys import task_key
+from .metadata import markdown_table
+
+
+class EvalConfig(dg.Config):
+    # Requests in flight per model. None: 1 for CPU transformers serving (batched bf16 greedy
+    # decoding depends on batch composition, so one-at-a-time is what makes scores reproducible),
+    # 16 otherwise.
+    concurrency: int | None = None
+    worst_items: int = 10
+
+
+class BaselineConfig(EvalConfig):
+    # Repeats for models at temperature > 0 when the task YAML does not say (greedy decoding at
+    # temperature 0 is deterministic, so those models are asked once).
+    default_repeats: int = 3
+    include_zero_shot_base: bool = True
+
+
+
+def build_eval_assets(spec: TaskSpec) -> list:
+    """``<task>_student_eval`` and ``<task>_baseline_evals``."""
+    task = spec.name
+    seed_key = dg.AssetKey(task)
+    teacher_key = task_key(task, "teacher_data")
+    student_key = task_key(task, "student")
+    student_eval_key = task_key(task, "student_eval")
+    baselines_key = task_key(task, "baseline_evals")
+
+    @dg.asset(
+        key=student_eval_key,
+        group_name=task,
+        ins={"seed_set": dg.AssetIn(seed_key), "student": dg.AssetIn(student_key)},
+        pool="gpu",
+        description=f"The `{task}` student answering every test row at temperature 0, scored with "
+        f"`{spec.metric_name}`; per-item rows in the results store (stage {STAGE_STUDENT_EVAL}).",
+    )
+    def student_eval(
+        context: dg.AssetExecutionContext,
+        config: EvalConfig,
+        seed_set: dict,
+        student: dict,
+        llm: LLMResource,
+        serving: ServingResource,
+        results_store: ResultsStoreResource,
+    ) -> dg.Output[dict]:
+        from distil_platform.evaluation import evaluate, prediction_rows, summarize
+        from distil_platform.store import predictions
+
+        test = _read_rows(seed_set["test_path"])
+        ckpt = Path(student["checkpoint_path"])
+        if not (ckpt / "config.json").exists():
+            raise FileNotFoundError(f"{ckpt}: no checkpoint (config.json missing); re-materialise {task}_student")
+        judge = _judge(spec, llm, context)
+        start = time.monotonic()
+        with _local_client(context, llm, serving, ckpt, stage=STAGE_STUDENT_EVAL, task=task,
+                           concurrency=_eval_concurrency(config, serving),
+                           served_name=student["served_name"]) as (client, server):
+            results = evaluate(spec, test, client_answer_fn(client, 0.0, answer_token_cap(get_profile(), spec.max_answer_tokens),
+                                                     [str(r["id"]) for r in test]), repeats=1, judge=judge)
+            peak = _peak_memory(server)
+        wall = time.monotonic() - start
+        model_name = student["served_name"]
+        store = results_store.store()
+        store.insert(predictions, prediction_rows(results, task=task, stage=STAGE_STUDENT_EVAL, model=model_name,
+                                                  run_id=context.run_id, variant="student"))
+        summary = summarize(results)
+        value = {"score": summary.score, "ci": [summary.ci_low, summary.ci_high], "n": summary.n,
+                 "model": model_name, "run_id": context.run_id, "base_model": student["base_model"],
+                 "parse_failures": summary.parse_failures}
+        metadata = _summary_metadata(summary, results, config.worst_items)
+        metadata.update({"model": model_name, "metric": spec.metric_name, "wall_time_s": round(wall, 1),
+                         "checkpoint_path": dg.MetadataValue.path(str(ckpt))})
+        if peak is not None:
+            metadata["server_peak_memory_gb"] = round(peak, 2)
+        context.log.info(f"{task}: student {spec.metric_name} {summary.score:.3f} "
+                         f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}] n={summary.n}")
+        return dg.Output(value, metadata=metadata)
+
+    @dg.asset(
+        key=baselines_key,
+        group_name=task,
+        ins={"seed_set": dg.AssetIn(seed_key), "student_eval": dg.AssetIn(student_eval_key)},
+        pool="gpu",  # the zero-shot base is served on the accelerator like the student
+        description=f"Comparison models (frontier APIs with credentials; the zero-shot base model) on the `{task}` "
+        f"test set with the same prompts, repeated; per-item rows in the results store (stage {STAGE_BASELINES}), "
+        "paired comparison with the student.",
+    )
+    def baseline_evals(
+        context: dg.AssetExecutionContext,
+        config: BaselineConfig,
+        seed_set: dict,
+        student_eval: dict,
+        llm: LLMResource,
+        serving: ServingResource,
+        model_store: ModelStoreResource,
+        results_store: ResultsStoreResource,
+    ) -> dg.Output[dict]:
+        from distil_platform.evaluation import (
+            eval_messages,
+            evaluate,
+            paired_comparison,
+            prediction_rows,
+            results_from_store_rows,
+            summarize,
+        )
+        from distil_platform.llm import ChatRequest
+        from distil_platform.store import predictions
+
+        profile = get_profile()
+        test = _read_rows(seed_set["test_path"])
+        item_ids = [str(r["id"]) for r in test]
+        store = results_store.store()
+        student_rows = store.select(predictions, run_id=student_eval["run_id"], stage=STAGE_STUDENT_EVAL)
+        student_results = results_from_store_rows(student_rows)
+        judge = _judge(spec, llm, context)
+        plan, skipped = plan_baselines(spec, profile, include_zero_shot_base=config.include_zero_shot_base,
+                                       default_repeats=config.default_repeats)
+        per_model: dict[str, Any] = {}
+        table = []
+        new_calls = 0
+        for entry in plan:
+            ref: ModelRef = entry["ref"]
+            repeats = entry["repeats"]
+            answer_kwargs = {"temperature": ref.temperature, "max_tokens": answer_token_cap(profile, ref.max_tokens)}
+            start = time.monotonic()
+            if entry["local"]:
+                model_dir = model_store.resolve(ref.model)
+                # A rerun whose every request is cached needs no server at all.
+                litellm_model = serving_model_string(serving, model_dir)
+                messages = eval_messages(spec, test)
+                requests = [ChatRequest(messages=m, repeat=r, item_id=i, **answer_kwargs)
+                            for r in range(repeats) for m, i in zip(messages, item_ids)]
+                if litellm_model and _all_cached(store, litellm_model, requests):
+                    client = llm.client(model=litellm_model, api_base="http://cached.invalid/v1",
+                                        run_id=context.run_id, task=task, stage=STAGE_BASELINES,
+                                        log=context.log.info)
+                    results = evaluate(spec, test, client_answer_fn(client, **answer_kwargs, item_ids=item_ids),
+                                       repeats=repeats, judge=judge)
+                    new_calls += client.http_calls
+                else:
+                    with _local_client(context, llm, serving, model_dir, stage=STAGE_BASELINES, task=task,
+                                       concurrency=_eval_concurrency(config, serving)) as (client, _server):
+                        results = evaluate(spec, test, client_answer_fn(client, **answer_kwargs, item_ids=item_ids),
+                                           repeats=repeats, judge=judge)
+                        new_calls += client.http_calls
+            else:
+                client = _api_client(context, llm, ref, stage=STAGE_BASELINES, task=task,
+                                     concurrency=config.concurrency or 8)
+                results = evaluate(spec, test, client_answer_fn(client, **answer_kwargs, item_ids=item_ids),
+                                   repeats=repeats, judge=judge)
+                new_calls += client.http_calls
+            wall = time.monotonic() - start
+            label = entry["label"]
+            store.insert(predictions, prediction_rows(results, task=task, stage=STAGE_BASELINES, model=label,
+                                                      run_id=context.run_id, variant=entry["variant"]))
+            summary = summarize(results)
+            comparison = paired_comparison(student_results, results) if student_results else {"n_paired": 0}
+            per_model[label] = {**summary.as_dict(), "tier": ref.tier, "repeats": repeats,
+                                "wall_time_s": round(wall, 1), "vs_student": comparison}
+            table.append({"model": label, "tier": ref.tier, "repeats": repeats,
+                          "score": f"{summary.score:.3f}", "ci": f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}]",
+                          "mean±std over repeats": f"{summary.repeat_mean:.3f} ± {summary.repeat_std:.3f}",
+                          "prompt tok": _fmt(summary.mean_prompt_tokens), "completion tok":
+                          _fmt(summary.mean_completion_tokens), "parse fails": summary.parse_failures,
+                          "student − model": _fmt(comparison.get("diff", comparison.get("mean_diff"))),
+                          "McNemar p": _fmt(comparison.get("mcnemar_p", comparison.get("p_value")))})
+            context.log.info(f"{task}: {label} {spec.metric_name} {summary.score:.3f} "
+                             f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}] over {repeats} repeat(s)")
+        student_line = {"model": f"{student_eval['model']} (student)", "tier": "student", "repeats": 1,
+                        "score": f"{student_eval['score']:.3f}",
+                        "ci": f"[{student_eval['ci'][0]:.3f}, {student_eval['ci'][1]:.3f}]"}
+        value = {"models": {k: {"score": v["score"], "ci": [v["ci_low"], v["ci_high"]], "n": v["n"],
+                                "repeats": v["repeats"]} for k, v in per_model.items()},
+                 "skipped": skipped, "run_id": context.run_id, "student_run_id": student_eval["run_id"]}
+        metadata: dict[str, Any] = {
+            "models_evaluated": len(per_model),
+            "models_skipped": len(skipped),
+            "skipped": dg.MetadataValue.json(skipped),
+            "new_model_calls": new_calls,
+            "comparison": dg.MetadataValue.md(markdown_table([student_line, *table])),
+            "per_model": dg.MetadataValue.json(_jsonable(per_model)),
+        }
+        return dg.Output(value, metadata=metadata)
+
+    return [student_eval, baseline_evals]
+
+
+def plan_baselines(spec: TaskSpec, profile: Profile, *, include_zero_shot_base: bool = True,
+                   default_repeats: int = 3) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Which comparison models run, and which are skipped (with the reason).
+
+    API models run only when their key is set. The zero-shot student base (served locally on the
+    ``local``/``test`` profiles, through the model store elsewhere) is always a baseline.
+    """
+    plan: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    for ref in spec.comparison_models:
+        if ref.api_key_env and not os.environ.get(ref.api_key_env):
+            skipped.append({"model": ref.model, "reason": f"env {ref.api_key_env} not set"})
+            continue
+        repeats = _repeats(ref, default_repeats)
+        plan.append({"ref": ref, "label": ref.model, "variant": ref.tier, "repeats": repeats,
+                     "local": _is_store_model(ref)})
+    if include_zero_shot_base:
+        base = spec.student_base(profile.name)
+        ref = ModelRef(model=base, tier="baseline", temperature=0.0, max_tokens=spec.max_answer_tokens, repeats=1)
+        plan.append({"ref": ref, "label": f"{base} (zero-shot)", "variant": "zero_shot", "repeats": 1,
+                     "local": True})
+    return plan, skipped
+
+
+def _repeats(ref: ModelRef, default_repeats: int) -> int:
+    if ref.temperature == 0.0:
+        return 1  # greedy decoding: repeats would be identical
+    return ref.repeats if ref.repeats > 1 else default_repeats
+

@@ -1,0 +1,111 @@
+"""``<task>_student``: TRL SFT of the base model on seeds + accepted teacher rows."""
+
+# No `from __future__ import annotations`: Dagster reads the config/resource annotations at runtime.
+
+from typing import Any
+
+import dagster as dg
+from distil_platform.resources.models import ModelStoreResource
+
+from distil_platform import paths
+from distil_platform.profiles import get_profile
+from distil_platform.taskspec import TaskSpec
+
+from .common import (
+    _read_rows,
+)
+from .keys import task_key
+from .metadata import png_markdown
+
+
+class StudentConfig(dg.Config):
+    """Overrides for ``<task>_student`` (None = task YAML ``training``, else profile default)."""
+
+    max_steps: int | None = None
+    learning_rate: float | None = None
+    batch_size: int | None = None
+    max_length: int | None = None
+    use_lora: bool | None = None
+    # False trains on the seeds alone (the "seed-only" ablation of the benchmark).
+    use_synthetic: bool = True
+    seed: int = 0
+
+
+
+def build_student_asset(spec: TaskSpec) -> list:
+    """``<task>_student``."""
+    task = spec.name
+    seed_key = dg.AssetKey(task)
+    teacher_key = task_key(task, "teacher_data")
+    student_key = task_key(task, "student")
+
+    @dg.asset(
+        key=student_key,
+        group_name=task,
+        ins={"seed_set": dg.AssetIn(seed_key), "teacher_data": dg.AssetIn(teacher_key)},
+        kinds={"pytorch"},
+        pool="gpu",
+        description=f"The `{task}` student: SFT (LoRA merged, or full) of the profile's base model on seeds + "
+        "accepted synthetic rows; checkpoint under $DAGSTER_HOME/checkpoints/<task>/<run id>/.",
+    )
+    def student(
+        context: dg.AssetExecutionContext,
+        config: StudentConfig,
+        seed_set: dict,
+        teacher_data: dict,
+        model_store: ModelStoreResource,
+    ) -> dg.Output[dict]:
+        from distil_platform.training import TrainConfig, train_student
+
+        profile = get_profile()
+        base_name = spec.student_base(profile.name)
+        base_dir = model_store.resolve(base_name)
+        seeds = _read_rows(seed_set["seed_path"])
+        synthetic = _read_rows(teacher_data["path"]) if config.use_synthetic else []
+        rows = [{k: r[k] for k in ("id", "question", "answer", "context")} for r in seeds + synthetic]
+        train_cfg = TrainConfig.for_task(
+            spec, profile, max_steps=config.max_steps, learning_rate=config.learning_rate,
+            batch_size=config.batch_size, max_length=config.max_length, use_lora=config.use_lora, seed=config.seed,
+        )
+        out_dir = paths.checkpoints_dir(task, context.run_id)
+        context.log.info(f"{task}: training {base_name} on {len(seeds)} seeds + {len(synthetic)} synthetic rows "
+                         f"({'LoRA' if train_cfg.use_lora else 'full'}, {train_cfg.max_steps} steps)")
+
+        def progress(event: dict) -> None:
+            if "step" in event:
+                context.log.info(f"{task} train step {event['step']}/{event['total_steps']} loss {event['loss']:.4f} "
+                                 f"lr {event['learning_rate']:.2e} elapsed {event['elapsed_s']:.0f}s "
+                                 f"ETA {event['eta_s']:.0f}s")
+            elif event.get("event") == "warning":
+                context.log.warning(f"{task}: {event['message']}")
+            else:
+                context.log.info(f"{task}: {event}")
+
+        result = train_student(spec, rows, base_dir, out_dir, train_cfg, base_model_name=base_name,
+                               progress=progress)
+        served_name = f"{task}-student-{context.run_id[:8]}"
+        value = {"checkpoint_path": str(result.checkpoint_dir), "base_model": base_name,
+                 "served_name": served_name, "run_id": context.run_id, "use_synthetic": config.use_synthetic}
+        metadata: dict[str, Any] = {
+            "checkpoint_path": dg.MetadataValue.path(str(result.checkpoint_dir)),
+            "base_model": base_name,
+            "method": "lora (merged)" if train_cfg.use_lora else "full fine-tune",
+            "trainable_params": result.trainable_params,
+            "total_params": result.total_params,
+            "train_examples": result.train_examples,
+            "seed_examples": len(seeds),
+            "synthetic_examples": len(synthetic),
+            "steps": result.steps,
+            "wall_time_s": result.wall_time_s,
+            "tokens_per_s": result.tokens_per_s,
+            "final_loss": float(result.final_loss) if result.final_loss is not None else float("nan"),
+            "truncated_examples": result.truncated_examples,
+            "config": dg.MetadataValue.json({k: (list(v) if isinstance(v, tuple) else v)
+                                             for k, v in result.config.items()}),
+        }
+        if result.loss_curve_png:
+            metadata["loss_curve"] = png_markdown(result.loss_curve_png, "loss curve")
+            metadata["loss_curve_path"] = dg.MetadataValue.path(str(result.loss_curve_png))
+        return dg.Output(value, metadata=metadata)
+
+    return [student]
