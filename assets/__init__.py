@@ -1,27 +1,78 @@
 """Dagster wiring of the asset graph. One factory builds every task's pipeline from its TaskSpec;
 each stage has its own module (``seed``, ``teacher``, ``student``, ``evals``, ``throughput``,
-``costs``)."""
+``costs``, ``routing``). Automation conditions, tags, owners and kinds that every task shares are
+applied here, in one place (``assets/automation.py`` says what each condition does)."""
 
 from __future__ import annotations
 
+import dagster as dg
+
 from distil_platform.taskspec import TaskSpec
+
+from .automation import gpu_chain_condition, reprice_condition
+from .keys import OWNERS
+
+# stage suffix -> (extra kinds, automation condition role)
+_STAGES = {
+    "": ({"polars", "parquet"}, None),
+    "_teacher_data": ({"polars", "vllm"}, "gpu_root"),
+    "_student": ({"pytorch", "trl"}, "gpu"),
+    "_student_eval": ({"vllm"}, "gpu"),
+    "_baseline_evals": ({"vllm", "litellm"}, "gpu"),
+    "_throughput": ({"vllm", "guidellm"}, "gpu"),
+    "_cost_table": ({"polars", "parquet"}, "reprice"),
+    "_routing": ({"polars"}, "reprice"),
+}
+
+
+def _condition(role: str | None, seed_key: dg.AssetKey):
+    if role == "gpu_root":
+        return gpu_chain_condition(seed_key, root=True)
+    if role == "gpu":
+        return gpu_chain_condition(seed_key, root=False)
+    if role == "reprice":
+        return reprice_condition()
+    return None
+
+
+def task_asset_attributes(spec: TaskSpec, assets: list) -> list:
+    """Tags (``task``, ``task_type``: ``tag:task_type=classification`` selects across tasks), owners,
+    kinds and the automation condition of each of the task's assets; checks pass through."""
+    seed_key = dg.AssetKey(spec.name)
+
+    def attrs(asset_spec: dg.AssetSpec) -> dg.AssetSpec:
+        suffix = asset_spec.key.path[-1][len(spec.name):]
+        kinds, role = _STAGES.get(suffix, (set(), None))
+        out = asset_spec.merge_attributes(tags={"task": spec.name, "task_type": spec.type}, kinds=kinds)
+        out = out.replace_attributes(owners=OWNERS)
+        condition = _condition(role, seed_key)
+        if condition is not None and asset_spec.automation_condition is None:
+            out = out.replace_attributes(automation_condition=condition)
+        return out
+
+    return [a.map_asset_specs(attrs) if isinstance(a, dg.AssetsDefinition) and not isinstance(
+        a, dg.AssetChecksDefinition) else a for a in assets]
 
 
 def build_task_assets(spec: TaskSpec) -> list:
     """All assets and asset checks of one task, in group ``spec.name``.
 
     Keys: ``<task>`` (seed set), ``<task>_teacher_data``, ``<task>_student``, ``<task>_student_eval``,
-    ``<task>_baseline_evals``, ``<task>_throughput``, ``<task>_cost_table``.
+    ``<task>_baseline_evals``, ``<task>_throughput``, ``<task>_cost_table`` (and ``<task>_routing``).
     """
+    from .checks import build_task_checks
     from .costs import build_task_cost_assets
     from .evals import build_eval_assets
+    from .routing import build_routing_asset
     from .seed import build_seed_set_asset
     from .student import build_student_asset
     from .teacher import build_teacher_assets
     from .throughput import build_throughput_asset
 
-    return (build_seed_set_asset(spec) + build_teacher_assets(spec) + build_student_asset(spec)
-            + build_eval_assets(spec) + build_throughput_asset(spec) + build_task_cost_assets(spec))
+    assets = (build_seed_set_asset(spec) + build_teacher_assets(spec) + build_student_asset(spec)
+              + build_eval_assets(spec) + build_throughput_asset(spec) + build_task_cost_assets(spec)
+              + build_routing_asset(spec))
+    return task_asset_attributes(spec, assets) + build_task_checks(spec)
 
 
 def build_task_pipeline_assets(spec: TaskSpec) -> list:

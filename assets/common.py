@@ -35,12 +35,30 @@ def _is_store_model(ref: ModelRef) -> bool:
     """A model-store name served locally (no endpoint and no provider prefix)."""
     return ref.api_base is None and "/" not in ref.model and ref.api_key_env is None
 
+# Requests in flight per eval on vLLM: continuous batching keeps them all busy (vLLM-CPU: 1.07 req/s
+# at 1, 4.25 at 8, 7.52 at 32 on the text2sql student). Greedy answers at this concurrency were
+# checked for run-to-run reproducibility (benchmarks/README.md, "Greedy reproducibility").
+VLLM_EVAL_CONCURRENCY = 16
+
+
+def _serving_backend(serving: ServingResource) -> str:
+    """The backend ``serving`` resolves to here (``auto``: vllm when the serving env exists)."""
+    resolve = getattr(serving, "resolved_backend", None)
+    try:
+        return resolve() if callable(resolve) else getattr(serving, "backend", "transformers")
+    except Exception:  # noqa: BLE001 - a misconfigured env is reported when the server starts
+        return getattr(serving, "backend", "transformers")
+
+
 def _eval_concurrency(cfg, serving: ServingResource) -> int:
     if cfg.concurrency:
         return cfg.concurrency
     if get_profile().name == "test":
         return 8  # tiny random models: speed matters, reproducibility of their noise does not
-    return 1 if getattr(serving, "backend", "transformers") in ("transformers", "auto") and not _has_cuda() else 16
+    if _serving_backend(serving) == "vllm":
+        return VLLM_EVAL_CONCURRENCY
+    # CPU transformers serve: batched bf16 greedy decoding depends on batch composition.
+    return 16 if _has_cuda() else 1
 
 
 def teacher_max_tokens(spec: TaskSpec, profile: Profile) -> int:
@@ -80,6 +98,7 @@ def _local_client(context, llm: LLMResource, serving: ServingResource, model_dir
             model=server.litellm_model, api_base=server.base_url, run_id=context.run_id, task=task,
             stage=stage, concurrency=concurrency, log=context.log.info,
             token_counter=chat_token_counter(model_dir), timeout_s=timeout_s,
+            identity=getattr(server, "identity", None),  # checkpoint/backend/dtype: part of the cache key
         )
         yield client, server
 
@@ -90,14 +109,20 @@ def _api_client(context, llm: LLMResource, ref: ModelRef, *, stage: str, task: s
                       task=task, stage=stage, concurrency=concurrency, log=context.log.info)
 
 
-def _all_cached(store, model: str, requests) -> bool:
+def serving_identity_for(serving: ServingResource, model_dir: Path):
+    """The cache identity a local server of ``model_dir`` would have (None: the resource cannot say)."""
+    fn = getattr(serving, "identity_for", None)
+    return fn(model_dir) if fn else None
+
+
+def _all_cached(store, model: str, requests, identity=None) -> bool:
     """True when every request is already in the response cache (a rerun then needs no server)."""
     from sqlalchemy import select
 
     from distil_platform.llm import cache_key
     from distil_platform.store import llm_cache
 
-    keys = {cache_key(model, r) for r in requests}
+    keys = {cache_key(model, r, identity) for r in requests}
     found: set[str] = set()
     key_list = list(keys)
     with store.engine.connect() as conn:
@@ -131,6 +156,7 @@ def _judge(spec: TaskSpec, llm: LLMResource, context):
             raise RuntimeError(f"judge {ref.model} failed: {result.error}")
         return result.text
 
+    judge.model = ref.model  # recorded per item as metric "llm_judge:<model>" (evaluation.eval_metric)
     return judge
 
 

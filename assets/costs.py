@@ -16,7 +16,9 @@ from distil_platform.resources.store import ResultsStoreResource
 from distil_platform import paths
 from distil_platform.taskspec import TaskSpec
 
-from .keys import PRICING_KEY, REPORT_KEY, cost_table_key, task_key, throughput_key
+from .automation import refresh_condition
+from .config_sources import pricing_file_observation
+from .keys import OWNERS, PRICING_FILE_KEY, PRICING_KEY, REPORT_KEY, cost_table_key, task_key, throughput_key
 
 
 class PricingConfig(dg.Config):
@@ -93,6 +95,10 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str) -> dict[str, Any]:
         "csv_path": dg.MetadataValue.path(str(csv)),
         "cost_table": dg.MetadataValue.md(md),
         "model_calls": 0,
+        "margin": spec.margin,
+        "verdicts": dg.MetadataValue.json({r["model"]: r["student_result"] for r in rows if r.get("student_result")}),
+        "student_lineage": dg.MetadataValue.json({f"{r['model']} ({r['variant']})": r.get("lineage")
+                                                  for r in rows if r["role"] == "student"}),
     }
     value = {"table_id": table_id, "parquet_path": str(parquet), "csv_path": str(csv), "snapshot_hash": snapshot.hash}
     return {"value": value, "metadata": metadata, "content_hash": content_hash, "n_rows": len(rows),
@@ -105,7 +111,10 @@ def build_shared_cost_assets(task_names: list[str]) -> list:
     @dg.asset(
         key=PRICING_KEY,
         group_name="costs",
-        kinds={"yaml"},
+        deps=[PRICING_FILE_KEY],
+        automation_condition=refresh_condition(),
+        owners=OWNERS,
+        kinds={"yaml", "litellm"},
         description="Price snapshot: the pricing file (env DISTIL_PRICING_FILE overrides the path), validated, with "
         "models it lacks priced from litellm's map (marked as such); stored with its hash and date. A file that "
         "fails validation fails this run and the previous snapshot stays current.",
@@ -115,14 +124,21 @@ def build_shared_cost_assets(task_names: list[str]) -> list:
         from distil_platform.pricing import build_snapshot, pricing_file, store_snapshot
         from distil_platform.taskspec import load_tasks
 
+        if (observation := pricing_file_observation()) is not None:
+            context.log_event(observation)  # the pricing-file version this snapshot is taken from
         needed = [ref.model for spec in load_tasks().values() for ref in spec.comparison_models]
         snapshot = build_snapshot(pricing_file(), needed, refresh_hosted=config.refresh_hosted)
         store_snapshot(results_store.store(), snapshot, context.run_id)
         fallback = {k: v.origin for k, v in snapshot.models.items() if v.origin != "pricing_file"}
-        lines = ["| model | $/MTok in | $/MTok out | $/MTok cached | origin | source |", "|---|---|---|---|---|---|"]
+        for warning in snapshot.warnings:
+            context.log.warning(f"pricing: {warning}")
+        lines = ["| model | $/MTok in | $/MTok out | $/MTok cached | origin | source | as of |",
+                 "|---|---|---|---|---|---|---|"]
         for name, p in sorted(snapshot.models.items()):
             lines.append(f"| {name} | {p.input_per_mtok:g} | {p.output_per_mtok:g} | {p.cached_input_per_mtok:g} "
-                         f"| {p.origin} | {p.source} |")
+                         f"| {p.origin} | {p.source} | {p.as_of or 'undated'} |")
+        for name, reason in sorted(snapshot.declared_unpriced.items()):
+            lines.append(f"| {name} | – | – | – | unpriced | {reason} | – |")
         hw = ["| hardware | $/hour | source |", "|---|---|---|"] + [
             f"| {k} | {h.usd_per_hour:g} | {h.source} |" for k, h in sorted(snapshot.hardware.items())]
         metadata = {
@@ -131,7 +147,10 @@ def build_shared_cost_assets(task_names: list[str]) -> list:
             "pricing_file": dg.MetadataValue.path(snapshot.source),
             "models_priced": len(snapshot.models),
             "litellm_fallbacks": dg.MetadataValue.json(fallback),
-            "unpriced_models": dg.MetadataValue.json(list(snapshot.unpriced)),
+            "unpriced_models": dg.MetadataValue.json(snapshot.declared_unpriced),
+            # A refresh that fell back to the bundled map, or file prices the hosted map disagrees with.
+            "warnings": dg.MetadataValue.json(list(snapshot.warnings)),
+            "refresh_fell_back": any("fell back" in w for w in snapshot.warnings),
             "model_prices": dg.MetadataValue.md("\n".join(lines)),
             "hardware_prices": dg.MetadataValue.md("\n".join(hw)),
         }
@@ -142,9 +161,11 @@ def build_shared_cost_assets(task_names: list[str]) -> list:
         key=REPORT_KEY,
         group_name="costs",
         deps=[cost_table_key(t) for t in task_names],
+        automation_condition=refresh_condition(),
+        owners=OWNERS,
         kinds={"markdown"},
         description="Across every task with a cost table: best student vs best mid-tier frontier model (< $1/MTok "
-        "input), scores with CIs, win/tie/loss, $/M requests, cost ratio; headline counts; a cost-vs-accuracy "
+        "input), scores with CIs, win / non-inferior (δ) / inconclusive / loss, $/M requests, cost ratio; headline counts; a cost-vs-accuracy "
         "plot per task. Written to $DAGSTER_HOME/reports/benchmark_report.md.",
     )
     def benchmark_report(context: dg.AssetExecutionContext, results_store: ResultsStoreResource) -> dg.Output[dict]:

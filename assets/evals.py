@@ -30,16 +30,18 @@ from .common import (
     _read_rows,
     _summary_metadata,
     answer_token_cap,
+    serving_identity_for,
     serving_model_string,
 )
+from .deployment import gpu_op_tags
 from .keys import task_key
 from .metadata import markdown_table
 
 
 class EvalConfig(dg.Config):
-    # Requests in flight per model. None: 1 for CPU transformers serving (batched bf16 greedy
-    # decoding depends on batch composition, so one-at-a-time is what makes scores reproducible),
-    # 16 otherwise.
+    # Requests in flight per model. None: 16 on vLLM (CPU or GPU; see common.VLLM_EVAL_CONCURRENCY),
+    # 1 for CPU `transformers serve` (its batched bf16 greedy decoding depends on batch
+    # composition, so one-at-a-time is what makes scores reproducible there), 16 on a GPU.
     concurrency: int | None = None
     worst_items: int = 10
 
@@ -66,6 +68,7 @@ def build_eval_assets(spec: TaskSpec) -> list:
         group_name=task,
         ins={"seed_set": dg.AssetIn(seed_key), "student": dg.AssetIn(student_key)},
         pool="gpu",
+        op_tags=gpu_op_tags(),  # GPU request / placement of the step pod on Kubernetes
         description=f"The `{task}` student answering every test row at temperature 0, scored with "
         f"`{spec.metric_name}`; per-item rows in the results store (stage {STAGE_STUDENT_EVAL}).",
     )
@@ -87,24 +90,42 @@ def build_eval_assets(spec: TaskSpec) -> list:
             raise FileNotFoundError(f"{ckpt}: no checkpoint (config.json missing); re-materialise {task}_student")
         judge = _judge(spec, llm, context)
         start = time.monotonic()
+        concurrency = _eval_concurrency(config, serving)
         with _local_client(context, llm, serving, ckpt, stage=STAGE_STUDENT_EVAL, task=task,
-                           concurrency=_eval_concurrency(config, serving),
-                           served_name=student["served_name"]) as (client, server):
+                           concurrency=concurrency, served_name=student["served_name"]) as (client, server):
+            # Token logprobs give each answer a confidence (routing cascades escalate the unsure ones);
+            # a backend that returns none (transformers serve ignores the field) leaves it None.
+            from distil_platform.routing import confidence_fn
+
             results = evaluate(spec, test, client_answer_fn(client, 0.0, answer_token_cap(get_profile(), spec.max_answer_tokens),
-                                                     [str(r["id"]) for r in test]), repeats=1, judge=judge)
+                                                     [str(r["id"]) for r in test], extra={"logprobs": True},
+                                                     confidence=confidence_fn(spec.type)), repeats=1, judge=judge)
             peak = _peak_memory(server)
+            backend = getattr(server, "backend", None)
         wall = time.monotonic() - start
         model_name = student["served_name"]
         store = results_store.store()
         store.insert(predictions, prediction_rows(results, task=task, stage=STAGE_STUDENT_EVAL, model=model_name,
                                                   run_id=context.run_id, variant="student"))
+        from distil_platform.costs import record_student_lineage  # the checkpoint these scores belong to
+
+        record_student_lineage(store, task=task, stage=STAGE_STUDENT_EVAL, run_id=context.run_id, model=model_name,
+                               student=student)
         summary = summarize(results)
         value = {"score": summary.score, "ci": [summary.ci_low, summary.ci_high], "n": summary.n,
                  "model": model_name, "run_id": context.run_id, "base_model": student["base_model"],
                  "parse_failures": summary.parse_failures}
         metadata = _summary_metadata(summary, results, config.worst_items)
         metadata.update({"model": model_name, "metric": spec.metric_name, "wall_time_s": round(wall, 1),
+                         "serving_backend": str(backend), "eval_concurrency": concurrency,
                          "checkpoint_path": dg.MetadataValue.path(str(ckpt))})
+        confident = [r.confidence for r in results if r.confidence is not None]
+        metadata["confidence_items"] = len(confident)  # answers with a logprob confidence (for routing)
+        if confident:
+            metadata["mean_confidence"] = round(sum(confident) / len(confident), 4)
+        else:
+            context.log.warning(f"{task}: the {server.backend} server returned no token logprobs: no confidence "
+                                f"recorded, {task}_routing will skip cascades")
         if peak is not None:
             metadata["server_peak_memory_gb"] = round(peak, 2)
         context.log.info(f"{task}: student {spec.metric_name} {summary.score:.3f} "
@@ -116,6 +137,7 @@ def build_eval_assets(spec: TaskSpec) -> list:
         group_name=task,
         ins={"seed_set": dg.AssetIn(seed_key), "student_eval": dg.AssetIn(student_eval_key)},
         pool="gpu",  # the zero-shot base is served on the accelerator like the student
+        op_tags=gpu_op_tags(),
         description=f"Comparison models (frontier APIs with credentials; the zero-shot base model) on the `{task}` "
         f"test set with the same prompts, repeated; per-item rows in the results store (stage {STAGE_BASELINES}), "
         "paired comparison with the student.",
@@ -146,7 +168,9 @@ def build_eval_assets(spec: TaskSpec) -> list:
         item_ids = [str(r["id"]) for r in test]
         store = results_store.store()
         student_rows = store.select(predictions, run_id=student_eval["run_id"], stage=STAGE_STUDENT_EVAL)
-        student_results = results_from_store_rows(student_rows)
+        # Rows from before the per-item metric column: only a metric without fallback can be assumed.
+        student_results = results_from_store_rows(
+            student_rows, default_metric=spec.metric_name if spec.metric_name != "llm_judge" else "")
         judge = _judge(spec, llm, context)
         plan, skipped = plan_baselines(spec, profile, include_zero_shot_base=config.include_zero_shot_base,
                                        default_repeats=config.default_repeats)
@@ -165,10 +189,11 @@ def build_eval_assets(spec: TaskSpec) -> list:
                 messages = eval_messages(spec, test)
                 requests = [ChatRequest(messages=m, repeat=r, item_id=i, **answer_kwargs)
                             for r in range(repeats) for m, i in zip(messages, item_ids)]
-                if litellm_model and _all_cached(store, litellm_model, requests):
+                identity = serving_identity_for(serving, model_dir)  # the replay must match the server's keys
+                if litellm_model and identity is not None and _all_cached(store, litellm_model, requests, identity):
                     client = llm.client(model=litellm_model, api_base="http://cached.invalid/v1",
                                         run_id=context.run_id, task=task, stage=STAGE_BASELINES,
-                                        log=context.log.info)
+                                        log=context.log.info, identity=identity)
                     results = evaluate(spec, test, client_answer_fn(client, **answer_kwargs, item_ids=item_ids),
                                        repeats=repeats, judge=judge)
                     new_calls += client.http_calls
@@ -236,6 +261,13 @@ def plan_baselines(spec: TaskSpec, profile: Profile, *, include_zero_shot_base: 
         repeats = _repeats(ref, default_repeats)
         plan.append({"ref": ref, "label": ref.model, "variant": ref.tier, "repeats": repeats,
                      "local": _is_store_model(ref)})
+        if (spec.frontier_temperature_0 and ref.temperature != 0.0 and ref.supports_temperature_0
+                and not _is_store_model(ref)):
+            from distil_platform.taskspec import TEMPERATURE_0_SUFFIX  # like-for-like with the greedy student
+
+            plan.append({"ref": ref.model_copy(update={"temperature": 0.0, "repeats": 1}),
+                         "label": ref.model + TEMPERATURE_0_SUFFIX, "variant": f"{ref.tier}@t0", "repeats": 1,
+                         "local": False})
     if include_zero_shot_base:
         base = spec.student_base(profile.name)
         ref = ModelRef(model=base, tier="baseline", temperature=0.0, max_tokens=spec.max_answer_tokens, repeats=1)
@@ -247,5 +279,5 @@ def plan_baselines(spec: TaskSpec, profile: Profile, *, include_zero_shot_base: 
 def _repeats(ref: ModelRef, default_repeats: int) -> int:
     if ref.temperature == 0.0:
         return 1  # greedy decoding: repeats would be identical
-    return ref.repeats if ref.repeats > 1 else default_repeats
+    return ref.repeats if ref.repeats is not None else default_repeats  # the YAML's value, 1 included
 

@@ -3,7 +3,11 @@
 import dagster as dg
 
 # Per-task stages, in graph order; the seed set's key is the bare task name.
-TASK_STAGES = ("", "_teacher_data", "_student", "_student_eval", "_baseline_evals", "_throughput", "_cost_table")
+TASK_STAGES = ("", "_teacher_data", "_student", "_student_eval", "_baseline_evals", "_throughput", "_cost_table",
+               "_routing")
+
+# Owner of every asset (shown and filterable in the UI).
+OWNERS = ["team:distil-platform"]
 
 PRICING_KEY = dg.AssetKey("pricing")
 REPORT_KEY = dg.AssetKey("benchmark_report")
@@ -27,3 +31,15 @@ def cost_table_key(task: str) -> dg.AssetKey:
 
 def teacher_data_key(task: str) -> dg.AssetKey:
     return task_key(task, "teacher_data")
+
+
+# Observable source assets (group `config`): the configuration files whose content hash is their
+# data version. Their new data versions drive the declarative automation (assets/automation.py).
+# Keys are prefixed `config/` so `key:"<task>*"` selections (assets to materialise) never match them.
+CONFIG_GROUP = "config"
+PRICING_FILE_KEY = dg.AssetKey([CONFIG_GROUP, "pricing_file"])
+
+
+def prompt_key(task: str) -> dg.AssetKey:
+    """``config/<task>_prompt``: the prompt-bearing fields of the task's YAML."""
+    return dg.AssetKey([CONFIG_GROUP, f"{task}_prompt"])

@@ -108,6 +108,7 @@ def build_seed_set_asset(spec: TaskSpec) -> list:
         dist = label_distribution(spec, data.seed)
         metadata = {
             "source": origin,
+            "source_note": data.note or "",
             "n_seed": data.seed.height,
             "n_test": data.test.height,
             "n_unstructured": data.unstructured.height if data.unstructured is not None else 0,

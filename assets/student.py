@@ -9,11 +9,13 @@ from distil_platform.resources.models import ModelStoreResource
 
 from distil_platform import paths
 from distil_platform.profiles import get_profile
+from distil_platform.prompts import rendering_label
 from distil_platform.taskspec import TaskSpec
 
 from .common import (
     _read_rows,
 )
+from .deployment import gpu_op_tags
 from .keys import task_key
 from .metadata import png_markdown
 
@@ -23,7 +25,9 @@ class StudentConfig(dg.Config):
 
     max_steps: int | None = None
     learning_rate: float | None = None
+    # Rows per step (overrides the profile's tokens_per_step budget).
     batch_size: int | None = None
+    # Fixed sequence length (None: derived from the longest training row, within the ceiling).
     max_length: int | None = None
     use_lora: bool | None = None
     # False trains on the seeds alone (the "seed-only" ablation of the benchmark).
@@ -45,6 +49,7 @@ def build_student_asset(spec: TaskSpec) -> list:
         ins={"seed_set": dg.AssetIn(seed_key), "teacher_data": dg.AssetIn(teacher_key)},
         kinds={"pytorch"},
         pool="gpu",
+        op_tags=gpu_op_tags(),  # GPU request / placement of the step pod on Kubernetes
         description=f"The `{task}` student: SFT (LoRA merged, or full) of the profile's base model on seeds + "
         "accepted synthetic rows; checkpoint under $DAGSTER_HOME/checkpoints/<task>/<run id>/.",
     )
@@ -69,7 +74,7 @@ def build_student_asset(spec: TaskSpec) -> list:
         )
         out_dir = paths.checkpoints_dir(task, context.run_id)
         context.log.info(f"{task}: training {base_name} on {len(seeds)} seeds + {len(synthetic)} synthetic rows "
-                         f"({'LoRA' if train_cfg.use_lora else 'full'}, {train_cfg.max_steps} steps)")
+                         f"({'LoRA' if train_cfg.use_lora else 'full'}, {train_cfg.steps_for(len(rows))} steps)")
 
         def progress(event: dict) -> None:
             if "step" in event:
@@ -78,14 +83,23 @@ def build_student_asset(spec: TaskSpec) -> list:
                                  f"ETA {event['eta_s']:.0f}s")
             elif event.get("event") == "warning":
                 context.log.warning(f"{task}: {event['message']}")
+            elif event.get("event") == "start":
+                context.log.info(f"{task}: {event['steps']} steps x {event['batch_size']} rows, max_length "
+                                 f"{event['max_length']} (longest row {event['longest_row']} tokens), "
+                                 f"{event['threads']} threads")
             else:
                 context.log.info(f"{task}: {event}")
 
         result = train_student(spec, rows, base_dir, out_dir, train_cfg, base_model_name=base_name,
                                progress=progress)
         served_name = f"{task}-student-{context.run_id[:8]}"
+        plan = result.length_plan
+        max_model_len = _eval_context_length(spec, seed_set, result.checkpoint_dir, result.max_length)
         value = {"checkpoint_path": str(result.checkpoint_dir), "base_model": base_name,
-                 "served_name": served_name, "run_id": context.run_id, "use_synthetic": config.use_synthetic}
+                 "served_name": served_name, "run_id": context.run_id, "use_synthetic": config.use_synthetic,
+                 # Training sequence length (longest rendered row unless fixed) and the context an eval
+                 # server needs: the longest test prompt + max_answer_tokens, at least max_length.
+                 "max_length": result.max_length, "max_model_len": max_model_len}
         metadata: dict[str, Any] = {
             "checkpoint_path": dg.MetadataValue.path(str(result.checkpoint_dir)),
             "base_model": base_name,
@@ -100,6 +114,17 @@ def build_student_asset(spec: TaskSpec) -> list:
             "tokens_per_s": result.tokens_per_s,
             "final_loss": float(result.final_loss) if result.final_loss is not None else float("nan"),
             "truncated_examples": result.truncated_examples,
+            "max_length": result.max_length,
+            "max_length_source": f"{plan['source']} (ceiling {plan['ceiling']})" if plan["source"] == "derived"
+            else "fixed (task YAML / run config)",
+            "max_model_len": max_model_len,
+            "train_row_tokens_median": plan["median"],
+            "train_row_tokens_p90": plan["p90"],
+            "train_row_tokens_max": plan["longest"],
+            "train_row_tokens_min": plan["shortest"],
+            "batch_size": result.batch_size,
+            "tokens_per_step": train_cfg.tokens_per_step or 0,
+            "prompt_rendering": rendering_label(spec),
             "config": dg.MetadataValue.json({k: (list(v) if isinstance(v, tuple) else v)
                                              for k, v in result.config.items()}),
         }
@@ -109,3 +134,14 @@ def build_student_asset(spec: TaskSpec) -> list:
         return dg.Output(value, metadata=metadata)
 
     return [student]
+
+
+def _eval_context_length(spec: TaskSpec, seed_set: dict, checkpoint_dir, train_max_length: int) -> int:
+    """``training.serving_context_length`` over the seed set's test split, with the student's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from distil_platform.training import serving_context_length
+
+    test_rows = _read_rows(seed_set["test_path"]) if seed_set.get("test_path") else []
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+    return serving_context_length(spec, test_rows, tokenizer, train_max_length)

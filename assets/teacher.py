@@ -2,6 +2,7 @@
 
 # No `from __future__ import annotations`: Dagster reads the config/resource annotations at runtime.
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -13,7 +14,7 @@ from distil_platform.resources.store import ResultsStoreResource
 
 from distil_platform import paths
 from distil_platform.profiles import Profile, get_profile
-from distil_platform.taskspec import TaskSpec
+from distil_platform.taskspec import ModelRef, TaskSpec
 
 from .common import (
     STAGE_TEACHER,
@@ -21,10 +22,12 @@ from .common import (
     _is_store_model,
     _local_client,
     _read_rows,
+    answer_token_cap,
     teacher_max_tokens,
 )
-from .keys import task_key
-from .metadata import table_metadata
+from .automation import check_condition
+from .config_sources import prompt_observation
+from .keys import prompt_key, task_key
 
 
 # -- run config --------------------------------------------------------------------------------
@@ -42,7 +45,63 @@ class TeacherDataConfig(dg.Config):
     # reproducibility does not hinge on batch composition the way scoring does.
     concurrency: int = 16
     seed: int = 0
+    # "teacher" (a model writes the rows) or "recorded" (a file of rows another teacher wrote);
+    # None = the task YAML's synthesis.source for the profile (default teacher).
+    source: str | None = None
+    # The recorded file (jsonl / csv / parquet, public layout); None = synthesis.recorded / env.
+    recorded_path: str | None = None
+    recorded_max_rows: int | None = None
+    # Override the task YAML's synthesis.filters.answer_agreement switch.
+    answer_agreement: bool | None = None
 
+
+TEACHER_API_KEY_ENV = "DISTIL_TEACHER_API_KEY"
+TEACHER_API_BASE_ENV = "DISTIL_TEACHER_API_BASE"
+
+
+def resolve_teacher(spec: TaskSpec, profile: Profile) -> ModelRef:
+    """The profile's teacher with its endpoint and key env filled from ``DISTIL_TEACHER_API_BASE`` /
+    ``DISTIL_TEACHER_API_KEY`` when the task YAML gives none. A model-store teacher (served
+    locally) is returned unchanged: the key never reaches a server that does not need it."""
+    teacher = spec.teacher_for(profile.name)
+    if _is_store_model(teacher):
+        return teacher
+    update: dict[str, Any] = {}
+    if not teacher.api_base and os.environ.get(TEACHER_API_BASE_ENV):
+        update["api_base"] = os.environ[TEACHER_API_BASE_ENV]
+    if not teacher.api_key_env and os.environ.get(TEACHER_API_KEY_ENV):
+        update["api_key_env"] = TEACHER_API_KEY_ENV
+    teacher = teacher.model_copy(update=update) if update else teacher
+    if teacher.model.startswith("openai/") and not teacher.api_base:
+        raise RuntimeError(
+            f"{spec.name}: teacher {teacher.model} needs an endpoint: set api_base in the task YAML's "
+            f"teacher or env {TEACHER_API_BASE_ENV} (an OpenAI-compatible .../v1 URL)"
+        )
+    if teacher.api_key_env and not os.environ.get(teacher.api_key_env):
+        raise RuntimeError(
+            f"{spec.name}: the {profile.name} profile's teacher {teacher.model} needs env {teacher.api_key_env}"
+        )
+    return teacher
+
+
+def check_teacher_answered(task: str, model: str, report, errors: list[str]) -> None:
+    """A teacher that answered none of its requests fails the stage (dg.Failure) with the first
+    error, instead of handing the student zero rows (a silent seed-only "distilled" student)."""
+    if report.n_requests and report.failed_requests == report.n_requests:
+        first = next((e for e in errors if e), "no reply")
+        raise dg.Failure(
+            description=f"{task}: the teacher {model} answered none of its {report.n_requests} requests "
+            f"(first error: {first[:300]}). Check the endpoint and key (env {TEACHER_API_BASE_ENV}, "
+            f"{TEACHER_API_KEY_ENV}, or the task YAML's teacher) or the local model; a student trained on the "
+            "seeds alone is not a distilled one.",
+        )
+
+
+def teacher_source(spec: TaskSpec, profile: Profile, override: str | None) -> str:
+    source = override or spec.synthesis.source.for_profile(profile.name) or "teacher"
+    if source not in ("teacher", "recorded"):
+        raise ValueError(f"{spec.name}: teacher data source must be teacher or recorded, got {source!r}")
+    return source
 
 
 def build_teacher_assets(spec: TaskSpec) -> list:
@@ -55,9 +114,11 @@ def build_teacher_assets(spec: TaskSpec) -> list:
         key=teacher_key,
         group_name=task,
         ins={"seed_set": dg.AssetIn(seed_key)},
+        deps=[prompt_key(task)],
         kinds={"polars", "parquet"},
-        description=f"Synthetic `{task}` training examples written by the teacher from the seeds, validated, "
-        "deduplicated and decontaminated against the test set.",
+        description=f"Synthetic `{task}` training examples written by the teacher (or read from a recorded "
+        "teacher's file) from the seeds, schema-validated, passed through the quality filters, deduplicated and "
+        "decontaminated against the test set.",
     )
     def teacher_data(
         context: dg.AssetExecutionContext,
@@ -68,109 +129,157 @@ def build_teacher_assets(spec: TaskSpec) -> list:
         model_store: ModelStoreResource,
         results_store: ResultsStoreResource,
     ) -> dg.Output[dict]:
+        from distil_platform.evaluation import eval_messages
         from distil_platform.llm import ChatRequest
-        from distil_platform.synthesis import answer_distribution, synthesize
+        from distil_platform.recorded_teacher import load_recorded, recorded_path
+        from distil_platform.synthesis import answer_distribution, sample_rows, synthesize
+        from distil_platform.taskspec import RecordedTeacher
+        from distil_platform.teacher_schemas import response_format, use_structured_output
 
+        if (observation := prompt_observation(spec)) is not None:
+            context.log_event(observation)  # the <task>_prompt version this run distils from
         profile = get_profile()
         seeds = _read_rows(seed_set["seed_path"])
         test = _read_rows(seed_set["test_path"])
         unstructured = _read_rows(seed_set.get("unstructured_path"))
         target = _synthetic_target(spec, profile, config.target)
-        teacher = spec.teacher_for(profile.name)
+        source = teacher_source(spec, profile, config.source)
+        filters = spec.synthesis.filters
+        if config.answer_agreement is not None:
+            filters = filters.model_copy(update={"answer_agreement": config.answer_agreement})
         max_tokens = config.max_tokens or teacher_max_tokens(spec, profile)
         start = time.monotonic()
-        served = {"teacher": teacher.model}
 
-        def generate_with(client):
+        recorded = None
+        teacher_label = spec.teacher_for(profile.name).model
+        if source == "recorded":
+            rcfg = spec.synthesis.recorded or RecordedTeacher()
+            path = recorded_path(spec, rcfg, config.recorded_path)
+            recorded = load_recorded(spec, path, max_rows=config.recorded_max_rows or rcfg.max_rows,
+                                     sample_seed=rcfg.sample_seed, teacher_model=rcfg.teacher_model)
+            teacher_label = rcfg.teacher_model
+            context.log.info(f"{task}: recorded teacher {rcfg.teacher_model}: {len(recorded)} rows from {path}")
+        needs_model = (source == "teacher" and target > 0) or filters.answer_agreement
+        teacher = resolve_teacher(spec, profile) if needs_model else spec.teacher_for(profile.name)
+        served: dict[str, Any] = {"structured_output": False}
+        errors: list[str] = []
+
+        def generate_with(client, fmt):
             def generate(batch):
                 from distil_platform.llm import LLMError
 
+                extra = {"response_format": fmt} if fmt else {}
                 requests = [ChatRequest(messages=m, temperature=spec.synthesis.temperature, max_tokens=max_tokens,
-                                        item_id=f"teacher-{i}") for i, m in enumerate(batch)]
+                                        item_id=f"teacher-{i}", extra=dict(extra)) for i, m in enumerate(batch)]
                 try:
                     results = client.chat_batch(requests)
                 except LLMError as exc:
                     # A teacher batch stopped early (error rate, budget) still yields what completed;
                     # the missing replies count as failed requests.
                     context.log.warning(f"{task}: teacher batch stopped early: {exc}")
+                    errors.append(str(exc))
                     done = {id(r.request): r for r in exc.results}
+                    errors.extend(r.error for r in exc.results if r.error)
                     return [done[id(q)].text if id(q) in done else None for q in requests]
+                errors.extend(r.error for r in results if r.error)
                 return [r.text for r in results]
             return generate
 
-        def run(generate):
+        def second_answer_with(client):
+            # The agreement filter's independent answer: the teacher re-asked at temperature 0 with the
+            # student's own prompt (system + user), no demonstrations.
+            def answer(rows):
+                requests = [ChatRequest(messages=m, temperature=0.0,
+                                        max_tokens=answer_token_cap(profile, spec.max_answer_tokens),
+                                        item_id=f"agree-{i}") for i, m in enumerate(eval_messages(spec, rows))]
+                return [r.text for r in client.chat_batch(requests)]
+            return answer
+
+        def run(generate, second=None):
             return synthesize(
-                spec, seeds, test, generate, target=target, teacher_model=teacher.model,
+                spec, seeds, test, generate, target=target, teacher_model=teacher_label,
                 unstructured=unstructured, ground_in_unstructured=config.ground_in_unstructured,
                 literal_swap=config.literal_swap, rng_seed=config.seed, log=context.log.info,
+                recorded=recorded, second_answer=second, filters=filters,
             )
 
-        if target <= 0:
+        if not needs_model:
             report = run(lambda batch: [])
-        elif _is_store_model(teacher):
-            model_dir = model_store.resolve(teacher.model)
-            with _local_client(context, llm, serving, model_dir, stage=STAGE_TEACHER, task=task,
-                               concurrency=config.concurrency) as (client, server):
-                served["served_as"] = server.model
-                report = run(generate_with(client))
         else:
-            # The gpu profile's open-weight teacher sits behind an OpenAI-compatible endpoint.
-            api_base = teacher.api_base or os.environ.get("DISTIL_TEACHER_API_BASE")
-            if teacher.model.startswith("openai/") and not api_base:
-                raise RuntimeError(
-                    f"{task}: teacher {teacher.model} needs an endpoint: set api_base in the task YAML's "
-                    "teacher or env DISTIL_TEACHER_API_BASE (an OpenAI-compatible .../v1 URL)"
-                )
-            teacher = teacher.model_copy(update={"api_base": api_base})
-            if teacher.api_key_env and not os.environ.get(teacher.api_key_env):
-                raise RuntimeError(
-                    f"{task}: the {profile.name} profile's teacher {teacher.model} needs env {teacher.api_key_env}"
-                )
-            report = run(generate_with(_api_client(context, llm, teacher, stage=STAGE_TEACHER, task=task,
-                                                   concurrency=max(config.concurrency, 8))))
+            with _teacher_client(context, llm, serving, model_store, teacher, task=task,
+                                 concurrency=config.concurrency) as (client, local_backend):
+                structured = use_structured_output(teacher.response_format, served_locally=local_backend is not None,
+                                                   backend=local_backend)
+                served["structured_output"] = structured
+                fmt = response_format(spec, seeds) if structured else None
+                report = run(generate_with(client, fmt), second_answer_with(client) if filters.answer_agreement else None)
+        if source == "teacher":
+            check_teacher_answered(task, teacher.model, report, errors)
         wall = time.monotonic() - start
 
         out_dir = paths.artifacts_dir(task, "teacher_data", context.run_id)
         out_path = out_dir / "accepted.parquet"
         columns = ["id", "question", "answer", "context", "origin", "teacher_model", "seed_ids", "topic",
-                   "prompt_hash", "grounding_ids"]
+                   "prompt_hash", "grounding_ids", "verdicts"]
         frame = pl.DataFrame([{c: str(r.get(c, "") or "") for c in columns} for r in report.accepted],
                              schema={c: pl.String for c in columns})
         frame.write_parquet(out_path)
         summary = report.summary()
         dist = answer_distribution(spec, report.accepted)
-        value = {"path": str(out_path), "n_accepted": len(report.accepted), "teacher": teacher.model,
-                 "summary": summary, "distribution": dist}
+        value = {"path": str(out_path), "n_accepted": len(report.accepted), "teacher": teacher_label,
+                 "source": source, "summary": summary, "distribution": dist}
         metadata: dict[str, Any] = {
-            "teacher": teacher.model,
+            "teacher": teacher_label,
+            "source": source,
+            "structured_output": served["structured_output"],
             "requested": summary["requested"],
             "generated": summary["generated"],
+            "schema_valid": summary["schema_valid"],
+            "passed_filters": summary["passed_filters"],
             "accepted": summary["accepted"],
             "teacher_accepted": summary["teacher_accepted"],
             "augmented_accepted": summary["augmented_accepted"],
             "rejected": summary["rejected"],
             "rejections_by_reason": dg.MetadataValue.json(summary["rejections_by_reason"]),
+            "funnel": typed_table([{"step": k, "rows": v} for k, v in summary["funnel"].items()],
+                                  [("step", "string"), ("rows", "int")]),
+            "filters": typed_table(
+                [{"filter": name, "checked": st["checked"], "passed": st["passed"],
+                  "rejected": sum(st["rejected"].values()),
+                  "reasons": ", ".join(f"{k} ({v})" for k, v in st["rejected"].items())}
+                 for name, st in summary["filters"].items()],
+                [("filter", "string"), ("checked", "int"), ("passed", "int"), ("rejected", "int"),
+                 ("reasons", "string")]),
             "exact_duplicates": summary["exact_duplicates"],
             "near_duplicates": summary["near_duplicates"],
             "duplicates_of_seeds": summary["duplicates_of_seeds"],
             "decontaminated": summary["decontaminated"],
+            "decontaminated_on": summary["decontaminated_on"],
             "failed_requests": summary["failed_requests"],
             "literal_swap": config.literal_swap,
             "wall_time_s": round(wall, 1),
             "accepted_path": dg.MetadataValue.path(str(out_path)),
-            "sample": table_metadata(report.accepted, ["origin", "question", "answer"]),
+            "sample": typed_table(sample_rows(report, 10),
+                                  [("origin", "string"), ("status", "string"), ("verdicts", "string"),
+                                   ("question", "string"), ("answer", "string")]),
         }
+        for name, st in summary["filters"].items():
+            metadata[f"rejected_by_{name}"] = sum(st["rejected"].values())
         if dist:
             metadata["distribution"] = dg.MetadataValue.json(dist)
+            total = sum(dist.values())
+            metadata["distribution_table"] = typed_table(
+                [{"class": k, "count": v, "share": round(v / total, 3)} for k, v in dist.items()],
+                [("class", "string"), ("count", "int"), ("share", "float")], max_rows=50)
         context.log.info(f"{task}: teacher data {summary}")
         return dg.Output(value, metadata=metadata)
 
-    @dg.asset_check(asset=teacher_data, name="accepted_minimum",
+    @dg.asset_check(asset=teacher_data, automation_condition=check_condition(), name="accepted_minimum",
                     description="At least the configured minimum of synthetic examples survived the filters.")
     def accepted_minimum(teacher_data: dict) -> dg.AssetCheckResult:
         return check_accepted_minimum(spec, teacher_data)
 
-    @dg.asset_check(asset=teacher_data, name="distribution_not_collapsed",
+    @dg.asset_check(asset=teacher_data, automation_condition=check_condition(), name="distribution_not_collapsed",
                     description="Accepted labels / tool calls are not collapsed onto one class.")
     def distribution_not_collapsed(teacher_data: dict) -> dg.AssetCheckResult:
         return check_distribution(spec, teacher_data)
@@ -223,3 +332,39 @@ def check_distribution(spec: TaskSpec, teacher_data: dict) -> dg.AssetCheckResul
                   "distribution": dg.MetadataValue.json(dist)},
     )
 
+
+@contextlib.contextmanager
+def _teacher_client(context, llm: LLMResource, serving: ServingResource, model_store: ModelStoreResource,
+                    teacher: ModelRef, *, task: str, concurrency: int):
+    """``(client, local_backend)``: a local server of a model-store teacher (backend "vllm" /
+    "transformers"), or a client of the teacher's endpoint (backend None)."""
+    if _is_store_model(teacher):
+        model_dir = model_store.resolve(teacher.model)
+        with _local_client(context, llm, serving, model_dir, stage=STAGE_TEACHER, task=task,
+                           concurrency=concurrency) as (client, server):
+            yield client, getattr(server, "backend", None) or "transformers"
+    else:
+        yield _api_client(context, llm, teacher, stage=STAGE_TEACHER, task=task,
+                          concurrency=max(concurrency, 8)), None
+
+
+def typed_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], max_rows: int = 20,
+                max_chars: int = 160) -> dg.MetadataValue:
+    """A Dagster table with typed columns (int / float / bool stay numbers; strings are truncated)."""
+    schema = dg.TableSchema(columns=[dg.TableColumn(name=n, type=t) for n, t in columns])
+    records = []
+    for r in rows[:max_rows]:
+        rec: dict[str, Any] = {}
+        for name, kind in columns:
+            v = r.get(name)
+            if kind == "int":
+                rec[name] = int(v or 0)
+            elif kind == "float":
+                rec[name] = float(v or 0.0)
+            elif kind == "bool":
+                rec[name] = bool(v)
+            else:
+                text = "" if v is None else str(v).replace("\n", " ⏎ ")
+                rec[name] = text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+        records.append(dg.TableRecord(rec))
+    return dg.MetadataValue.table(records=records, schema=schema)

@@ -13,6 +13,7 @@ from distil_platform import paths
 from distil_platform.profiles import get_profile
 from distil_platform.taskspec import TaskSpec
 
+from .deployment import gpu_op_tags
 from .keys import task_key, throughput_key
 from .metadata import png_markdown
 
@@ -26,6 +27,9 @@ class ThroughputConfig(dg.Config):
     duration_s: float | None = None
     # bf16 always; fp8 additionally where vLLM runs on an fp8-capable GPU.
     fp8: bool = True
+    # vLLM: also measure bf16 with automatic prefix caching off (the shared system prompt is what
+    # prefix caching saves; the on/off pair shows what it is worth on this task and machine).
+    prefix_caching_off: bool = True
     max_concurrency: int | None = None
     # guidellm worker processes: 1 keeps arrivals truly Poisson (see distil_platform.throughput).
     worker_processes: int = 1
@@ -50,10 +54,13 @@ def build_throughput_asset(spec: TaskSpec) -> list:
         group_name=task,
         ins={"seed_set": dg.AssetIn(seed_key), "student": dg.AssetIn(student_key)},
         pool="gpu",
+        op_tags=gpu_op_tags(),  # GPU request / placement of the step pod on Kubernetes
         kinds={"guidellm"},
         description=f"Serving profile of the `{task}` student: guidellm load test with the task's real test "
-        f"prompts at rising Poisson rates; sustained RPS (>= 97% of offered, p95 <= {spec.latency_slo_s:g} s), "
-        "max throughput, latency/TTFT percentiles, peak server memory; bf16 and (vLLM on fp8 GPUs) fp8.",
+        f"prompts at rising Poisson rates; sustained RPS (arrivals consistent with the offered rate, >= 97% "
+        f"completed, p95 <= the profile's SLO: {spec.latency_slo_by_profile or {}} else {spec.latency_slo_s:g} s), "
+        "max throughput, latency/TTFT percentiles, memory (process peak; vLLM: weights, KV cache reserved vs "
+        "used, prefix-cache hit rate); bf16, bf16 without prefix caching (vLLM), fp8 (vLLM on fp8 GPUs).",
     )
     def throughput(
         context: dg.AssetExecutionContext,
@@ -76,6 +83,7 @@ def build_throughput_asset(spec: TaskSpec) -> list:
         )
 
         profile = get_profile()
+        slo = spec.latency_slo(profile.name)
         rates = config.rates if config.rates is not None else profile.throughput_rates
         duration = config.duration_s or profile.throughput_duration_s
         test = _read_rows(seed_set["test_path"])
@@ -98,12 +106,15 @@ def build_throughput_asset(spec: TaskSpec) -> list:
                     duration_s=duration, workdir=out_dir / variant, seed=config.seed,
                     max_concurrency=config.max_concurrency, worker_processes=config.worker_processes,
                 )
-                summary = analyse(points, spec.latency_slo_s)
+                summary = analyse(points, slo)
                 accuracy = None
                 if variant == "fp8":
                     accuracy = _evaluate_fp8(context, spec, llm, server, ckpt, test, store)
                 peak = server.peak_memory_gb()
+                memory = server.memory_report() if hasattr(server, "memory_report") else {}
+                settings = dict(getattr(server, "settings", {}) or {})
                 backend = server.backend
+                on_gpu = bool(getattr(server, "on_gpu", False))
                 hardware = server.hardware_description
                 hw_key = pricing_hardware_key(server.hardware_key, hardware)
             common = dict(run_id=context.run_id, task=task, model=student["served_name"], variant=variant,
@@ -112,26 +123,40 @@ def build_throughput_asset(spec: TaskSpec) -> list:
             store.insert(throughput_profiles, [dict(common, hardware_key=hw_key, sustained_rps=summary.sustained_rps,
                                                     max_achieved_rps=summary.max_achieved_rps,
                                                     slo_s=summary.slo_s, peak_memory_gb=peak, accuracy=accuracy)])
+            from distil_platform.costs import STAGE_THROUGHPUT, record_student_lineage  # which checkpoint this measured
+
+            record_student_lineage(store, task=task, stage=STAGE_THROUGHPUT, run_id=context.run_id,
+                                   model=student["served_name"], student=student, variant=variant)
             series[variant] = points
             variants[variant] = {"sustained_rps": summary.sustained_rps, "max_achieved_rps": summary.max_achieved_rps,
                                  "peak_memory_gb": peak, "accuracy": accuracy, "backend": backend,
                                  "hardware": hardware, "hardware_key": hw_key, "report": str(report),
-                                 "wall_s": round(time.monotonic() - started, 1),
-                                 "points_md": points_markdown(points, spec.latency_slo_s)}
+                                 "wall_s": round(time.monotonic() - started, 1), "memory": memory,
+                                 "settings": settings, "on_gpu": on_gpu,
+                                 "short_arrival_rates": summary.short_arrival_rates,
+                                 "points_md": points_markdown(points, slo)}
+            if summary.short_arrival_rates:
+                context.log.warning(f"{task} {variant}: arrivals fell short of the offered rate at "
+                                    f"{summary.short_arrival_rates} req/s (load generator behind or capped); "
+                                    "those rates are not counted as sustained")
             context.log.info(f"{task} {variant}: sustained {summary.sustained_rps:g} req/s, max achieved "
                              f"{summary.max_achieved_rps:.3g} req/s, peak memory {peak:.2f} GiB")
 
         measure("bf16", dtype="bfloat16")
         backend = variants["bf16"]["backend"]
+        notes: list[str] = []
+        if backend == "vllm" and config.prefix_caching_off:
+            measure(NO_PREFIX_CACHE, dtype="bfloat16", enable_prefix_caching=False)
         if config.fp8:
-            ok, why = fp8_supported(backend)
+            ok, why = fp8_supported(backend, variants["bf16"]["on_gpu"])
             if ok:
                 measure("fp8", dtype="bfloat16", quantization="fp8")
             else:
                 fp8_note = f"fp8 not measured: {why}"
                 context.log.info(fp8_note)
+                notes.append(fp8_note)
 
-        plot = plot_latency_vs_load(series, spec.latency_slo_s, out_dir / "latency_vs_load.png",
+        plot = plot_latency_vs_load(series, slo, out_dir / "latency_vs_load.png",
                                     title=f"{task} student: latency vs offered load ({backend})")
         (out_dir / "summary.json").write_text(json.dumps(variants, indent=1, default=str), encoding="utf-8")
         bf16 = variants["bf16"]
@@ -142,18 +167,31 @@ def build_throughput_asset(spec: TaskSpec) -> list:
             variant_md.append(f"| {name} | {v['sustained_rps']:g} | {v['max_achieved_rps']:.3g} "
                               f"| {v['peak_memory_gb']:.2f} | {acc} |")
         if "fp8" in variants:
+            # Peak process memory on vLLM is its preallocation (--gpu-memory-utilization): compare
+            # what the weights and the KV cache actually used.
+            used = {k: (variants[k]["memory"] or {}).get("weights_plus_kv_used_gib") for k in ("bf16", "fp8")}
+            ratio = f"x{used['fp8'] / used['bf16']:.2f} (weights + KV used)" if used["bf16"] and used["fp8"] else "–"
             variant_md.append(f"\nfp8 vs bf16: throughput x{variants['fp8']['max_achieved_rps'] / max(bf16['max_achieved_rps'], 1e-9):.2f}, "
-                              f"memory x{variants['fp8']['peak_memory_gb'] / max(bf16['peak_memory_gb'], 1e-9):.2f}")
+                              f"memory {ratio}")
+        if NO_PREFIX_CACHE in variants:
+            off = variants[NO_PREFIX_CACHE]
+            variant_md.append(f"\nprefix caching on vs off: max achieved {bf16['max_achieved_rps']:.3g} vs "
+                              f"{off['max_achieved_rps']:.3g} req/s (x{bf16['max_achieved_rps'] / max(off['max_achieved_rps'], 1e-9):.2f}), "
+                              f"sustained {bf16['sustained_rps']:g} vs {off['sustained_rps']:g} req/s; prefix-cache hit "
+                              f"rate {_pct((bf16['memory'] or {}).get('prefix_cache_hit_rate'))}")
         metadata: dict[str, Any] = {
             "sustained_rps": bf16["sustained_rps"],
             "max_achieved_rps": round(bf16["max_achieved_rps"], 4),
-            "slo_p95_s": spec.latency_slo_s,
+            "slo_p95_s": slo,
             "peak_memory_gb": round(bf16["peak_memory_gb"], 3),
             "backend": backend,
+            "serving_settings": dg.MetadataValue.json(_jsonable(bf16["settings"])),
+            "memory": dg.MetadataValue.md(memory_markdown(variants)),
+            "short_arrival_rates": dg.MetadataValue.json(bf16["short_arrival_rates"]),
             "hardware": bf16["hardware"],
             "hardware_key": bf16["hardware_key"],
             "load_generator": "guidellm (Poisson arrivals, 1 worker process)",
-            "variants": dg.MetadataValue.md("\n".join(variant_md) + (f"\n\n{fp8_note}" if fp8_note else "")),
+            "variants": dg.MetadataValue.md("\n".join(variant_md) + "".join(f"\n\n{n}" for n in notes)),
             "load_points_bf16": dg.MetadataValue.md(bf16["points_md"]),
             "latency_vs_load": png_markdown(plot, "latency vs offered load"),
             "plot_path": dg.MetadataValue.path(str(plot)),
@@ -163,6 +201,37 @@ def build_throughput_asset(spec: TaskSpec) -> list:
         return dg.Output(value, metadata=metadata)
 
     return [throughput]
+
+
+NO_PREFIX_CACHE = "bf16_no_prefix_cache"
+_MEMORY_COLUMNS = (("process_peak_gib", "process peak GiB"), ("weights_gib", "weights GiB"),
+                   ("kv_reserved_gib", "KV reserved GiB"), ("kv_used_peak_gib", "KV used (peak) GiB"),
+                   ("kv_usage_peak", "KV used share"), ("prefix_cache_hit_rate", "prefix-cache hit rate"))
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def memory_markdown(variants: dict[str, dict[str, Any]]) -> str:
+    """Memory per variant: what the server holds (its preallocation) next to what it used."""
+    lines = ["| variant | " + " | ".join(label for _, label in _MEMORY_COLUMNS) + " |",
+             "|---|" + "---|" * len(_MEMORY_COLUMNS)]
+    for name, v in variants.items():
+        memory = v.get("memory") or {}
+        cells = []
+        for key, _ in _MEMORY_COLUMNS:
+            value = memory.get(key)
+            if key in ("kv_usage_peak", "prefix_cache_hit_rate"):
+                cells.append(_pct(value))
+            else:
+                cells.append("–" if value is None else f"{value:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
 
 
 def _evaluate_fp8(context, spec: TaskSpec, llm, server, ckpt: Path, test: list[dict], store) -> float:
@@ -175,7 +244,8 @@ def _evaluate_fp8(context, spec: TaskSpec, llm, server, ckpt: Path, test: list[d
 
     client = llm.client(model=server.litellm_model, api_base=server.base_url, run_id=context.run_id, task=spec.name,
                         stage=STAGE_FP8_EVAL, concurrency=16, log=context.log.info,
-                        token_counter=chat_token_counter(ckpt))
+                        token_counter=chat_token_counter(ckpt),
+                        identity=getattr(server, "identity", None))  # fp8 never shares bf16's cache entries
     results = evaluate(spec, test, client_answer_fn(client, 0.0, spec.max_answer_tokens, [str(r["id"]) for r in test]))
     store.insert(predictions, prediction_rows(results, task=spec.name, stage=STAGE_FP8_EVAL, model=server.model,
                                               run_id=context.run_id, variant="fp8"))

@@ -6,7 +6,9 @@ banking77 by default) this runs the task's Dagster graph in-process against ``$D
 1. ``<task>`` → ``<task>_teacher_data`` → ``<task>_student`` → ``<task>_student_eval`` →
    ``<task>_baseline_evals`` (the zero-shot base model; frontier models only with API keys);
 2. the seed-only ablation: ``<task>_student`` with ``use_synthetic: false`` and its eval;
-3. with ``--grounding-ablation``, for tasks that have unlabelled in-domain text (``unstructured``):
+3. ``student_vs_seed_only``: the two students paired on the same test items (difference, CI, exact
+   McNemar), from the per-item rows in the results store;
+4. with ``--grounding-ablation``, for tasks that have unlabelled in-domain text (``unstructured``):
    ``<task>_teacher_data`` with ``ground_in_unstructured`` flipped from the task's setting, then
    ``<task>_student`` and its eval on that data, to measure what grounding the teacher is worth.
 
@@ -15,6 +17,13 @@ teacher-data counts, and per-stage wall times. Run one task at a time on a quiet
 it trains and serves SmolLM2-135M on the CPU (~10-15 min per task on 2 cores).
 
     DAGSTER_HOME=/tmp/bench_home .venv/bin/python benchmarks/distillation.py --tasks text2sql
+
+A recorded teacher (e.g. the public Git Assistant set written by gpt-oss-120b; seeds and near-copies
+of test questions are removed by the stage's dedup and decontamination):
+
+    DAGSTER_HOME=/tmp/bench_home .venv/bin/python benchmarks/distillation.py --tasks git_assistant \
+        --recorded ../shared/benchmark/related/rampallishyam__distil-gitara/finetuning/synthetic-data/train.jsonl \
+        --recorded-max-rows 600 --max-steps 150 --no-baselines
 """
 
 from __future__ import annotations
@@ -65,25 +74,54 @@ def _score(evaluation: dict) -> dict:
     return {"score": evaluation["score"], "ci": [evaluation["ci_low"], evaluation["ci_high"]]}
 
 
+def _records(value) -> list[dict] | None:
+    records = getattr(value, "records", None)
+    return None if records is None else [dict(r.data) for r in records]
+
+
 def _teacher_counts(teacher: dict) -> dict:
-    return {k: teacher.get(k) for k in ("teacher", "requested", "generated", "accepted", "teacher_accepted",
-                                        "augmented_accepted", "rejected", "rejections_by_reason",
-                                        "exact_duplicates", "near_duplicates", "decontaminated",
-                                        "distribution", "wall_time_s")}
+    out = {k: teacher.get(k) for k in ("teacher", "source", "structured_output", "requested", "generated",
+                                       "schema_valid", "passed_filters", "accepted", "teacher_accepted",
+                                       "augmented_accepted", "rejected", "rejections_by_reason",
+                                       "exact_duplicates", "near_duplicates", "decontaminated",
+                                       "decontaminated_on", "distribution", "wall_time_s")}
+    for key in ("funnel", "filters"):
+        out[key] = _records(teacher.get(key))
+    return out
 
 
-def run_task(task: str, literal_swap: bool, teacher_target: int | None, grounding_ablation: bool = False) -> dict:
+def _load() -> list[float]:
+    return [round(float(x), 2) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def _paired(store, task: str, student_run: str, seed_run: str) -> dict:
+    """Distilled vs seed-only student on the same test items: difference, CI, exact McNemar."""
+    from distil_platform.evaluation import paired_comparison, results_from_store_rows
+    from distil_platform.store import predictions
+
+    def results(run_id):
+        return results_from_store_rows(store.select(predictions, run_id=run_id, task=task, stage="student_eval"))
+
+    cmp = paired_comparison(results(student_run), results(seed_run))
+    keep = ("n", "diff", "ci_low", "ci_high", "mcnemar_p", "test", "verdict", "wins", "ties", "losses")
+    return {k: cmp.get(k) for k in keep if k in cmp}
+
+
+def run_task(task: str, literal_swap: bool, teacher_target: int | None, grounding_ablation: bool = False,
+             *, teacher_source: str | None = None, recorded_path: str | None = None,
+             recorded_max_rows: int | None = None, max_steps: int | None = None,
+             baselines: bool = True) -> dict:
     import dagster as dg
-
     from distil_platform.assets import build_task_pipeline_assets
     from distil_platform.assets.seed import build_seed_set_asset
-    from distil_platform.profiles import get_profile
     from distil_platform.resources import (
         LLMResource,
         ModelStoreResource,
         ResultsStoreResource,
         ServingResource,
     )
+
+    from distil_platform.profiles import get_profile
     from distil_platform.taskspec import get_task
 
     spec = get_task(task)
@@ -94,7 +132,13 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
     teacher_cfg: dict = {"literal_swap": literal_swap}
     if teacher_target is not None:
         teacher_cfg["target"] = teacher_target
+    for key, value in (("source", teacher_source), ("recorded_path", recorded_path),
+                       ("recorded_max_rows", recorded_max_rows)):
+        if value is not None:
+            teacher_cfg[key] = value
+    student_cfg: dict = {} if max_steps is None else {"max_steps": max_steps}
     instance = dg.DagsterInstance.get()
+    load_before = _load()
 
     def timed(selection, ops_config: dict) -> tuple:
         start = time.monotonic()
@@ -102,15 +146,17 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
                                 run_config={"ops": ops_config})
         return result, round(time.monotonic() - start, 1)
 
-    full, full_wall = timed(None, {f"{task}_teacher_data": {"config": teacher_cfg}})
+    full_selection = None if baselines else [task, f"{task}_teacher_data", f"{task}_student", f"{task}_student_eval"]
+    full, full_wall = timed(full_selection, {f"{task}_teacher_data": {"config": teacher_cfg},
+                                             f"{task}_student": {"config": student_cfg}})
     teacher = _md(full, f"{task}_teacher_data")
     student = _md(full, f"{task}_student")
     student_eval = _md(full, f"{task}_student_eval")
-    baselines = _md(full, f"{task}_baseline_evals")
+    baseline_md = _md(full, f"{task}_baseline_evals") if baselines else {"per_model": {}}
     seed_set = _md(full, task)
 
     seed_only, seed_only_wall = timed([f"{task}_student", f"{task}_student_eval"],
-                                      {f"{task}_student": {"config": {"use_synthetic": False}}})
+                                      {f"{task}_student": {"config": {**student_cfg, "use_synthetic": False}}})
     seed_student = _md(seed_only, f"{task}_student")
     seed_eval = _md(seed_only, f"{task}_student_eval")
 
@@ -132,7 +178,8 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
     elif grounding_ablation:
         print(f"{task}: no unstructured rows, grounding ablation skipped", file=sys.stderr)
 
-    zero_shot = {k: v for k, v in baselines["per_model"].items() if k.endswith("(zero-shot)")}
+    paired = _paired(resources["results_store"].store(), task, full.run_id, seed_only.run_id)
+    zero_shot = {k: v for k, v in baseline_md["per_model"].items() if k.endswith("(zero-shot)")}
     return {
         "task": task,
         "profile": profile.name,
@@ -149,11 +196,26 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
         "zero_shot": {k: {**_score(v), "vs_student": {x: v["vs_student"].get(x) for x in
                                                       ("diff", "ci_low", "ci_high", "mcnemar_p", "verdict")}}
                       for k, v in zero_shot.items()},
+        "student_vs_seed_only": paired,
         "grounding_ablation": grounding,
-        "skipped": baselines.get("skipped"),
+        "skipped": baseline_md.get("skipped"),
+        "teacher_source": teacher.get("source"),
+        "prompt_sample": _prompt_sample(spec),
+        "loadavg": {"before": load_before, "after": _load()},
         "wall_s": {"full_graph": full_wall, "seed_only": seed_only_wall,
                    "steps": _step_times(instance, full.run_id)},
     }
+
+
+def _prompt_sample(spec) -> dict:
+    """How the first test item is rendered for the student (prompt rendering changes between runs)."""
+    from distil_platform.datasources import load_seed_and_test
+    from distil_platform.prompts import build_messages
+
+    row = load_seed_and_test(spec).test.row(0, named=True)
+    messages = build_messages(spec, row)
+    return {"system_chars": len(messages[0]["content"]), "user_chars": len(messages[-1]["content"]),
+            "system_head": messages[0]["content"][:300]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-target", type=int, default=None)
     parser.add_argument("--grounding-ablation", action="store_true",
                         help="also train on teacher data with ground_in_unstructured flipped (tasks with unstructured text)")
+    parser.add_argument("--teacher-source", choices=["teacher", "recorded"], default=None,
+                        help="teacher data source (default: the task YAML's synthesis.source for the profile)")
+    parser.add_argument("--recorded", default=None, help="recorded teacher file (jsonl/csv/parquet, public layout)")
+    parser.add_argument("--recorded-max-rows", type=int, default=None, help="random sample of the recorded file")
+    parser.add_argument("--max-steps", type=int, default=None, help="training steps of both students")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the zero-shot / frontier evals")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "distillation.json"))
     args = parser.parse_args(argv)
     os.environ.setdefault("DISTIL_PROFILE", "local")
@@ -176,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         os.environ[f"DISTIL_DATA_{task.upper()}"] = str(data)
         print(f"== {task} ({data})", flush=True)
-        res = run_task(task, args.literal_swap, args.teacher_target, args.grounding_ablation)
+        res = run_task(task, args.literal_swap, args.teacher_target, args.grounding_ablation,
+                       teacher_source=args.teacher_source or ("recorded" if args.recorded else None),
+                       recorded_path=args.recorded, recorded_max_rows=args.recorded_max_rows,
+                       max_steps=args.max_steps, baselines=not args.no_baselines)
         print(json.dumps(res, indent=1, default=str), flush=True)
         results.append(res)
         out = Path(args.out)

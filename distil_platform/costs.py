@@ -18,6 +18,7 @@ Formulas (per request):
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,16 +32,20 @@ from distil_platform.taskspec import TaskSpec
 STAGE_STUDENT_EVAL = "student_eval"
 STAGE_BASELINES = "baseline_evals"
 STAGE_FP8_EVAL = "throughput_fp8"  # the fp8 student's accuracy, measured by <task>_throughput
+STAGE_THROUGHPUT = "throughput"  # lineage rows of <task>_throughput
 
 API_TIERS = ("frontier", "mid_tier")
 MID_TIER_MAX_INPUT_PER_MTOK = 1.0  # "mid-tier": under $1 per million input tokens
+SEED_ONLY_SUFFIX = " (seed-only)"
 
 COLUMNS = [
     "task", "model", "role", "variant", "n_items", "repeats", "accuracy", "accuracy_std", "ci_low", "ci_high",
-    "usd_per_million_requests", "cost_source", "cost_basis", "cost_note", "mean_prompt_tokens",
+    "ci_method", "metric", "usd_per_million_requests", "cost_source", "cost_basis", "cost_note", "mean_prompt_tokens",
     "mean_completion_tokens", "mean_cached_prompt_tokens", "input_usd_per_mtok", "output_usd_per_mtok",
-    "price_origin", "hardware_key", "usd_per_hour", "sustained_rps", "student_result", "diff_vs_student",
-    "diff_ci_low", "diff_ci_high", "mcnemar_p", "cost_ratio_vs_student", "break_even_requests_per_day",
+    "cached_input_usd_per_mtok", "price_origin", "price_source", "price_as_of", "hardware_key", "usd_per_hour",
+    "sustained_rps", "student_result", "diff_vs_student", "diff_ci_low", "diff_ci_high", "mcnemar_p",
+    "verdict_test", "n_paired", "margin", "verdicts", "cost_ratio_vs_student", "break_even_requests_per_day",
+    "eval_run_id", "student_run_id", "checkpoint_fingerprint", "lineage", "judge",
     "snapshot_hash", "snapshot_as_of", "table_id",
 ]
 
@@ -72,6 +77,71 @@ def break_even_requests_per_day(usd_per_hour: float, api_usd_per_million: float,
     return 24.0 * usd_per_hour / (api_usd_per_million / 1e6)
 
 
+# -- lineage -----------------------------------------------------------------------------------
+def checkpoint_fingerprint(checkpoint: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 over every file of a checkpoint directory: relative name, size, and the first and
+    last ``chunk`` bytes (whole small files). Cheap on multi-GB weights, and a retrained checkpoint
+    (other weights) or an edited config gets another fingerprint."""
+    import hashlib
+
+    root = Path(checkpoint)
+    if not root.is_dir():
+        raise CostTableError(f"{root}: not a checkpoint directory")
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(root).as_posix()}\0{size}\0".encode())
+        with path.open("rb") as fh:
+            digest.update(fh.read(chunk))
+            if size > 2 * chunk:
+                fh.seek(size - chunk)
+                digest.update(fh.read(chunk))
+            elif size > chunk:
+                digest.update(fh.read())
+    return digest.hexdigest()
+
+
+def record_student_lineage(store: Any, *, task: str, stage: str, run_id: str, model: str,
+                           student: Mapping[str, Any], variant: str = "bf16") -> dict[str, Any]:
+    """Record which checkpoint a stage measured (``student`` is the ``<task>_student`` output:
+    checkpoint_path, run_id, use_synthetic)."""
+    from distil_platform.store import student_lineage
+
+    ckpt = student.get("checkpoint_path")
+    row = dict(run_id=run_id, task=task, stage=stage, variant=variant, model=model,
+               student_run_id=student.get("run_id"), checkpoint_path=str(ckpt) if ckpt else None,
+               checkpoint_fingerprint=checkpoint_fingerprint(ckpt) if ckpt and Path(ckpt).is_dir() else None,
+               use_synthetic=student.get("use_synthetic"))
+    store.insert(student_lineage, [row])
+    return row
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """The checkpoint behind a student eval or throughput run (fields None when not recorded)."""
+
+    model: str
+    student_run_id: str | None = None
+    fingerprint: str | None = None
+    use_synthetic: bool | None = None
+    recorded: bool = False
+
+    def same_checkpoint(self, other: Lineage) -> bool:
+        if self.recorded and other.recorded:
+            if self.fingerprint and other.fingerprint:
+                return self.fingerprint == other.fingerprint
+            return self.student_run_id == other.student_run_id and self.student_run_id is not None
+        return self.model == other.model  # the served name carries the student run id
+
+    def describe(self) -> str:
+        if not self.recorded:
+            return f"unrecorded (matched by served name {self.model})"
+        text = f"student run {(self.student_run_id or '?')[:8]}"
+        if self.fingerprint:
+            text += f", checkpoint {self.fingerprint[:12]}"
+        return text + (" (seed-only ablation)" if self.use_synthetic is False else "")
+
+
 # -- inputs ------------------------------------------------------------------------------------
 @dataclass
 class Usage:
@@ -96,6 +166,7 @@ class ThroughputProfile:
     max_achieved_rps: float | None
     slo_s: float | None = None
     peak_memory_gb: float | None = None
+    run_id: str | None = None
 
 
 @dataclass
@@ -107,6 +178,11 @@ class EvaluatedModel:
     # Per-item scores (item_id -> list of repeat scores; None = unscorable).
     scores: dict[str, list[float | None]]
     self_hosted: bool = False
+    # Per item, the metric that scored it (one name for all its repeats, "mixed" otherwise; None
+    # when the store does not say). Only items scored by the same metric are ever paired.
+    metrics: dict[str, str | None] = field(default_factory=dict)
+    lineage: Lineage | None = None
+    price_model: str | None = None  # the model whose price applies (label without a run suffix)
 
 
 @dataclass
@@ -115,9 +191,13 @@ class CostInputs:
     students: list[EvaluatedModel]  # bf16 first (the reference), then fp8 if measured
     baselines: list[EvaluatedModel]
     usage: dict[str, Usage]  # API models by label (measured) and skipped frontier models (estimated)
-    throughput: dict[str, ThroughputProfile]  # by variant
+    throughput: dict[str, ThroughputProfile]  # by variant; only profiles of the reference checkpoint
     skipped: dict[str, str] = field(default_factory=dict)  # model -> tier, with no evaluation
     table_id: str = ""
+    margin: float = 0.02  # non-inferiority margin δ of the task
+    judge: str | None = None  # the task's judge model when its metric is llm_judge
+    # Why the reference student has no throughput profile (a profile of another checkpoint was refused).
+    throughput_note: str | None = None
 
 
 def _item_scores(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[float | None]]:
@@ -129,9 +209,30 @@ def _item_scores(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[float | No
     return dict(out)
 
 
+def _item_metrics(rows: Iterable[Mapping[str, Any]]) -> dict[str, str | None]:
+    seen: dict[str, set] = defaultdict(set)
+    for r in rows:
+        seen[str(r["item_id"])].add(r.get("metric"))
+    return {k: (next(iter(v)) if len(v) == 1 else "mixed") for k, v in seen.items()}
+
+
+def _evaluated(label: str, role: str, variant: str, run_id: str | None, rows: Sequence[Mapping[str, Any]],
+               **kw: Any) -> EvaluatedModel:
+    return EvaluatedModel(label=label, role=role, variant=variant, run_id=run_id, scores=_item_scores(rows),
+                          metrics=_item_metrics(rows), **kw)
+
+
+def _runs_latest_first(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Run ids of ``rows``, most recently written first."""
+    last: dict[str, int] = {}
+    for r in rows:
+        last[r["run_id"]] = max(last.get(r["run_id"], -1), r["id"])
+    return sorted(last, key=lambda run: -last[run])
+
+
 def _latest_run(rows: Sequence[Mapping[str, Any]]) -> str | None:
-    best = max(rows, key=lambda r: r["id"], default=None)
-    return best["run_id"] if best else None
+    runs = _runs_latest_first(rows)
+    return runs[0] if runs else None
 
 
 def _usage_from_rows(rows: Sequence[Mapping[str, Any]], basis: str) -> Usage | None:
@@ -144,6 +245,7 @@ def _usage_from_rows(rows: Sequence[Mapping[str, Any]], basis: str) -> Usage | N
         n_requests=n,
         prompt_tokens=sum(float(r["prompt_tokens"]) for r in rows) / n,
         completion_tokens=sum(float(r["completion_tokens"]) for r in rows) / n,
+        # Prompt tokens the provider served from its prompt cache, billed at the cached price.
         cached_prompt_tokens=sum(float(r.get("cached_prompt_tokens") or 0) for r in rows) / n,
         basis=basis,
     )
@@ -153,34 +255,99 @@ def _tiers(spec: TaskSpec) -> dict[str, str]:
     return {ref.model: ref.tier for ref in spec.comparison_models}
 
 
+def base_model_of(label: str) -> str:
+    """The comparison model behind a baseline label (``"m @ temperature 0"`` -> ``"m"``)."""
+    from distil_platform.taskspec import TEMPERATURE_0_SUFFIX
+
+    return label[: -len(TEMPERATURE_0_SUFFIX)] if label.endswith(TEMPERATURE_0_SUFFIX) else label
+
+
+def _lineage(rows_by_key: Mapping[tuple[str, str], Mapping[str, Any]], stage: str, run_id: str, model: str,
+             variant: str | None = None) -> Lineage:
+    row = rows_by_key.get((stage, run_id, variant or "")) or rows_by_key.get((stage, run_id, ""))
+    if row is None:
+        return Lineage(model=model)
+    return Lineage(model=row["model"], student_run_id=row.get("student_run_id"),
+                   fingerprint=row.get("checkpoint_fingerprint"), use_synthetic=row.get("use_synthetic"),
+                   recorded=True)
+
+
 def gather_cost_inputs(store: Any, spec: TaskSpec, *, test_rows: Sequence[Mapping[str, Any]] | None = None,
                        token_counter: Any = None) -> CostInputs:
-    """Read everything a cost table needs from the results store (latest run of each stage).
+    """Read everything a cost table needs from the results store.
 
+    Lineage: the reference student is the latest ``<task>_student_eval`` run that is not the
+    seed-only ablation (which is shown as its own baseline row); throughput and the fp8 eval come
+    from the latest ``<task>_throughput`` run that measured the *same checkpoint* — a profile of
+    another checkpoint is refused (the student is then unpriced, with the reason). Runs without a
+    lineage record are matched by served name (it carries the student's run id) and marked so.
     ``test_rows`` (for estimating skipped frontier models) default to the task's latest seed set.
     """
-    from distil_platform.store import llm_requests, predictions, throughput_profiles
+    from distil_platform.store import llm_requests, predictions, student_lineage, throughput_profiles
 
     task = spec.name
     tiers = _tiers(spec)
+    lineage_rows: dict[tuple[str, str, str], dict] = {}
+    for r in sorted(store.select(student_lineage, task=task), key=lambda r: r["id"]):
+        lineage_rows[(r["stage"], r["run_id"], r.get("variant") or "")] = r
+        lineage_rows.setdefault((r["stage"], r["run_id"], ""), r)
+
     student_rows = store.select(predictions, task=task, stage=STAGE_STUDENT_EVAL)
-    run = _latest_run(student_rows)
-    if run is None:
+    runs = _runs_latest_first(student_rows)
+    if not runs:
         raise CostTableError(f"{task}: no student evaluation in the results store ({store.url}); "
                              f"materialise {task}_student_eval first")
-    student_rows = [r for r in student_rows if r["run_id"] == run]
-    students = [EvaluatedModel(label=student_rows[0]["model"], role="student", variant="bf16", run_id=run,
-                               scores=_item_scores(student_rows), self_hosted=True)]
-    fp8_rows = store.select(predictions, task=task, stage=STAGE_FP8_EVAL)
-    fp8_run = _latest_run(fp8_rows)
-    if fp8_run:
-        fp8_rows = [r for r in fp8_rows if r["run_id"] == fp8_run]
-        students.append(EvaluatedModel(label=fp8_rows[0]["model"], role="student", variant="fp8", run_id=fp8_run,
-                                       scores=_item_scores(fp8_rows), self_hosted=True))
+    by_run: dict[str, list[dict]] = defaultdict(list)
+    for r in student_rows:
+        by_run[r["run_id"]].append(r)
+    run_lineage = {run: _lineage(lineage_rows, STAGE_STUDENT_EVAL, run, by_run[run][0]["model"]) for run in runs}
+    distilled = [run for run in runs if run_lineage[run].use_synthetic is not False]
+    seed_only = [run for run in runs if run_lineage[run].use_synthetic is False]
+    if not distilled:
+        raise CostTableError(
+            f"{task}: the only student evaluations in the results store are of the seed-only ablation "
+            f"(use_synthetic: false, run {seed_only[0][:8]}); it is never priced as the student. Materialise "
+            f"{task}_student with synthetic data and {task}_student_eval")
+    run = distilled[0]
+    ref_lineage = run_lineage[run]
+    students = [_evaluated(by_run[run][0]["model"], "student", "bf16", run, by_run[run], self_hosted=True,
+                           lineage=ref_lineage)]
+
+    throughput: dict[str, ThroughputProfile] = {}
+    throughput_note = None
+    tp_rows = store.select(throughput_profiles, task=task)
+    tp_runs = _runs_latest_first(tp_rows)
+    tp_by_run: dict[str, list[dict]] = defaultdict(list)
+    for r in tp_rows:
+        tp_by_run[r["run_id"]].append(r)
+    matching = [tp for tp in tp_runs
+                if _lineage(lineage_rows, STAGE_THROUGHPUT, tp, tp_by_run[tp][0]["model"]).same_checkpoint(ref_lineage)]
+    if tp_runs and not matching:
+        other = _lineage(lineage_rows, STAGE_THROUGHPUT, tp_runs[0], tp_by_run[tp_runs[0]][0]["model"])
+        throughput_note = (f"refused: the latest throughput profile measured another checkpoint ({other.describe()}), "
+                           f"not the evaluated student ({ref_lineage.describe()}); re-materialise {task}_throughput")
+    tp_run = matching[0] if matching else None
+    if tp_run:
+        for r in tp_by_run[tp_run]:
+            throughput[r["variant"]] = ThroughputProfile(
+                variant=r["variant"], model=r["model"], backend=r["backend"], hardware=r["hardware"],
+                hardware_key=r["hardware_key"], sustained_rps=r["sustained_rps"],
+                max_achieved_rps=r["max_achieved_rps"], slo_s=r["slo_s"], peak_memory_gb=r["peak_memory_gb"],
+                run_id=tp_run)
+        fp8_rows = store.select(predictions, task=task, stage=STAGE_FP8_EVAL, run_id=tp_run)
+        if fp8_rows:
+            fp8_lineage = _lineage(lineage_rows, STAGE_THROUGHPUT, tp_run, fp8_rows[0]["model"], "fp8")
+            students.append(_evaluated(fp8_rows[0]["model"], "student", "fp8", tp_run, fp8_rows, self_hosted=True,
+                                       lineage=fp8_lineage))
+
+    baselines: list[EvaluatedModel] = []
+    if seed_only:
+        so = seed_only[0]
+        baselines.append(_evaluated(by_run[so][0]["model"] + SEED_ONLY_SUFFIX, "baseline", "seed_only", so,
+                                    by_run[so], self_hosted=True, lineage=run_lineage[so]))
 
     baseline_rows = store.select(predictions, task=task, stage=STAGE_BASELINES)
     base_run = _latest_run(baseline_rows)
-    baselines: list[EvaluatedModel] = []
     usage: dict[str, Usage] = {}
     if base_run:
         by_model: dict[str, list[dict]] = defaultdict(list)
@@ -190,35 +357,28 @@ def gather_cost_inputs(store: Any, spec: TaskSpec, *, test_rows: Sequence[Mappin
         request_rows = store.select(llm_requests, task=task, stage=STAGE_BASELINES, run_id=base_run)
         for label, rows in sorted(by_model.items()):
             variant = rows[0].get("variant") or ""
+            model = base_model_of(label)
             # Served here (the zero-shot base, or a model-store comparison model): priced like the student.
-            self_hosted = variant == "zero_shot" or tiers.get(label, "baseline") not in API_TIERS
-            role = "baseline" if self_hosted else tiers[label]
-            baselines.append(EvaluatedModel(label=label, role=role, variant=variant, run_id=base_run,
-                                            scores=_item_scores(rows), self_hosted=self_hosted))
+            self_hosted = variant == "zero_shot" or tiers.get(model, "baseline") not in API_TIERS
+            role = "baseline" if self_hosted else tiers[model]
+            baselines.append(_evaluated(label, role, variant, base_run, rows, self_hosted=self_hosted,
+                                        price_model=model))
             if not self_hosted:
                 measured = _usage_from_rows([r for r in request_rows if r["model"] == label], "llm_requests")
                 measured = measured or _usage_from_rows(rows, "predictions")
                 if measured:
                     usage[label] = measured
 
-    evaluated = {b.label for b in baselines}
+    evaluated = {b.price_model or b.label for b in baselines}
     skipped = {m: t for m, t in tiers.items() if t in API_TIERS and m not in evaluated}
     if skipped:
         rows = list(test_rows) if test_rows is not None else _latest_test_rows(store, task)
         for model in skipped:
             usage[model] = estimate_usage(spec, model, rows, token_counter=token_counter)
 
-    throughput: dict[str, ThroughputProfile] = {}
-    tp_rows = store.select(throughput_profiles, task=task)
-    tp_run = _latest_run(tp_rows)
-    for r in tp_rows:
-        if r["run_id"] == tp_run:
-            throughput[r["variant"]] = ThroughputProfile(
-                variant=r["variant"], model=r["model"], backend=r["backend"], hardware=r["hardware"],
-                hardware_key=r["hardware_key"], sustained_rps=r["sustained_rps"],
-                max_achieved_rps=r["max_achieved_rps"], slo_s=r["slo_s"], peak_memory_gb=r["peak_memory_gb"])
+    judge = spec.judge.model if spec.judge is not None and spec.metric_name == "llm_judge" else None
     return CostInputs(task=task, students=students, baselines=baselines, usage=usage, throughput=throughput,
-                      skipped=skipped)
+                      skipped=skipped, margin=spec.margin, judge=judge, throughput_note=throughput_note)
 
 
 def _latest_test_rows(store: Any, task: str) -> list[dict[str, Any]]:
@@ -270,8 +430,20 @@ def _item_means(model: EvaluatedModel) -> dict[str, float]:
     return out
 
 
+def _metric_summary(model: EvaluatedModel, items: Iterable[str]) -> str | None:
+    counts: dict[str, int] = defaultdict(int)
+    for k in items:
+        counts[model.metrics.get(k) or ""] += 1
+    named = {k: v for k, v in counts.items() if k}
+    if not named:
+        return None
+    if len(counts) == 1:
+        return next(iter(named))
+    return ", ".join(f"{k or 'unrecorded'} ({v})" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def _summary(model: EvaluatedModel) -> dict[str, Any]:
-    from distil_platform.stats import bootstrap_ci, mean_std
+    from distil_platform.stats import mean_std, score_interval
 
     means = _item_means(model)
     if not means:
@@ -280,31 +452,62 @@ def _summary(model: EvaluatedModel) -> dict[str, Any]:
     by_repeat = [[vals[r] for vals in model.scores.values() if r < len(vals) and vals[r] is not None]
                  for r in range(repeats)]
     repeat_means = [sum(v) / len(v) for v in by_repeat if v]
-    ci = bootstrap_ci(means)
+    ci = score_interval(means)  # Wilson for 0/1 item scores, BCa bootstrap otherwise
     std = mean_std(repeat_means).std if len(repeat_means) > 1 else 0.0
     return {"n_items": len(means), "repeats": repeats, "accuracy": sum(means.values()) / len(means),
-            "accuracy_std": float(std), "ci_low": float(ci.low), "ci_high": float(ci.high)}
+            "accuracy_std": float(std), "ci_low": float(ci.low), "ci_high": float(ci.high), "ci_method": ci.method,
+            "metric": _metric_summary(model, means)}
 
 
-def _versus(student: EvaluatedModel, other: EvaluatedModel) -> dict[str, Any]:
+def compare_models(student: EvaluatedModel, other: EvaluatedModel, margin: float) -> dict[str, Any] | None:
+    """``stats.compare`` of ``student`` vs ``other`` on the items both scored **with the same
+    metric** (a judge score never pairs with a fallback score); None when no item pairs."""
     from distil_platform.stats import compare
 
     s, o = _item_means(student), _item_means(other)
-    common = sorted(set(s) & set(o))
+    common = sorted(k for k in set(s) & set(o)
+                    if student.metrics.get(k) == other.metrics.get(k) and student.metrics.get(k) != "mixed")
     if not common:
-        return {}
-    result = compare([s[i] for i in common], [o[i] for i in common])
-    return {"student_result": result["verdict"], "diff_vs_student": result["diff"],
-            "diff_ci_low": result["ci_low"], "diff_ci_high": result["ci_high"], "mcnemar_p": result["mcnemar_p"]}
+        return None
+    result = compare([s[i] for i in common], [o[i] for i in common], margin=margin)
+    result["n_metric_mismatch"] = len(set(s) & set(o)) - len(common)
+    return result
 
 
-def _student_cost(profile: ThroughputProfile | None, snapshot: PriceSnapshot, task: str) -> dict[str, Any]:
+def _verdict_entry(result: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: result[k] for k in ("verdict", "diff", "ci_low", "ci_high", "test", "mcnemar_p", "n", "margin",
+                                   "n_metric_mismatch")}
+
+
+def _versus(reference: EvaluatedModel, other: EvaluatedModel, students: Sequence[EvaluatedModel],
+            margin: float) -> dict[str, Any]:
+    """Verdict columns of ``other``'s row: the reference student's, plus ``verdicts`` = every
+    student variant's (other than ``other`` itself) against it."""
+    out: dict[str, Any] = {"margin": margin}
+    verdicts = {}
+    for student in students:
+        if student is other:
+            continue
+        result = compare_models(student, other, margin)
+        if result is None:
+            continue
+        verdicts[student.variant] = _verdict_entry(result)
+        if student is reference:
+            out.update(student_result=result["verdict"], diff_vs_student=result["diff"],
+                       diff_ci_low=result["ci_low"], diff_ci_high=result["ci_high"],
+                       mcnemar_p=result["mcnemar_p"], verdict_test=result["test"], n_paired=result["n"])
+    out["verdicts"] = verdicts
+    return out
+
+
+def _student_cost(profile: ThroughputProfile | None, snapshot: PriceSnapshot, task: str,
+                  refused: str | None = None) -> dict[str, Any]:
     if profile is None:
         return {"usd_per_million_requests": None, "cost_source": None, "cost_basis": "self_hosted",
-                "cost_note": f"no throughput profile: materialise {task}_throughput"}
+                "cost_note": refused or f"no throughput profile of this checkpoint: materialise {task}_throughput"}
     hw = snapshot.hardware_price(profile.hardware_key)
     out = {"cost_basis": "self_hosted", "hardware_key": hw.key, "usd_per_hour": hw.usd_per_hour,
-           "sustained_rps": profile.sustained_rps}
+           "sustained_rps": profile.sustained_rps, "price_source": hw.source, "price_as_of": hw.as_of}
     if profile.sustained_rps and profile.sustained_rps > 0:
         out.update(usd_per_million_requests=self_hosted_usd_per_million_requests(hw.usd_per_hour, profile.sustained_rps),
                    cost_source="measured", cost_note=f"{profile.backend} on {profile.hardware}")
@@ -323,26 +526,51 @@ def _student_cost(profile: ThroughputProfile | None, snapshot: PriceSnapshot, ta
 
 
 def _api_cost(model: str, usage: Usage | None, snapshot: PriceSnapshot) -> dict[str, Any]:
+    from distil_platform.pricing import PricingError
+
     price = snapshot.find_model(model)
-    if usage is None:
-        return {"usd_per_million_requests": None, "cost_source": None, "cost_basis": "api",
-                "cost_note": "no token usage recorded"}
-    out: dict[str, Any] = {"cost_basis": "api", "mean_prompt_tokens": usage.prompt_tokens,
-                           "mean_completion_tokens": usage.completion_tokens,
-                           "mean_cached_prompt_tokens": usage.cached_prompt_tokens}
+    if price is None:
+        reason = snapshot.declared_unpriced.get(model)
+        if reason is None:
+            raise PricingError(
+                f"{model} has no price in snapshot {snapshot.hash[:12]} ({snapshot.source}) and the pricing file does "
+                f"not declare it unpriced: add models.{model} (or unpriced.{model} with the reason) to the pricing "
+                "file and re-materialise `pricing`")
+    out: dict[str, Any] = {"cost_basis": "api"}
+    if usage is not None:
+        out.update(mean_prompt_tokens=usage.prompt_tokens, mean_completion_tokens=usage.completion_tokens,
+                   mean_cached_prompt_tokens=usage.cached_prompt_tokens)
     if price is None:
         out.update(usd_per_million_requests=None, cost_source=None,
-                   cost_note=f"{model} has no price in snapshot {snapshot.hash[:12]}")
+                   cost_note=f"price unknown (declared in the pricing file: {snapshot.declared_unpriced[model]})")
+        return out
+    out.update(input_usd_per_mtok=price.input_per_mtok, output_usd_per_mtok=price.output_per_mtok,
+               cached_input_usd_per_mtok=price.cached_input_per_mtok, price_origin=price.origin,
+               price_source=price.source, price_as_of=price.as_of)
+    if usage is None:
+        out.update(usd_per_million_requests=None, cost_source=None, cost_note="no token usage recorded")
         return out
     per_request = api_usd_per_request(usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens,
                                       price.input_per_mtok, price.output_per_mtok, price.cached_input_per_mtok)
     note = (f"tokens from {usage.basis} over {usage.n_requests} request(s)" if not usage.estimated
             else f"not evaluated (no API key): tokens estimated with {usage.basis} on {usage.n_requests} test "
                  "prompts and reference answers")
+    if usage.cached_prompt_tokens and not usage.estimated:
+        note += f"; {usage.cached_prompt_tokens:.0f} cached prompt tokens/request at the cached price"
     out.update(usd_per_million_requests=per_request * 1e6, cost_source="estimated" if usage.estimated else "measured",
-               cost_note=note, input_usd_per_mtok=price.input_per_mtok, output_usd_per_mtok=price.output_per_mtok,
-               price_origin=price.origin)
+               cost_note=note)
     return out
+
+
+def _lineage_columns(model: EvaluatedModel, profile: ThroughputProfile | None = None) -> dict[str, Any]:
+    lin = model.lineage
+    if lin is None:
+        return {"eval_run_id": model.run_id}
+    text = lin.describe()
+    if profile is not None:
+        text += f"; throughput run {(profile.run_id or '?')[:8]}"
+    return {"eval_run_id": model.run_id, "student_run_id": lin.student_run_id,
+            "checkpoint_fingerprint": lin.fingerprint, "lineage": text}
 
 
 def build_cost_table(inputs: CostInputs, snapshot: PriceSnapshot) -> list[dict[str, Any]]:
@@ -350,36 +578,36 @@ def build_cost_table(inputs: CostInputs, snapshot: PriceSnapshot) -> list[dict[s
     if not inputs.students:
         raise CostTableError(f"{inputs.task}: no student evaluation")
     reference = inputs.students[0]
+    margin = inputs.margin
     common = {"task": inputs.task, "snapshot_hash": snapshot.hash, "snapshot_as_of": snapshot.as_of,
-              "table_id": inputs.table_id}
+              "table_id": inputs.table_id, "judge": inputs.judge}
     rows: list[dict[str, Any]] = []
     student_cost = None
     bf16_profile = inputs.throughput.get("bf16") or next(iter(inputs.throughput.values()), None)
     for student in inputs.students:
         profile = inputs.throughput.get(student.variant)
         row = {**common, "model": student.label, "role": "student", "variant": student.variant,
-               **_summary(student), **_student_cost(profile, snapshot, inputs.task)}
-        if student is not reference:
-            row.update(_versus(reference, student))
+               **_summary(student), **_student_cost(profile, snapshot, inputs.task, inputs.throughput_note),
+               **_lineage_columns(student, profile), **_versus(reference, student, inputs.students, margin)}
         if student is reference:
             student_cost = row["usd_per_million_requests"]
         rows.append(row)
     for base in inputs.baselines:
         row = {**common, "model": base.label, "role": base.role, "variant": base.variant, **_summary(base),
-               **_versus(reference, base)}
+               **_lineage_columns(base), **_versus(reference, base, inputs.students, margin)}
         if base.self_hosted:
-            cost = _student_cost(bf16_profile, snapshot, inputs.task)
+            cost = _student_cost(bf16_profile, snapshot, inputs.task, inputs.throughput_note)
             if cost.get("usd_per_million_requests") is not None:
                 cost["cost_source"] = "estimated"
                 cost["cost_note"] = ("served like the student (same base architecture and serving stack): "
                                      "priced with the student's throughput")
             row.update(cost)
         else:
-            row.update(_api_cost(base.label, inputs.usage.get(base.label), snapshot))
+            row.update(_api_cost(base.price_model or base.label, inputs.usage.get(base.label), snapshot))
         rows.append(row)
     for model, tier in sorted(inputs.skipped.items()):
         rows.append({**common, "model": model, "role": tier, "variant": tier, "n_items": 0, "repeats": 0,
-                     "accuracy": None, "accuracy_std": None, "ci_low": None, "ci_high": None,
+                     "accuracy": None, "accuracy_std": None, "ci_low": None, "ci_high": None, "margin": margin,
                      **_api_cost(model, inputs.usage.get(model), snapshot)})
 
     hw_hour = next((r.get("usd_per_hour") for r in rows if r["role"] == "student" and r.get("usd_per_hour")), None)
@@ -398,17 +626,21 @@ def write_cost_table(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> tuple[
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    schema = {c: (pl.Utf8 if c in _TEXT_COLUMNS else pl.Int64 if c in ("n_items", "repeats") else pl.Float64)
+    schema = {c: (pl.Utf8 if c in _TEXT_COLUMNS else pl.Int64 if c in _INT_COLUMNS else pl.Float64)
               for c in COLUMNS}
-    df = pl.DataFrame([dict(r) for r in rows], schema=schema)
+    df = pl.DataFrame([{**r, "verdicts": json.dumps(r.get("verdicts") or {}, sort_keys=True, default=str)}
+                       for r in rows], schema=schema)
     parquet, csv = out_dir / "cost_table.parquet", out_dir / "cost_table.csv"
     df.write_parquet(parquet)
     df.write_csv(csv)
     return parquet, csv
 
 
-_TEXT_COLUMNS = {"task", "model", "role", "variant", "cost_source", "cost_basis", "cost_note", "price_origin",
-                 "hardware_key", "student_result", "snapshot_hash", "snapshot_as_of", "table_id"}
+_TEXT_COLUMNS = {"task", "model", "role", "variant", "ci_method", "metric", "cost_source", "cost_basis", "cost_note",
+                 "price_origin", "price_source", "price_as_of", "hardware_key", "student_result", "verdict_test",
+                 "verdicts", "eval_run_id", "student_run_id", "checkpoint_fingerprint", "lineage", "judge",
+                 "snapshot_hash", "snapshot_as_of", "table_id"}
+_INT_COLUMNS = {"n_items", "repeats", "n_paired"}
 
 
 def fmt_usd(value: float | None) -> str:
@@ -428,22 +660,29 @@ def fmt_volume(value: float | None) -> str:
 
 
 def cost_table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    lines = ["| model | role | accuracy (95% CI) | ± std | $/M requests | source | student | cost × student "
-             "| break-even |", "|---|---|---|---|---|---|---|---|---|"]
+    from distil_platform.stats import verdict_label
+
+    lines = ["| model | role | accuracy (95% CI) | ± std | $/M requests | source | student vs model (test) "
+             "| cost × student | break-even |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = ("–" if r.get("accuracy") is None
                else f"{r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
         std = "–" if r.get("accuracy_std") is None else f"{r['accuracy_std']:.3f}"
         ratio = "–" if r.get("cost_ratio_vs_student") is None else f"{r['cost_ratio_vs_student']:.3g}×"
+        verdict = verdict_label(r.get("student_result"), r.get("margin"))
+        if r.get("student_result"):
+            verdict += f" ({r.get('verdict_test')}, n={r.get('n_paired')})"
         lines.append(f"| {r['model']} | {r['role']}{'/' + r['variant'] if r['role'] == 'student' else ''} | {acc} "
                      f"| {std} | {fmt_usd(r.get('usd_per_million_requests'))} | {r.get('cost_source') or '–'} "
-                     f"| {r.get('student_result') or '–'} | {ratio} | {fmt_volume(r.get('break_even_requests_per_day'))} |")
+                     f"| {verdict} | {ratio} | {fmt_volume(r.get('break_even_requests_per_day'))} |")
     return "\n".join(lines)
 
 
 def cost_rows_for_store(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Rows for the store's ``cost_rows`` table (the full row as JSON; NaN made None)."""
     def clean(v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return {k: clean(x) for k, x in v.items()}
         return None if isinstance(v, float) and (math.isnan(v) or math.isinf(v)) else v
 
     return [{"task": r["task"], "snapshot_hash": r["snapshot_hash"], "model": r["model"],

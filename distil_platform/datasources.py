@@ -4,7 +4,10 @@
    ``test`` files (``.jsonl`` or ``.csv``) in the ``question``/``answer``(/``context``) layout of
    public distillation task repos, optionally an ``unstructured`` file;
 2. a Hugging Face dataset (``data.hf``) via ``datasets`` - unless the hub is offline
-   (``HF_HUB_OFFLINE=1``) and the path is not a local dataset;
+   (``HF_HUB_OFFLINE=1``) or unreachable, and the path is not a local dataset. Reachability is
+   probed once per process and endpoint (a TCP connect to ``HF_ENDPOINT`` or its proxy, ~2 s at
+   most, see :func:`probe_hub`), so an unreachable hub costs one quick probe instead of
+   ``datasets``' retries with back-off for every task;
 3. the sample shipped in the package (``distil_platform/data/<task>/``).
 
 Every route returns string columns ``id``, ``question``, ``answer``, ``context``. Text2SQL rows in
@@ -21,7 +24,10 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +62,8 @@ class LoadedData:
     # Where the rows came from: "local:<dir>", "hf:<dataset>[:<config>]" or "sample:<dir>".
     source: str
     files: list[str] = field(default_factory=list)
+    # Why a configured source was skipped (e.g. the hub unreachable), for the seed asset's metadata.
+    note: str | None = None
 
 
 # -- entry point -------------------------------------------------------------------------------
@@ -73,7 +81,11 @@ def load_seed_and_test(spec: TaskSpec, *, source: str | None = None) -> LoadedDa
             )
         return load_local_dir(spec, local_dir)
     hf = spec.data.hf
-    if source == "hf" or (source is None and hf is not None and hf_available(hf)):
+    note = None
+    if source is None and hf is not None and not hf_available(hf):
+        note = f"{hf_origin(hf)} not tried: {hub_unavailable_reason()}; used the shipped sample"
+        log.warning("%s: %s", spec.name, note)
+    elif source == "hf" or (source is None and hf is not None):
         if hf is None:
             raise DataSourceError(f"{spec.source_file}: field `data.hf` is not set; this task has no HF dataset")
         try:
@@ -81,8 +93,11 @@ def load_seed_and_test(spec: TaskSpec, *, source: str | None = None) -> LoadedDa
         except HubUnavailableError as exc:
             if source == "hf":
                 raise
-            log.warning("%s: %s; using the shipped sample instead", spec.name, exc)
-    return load_sample(spec)
+            note = f"{exc}; used the shipped sample"
+            log.warning("%s: %s", spec.name, note)
+    data = load_sample(spec)
+    data.note = note
+    return data
 
 
 def hub_offline() -> bool:
@@ -90,8 +105,84 @@ def hub_offline() -> bool:
 
 
 def hf_available(hf: HFSource) -> bool:
-    """A local dataset path always works; a hub dataset only when the hub is not offline."""
-    return Path(hf.path).exists() or not hub_offline()
+    """A local dataset path always works; a hub dataset only when the hub is not offline and answers
+    :func:`probe_hub` (probed once per process)."""
+    if Path(hf.path).exists():
+        return True
+    return not hub_offline() and probe_hub().reachable
+
+
+def hub_unavailable_reason() -> str:
+    if hub_offline():
+        return "HF_HUB_OFFLINE is set"
+    probe = probe_hub()
+    return f"the hub at {probe.endpoint} is unreachable ({probe.detail}; probed once, {probe.seconds:.1f} s)"
+
+
+@dataclass(frozen=True)
+class HubProbe:
+    endpoint: str
+    # host:port actually connected to (the endpoint, or the proxy requests would use).
+    target: str
+    reachable: bool
+    detail: str
+    seconds: float
+
+
+HUB_PROBE_TIMEOUT_S = 2.0
+_HUB_PROBES: dict[str, HubProbe] = {}
+_PROBE_LOCK = threading.Lock()
+
+
+def hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def _probe_target(endpoint: str) -> tuple[str, int]:
+    """Host and port a request to ``endpoint`` connects to first: its proxy when one applies."""
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(endpoint)
+    host = parts.hostname or "huggingface.co"
+    proxy = urllib.request.getproxies().get(parts.scheme or "https")
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if proxy_parts.hostname:
+            return proxy_parts.hostname, proxy_parts.port or (443 if proxy_parts.scheme == "https" else 80)
+    return host, parts.port or (80 if parts.scheme == "http" else 443)
+
+
+def probe_hub(timeout: float = HUB_PROBE_TIMEOUT_S) -> HubProbe:
+    """Can a TCP connection to the hub endpoint (``HF_ENDPOINT``, or its proxy) be opened within
+    ``timeout`` seconds? One attempt per endpoint per process; the answer is cached."""
+    endpoint = hub_endpoint()
+    with _PROBE_LOCK:
+        cached = _HUB_PROBES.get(endpoint)
+        if cached is not None:
+            return cached
+        host, port = _probe_target(endpoint)
+        outcome: dict[str, str] = {}
+
+        def attempt() -> None:  # in a thread: name resolution has no timeout of its own
+            try:
+                socket.create_connection((host, port), timeout=timeout).close()
+                outcome["ok"] = "reachable"
+            except OSError as exc:
+                outcome["error"] = f"{type(exc).__name__}: {exc}"
+
+        start = time.monotonic()
+        worker = threading.Thread(target=attempt, name="hf-hub-probe", daemon=True)
+        worker.start()
+        worker.join(timeout + 0.5)
+        seconds = time.monotonic() - start
+        if "ok" in outcome:
+            probe = HubProbe(endpoint, f"{host}:{port}", True, "reachable", seconds)
+        else:
+            detail = outcome.get("error") or f"no answer within {timeout:g} s"
+            probe = HubProbe(endpoint, f"{host}:{port}", False, f"{host}:{port}: {detail}", seconds)
+        _HUB_PROBES[endpoint] = probe
+        return probe
 
 
 # -- local directory and sample (same file layout) ---------------------------------------------

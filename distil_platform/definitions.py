@@ -14,6 +14,7 @@ import dagster as dg
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from distil_platform.assets import build_task_assets
+from distil_platform.assets.config_sources import build_config_sources
 from distil_platform.assets.costs import build_shared_cost_assets
 from distil_platform.profiles import get_profile
 from distil_platform.resources import (
@@ -29,13 +30,14 @@ from distil_platform.taskspec import load_tasks
 def build_definitions() -> dg.Definitions:
     specs = load_tasks()
     profile = get_profile()
-    assets_and_checks: list = []
+    assets_and_checks: list = [build_config_sources(specs)]
     for spec in specs.values():
         assets_and_checks += build_task_assets(spec)
     assets_and_checks += build_shared_cost_assets(list(specs))
     assets = [a for a in assets_and_checks if isinstance(a, dg.AssetsDefinition) and not _is_check_only(a)]
     checks = [a for a in assets_and_checks if _is_check_only(a)]
     sensors, schedules, jobs = build_sensors_and_schedules(specs)
+    results_store = ResultsStoreResource.configure_at_launch()
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
@@ -44,10 +46,12 @@ def build_definitions() -> dg.Definitions:
         jobs=jobs,
         executor=_executor(profile.name),
         resources={
-            "llm": LLMResource(),
+            # One results store: the LLM client's cache/usage rows land where predictions do, and a
+            # launch-time `url` for `results_store` reaches both.
+            "llm": LLMResource(results_store=results_store),
             "serving": ServingResource(backend=profile.serving_backend),
             "model_store": ModelStoreResource(),
-            "results_store": ResultsStoreResource(),
+            "results_store": results_store,
         },
     )
 
@@ -56,7 +60,12 @@ def _executor(profile_name: str) -> dg.ExecutorDefinition:
     """On a CPU profile every heavy step (training, serving, load tests) wants all cores: two at once
     each run 7-12x slower, and a load test beside a training job measures nothing. So steps run one
     at a time, each in its own process (memory is returned after training). On the GPU profile steps
-    run in parallel and the `gpu` concurrency pool keeps two off one card."""
+    run in parallel and the `gpu` concurrency pool keeps two off one card. `DISTIL_EXECUTOR=k8s`: each
+    step a Kubernetes Job (assets/deployment.py; GPU steps request a card via their op tags)."""
+    from distil_platform.assets.deployment import executor_kind, k8s_executor
+
+    if executor_kind() == "k8s":
+        return k8s_executor()
     if profile_name in ("local", "test"):
         return dg.multiprocess_executor.configured({"max_concurrent": 1})
     return dg.multiprocess_executor

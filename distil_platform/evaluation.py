@@ -27,6 +27,8 @@ class Answer:
     latency_s: float | None = None
     error: str | None = None
     cache_hit: bool = False
+    confidence: float | None = None  # from token logprobs (routing.answer_confidence); None: not requested/returned
+    cached_prompt_tokens: int | None = None  # prompt tokens the provider served from its prompt cache
 
 
 @dataclass
@@ -44,21 +46,33 @@ class ItemResult:
     error: str | None = None
     detail: str = ""
     question: str = ""
+    confidence: float | None = None  # the answer's confidence (routing.answer_confidence)
+    # The metric that produced ``score``: the task's metric name, ``llm_judge[:<judge model>]``, or
+    # ``fallback:token_f1`` when no judge was reachable. Scores of different metrics never pair.
+    metric: str = ""
+    cached_prompt_tokens: int | None = None
 
 
 AnswerFn = Callable[[list[list[dict[str, str]]], int], list[Answer]]
 
 
-def client_answer_fn(client, temperature: float, max_tokens: int, item_ids: Sequence[str]) -> AnswerFn:
+def client_answer_fn(client, temperature: float, max_tokens: int, item_ids: Sequence[str], *,
+                     extra: dict[str, Any] | None = None,
+                     confidence: Callable[[Any], float | None] | None = None) -> AnswerFn:
     """An ``answer`` function for :func:`evaluate` that sends each prompt through an LLM client
-    (``distil_platform.llm.LLMClient``) as one batch, ``item_ids`` naming the rows in the store."""
+    (``distil_platform.llm.LLMClient``) as one batch, ``item_ids`` naming the rows in the store.
+    ``extra``: more OpenAI parameters (e.g. ``{"logprobs": True}``); ``confidence``: ChatResult ->
+    the answer's confidence (e.g. ``routing.confidence_fn(spec.type)``)."""
     from distil_platform.llm import ChatRequest
 
     def answer(messages_list: list[list[dict[str, str]]], repeat: int) -> list[Answer]:
         requests = [ChatRequest(messages=m, temperature=temperature, max_tokens=max_tokens, repeat=repeat,
-                                item_id=i) for m, i in zip(messages_list, item_ids, strict=True)]
+                                item_id=i, extra=dict(extra or {}))
+                    for m, i in zip(messages_list, item_ids, strict=True)]
         return [Answer(text=r.text, prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
-                       latency_s=r.latency_s, error=r.error, cache_hit=r.cache_hit)
+                       latency_s=r.latency_s, error=r.error, cache_hit=r.cache_hit,
+                       cached_prompt_tokens=r.cached_prompt_tokens,
+                       confidence=confidence(r) if confidence is not None and r.error is None else None)
                 for r in client.chat_batch(requests)]
 
     return answer
@@ -66,6 +80,25 @@ def client_answer_fn(client, temperature: float, max_tokens: int, item_ids: Sequ
 
 def eval_messages(spec: TaskSpec, rows: Sequence[dict[str, Any]]) -> list[list[dict[str, str]]]:
     return [build_messages(spec, row) for row in rows]
+
+
+def eval_metric(spec: TaskSpec, judge: Any = None) -> str:
+    """The metric an evaluation of ``spec`` with ``judge`` scores by: the task's metric, or for
+    ``llm_judge`` ``llm_judge:<model>`` (when the judge callable has a ``model`` attribute) and
+    ``fallback:token_f1`` without a judge (``scoring.score_prediction``'s documented fallback)."""
+    metric = spec.metric_name
+    if metric != "llm_judge":
+        return metric
+    if judge is None:
+        return "fallback:token_f1"
+    model = getattr(judge, "model", None)
+    return f"llm_judge:{model}" if model else "llm_judge"
+
+
+def _item_metric(default: str, detail: str) -> str:
+    # The scorer says so when it fell back to another metric for this item.
+    head = detail.split(None, 1)[0] if detail.strip() else ""
+    return head if head.startswith("fallback:") else default
 
 
 def score_answers(
@@ -85,6 +118,7 @@ def score_answers(
 
     if len(rows) != len(answers):
         raise ValueError(f"{len(answers)} answers for {len(rows)} rows")
+    default_metric = eval_metric(spec, judge)
     out = []
     for row, ans in zip(rows, answers):
         if ans.text is None:
@@ -98,7 +132,9 @@ def score_answers(
             score_strict=None if strict is None else float(strict), parse_ok=bool(parse_ok),
             prompt_tokens=ans.prompt_tokens, completion_tokens=ans.completion_tokens,
             latency_s=ans.latency_s, error=ans.error, detail=str(detail or ""),
-            question=str(row.get("question", "")),
+            question=str(row.get("question", "")), confidence=getattr(ans, "confidence", None),
+            metric=_item_metric(default_metric, str(detail or "")),
+            cached_prompt_tokens=getattr(ans, "cached_prompt_tokens", None),
         ))
     return out
 
@@ -171,14 +207,14 @@ def _mean(values: Sequence[float | int | None]) -> float | None:
 def summarize(results: Sequence[ItemResult], *, seed: int = 0) -> EvalSummary:
     """Item-level score with a 95% bootstrap CI over items (repeats averaged per item first), and
     mean ± std over repeats."""
-    from distil_platform.stats import bootstrap_ci, mean_std
+    from distil_platform.stats import mean_std, score_interval
 
     per_item = item_means(results)
     if not per_item:
         raise ValueError("no scorable results to summarise")
     values = list(per_item.values())
     score = sum(values) / len(values)
-    ci = bootstrap_ci(per_item, seed=seed)
+    ci = score_interval(per_item, seed=seed)  # Wilson for 0/1 item scores, BCa bootstrap otherwise
     lo, hi = float(ci.low), float(ci.high)
     reps = repeat_means(results)
     rep_mean, rep_std = mean_std(reps) if reps else (score, 0.0)
@@ -219,21 +255,58 @@ def worst_items(results: Sequence[ItemResult], k: int = 10) -> list[dict[str, An
     return rows
 
 
-def paired_comparison(student: Sequence[ItemResult], baseline: Sequence[ItemResult]) -> dict[str, Any]:
-    """Student vs baseline on the items both scored (repeats averaged per item): the difference
-    (student - baseline) with its paired bootstrap CI, the exact McNemar p-value for 0/1 scores,
-    the overall verdict, and per-item wins / ties / losses of the student."""
+def item_metrics(results: Sequence[ItemResult]) -> dict[str, str | None]:
+    """The metric of each item's scored repeats (None: its repeats were scored by different metrics)."""
+    seen: dict[str, set[str]] = {}
+    for r in results:
+        if r.score is not None:
+            seen.setdefault(r.item_id, set()).add(r.metric)
+    return {k: next(iter(v)) if len(v) == 1 else None for k, v in seen.items()}
+
+
+def paired_comparison(student: Sequence[ItemResult], baseline: Sequence[ItemResult],
+                      **compare_kwargs: Any) -> dict[str, Any]:
+    """Student vs baseline on the items both scored **by the same metric** (repeats averaged per
+    item): ``stats.compare``'s difference (student - baseline), interval, test and verdict, and
+    per-item wins / ties / losses of the student. ``compare_kwargs`` go to ``stats.compare``
+    (e.g. ``margin``).
+
+    Scores of different metrics (an LLM judge's verdict vs the token-F1 fallback; two judges) are
+    never paired: such items are left out (``n_metric_mismatch``, with the metric pairs in
+    ``metric_mismatch``). When the same-metric pairs still span several metrics, each gets its own
+    comparison under ``by_metric`` and the top-level result is that of the metric with the most
+    pairs (named by ``metric``)."""
     from distil_platform.stats import compare
 
     s, b = item_means(student), item_means(baseline)
+    sm, bm = item_metrics(student), item_metrics(baseline)
     common = sorted(set(s) & set(b))
-    if not common:
-        return {"n_paired": 0}
-    out = dict(compare([s[i] for i in common], [b[i] for i in common]))
-    out["n_paired"] = len(common)
-    out["item_wins"] = sum(1 for i in common if s[i] > b[i])
-    out["item_ties"] = sum(1 for i in common if s[i] == b[i])
-    out["item_losses"] = sum(1 for i in common if s[i] < b[i])
+    groups: dict[str, list[str]] = {}
+    mismatch: list[str] = []
+    for i in common:
+        if sm.get(i) is not None and sm.get(i) == bm.get(i):
+            groups.setdefault(sm[i], []).append(i)
+        else:
+            mismatch.append(i)
+    base: dict[str, Any] = {"n_common": len(common), "n_metric_mismatch": len(mismatch)}
+    if mismatch:
+        base["metric_mismatch"] = sorted({f"{sm.get(i) or '?'} vs {bm.get(i) or '?'}" for i in mismatch})
+    if not groups:
+        return {"n_paired": 0, **base}
+
+    def one(items: list[str]) -> dict[str, Any]:
+        out = dict(compare([s[i] for i in items], [b[i] for i in items], **compare_kwargs))
+        out["n_paired"] = len(items)
+        out["item_wins"] = sum(1 for i in items if s[i] > b[i])
+        out["item_ties"] = sum(1 for i in items if s[i] == b[i])
+        out["item_losses"] = sum(1 for i in items if s[i] < b[i])
+        return out
+
+    by_metric = {metric: one(items) for metric, items in sorted(groups.items())}
+    metric = max(sorted(groups), key=lambda m: len(groups[m]))
+    out = {**by_metric[metric], **base, "metric": metric}
+    if len(by_metric) > 1:
+        out["by_metric"] = by_metric
     return out
 
 
@@ -246,17 +319,23 @@ def prediction_rows(
          "item_id": r.item_id, "repeat": r.repeat, "prediction": r.prediction, "reference": r.reference,
          "score": r.score, "score_strict": r.score_strict, "parse_ok": r.parse_ok,
          "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-         "latency_s": r.latency_s, "error": r.error}
+         "latency_s": r.latency_s, "error": r.error, "confidence": r.confidence,
+         "cached_prompt_tokens": r.cached_prompt_tokens, "metric": r.metric or None}
         for r in results
     ]
 
 
-def results_from_store_rows(rows: Sequence[dict[str, Any]]) -> list[ItemResult]:
-    """Inverse of :func:`prediction_rows` (for paired comparisons across assets)."""
+def results_from_store_rows(rows: Sequence[dict[str, Any]], *, default_metric: str = "") -> list[ItemResult]:
+    """Inverse of :func:`prediction_rows` (for paired comparisons across assets).
+
+    Rows stored before the ``metric`` column existed have none: ``default_metric`` fills it where
+    the caller knows it (a task whose metric has no fallback), else they pair only with each other."""
     return [
         ItemResult(item_id=r["item_id"], repeat=r["repeat"] or 0, prediction=r["prediction"],
                    reference=r["reference"] or "", score=r["score"], score_strict=r["score_strict"],
                    parse_ok=bool(r["parse_ok"]), prompt_tokens=r["prompt_tokens"],
-                   completion_tokens=r["completion_tokens"], latency_s=r["latency_s"], error=r["error"])
+                   completion_tokens=r["completion_tokens"], latency_s=r["latency_s"], error=r["error"],
+                   confidence=r.get("confidence"), metric=r.get("metric") or default_metric,
+                   cached_prompt_tokens=r.get("cached_prompt_tokens"))
         for r in rows
     ]

@@ -210,8 +210,10 @@ _TINY_CORPUS = [
 _TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def build_tiny_qwen3(out_dir: Path, *, vocab_size: int = 1024, seed: int = 0) -> Path:
-    """Write a tiny random Qwen3 (+ trained BPE tokenizer, ChatML template) to ``out_dir``."""
+def build_tiny_qwen3(out_dir: Path, *, vocab_size: int = 1024, seed: int = 0, head_dim: int = 16) -> Path:
+    """Write a tiny random Qwen3 (+ trained BPE tokenizer, ChatML template) to ``out_dir``.
+
+    ``head_dim``: vLLM's CPU attention needs one of 32, 64, 80, ... (16 is not supported there)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
@@ -241,7 +243,7 @@ def build_tiny_qwen3(out_dir: Path, *, vocab_size: int = 1024, seed: int = 0) ->
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=16,
+        head_dim=head_dim,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
         bos_token_id=None,

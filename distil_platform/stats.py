@@ -32,6 +32,10 @@ class BootstrapCI:
     high: float
     n: int
     confidence: float = 0.95
+    # How the interval was computed: "bootstrap_bca" (percentile where BCa is undefined),
+    # "wilson" (binary scores), "newcombe" (paired binary difference), "degenerate" (n <= 1 or
+    # all-equal non-binary scores), "none" (no items).
+    method: str = "bootstrap_bca"
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
@@ -133,10 +137,10 @@ def bootstrap_ci(
     scores = scores[~np.isnan(scores)]
     n = int(scores.size)
     if n == 0:
-        return BootstrapCI(math.nan, math.nan, math.nan, 0, confidence)
+        return BootstrapCI(math.nan, math.nan, math.nan, 0, confidence, "none")
     mean = float(scores.mean())
     if n == 1 or np.all(scores == scores[0]):
-        return BootstrapCI(mean, mean, mean, n, confidence)
+        return BootstrapCI(mean, mean, mean, n, confidence, "degenerate")
     low, high = _bootstrap(
         (scores,), lambda x, axis: np.mean(x, axis=axis), confidence, n_resamples, seed, paired=False
     )
@@ -167,11 +171,11 @@ def paired_bootstrap_diff(
     a, b = _aligned(scores_a, scores_b)
     n = int(a.size)
     if n == 0:
-        return BootstrapCI(math.nan, math.nan, math.nan, 0, confidence)
+        return BootstrapCI(math.nan, math.nan, math.nan, 0, confidence, "none")
     diffs = a - b
     diff = float(diffs.mean())
     if n == 1 or np.all(diffs == diffs[0]):
-        return BootstrapCI(diff, diff, diff, n, confidence)
+        return BootstrapCI(diff, diff, diff, n, confidence, "degenerate")
     low, high = _bootstrap(
         (a, b),
         lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis),
@@ -212,36 +216,134 @@ def _is_binary(values: np.ndarray) -> bool:
     return bool(np.all((values == 0.0) | (values == 1.0)))
 
 
+def score_interval(
+    item_scores: ItemScores, confidence: float = 0.95, n_resamples: int = 10_000, seed: int = 0
+) -> BootstrapCI:
+    """The interval a score is published with: **Wilson** when every per-item score is 0/1 (so
+    0/96 is [0, 0.038], never a zero-width [0, 0]), else the BCa bootstrap of :func:`bootstrap_ci`.
+    ``method`` says which."""
+    _check_confidence(confidence)
+    scores = per_item_means(item_scores)
+    scores = scores[~np.isnan(scores)]
+    n = int(scores.size)
+    if n and _is_binary(scores):
+        k = int(scores.sum())
+        low, high = wilson_interval(k, n, confidence)
+        return BootstrapCI(k / n, low, high, n, confidence, "wilson")
+    return bootstrap_ci(scores, confidence, n_resamples, seed)
+
+
+def newcombe_paired_diff(a_only: int, b_only: int, both: int, neither: int,
+                         confidence: float = 0.95) -> BootstrapCI:
+    """CI of p(A) − p(B) for paired 0/1 outcomes: Newcombe's square-and-add interval from the two
+    marginal Wilson intervals with the correlation correction (Newcombe 1998, method 10; Fagerland,
+    Lydersen & Laake, *Statistical Analysis of Contingency Tables*, ch. 8). Good coverage for
+    paired proportions where the bootstrap is anti-conservative (few discordant pairs)."""
+    _check_confidence(confidence)
+    counts = (a_only, b_only, both, neither)
+    if min(counts) < 0:
+        raise ValueError(f"newcombe_paired_diff needs non-negative counts, got {counts}")
+    n = a_only + b_only + both + neither
+    if n == 0:
+        return BootstrapCI(math.nan, math.nan, math.nan, 0, confidence, "none")
+    a_right, b_right = both + a_only, both + b_only
+    p1, p2 = a_right / n, b_right / n
+    diff = (a_only - b_only) / n
+    l1, u1 = wilson_interval(a_right, n, confidence)
+    l2, u2 = wilson_interval(b_right, n, confidence)
+    margins = (a_right, n - a_right, b_right, n - b_right)
+    if 0 in margins:
+        phi = 0.0
+    else:
+        cross = both * neither - a_only * b_only
+        # Positive association is shrunk by n/2 (Newcombe's correction); negative is used as is.
+        adjusted = cross - n / 2 if cross > n / 2 else (0.0 if cross >= 0 else cross)
+        phi = adjusted / math.sqrt(math.prod(margins))
+    low = diff - math.sqrt(max((p1 - l1) ** 2 + (u2 - p2) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2), 0.0))
+    high = diff + math.sqrt(max((p2 - l2) ** 2 + (u1 - p1) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1), 0.0))
+    return BootstrapCI(diff, max(low, -1.0), min(high, 1.0), n, confidence, "newcombe")
+
+
+# Verdicts of the student against another model on the same items.
+WIN, NON_INFERIOR, INCONCLUSIVE, LOSS = "win", "non_inferior", "inconclusive", "loss"
+VERDICTS = (WIN, NON_INFERIOR, INCONCLUSIVE, LOSS)
+# The default non-inferiority margin: 2 points of score (0.02 on the 0..1 scale).
+DEFAULT_MARGIN = 0.02
+TEST_BINARY = "exact McNemar + Newcombe CI"
+TEST_BOOTSTRAP = "paired BCa bootstrap"
+
+
+def verdict_label(verdict: str | None, margin: float | None = None) -> str:
+    """How a verdict is printed: ``win``, ``non-inferior (δ 0.02)``, ``inconclusive``, ``loss``."""
+    if verdict is None:
+        return "–"
+    if verdict == NON_INFERIOR:
+        return f"non-inferior (δ {margin:g})" if margin is not None else "non-inferior"
+    return verdict
+
+
 def compare(
     student_items: ItemScores,
     frontier_items: ItemScores,
     confidence: float = 0.95,
     seed: int = 0,
     n_resamples: int = 10_000,
+    margin: float = DEFAULT_MARGIN,
 ) -> dict[str, Any]:
-    """Student vs frontier on the same items: win / tie / loss by the paired bootstrap CI of the
-    difference (student - frontier). ``win`` when the whole CI is above 0, ``loss`` when it is
-    below 0, else ``tie`` (also with no items). Includes the exact McNemar p-value when every
-    per-item score is 0/1, else None.
+    """Student vs another model on the same items (paired), with the difference student − model.
+
+    - 0/1 scores on every item: superiority by the **exact McNemar test** (two-sided, at
+      1 − ``confidence``), the difference's interval by **Newcombe**'s paired-Wilson method.
+    - Otherwise (judge scores, repeats averaged per item): the **paired BCa bootstrap** CI; the
+      student wins when the whole CI is above 0 and loses when it is below 0.
+
+    Verdict: ``win`` (significantly better); else ``non_inferior`` when the CI's lower bound is
+    above −``margin`` (the student is at most ``margin`` worse, at one-sided level
+    (1 − confidence)/2); else ``loss`` (significantly worse); else ``inconclusive`` (the data cannot
+    tell, including no items). ``mcnemar_p`` is the McNemar p-value for 0/1 scores, else None.
     """
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"margin must be in [0, 1) (a score difference), got {margin}")
+    _check_confidence(confidence)
     student, frontier = _aligned(student_items, frontier_items)
-    ci = paired_bootstrap_diff(student, frontier, confidence, n_resamples, seed)
-    if ci.n and ci.low > 0:
-        verdict = "win"
-    elif ci.n and ci.high < 0:
-        verdict = "loss"
+    n = int(student.size)
+    binary = n > 0 and _is_binary(student) and _is_binary(frontier)
+    mcnemar = None
+    if binary:
+        mcnemar = mcnemar_exact(student, frontier)
+        ci = newcombe_paired_diff(mcnemar.a_only, mcnemar.b_only, mcnemar.both, mcnemar.neither, confidence)
+        significant = mcnemar.p_value < 1.0 - confidence
+        better = significant and mcnemar.a_only > mcnemar.b_only
+        worse = significant and mcnemar.a_only < mcnemar.b_only
+        test = TEST_BINARY
     else:
-        verdict = "tie"
-    binary = ci.n > 0 and _is_binary(student) and _is_binary(frontier)
+        ci = paired_bootstrap_diff(student, frontier, confidence, n_resamples, seed)
+        better = bool(n and ci.low > 0)
+        worse = bool(n and ci.high < 0)
+        test = TEST_BOOTSTRAP
+    if n == 0:
+        verdict = INCONCLUSIVE
+    elif better:
+        verdict = WIN
+    elif ci.low > -margin:
+        verdict = NON_INFERIOR
+    elif worse:
+        verdict = LOSS
+    else:
+        verdict = INCONCLUSIVE
     return {
-        "n": ci.n,
-        "n_excluded": len(student_items) - ci.n,
-        "student_mean": float(student.mean()) if ci.n else math.nan,
-        "frontier_mean": float(frontier.mean()) if ci.n else math.nan,
+        "n": n,
+        "n_excluded": len(student_items) - n,
+        "student_mean": float(student.mean()) if n else math.nan,
+        "frontier_mean": float(frontier.mean()) if n else math.nan,
         "diff": ci.mean,
         "ci_low": ci.low,
         "ci_high": ci.high,
+        "ci_method": ci.method,
         "confidence": confidence,
+        "margin": margin,
         "verdict": verdict,
-        "mcnemar_p": mcnemar_exact(student, frontier).p_value if binary else None,
+        "test": test if n else "none",
+        "mcnemar_p": mcnemar.p_value if mcnemar is not None else None,
+        "discordant": (mcnemar.a_only, mcnemar.b_only) if mcnemar is not None else None,
     }

@@ -5,7 +5,8 @@ Every stage writes what it measured here: seed-set snapshots, the LLM response c
 usage, per-item predictions and scores, throughput profiles, price snapshots and cost rows.
 Re-pricing reads usage and throughput from here and never calls a model.
 
-To extend: add a ``Table`` to ``metadata`` below; ``ResultsStore`` creates missing tables on open.
+To extend: add a ``Table`` or ``Column`` to ``metadata`` below and a migration for it
+(``python -m distil_platform.migrate revision -m ...``); ``ResultsStore`` upgrades the database on open.
 """
 
 from __future__ import annotations
@@ -61,13 +62,16 @@ seed_sets = Table(
     _created(),
 )
 
-# Response cache: key = hash(model, messages, tools, decoding params, repeat index).
+# Response cache: key = hash(model, endpoint identity, messages, tools, decoding params, repeat index).
+# ``identity``: what answered (checkpoint hash, backend, dtype/quantization of a served model, or the
+# endpoint URL); None for provider models, whose model string names them.
 llm_cache = Table(
     "llm_cache",
     metadata,
     Column("key", String(64), primary_key=True),
     Column("model", String(256), nullable=False, index=True),
     Column("response", JSON, nullable=False),
+    Column("identity", Text),
     _created(),
 )
 
@@ -84,7 +88,8 @@ llm_requests = Table(
     Column("repeat", Integer, default=0),
     Column("prompt_tokens", Integer),
     Column("completion_tokens", Integer),
-    Column("cached_prompt_tokens", Integer),
+    Column("cached_prompt_tokens", Integer),  # prompt tokens the provider served from its prompt cache
+    Column("identity", Text),  # the endpoint identity of the cache key (see llm_cache)
     Column("tokens_counted", Boolean, default=False),  # True: counted locally, not reported by server
     Column("latency_s", Float),
     Column("cost_usd", Float),
@@ -114,6 +119,13 @@ predictions = Table(
     Column("completion_tokens", Integer),
     Column("latency_s", Float),
     Column("error", Text),
+    Column("cached_prompt_tokens", Integer),
+    # The metric that produced ``score`` for this item: the task's metric name, "llm_judge", or
+    # "fallback:<metric>" when the judge gave no verdict; scores of different metrics never pair.
+    Column("metric", String(128)),
+    # The student's confidence in its answer, from token logprobs (routing.answer_confidence); None when
+    # the serving backend returned no logprobs, and for comparison models.
+    Column("confidence", Float),
     _created(),
 )
 
@@ -161,6 +173,25 @@ throughput_profiles = Table(
     _created(),
 )
 
+# Which student checkpoint a stage measured: one row per ``<task>_student_eval`` run and per
+# ``<task>_throughput`` variant (its fp8 eval shares the throughput run). The cost table ties each
+# student row to one checkpoint through it and refuses throughput measured on another one.
+student_lineage = Table(
+    "student_lineage",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", String(64), index=True),  # the eval / throughput run
+    Column("task", String(128), nullable=False, index=True),
+    Column("stage", String(64), nullable=False),  # student_eval / throughput
+    Column("variant", String(32)),  # bf16 / fp8
+    Column("model", String(256), nullable=False),  # the served name
+    Column("student_run_id", String(64)),  # the <task>_student run that trained the checkpoint
+    Column("checkpoint_path", Text),
+    Column("checkpoint_fingerprint", String(64)),  # costs.checkpoint_fingerprint
+    Column("use_synthetic", Boolean),  # False: the seed-only ablation
+    _created(),
+)
+
 price_snapshots = Table(
     "price_snapshots",
     metadata,
@@ -194,6 +225,22 @@ cost_rows = Table(
 )
 
 
+# One row per ``<task>_routing`` materialisation: the recommendation (``summary``) and every policy's
+# numbers, tied to the cost table (prices) it was computed from.
+routing_results = Table(
+    "routing_results",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("task", String(128), nullable=False, index=True),
+    Column("run_id", String(64), index=True),
+    Column("cost_table_id", String(64)),
+    Column("snapshot_hash", String(64)),
+    Column("summary", JSON, nullable=False),
+    Column("policies", JSON, nullable=False),
+    _created(),
+)
+
+
 def default_url() -> str:
     url = os.environ.get("DISTIL_DB_URL")
     if url:
@@ -220,7 +267,11 @@ def _engine(url: str) -> Engine:
                     cur.execute("PRAGMA busy_timeout=30000")
                     cur.close()
 
-            metadata.create_all(engine)
+            # Alembic migrations (distil_platform/migrations), not create_all: a column added in a
+            # release upgrades an existing store in place.
+            from distil_platform.migrate import upgrade
+
+            upgrade(engine)
             _ENGINES[url] = engine
         return _ENGINES[url]
 

@@ -1,13 +1,20 @@
-"""Teacher data generation: prompts, parsing, validation, deduplication, decontamination.
+"""Teacher data generation: prompts, parsing, validation, quality filters, deduplication, decontamination.
 
 The teacher is shown the task (description, labels / tool schemas / schema DDL) and ``k`` seed
-examples sampled per request, plus a topic hint, and asked for new examples as JSON lines. What it
-writes is parsed, validated per task type (``validation.validate_row``, then rendering through the
-task's prompt template), deduplicated (exactly and near-exactly, against itself and the seeds) and
-decontaminated against the test questions. Every dropped example is counted by reason.
+examples sampled per request, plus a topic hint, and asked for new examples as JSON (where the
+endpoint supports it the reply is constrained to the task's example schema, see
+``teacher_schemas``). Alternatively the candidates come from a recorded teacher's file
+(``recorded_teacher``). Candidates are parsed, validated per task type (``validation.validate_row``,
+then rendering through the task's prompt template), judged by the task's quality filters
+(``filters``: question sanity, SQL that returns rows in the sandbox, grounded tool arguments, an
+independent second answer that agrees), deduplicated (exactly and near-exactly, against itself and
+the seeds) and decontaminated against the test set on the channel that can leak (the question, or
+the code of a docstring task). Every dropped example is counted by reason and kept in an audit
+list with its verdicts.
 
-The model call itself is injected (``generate(list_of_messages) -> list_of_texts``) so this module
-stays free of any client, server or Dagster import and every step is unit-testable.
+The model calls are injected (``generate(list_of_messages) -> list_of_texts``, and for the agreement
+filter ``second_answer(rows) -> list_of_texts``) so this module stays free of any client, server or
+Dagster import and every step is unit-testable.
 """
 
 from __future__ import annotations
@@ -186,6 +193,12 @@ def _json_objects(text: str) -> list[Any]:
             continue
         if isinstance(value, list):
             out.extend(v for v in value if isinstance(v, dict))
+        elif isinstance(value, dict) and "question" not in value and "answer" not in value and any(
+                isinstance(v, list) and v and all(isinstance(x, dict) for x in v) for v in value.values()):
+            # An object wrapper ({"examples": [...]}), as endpoints that need an object root write.
+            for v in value.values():
+                if isinstance(v, list):
+                    out.extend(x for x in v if isinstance(x, dict))
         elif isinstance(value, dict):
             out.append(value)
         i = end
@@ -335,30 +348,61 @@ def decontaminate(
     n: int = 8,
     threshold: float = 0.5,
     seeds: Sequence[dict[str, Any]] = (),
+    fields: Sequence[str] = ("question",),
+    near_threshold: float | None = None,
 ) -> DecontaminationResult:
-    """Drop rows whose question shares more than ``threshold`` of its word ``n``-grams with the test
-    questions, or equals one after normalisation.
+    """Drop rows whose ``fields`` (default the question) share more than ``threshold`` of their word
+    ``n``-grams with the same field of the test rows, or equal one after normalisation.
 
-    N-grams that also occur in seed questions are boilerplate of the task's format (e.g. a fixed
-    instruction), not leakage, so they are ignored on both sides.
+    N-grams that also occur in the seeds' field are boilerplate of the task's format (e.g. a fixed
+    instruction), not leakage, so they are ignored on both sides. Tasks whose question is a fixed
+    instruction leak through the ``context`` (the code of a docstring task): see
+    :func:`decontamination_fields`. With ``near_threshold`` a row whose field has a rapidfuzz ratio
+    >= ``near_threshold`` with a test row's is a near-copy and dropped too (short questions have
+    fewer than ``n`` words, so the n-gram test alone only catches exact copies of them).
     """
-    boilerplate: set[tuple[str, ...]] = set()
-    for s in seeds:
-        boilerplate |= ngrams(s["question"], n)
-    test_grams: set[tuple[str, ...]] = set()
-    test_exact = set()
-    for t in test:
-        test_grams |= ngrams(t["question"], n) - boilerplate
-        test_exact.add(normalise(t["question"]))
+    from rapidfuzz import fuzz, process
+
+    checks = []
+    for name in fields:
+        boilerplate: set[tuple[str, ...]] = set()
+        for s in seeds:
+            boilerplate |= ngrams(s.get(name) or "", n)
+        test_grams: set[tuple[str, ...]] = set()
+        test_exact = set()
+        for t in test:
+            test_grams |= ngrams(t.get(name) or "", n) - boilerplate
+            if normalise(t.get(name) or ""):
+                test_exact.add(normalise(t.get(name) or ""))
+        checks.append((name, boilerplate, test_grams, test_exact, sorted(test_exact)))
+    cutoff = None if near_threshold is None or near_threshold >= 1 else near_threshold * 100
     result = DecontaminationResult(kept=[])
     for row in rows:
-        grams = ngrams(row["question"], n) - boilerplate
-        overlap = len(grams & test_grams) / len(grams) if grams else 0.0
-        if normalise(row["question"]) in test_exact or overlap > threshold:
-            result.dropped.append({**row, "test_overlap": round(overlap, 3)})
+        worst, hit = 0.0, False
+        for name, boilerplate, test_grams, test_exact, test_list in checks:
+            grams = ngrams(row.get(name) or "", n) - boilerplate
+            overlap = len(grams & test_grams) / len(grams) if grams else 0.0
+            worst = max(worst, overlap)
+            text = normalise(row.get(name) or "")
+            hit = hit or text in test_exact or overlap > threshold
+            if not hit and cutoff is not None and text and test_list:
+                hit = process.extractOne(text, test_list, scorer=fuzz.ratio, score_cutoff=cutoff) is not None
+        if hit:
+            result.dropped.append({**row, "test_overlap": round(worst, 3)})
         else:
             result.kept.append(row)
     return result
+
+
+def decontamination_fields(spec: TaskSpec, setting: str = "auto") -> tuple[str, ...]:
+    """The fields that can leak test items: ``auto`` = the context for generation tasks with one
+    (docstring: the question is a fixed instruction, the code is the content), else the question.
+    Context-bound tasks (text2sql, open-book QA) share contexts with the test set by design."""
+    if setting == "both":
+        return ("question", "context")
+    if setting in ("question", "context"):
+        return (setting,)
+    return ("context",) if spec.type == "generation" and "{context}" in spec.prompt_template else ("question",)
 
 
 # -- deterministic augmentation (an option, never reported as teacher output) ------------------
@@ -430,6 +474,100 @@ def literal_swap_augment(
 
 
 # -- the whole stage ---------------------------------------------------------------------------
+FILTER_ORDER = ("question_sanity", "sql_nonempty", "grounded_arguments", "answer_agreement")
+# A second answer per row (the rows' questions answered independently): rows -> texts.
+SecondAnswerFn = Callable[[list[dict[str, Any]]], list["str | None"]]
+
+
+@dataclass
+class FilterStats:
+    checked: int = 0
+    passed: int = 0
+    rejected: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"checked": self.checked, "passed": self.passed, "rejected": dict(self.rejected.most_common())}
+
+
+def active_filters(spec: TaskSpec, filters: Any = None) -> list[str]:
+    """The quality filters that apply to ``spec`` with its YAML switches (or ``filters``)."""
+    cfg = filters or spec.synthesis.filters
+    out = []
+    if cfg.question_sanity:
+        out.append("question_sanity")
+    if cfg.sql_nonempty and spec.type == "text2sql":
+        out.append("sql_nonempty")
+    if cfg.grounded_arguments and spec.type == "tool_calling":
+        out.append("grounded_arguments")
+    if cfg.answer_agreement:
+        out.append("answer_agreement")
+    return out
+
+
+def apply_filters(
+    spec: TaskSpec,
+    rows: Sequence[dict[str, Any]],
+    seeds: Sequence[dict[str, Any]],
+    *,
+    filters: Any = None,
+    second_answer: SecondAnswerFn | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, FilterStats]]:
+    """``(kept, rejected, stats)``: each active filter in :data:`FILTER_ORDER` on the rows that passed
+    the previous ones; every row gets ``verdicts`` ({filter: "pass" or reason}); a rejected row also
+    gets ``rejected_by`` (``"<filter>: <reason>"``). Agreement runs last (it costs a model call per
+    row) and only on teacher / recorded rows (literal-swap rows are derived from the seeds)."""
+    from distil_platform import filters as qf
+
+    cfg = filters or spec.synthesis.filters
+    names = active_filters(spec, cfg)
+    stats = {name: FilterStats() for name in names}
+    kept = [dict(r, verdicts=dict(r.get("verdicts") or {})) for r in rows]
+    rejected: list[dict[str, Any]] = []
+
+    def run(name: str, verdict_of: Callable[[dict[str, Any]], str | None], applies=lambda r: True) -> None:
+        nonlocal kept
+        survivors = []
+        for row in kept:
+            if not applies(row):
+                survivors.append(row)
+                continue
+            stats[name].checked += 1
+            reason = verdict_of(row)
+            row["verdicts"][name] = reason or "pass"
+            if reason:
+                stats[name].rejected[reason] += 1
+                rejected.append({**row, "rejected_by": f"{name}: {reason}"})
+            else:
+                stats[name].passed += 1
+                survivors.append(row)
+        kept = survivors
+
+    if "question_sanity" in names:
+        sanity = qf.QuestionSanity.from_seeds(spec, seeds, cfg)
+        run("question_sanity", sanity.check)
+    if "sql_nonempty" in names:
+        run("sql_nonempty", lambda r: qf.sql_nonempty(str(r["answer"]), str(r.get("context") or "")))
+    if "grounded_arguments" in names:
+        def grounded(row: dict[str, Any]) -> str | None:
+            bad = qf.ungrounded_arguments(spec, row)
+            return f"ungrounded_argument ({', '.join(sorted(bad))})" if bad else None
+        run("grounded_arguments", grounded)
+    if "answer_agreement" in names:
+        if second_answer is None:
+            raise ValueError(f"{spec.name}: synthesis.filters.answer_agreement is on but no second answerer was given")
+        todo = [r for r in kept if r.get("origin") in ("teacher", "recorded")]
+        answers = second_answer(todo) if todo else []
+        if len(answers) != len(todo):
+            raise RuntimeError(f"second answerer returned {len(answers)} answers for {len(todo)} rows")
+        by_id = {id(r): a for r, a in zip(todo, answers)}
+        for row in todo:
+            row["second_answer"] = by_id[id(row)]
+        run("answer_agreement",
+            lambda r: None if qf.answers_agree(spec, r, by_id.get(id(r))) else "disagrees",
+            applies=lambda r: id(r) in by_id)
+    return kept, rejected, stats
+
+
 @dataclass
 class SynthesisReport:
     accepted: list[dict[str, Any]]
@@ -445,28 +583,62 @@ class SynthesisReport:
     augmented_accepted: int = 0
     failed_requests: int = 0
     decontaminated_examples: list[dict[str, Any]] = field(default_factory=list)
+    source: str = "teacher"  # teacher | recorded
+    schema_valid: int = 0
+    filter_stats: dict[str, FilterStats] = field(default_factory=dict)
+    decontamination_fields: tuple[str, ...] = ("question",)
+    # Every candidate with its fate (accepted / invalid / rejected by a filter / duplicate /
+    # contaminated): the stage's sample table reads it.
+    audit: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def teacher_accepted(self) -> int:
-        return sum(1 for r in self.accepted if r.get("origin") == "teacher")
+        return sum(1 for r in self.accepted if r.get("origin") in ("teacher", "recorded"))
+
+    @property
+    def passed_filters(self) -> int:
+        return len(self.accepted) + self.exact_duplicates + self.near_duplicates + self.decontaminated
+
+    def funnel(self) -> dict[str, int]:
+        """Rows left after each step, in order."""
+        out = {"requested": self.requested, "generated": self.generated + self.augmented_generated,
+               "schema_valid": self.schema_valid}
+        left = self.schema_valid
+        for name, st in self.filter_stats.items():
+            left -= sum(st.rejected.values())
+            out[f"passed_{name}"] = left
+        out["deduplicated"] = left - self.exact_duplicates - self.near_duplicates
+        out["decontaminated"] = out["deduplicated"] - self.decontaminated
+        out["accepted"] = len(self.accepted)
+        return out
 
     def summary(self) -> dict[str, Any]:
         return {
+            "source": self.source,
             "requested": self.requested,
             "teacher_requests": self.n_requests,
             "failed_requests": self.failed_requests,
             "generated": self.generated,
+            "schema_valid": self.schema_valid,
+            "passed_filters": self.passed_filters,
             "rejected": sum(self.rejections.values()),
             "rejections_by_reason": dict(self.rejections.most_common()),
+            "filters": {name: st.as_dict() for name, st in self.filter_stats.items()},
+            "funnel": self.funnel(),
             "exact_duplicates": self.exact_duplicates,
             "near_duplicates": self.near_duplicates,
             "duplicates_of_seeds": self.seed_duplicates,
             "decontaminated": self.decontaminated,
+            "decontaminated_on": ",".join(self.decontamination_fields),
             "augmented_generated": self.augmented_generated,
             "augmented_accepted": self.augmented_accepted,
             "teacher_accepted": self.teacher_accepted,
             "accepted": len(self.accepted),
         }
+
+
+def _verdict_text(row: dict[str, Any]) -> str:
+    return "; ".join(f"{k}={v}" for k, v in (row.get("verdicts") or {}).items())
 
 
 def synthesize(
@@ -482,34 +654,52 @@ def synthesize(
     literal_swap: bool = False,
     rng_seed: int = 0,
     log: Callable[[str], None] | None = None,
+    recorded: Sequence[dict[str, Any]] | None = None,
+    second_answer: SecondAnswerFn | None = None,
+    filters: Any = None,
 ) -> SynthesisReport:
-    """Ask the teacher for ``target`` examples and keep the valid, new, uncontaminated ones.
+    """Ask the teacher for ``target`` examples and keep the valid, sane, agreed, new, uncontaminated ones.
 
-    ``literal_swap`` adds :func:`literal_swap_augment` rows (origin ``literal_swap``) alongside the
-    teacher's (origin ``teacher``); both pass the same filters and are counted separately.
+    With ``recorded`` (rows from :func:`distil_platform.recorded_teacher.load_recorded`) no model is
+    asked: those rows are the candidates and pass the same steps. ``literal_swap`` adds
+    :func:`literal_swap_augment` rows (origin ``literal_swap``); they are counted apart.
+    ``second_answer`` answers rows independently for the agreement filter (when it is on).
+    Steps: parse → validate (schema) → quality filters → dedup → decontaminate.
     """
     cfg = spec.synthesis
-    per_request = max(1, cfg.examples_per_request)
-    n_requests = max(1, -(-target // per_request)) if target > 0 else 0
-    grounded = cfg.ground_in_unstructured if ground_in_unstructured is None else ground_in_unstructured
-    requests = build_teacher_requests(
-        spec, seeds, n_requests, unstructured=unstructured, ground_in_unstructured=grounded, rng_seed=rng_seed
-    )
-    texts = generate([r.messages for r in requests]) if requests else []
-    if len(texts) != len(requests):
-        raise RuntimeError(f"teacher returned {len(texts)} replies for {len(requests)} requests")
+    fcfg = filters or cfg.filters
     rejections: Counter = Counter()
     candidates: list[dict[str, Any]] = []
     failed = 0
-    for req, text in zip(requests, texts):
-        failed += text is None
-        rows, dropped = parse_teacher_output(spec, text, context=req.context)
-        rejections.update(dropped)
-        for row in rows:
-            row.update(origin="teacher", teacher_model=teacher_model, seed_ids=",".join(req.seed_ids),
-                       topic=req.topic, prompt_hash=req.prompt_hash,
-                       grounding_ids=",".join(req.grounding_ids))
-            candidates.append(row)
+    audit: list[dict[str, Any]] = []
+    if recorded is not None:
+        source, n_requests = "recorded", 0
+        candidates = [dict(r, origin=r.get("origin") or "recorded") for r in recorded]
+        requested = len(candidates)
+    else:
+        source = "teacher"
+        per_request = max(1, cfg.examples_per_request)
+        n_requests = max(1, -(-target // per_request)) if target > 0 else 0
+        requested = target
+        grounded = cfg.ground_in_unstructured if ground_in_unstructured is None else ground_in_unstructured
+        requests = build_teacher_requests(
+            spec, seeds, n_requests, unstructured=unstructured, ground_in_unstructured=grounded, rng_seed=rng_seed
+        )
+        texts = generate([r.messages for r in requests]) if requests else []
+        if len(texts) != len(requests):
+            raise RuntimeError(f"teacher returned {len(texts)} replies for {len(requests)} requests")
+        for req, text in zip(requests, texts):
+            failed += text is None
+            rows, dropped = parse_teacher_output(spec, text, context=req.context)
+            rejections.update(dropped)
+            if dropped:
+                audit.append({"origin": "teacher", "question": "", "answer": (text or "")[:200],
+                              "status": "unparsed: " + ", ".join(dropped), "verdicts": ""})
+            for row in rows:
+                row.update(origin="teacher", teacher_model=teacher_model, seed_ids=",".join(req.seed_ids),
+                           topic=req.topic, prompt_hash=req.prompt_hash,
+                           grounding_ids=",".join(req.grounding_ids))
+                candidates.append(row)
     generated = len(candidates)
     augmented = literal_swap_augment(spec, seeds, rng_seed=rng_seed) if literal_swap else []
     for row in augmented:
@@ -519,18 +709,35 @@ def synthesize(
         reason = check_candidate(spec, row)
         if reason:
             key = reason_key(reason)
-            rejections[key if row["origin"] == "teacher" else f"{row['origin']}: {key}"] += 1
+            rejections[key if row["origin"] in ("teacher", "recorded") else f"{row['origin']}: {key}"] += 1
+            audit.append({**row, "status": f"invalid: {key}", "verdicts": ""})
         else:
             valid.append(row)
-    dedup = deduplicate(valid, seeds, near_threshold=cfg.near_duplicate_threshold)
+    kept, filtered, stats = apply_filters(spec, valid, seeds, filters=fcfg, second_answer=second_answer)
+    for row in filtered:
+        origin = row.get("origin", "teacher")
+        rejections[row["rejected_by"] if origin in ("teacher", "recorded") else f"{origin}: {row['rejected_by']}"] += 1
+        audit.append({**row, "status": f"rejected: {row['rejected_by']}", "verdicts": _verdict_text(row)})
+    dedup = deduplicate(kept, seeds, near_threshold=cfg.near_duplicate_threshold)
+    kept_ids = {id(r) for r in dedup.kept}
+    for row in kept:
+        if id(row) not in kept_ids:
+            audit.append({**row, "status": "duplicate", "verdicts": _verdict_text(row)})
+    fields = decontamination_fields(spec, fcfg.decontaminate_on)
     decon = decontaminate(dedup.kept, test, n=cfg.decontamination_ngram,
-                          threshold=cfg.decontamination_threshold, seeds=seeds)
+                          threshold=cfg.decontamination_threshold, seeds=seeds, fields=fields,
+                          near_threshold=cfg.near_duplicate_threshold)
+    for row in decon.dropped:
+        audit.append({**row, "status": f"contaminated (overlap {row['test_overlap']})", "verdicts": _verdict_text(row)})
     accepted = []
     for i, row in enumerate(decon.kept):
-        accepted.append({"id": f"syn-{i:05d}", **row})
+        row = {"id": f"syn-{i:05d}", **row}
+        row["verdicts"] = _verdict_text(row)
+        accepted.append(row)
+        audit.append({**row, "status": "accepted"})
     report = SynthesisReport(
         accepted=accepted,
-        requested=target,
+        requested=requested,
         n_requests=n_requests,
         generated=generated,
         rejections=rejections,
@@ -539,13 +746,30 @@ def synthesize(
         seed_duplicates=dedup.seed_duplicates,
         decontaminated=len(decon.dropped),
         augmented_generated=len(augmented),
-        augmented_accepted=sum(1 for r in accepted if r["origin"] != "teacher"),
+        augmented_accepted=sum(1 for r in accepted if r["origin"] not in ("teacher", "recorded")),
         failed_requests=failed,
         decontaminated_examples=decon.dropped[:10],
+        source=source,
+        schema_valid=len(valid),
+        filter_stats=stats,
+        decontamination_fields=fields,
+        audit=audit,
     )
     if log:
         log(f"{spec.name}: synthesis {report.summary()}")
     return report
+
+
+def sample_rows(report: SynthesisReport, k: int = 10) -> list[dict[str, Any]]:
+    """Up to ``k`` audit rows for the sample table: accepted ones first, then one of each other fate."""
+    accepted = [r for r in report.audit if r["status"] == "accepted"]
+    others: dict[str, dict[str, Any]] = {}
+    for r in report.audit:
+        if r["status"] != "accepted":
+            others.setdefault(r["status"].split(" (", 1)[0], r)
+    half = max(1, k // 2)
+    picked = accepted[: max(half, k - len(others))] + list(others.values())
+    return picked[:k]
 
 
 def answer_distribution(spec: TaskSpec, rows: Sequence[dict[str, Any]]) -> dict[str, int]:

@@ -34,6 +34,9 @@ DEFAULT_METRIC: dict[str, str] = {
 
 TASK_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
+# Label suffix of a comparison model's extra run at temperature 0 (``frontier_temperature_0``).
+TEMPERATURE_0_SUFFIX = " @ temperature 0"
+
 
 class TaskSpecError(ValueError):
     """A task YAML is malformed. The message names the file and the field."""
@@ -87,9 +90,17 @@ class ModelRef(_Strict):
     api_key_env: str | None = None
     temperature: float = 0.0
     max_tokens: int = 256
-    repeats: int = 1
+    # Runs per test item (mean ± std over runs). None: 1 at temperature 0 (greedy decoding repeats
+    # itself), else the baseline asset's ``default_repeats``; an explicit value is used as given.
+    repeats: int | None = Field(default=None, ge=1)
+    # False for models that reject temperature 0 (the gpt-5 family accepts only 1): they are never
+    # run at temperature 0, whatever ``TaskSpec.frontier_temperature_0`` says.
+    supports_temperature_0: bool = True
     # "mid-tier" frontier models (< $1/MTok input) are what the report compares students against.
     tier: Literal["frontier", "mid_tier", "baseline", "teacher", "judge"] = "frontier"
+    # Teachers: send the task's example JSON schema as `response_format` (structured outputs)?
+    # auto = only to a model served locally by vLLM; json_schema = always; none = never.
+    response_format: Literal["auto", "json_schema", "none"] = "auto"
 
 
 class PerProfile(_Strict):
@@ -113,6 +124,45 @@ class TrainingOverrides(_Strict):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     epochs: float | None = None
+    # A training row whose rendered prompt + answer is longer than max_length fails the student
+    # (naming the row) unless this is true; then it is cut from the start (keep_end) and counted.
+    allow_truncation: bool = False
+    # Upper bound for the max_length derived from the data (None: the profile's ceiling).
+    max_length_ceiling: int | None = None
+
+
+class QualityFilters(_Strict):
+    """Content filters applied to teacher rows after validation (each one switchable)."""
+
+    # A real sentence in the task's language and length range; not a scaffold ("Question:"),
+    # not the task instruction. Length range: None = derived from the seed questions.
+    question_sanity: bool = True
+    min_question_chars: int | None = None
+    max_question_chars: int | None = None
+    # An independent second answer (the teacher re-asked at temperature 0 with the student's
+    # prompt, no demonstrations) must score as correct against the row's answer.
+    answer_agreement: bool = False
+    # text2sql: the SQL must run in the scoring sandbox and return rows on >= 1 generated database.
+    sql_nonempty: bool = True
+    # tool calling: string/number argument values must appear in the question (or be the default).
+    grounded_arguments: bool = True
+    # Which field is compared with the test set: auto = the context for generation tasks with a
+    # context (their question is a fixed instruction), else the question.
+    decontaminate_on: Literal["auto", "question", "context", "both"] = "auto"
+
+
+class RecordedTeacher(_Strict):
+    """A file of examples another teacher already wrote (jsonl / csv / parquet, public layout
+    question, answer[, context]); used when ``synthesis.source`` says ``recorded``."""
+
+    path: str | None = None
+    # Env var overriding path; default DISTIL_RECORDED_<TASK>.
+    path_env: str | None = None
+    # Keep a random sample of this many rows (None: all).
+    max_rows: int | None = None
+    sample_seed: int = 0
+    # Who wrote the file (reported as the rows' teacher_model).
+    teacher_model: str = "recorded"
 
 
 class SynthesisConfig(_Strict):
@@ -126,6 +176,18 @@ class SynthesisConfig(_Strict):
     decontamination_threshold: float = 0.5
     min_accepted: PerProfile = Field(default_factory=PerProfile)
     temperature: float = 0.8
+    filters: QualityFilters = Field(default_factory=QualityFilters)
+    # Per profile: "teacher" (a model writes the rows; the default) or "recorded" (read `recorded`).
+    source: PerProfile = Field(default_factory=PerProfile)
+    recorded: RecordedTeacher | None = None
+
+    @model_validator(mode="after")
+    def _sources(self) -> SynthesisConfig:
+        for profile in ("local", "gpu", "test"):
+            value = self.source.for_profile(profile)
+            if value not in (None, "teacher", "recorded"):
+                raise ValueError(f"source.{profile} must be teacher or recorded, got {value!r}")
+        return self
 
 
 class TaskSpec(_Strict):
@@ -136,6 +198,10 @@ class TaskSpec(_Strict):
     prompt_template: str = "{question}"
     labels: dict[str, str] | None = None
     tools: list[dict[str, Any]] | None = None
+    # How tool schemas appear in the prompt (the same for every model): "signature" = compact
+    # function signatures with types, enums, defaults, constraints and descriptions (see
+    # prompts.render_tools); "json_schema" = the raw OpenAI function schemas as JSON.
+    tool_rendering: Literal["signature", "json_schema"] = "signature"
     metric: MetricName | None = None
     judge_rubric: str | None = None
     # Generation tasks whose answers mark spans with typed placeholders ("[PERSON]", ...): the
@@ -145,11 +211,23 @@ class TaskSpec(_Strict):
     student_base_model: PerProfile = Field(default_factory=PerProfile)
     teacher: dict[str, ModelRef] = Field(default_factory=dict)  # profile -> teacher
     judge: ModelRef | None = None
+    # The judge may share a family (Anthropic, OpenAI, Google, xAI, ...) with a judged comparison
+    # model only when this says so: an LLM judge prefers its own family's answers.
+    judge_same_family_ok: bool = False
     comparison_models: list[ModelRef] = Field(default_factory=list)
+    # Non-inferiority margin δ on the score scale (0.02 = 2 points): the student "matches" a model
+    # when the CI lower bound of (student − model) is above −δ. Printed in every verdict.
+    margin: float = Field(default=0.02, ge=0.0, lt=1.0)
+    # Also run every API comparison model at temperature 0 (one run), beside its own setting: a
+    # like-for-like comparison with the greedy student. Reported as "<model> @ temperature 0".
+    frontier_temperature_0: bool = False
     training: TrainingOverrides = Field(default_factory=TrainingOverrides)
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
     max_answer_tokens: int = 128
     latency_slo_s: float = 1.0
+    # p95 latency SLO per profile (seconds), overriding latency_slo_s there: a 2-core CPU serving a
+    # 135M model cannot meet a GPU's 1 s, and the CPU student still deserves a measured sustained RPS.
+    latency_slo_by_profile: dict[Literal["local", "gpu", "test"], float] = Field(default_factory=dict)
     min_seed_rows: int = 10
     min_test_rows: int = 20
     # Where the YAML came from (set by the loader, not by the file).
@@ -178,6 +256,14 @@ class TaskSpec(_Strict):
                     raise ValueError(f"tools[{i}].function.parameters must be a JSON-schema object")
         if self.metric == "llm_judge" and not self.judge_rubric:
             raise ValueError("metric llm_judge needs a `judge_rubric`")
+        if self.judge is not None and not self.judge_same_family_ok:
+            family = model_family(self.judge.model)
+            judged = [ref.model for ref in self.comparison_models if model_family(ref.model) == family]
+            if family is not None and judged:
+                raise ValueError(
+                    f"judge {self.judge.model} is of the {family} family, like judged model(s) {', '.join(judged)}: "
+                    "an LLM judge favours its own family; pick another judge or set judge_same_family_ok: true"
+                )
         try:
             self.prompt_template.format(question="q", context="c")
         except (KeyError, IndexError, ValueError) as exc:
@@ -194,6 +280,10 @@ class TaskSpec(_Strict):
     @property
     def tool_names(self) -> list[str]:
         return [t["function"]["name"] for t in self.tools or []]
+
+    def latency_slo(self, profile: str) -> float:
+        """The p95 latency SLO (s) the throughput profile judges sustained rates by under ``profile``."""
+        return float(self.latency_slo_by_profile.get(profile, self.latency_slo_s))
 
     def student_base(self, profile: str) -> str:
         from distil_platform.profiles import get_profile
@@ -219,6 +309,23 @@ class TaskSpec(_Strict):
 
     def sample_dir(self) -> Path:
         return PACKAGE_DIR / "data" / (self.data.sample or self.name)
+
+
+# Model families by name (the provider prefix of an OpenAI-compatible endpoint says nothing).
+_FAMILIES = (
+    ("anthropic", ("claude",)), ("openai", ("gpt-", "o1-", "o3-", "o4-", "chatgpt")),
+    ("google", ("gemini", "gemma")), ("xai", ("grok",)), ("mistral", ("mistral", "mixtral", "magistral", "codestral")),
+    ("deepseek", ("deepseek",)), ("qwen", ("qwen", "qwq")), ("meta", ("llama",)),
+)
+
+
+def model_family(model: str) -> str | None:
+    """The family of a model string (``anthropic/claude-haiku-4-5`` -> ``anthropic``), None if unknown."""
+    name = model.lower().rsplit("/", 1)[-1]
+    for family, needles in _FAMILIES:
+        if any(name.startswith(n) or f"-{n}" in name for n in needles):
+            return family
+    return None
 
 
 def tasks_dir() -> Path:

@@ -16,16 +16,21 @@ Two guidellm 0.8.1 behaviours this works around, both measured here:
 
 Rates are estimated from request timestamps, not from counts over the window: requests still in
 flight when the window closes are cancelled, and counting would charge that edge (rate x latency)
-to the server. Offered rate = arrivals over the arrival span; achieved = completions over the
-completion span. An idle server completes requests as fast as they arrive (ratio ~1); a saturated
-one completes them at its capacity.
+to the server. Arrival rate = requests actually sent over their span; achieved = completions over
+the completion span. An idle server completes requests as fast as they arrive (ratio ~1); a
+saturated one completes them at its capacity.
+
+A rate is reported as sustained only if the server really received it: the number of requests
+sent in the window must be consistent with Poisson arrivals at the *configured* rate (one-sided
+exact test, :data:`ARRIVAL_ALPHA`). A load generator that falls behind (or a concurrency cap that
+holds requests back) sends fewer; such a rate is flagged ``arrivals_short`` and never counted, since
+keeping up with the arrivals that did come says nothing about the configured rate.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -41,6 +46,8 @@ MIN_ACHIEVED_RATIO = 0.97
 # Errored requests above this share disqualify a rate (an error is a request not served).
 MAX_ERROR_SHARE = 0.03
 DEFAULT_WORKER_PROCESSES = 1
+# Arrivals are "short" when P(N <= sent | Poisson(configured rate x window)) is below this.
+ARRIVAL_ALPHA = 0.01
 DEFAULT_SWEEP_MAX_CONCURRENCY = 256
 
 
@@ -75,10 +82,31 @@ class LoadPoint:
 
     @property
     def achieved_ratio(self) -> float | None:
+        """Completions per arrival actually sent (does the server keep up with what it got?)."""
         reference = self.arrival_rps or self.offered_rps
         if not reference:
             return None
         return self.achieved_rps / reference
+
+    @property
+    def achieved_vs_offered(self) -> float | None:
+        """Completions per request of the *configured* rate."""
+        return self.achieved_rps / self.offered_rps if self.offered_rps else None
+
+    @property
+    def arrivals_p_value(self) -> float | None:
+        """P(at most ``requests`` arrivals | Poisson at the configured rate over the window)."""
+        if not self.offered_rps or self.duration_s <= 0:
+            return None
+        from scipy.stats import poisson
+
+        return float(poisson.cdf(self.requests, self.offered_rps * self.duration_s))
+
+    @property
+    def arrivals_short(self) -> bool:
+        """Fewer requests were sent than the configured rate accounts for (beyond Poisson noise)."""
+        p = self.arrivals_p_value
+        return p is not None and p < ARRIVAL_ALPHA
 
     @property
     def error_share(self) -> float:
@@ -86,8 +114,9 @@ class LoadPoint:
         return self.errors / done if done else 1.0
 
     def sustained(self, slo_s: float, min_ratio: float = MIN_ACHIEVED_RATIO) -> bool:
-        """Offered load kept up with (throughput >= ``min_ratio`` x arrivals, few errors) within the SLO."""
-        if self.offered_rps is None or self.successful < 2 or self.p95_s is None:
+        """The configured rate was offered (arrivals not short of it) and kept up with (throughput
+        >= ``min_ratio`` x arrivals, few errors) within the p95 latency SLO."""
+        if self.offered_rps is None or self.successful < 2 or self.p95_s is None or self.arrivals_short:
             return False
         ratio = self.achieved_ratio
         return (ratio is not None and ratio >= min_ratio and self.p95_s <= slo_s
@@ -100,10 +129,13 @@ class ThroughputSummary:
     max_achieved_rps: float
     slo_s: float
     points: list[LoadPoint]
+    # Configured rates whose arrivals fell short of them (never counted as sustained).
+    short_arrival_rates: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"sustained_rps": self.sustained_rps, "max_achieved_rps": self.max_achieved_rps,
-                "slo_s": self.slo_s, "points": [asdict(p) for p in self.points]}
+                "slo_s": self.slo_s, "short_arrival_rates": self.short_arrival_rates,
+                "points": [asdict(p) for p in self.points]}
 
 
 # -- prompts -----------------------------------------------------------------------------------
@@ -192,8 +224,10 @@ def run_guidellm(
     scenario_path.write_text(json.dumps(scenario, indent=1), encoding="utf-8")
     report = Path(scenario["spec"]["outputs"][0]["path"])
     log_path = workdir / "guidellm.log"
-    env = dict(os.environ)
-    env["GUIDELLM__MAX_WORKER_PROCESSES"] = str(int(worker_processes))
+    from distil_platform.serving import server_env
+
+    # The load generator talks to a local server: it gets no API keys (server_env's allow-list).
+    env = server_env({"GUIDELLM__MAX_WORKER_PROCESSES": str(int(worker_processes))})
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     cmd = [sys.executable, "-m", "guidellm", "run", "-c", str(scenario_path), "--disable-console-interactive"]
@@ -265,7 +299,9 @@ def parse_guidellm_report(report: Path | str | Mapping[str, Any]) -> list[LoadPo
         n_err = int(totals.get("errored", len(bad)))
         n_inc = int(totals.get("incomplete", len(incomplete)))
         duration = float(bench.get("duration") or 0.0)
-        arrivals = [_timing(r, "targeted_start") or _timing(r, "request_start") for r in ok + bad + incomplete]
+        # When requests were actually sent (a lagging generator or a concurrency cap delays them past
+        # their targeted start): what the server saw.
+        arrivals = [_timing(r, "request_start") or _timing(r, "targeted_start") for r in ok + bad + incomplete]
         completions = [_timing(r, "request_end") for r in ok]
         achieved = _span_rate(completions)
         if achieved is None or len(ok) < n_ok:  # samples missing: fall back to guidellm's aggregate
@@ -314,6 +350,7 @@ def analyse(points: Sequence[LoadPoint], slo_s: float, min_ratio: float = MIN_AC
         max_achieved_rps=max((p.achieved_rps for p in points if p.successful), default=0.0),
         slo_s=float(slo_s),
         points=list(points),
+        short_arrival_rates=[p.offered_rps for p in points if p.arrivals_short and p.offered_rps is not None],
     )
 
 
@@ -398,14 +435,16 @@ def points_markdown(points: Sequence[LoadPoint], slo_s: float) -> str:
     def f(v: float | None, nd: int = 2) -> str:
         return "–" if v is None else f"{v:.{nd}f}"
 
-    lines = ["| strategy | offered rps | arrivals rps | achieved rps | p50 s | p95 s | p99 s | TTFT p50 s "
-             "| out tok/s | ok | err | incomplete | sustained |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| strategy | offered rps | arrivals rps | achieved rps | achieved / offered | p50 s | p95 s | p99 s "
+              "| TTFT p50 s | out tok/s | ok | err | incomplete | sustained |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
+        verdict = "no (arrivals short)" if p.arrivals_short else ("yes" if p.sustained(slo_s) else "no")
         lines.append(
-            f"| {p.strategy} | {f(p.offered_rps)} | {f(p.arrival_rps)} | {f(p.achieved_rps)} | {f(p.p50_s)} "
+            f"| {p.strategy} | {f(p.offered_rps)} | {f(p.arrival_rps)} | {f(p.achieved_rps)} "
+            f"| {f(p.achieved_vs_offered)} | {f(p.p50_s)} "
             f"| {f(p.p95_s)} | {f(p.p99_s)} | {f(p.ttft_p50_s, 3)} | {f(p.output_tokens_per_s, 1)} "
-            f"| {p.successful} | {p.errors} | {p.incomplete} | {'yes' if p.sustained(slo_s) else 'no'} |"
+            f"| {p.successful} | {p.errors} | {p.incomplete} | {verdict} |"
         )
     return "\n".join(lines)
 
@@ -447,17 +486,19 @@ def plot_latency_vs_load(series: Mapping[str, Sequence[LoadPoint]], slo_s: float
     return path
 
 
-def fp8_supported(backend: str) -> tuple[bool, str]:
-    """fp8 weights need vLLM on a GPU with fp8 tensor cores (compute capability >= 8.9: Ada, Hopper)."""
+def fp8_supported(backend: str, on_gpu: bool = True) -> tuple[bool, str]:
+    """fp8 weights need vLLM on a GPU with fp8 tensor cores (compute capability >= 8.9: Ada, Hopper).
+    Read with ``nvidia-smi`` (the serving env's CUDA build is never imported here)."""
     if backend != "vllm":
         return False, f"backend {backend!r} has no fp8 path (vLLM only)"
-    try:
-        import torch
-    except ImportError:
-        return False, "torch is not installed"
-    if not torch.cuda.is_available():
-        return False, "no CUDA GPU"
-    major, minor = torch.cuda.get_device_capability(0)
+    if not on_gpu:
+        return False, "the server runs on the CPU (vLLM's fp8 weights need a CUDA GPU)"
+    from distil_platform.serving import gpu_compute_capability
+
+    capability = gpu_compute_capability()
+    if capability is None:
+        return False, "no CUDA GPU (nvidia-smi reports none)"
+    major, minor = capability
     if (major, minor) < (8, 9):
         return False, f"GPU compute capability {major}.{minor} < 8.9 (no fp8 tensor cores)"
     return True, f"GPU compute capability {major}.{minor}"

@@ -5,6 +5,14 @@ the model is evaluated on — and trained with assistant-only loss (the chat tem
 ``{% generation %}`` markers, see ``modelstore``). The result is a standalone checkpoint (LoRA
 merged) that ``serving.serve`` can load, with the loss curve saved beside it.
 
+Sequence length comes from the data: every training row is tokenised with the base model's chat
+template, ``max_length`` is the longest row (within a ceiling: profile ``max_length_ceiling``, the
+task's ``training.max_length_ceiling``, the model's context), and a row that would not fit raises
+:class:`TrainingRowTooLongError` naming the task, the row id and its token count — unless the task
+YAML sets ``training.allow_truncation: true``. Rows are never cut silently. With ``tokens_per_step``
+(the ``local`` profile) the batch size follows from it: ``tokens_per_step // max_length`` rows
+(at most ``batch_size``), so a step costs about the same however long the task's prompts are.
+
 CPU specifics (measured, see the project's cpu-notes): bf16 weights for LoRA (fp32 weights + bf16
 autocast for full fine-tuning), LoRA dropout 0, and a loss that applies the LM head only to the
 labelled positions (TRL's default loss computes it over every position and dominates the step time).
@@ -17,6 +25,7 @@ import json
 import math
 import os
 import random
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,13 +38,26 @@ from distil_platform.taskspec import TaskSpec
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+class TrainingRowTooLongError(ValueError):
+    """A training row (rendered prompt + answer) does not fit ``max_length`` and truncation is not
+    allowed. The message names the task, the rows and their token counts."""
+
+
 @dataclass
 class TrainConfig:
     max_steps: int = 60
     learning_rate: float = 5e-4
+    # Rows per step; with ``tokens_per_step`` set, the most rows per step.
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
-    max_length: int = 384
+    # Fixed sequence length; None derives it from the longest training row (see module doc).
+    max_length: int | None = None
+    # Upper bound for the derived max_length (also bounded by the model's context length).
+    max_length_ceiling: int = 2048
+    # Cut over-long rows from the start (keep_end) instead of failing (task ``training.allow_truncation``).
+    allow_truncation: bool = False
+    # Choose rows per step from a token budget: batch = clamp(tokens_per_step // max_length, 1, batch_size).
+    tokens_per_step: int | None = None
     use_lora: bool = True
     lora_r: int = 16
     lora_alpha: int = 32
@@ -58,11 +80,16 @@ class TrainConfig:
     def for_task(cls, spec: TaskSpec, profile, **overrides: Any) -> TrainConfig:
         """Profile defaults, then the task YAML's ``training`` overrides, then ``overrides``."""
         t = spec.training
+        explicit_batch = t.batch_size or overrides.get("batch_size")
         cfg = cls(
             max_steps=t.max_steps or profile.max_steps,
             learning_rate=t.learning_rate or profile.learning_rate,
             batch_size=t.batch_size or profile.batch_size,
-            max_length=t.max_length or profile.max_length,
+            max_length=t.max_length,
+            max_length_ceiling=t.max_length_ceiling or profile.max_length_ceiling,
+            allow_truncation=t.allow_truncation,
+            # An explicit batch size (task YAML or run config) means rows per step, not a token budget.
+            tokens_per_step=None if explicit_batch else profile.tokens_per_step,
             use_lora=profile.use_lora if t.use_lora is None else t.use_lora,
             lora_r=t.lora_r,
             lora_alpha=t.lora_alpha,
@@ -79,11 +106,98 @@ class TrainConfig:
             cfg.learning_rate = min(cfg.learning_rate, 5e-5)  # full FT needs a far smaller step
         return cfg
 
-    def steps_for(self, n_examples: int) -> int:
+    def steps_for(self, n_examples: int, batch_size: int | None = None) -> int:
         if self.epochs:
-            per_epoch = math.ceil(n_examples / (self.batch_size * self.gradient_accumulation_steps))
+            per_epoch = math.ceil(n_examples / ((batch_size or self.batch_size) * self.gradient_accumulation_steps))
             return max(1, math.ceil(per_epoch * self.epochs))
         return self.max_steps
+
+    def batch_size_for(self, max_length: int) -> int:
+        """Rows per step: ``batch_size``, or what ``tokens_per_step`` affords at ``max_length``."""
+        if not self.tokens_per_step:
+            return self.batch_size
+        return max(1, min(self.batch_size, self.tokens_per_step // max(max_length, 1)))
+
+
+@dataclass(frozen=True)
+class LengthPlan:
+    """The sequence length a training run uses and the token lengths it was derived from."""
+
+    max_length: int
+    # "derived" (longest row, within the ceiling) or "fixed" (task YAML / run config).
+    source: str
+    ceiling: int
+    n_rows: int
+    median: float
+    p90: float
+    longest: int
+    shortest: int
+    # Rows longer than max_length (non-zero only when truncation is allowed).
+    truncated: int
+
+    def summary(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def row_token_lengths(spec: TaskSpec, rows: Sequence[dict[str, Any]], tokenizer) -> list[int]:
+    """Tokens of each row as SFT sees it: the chat template over the eval messages plus the answer."""
+    return [len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
+            for r in to_chat_dataset_rows(spec, rows)]
+
+
+def plan_max_length(
+    spec: TaskSpec,
+    row_ids: Sequence[str],
+    lengths: Sequence[int],
+    config: TrainConfig,
+    *,
+    model_context: int | None = None,
+    tokenizer_name: str = "the base model's tokenizer",
+) -> LengthPlan:
+    """``max_length`` for these rows; raises :class:`TrainingRowTooLongError` for rows that would be cut
+    unless ``config.allow_truncation``."""
+    if not lengths:
+        raise ValueError(f"{spec.name}: no training rows")
+    ceiling = config.max_length_ceiling
+    if model_context:
+        ceiling = min(ceiling, int(model_context))
+    longest = max(lengths)
+    if config.max_length is not None:
+        limit, source = int(config.max_length), "fixed"
+    else:
+        limit, source = min(longest, ceiling), "derived"
+    over = [(rid, n) for rid, n in zip(row_ids, lengths) if n > limit]
+    if over and not config.allow_truncation:
+        over.sort(key=lambda item: -item[1])
+        shown = ", ".join(f"id {rid!r}: {n} tokens" for rid, n in over[:10])
+        more = f" and {len(over) - 10} more" if len(over) > 10 else ""
+        where = (f"max_length={limit} (set by the task YAML or run config)" if source == "fixed"
+                 else f"the max_length ceiling {limit} (profile/task `max_length_ceiling`"
+                 + (f", model context {model_context}" if model_context else "") + ")")
+        raise TrainingRowTooLongError(
+            f"{spec.name}: {len(over)} of {len(lengths)} training row(s) are longer than {where}, counting the "
+            f"rendered prompt + answer with {tokenizer_name}: {shown}{more}. Training would cut the start of "
+            f"their prompt (the system prompt with the task description) while evaluation sends all of it. "
+            f"Raise the limit, shorten or drop those rows, or set `training.allow_truncation: true` in "
+            f"{spec.source_file or 'the task YAML'} to train on truncated rows knowingly."
+        )
+    ordered = sorted(lengths)
+    p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+    return LengthPlan(max_length=limit, source=source, ceiling=ceiling, n_rows=len(lengths),
+                      median=float(statistics.median(lengths)), p90=float(p90), longest=longest,
+                      shortest=min(lengths), truncated=len(over))
+
+
+def serving_context_length(spec: TaskSpec, test_rows: Sequence[dict[str, Any]], tokenizer,
+                           train_max_length: int) -> int:
+    """Context an eval server needs for this task: the longest test prompt (eval rendering, generation
+    prompt added) plus ``spec.max_answer_tokens``, and never less than the training length."""
+    from distil_platform.prompts import build_messages
+
+    longest_prompt = max((len(tokenizer.apply_chat_template(build_messages(spec, dict(r)), add_generation_prompt=True,
+                                                            tokenize=True, return_dict=True)["input_ids"])
+                          for r in test_rows), default=0)
+    return max(int(train_max_length), longest_prompt + int(spec.max_answer_tokens))
 
 
 @dataclass
@@ -99,6 +213,9 @@ class TrainResult:
     trainable_params: int
     total_params: int
     truncated_examples: int = 0
+    max_length: int = 0
+    batch_size: int = 0
+    length_plan: dict[str, Any] = field(default_factory=dict)
     loss_history: list[dict[str, float]] = field(default_factory=list)
     loss_curve_png: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
@@ -256,6 +373,19 @@ def train_student(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
+    # Lengths first: an over-long row fails here, before the model is loaded.
+    chat_rows = to_chat_dataset_rows(spec, rows)
+    lengths = row_token_lengths(spec, rows, tokenizer)
+    plan = plan_max_length(
+        spec, [str(r.get("id", i)) for i, r in enumerate(rows)], lengths, config,
+        model_context=_model_context(base_model_dir), tokenizer_name=f"the tokenizer of {base_model_name or base_model_dir}",
+    )
+    truncated = plan.truncated
+    if truncated and progress:
+        progress({"event": "warning", "message": f"{truncated}/{len(rows)} rows exceed max_length="
+                  f"{plan.max_length} tokens (longest {plan.longest}); their prompt start is cut "
+                  "(training.allow_truncation is set)"})
+    batch_size = config.batch_size_for(plan.max_length)
     on_cuda = torch.cuda.is_available()
     # LoRA: bf16 base weights (adapters stay fp32 in PEFT). Full FT: fp32 master weights + bf16 autocast.
     load_dtype = torch.bfloat16 if (config.bf16 and config.use_lora) else torch.float32
@@ -276,21 +406,15 @@ def train_student(
             target_modules=targets, bias="none", task_type="CAUSAL_LM",
         )
 
-    chat_rows = to_chat_dataset_rows(spec, rows)
-    lengths = [len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
-               for r in chat_rows]
-    truncated = sum(n > config.max_length for n in lengths)
-    if truncated and progress:
-        progress({"event": "warning", "message": f"{truncated}/{len(rows)} rows exceed max_length="
-                  f"{config.max_length} tokens (longest {max(lengths)}); their prompt start is cut"})
     dataset = Dataset.from_list(chat_rows)
-    steps = config.steps_for(len(rows))
+    steps = config.steps_for(len(rows), batch_size)
     import warnings
 
     with warnings.catch_warnings():
         # keep_end is deprecated in TRL 1.x but is the mode that keeps the answer of an over-long row.
         warnings.filterwarnings("ignore", message=".*keep_end.*", category=FutureWarning)
-        sft_args = _sft_config(SFTConfig, config, out_dir, steps, on_cuda)
+        sft_args = _sft_config(SFTConfig, config, out_dir, steps, on_cuda, batch_size=batch_size,
+                               max_length=plan.max_length if truncated else None)
     history: list[dict[str, float]] = []
     trainer_cls = _trainer_class() if config.labelled_positions_loss else __import__("trl").SFTTrainer
     trainer = trainer_cls(
@@ -305,12 +429,20 @@ def train_student(
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
+    # TRL tokenises with the same chat template; a mismatch would mean the lengths above (and the
+    # no-truncation guarantee) do not describe what is trained.
+    seen = sorted(len(x) for x in trainer.train_dataset["input_ids"])
+    expected = sorted(min(n, plan.max_length) for n in lengths)
+    if seen != expected:
+        raise RuntimeError(f"{spec.name}: TRL tokenised the rows to other lengths than measured "
+                           f"(longest {seen[-1] if seen else 0} vs {expected[-1]}); the chat template differs")
     trained = trainer.model
     trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trained.parameters())
-    n_tokens = int(sum(min(n, config.max_length) for n in lengths))
+    n_tokens = int(sum(min(n, plan.max_length) for n in lengths))
     if progress:
         progress({"event": "start", "steps": steps, "examples": len(rows), "threads": threads,
+                  "batch_size": batch_size, "max_length": plan.max_length, "longest_row": plan.longest,
                   "trainable_params": trainable, "total_params": total})
 
     start = time.monotonic()
@@ -330,7 +462,7 @@ def train_student(
         (out_dir / "generation_config.json").write_text(gen_cfg.read_text())
 
     # Tokens seen: epochs over the tokenised data scaled by the fraction of it the steps covered.
-    examples_seen = steps * config.batch_size * config.gradient_accumulation_steps
+    examples_seen = steps * batch_size * config.gradient_accumulation_steps
     tokens_seen = int(n_tokens * examples_seen / max(len(rows), 1))
     final_loss = history[-1]["loss"] if history else float(output.training_loss)
     png = plot_loss_curve(history, out_dir / "loss_curve.png", f"{spec.name}: {base_model_name or base_model_dir.name}") \
@@ -347,9 +479,13 @@ def train_student(
         trainable_params=int(trainable),
         total_params=int(total),
         truncated_examples=int(truncated),
+        max_length=plan.max_length,
+        batch_size=batch_size,
+        length_plan=plan.summary(),
         loss_history=history,
         loss_curve_png=png,
-        config={**asdict(config), "threads": threads},
+        config={**asdict(config), "threads": threads, "effective_batch_size": batch_size,
+                "effective_max_length": plan.max_length},
     )
     (out_dir / "loss_history.json").write_text(json.dumps(history, indent=1))
     (out_dir / "train_summary.json").write_text(json.dumps(result.summary(), indent=1, default=str))
@@ -359,19 +495,31 @@ def train_student(
     return result
 
 
-def _sft_config(SFTConfig, config: TrainConfig, out_dir: Path, steps: int, on_cuda: bool):
+def _model_context(model_dir: Path) -> int | None:
+    """The base model's context length (``max_position_embeddings``), if its config states one."""
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    value = cfg.get("max_position_embeddings") or (cfg.get("text_config") or {}).get("max_position_embeddings")
+    return int(value) if value else None
+
+
+def _sft_config(SFTConfig, config: TrainConfig, out_dir: Path, steps: int, on_cuda: bool, *, batch_size: int,
+                max_length: int | None):
     return SFTConfig(
         output_dir=str(out_dir / "_trainer"),
         max_steps=steps,
-        per_device_train_batch_size=config.batch_size,
+        per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup_ratio,
         weight_decay=config.weight_decay,
-        max_length=config.max_length,
-        # Over-long rows lose the start of the prompt rather than the answer (keep_start would drop
-        # the row entirely once the prompt alone fills max_length); counted in the summary.
+        # None unless truncation is allowed and needed: every row fits (plan_max_length checked it),
+        # so TRL must not cut anything. Allowed over-long rows lose the start of the prompt rather
+        # than the answer (keep_start would drop the row once the prompt alone fills max_length).
+        max_length=max_length,
         truncation_mode="keep_end",
         assistant_only_loss=True,
         packing=False,

@@ -10,7 +10,7 @@ Reason codes (field in brackets):
 - ``tool_call_unparseable`` [answer], ``unknown_tool`` [answer], ``tool_args_invalid`` [answer],
   ``chat_history_invalid`` [question] (tool calling)
 - ``schema_ddl_invalid`` [context], ``sql_unparseable`` [answer], ``sql_not_single_select`` [answer],
-  ``sql_execution_error`` [answer] (text2sql)
+  ``sql_execution_error``, ``sql_timeout`` [answer] (text2sql; run in the scoring sandbox)
 - ``answer_not_in_context`` [answer] (open-book QA: the answer must be a span of the passages,
   except yes/no)
 - ``unknown_placeholder`` [answer] (generation with ``answer_placeholders``)
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import unicodedata
 from functools import lru_cache
 from typing import Any
@@ -43,12 +42,14 @@ REASON_FIELD: dict[str, str] = {
     "sql_unparseable": "answer",
     "sql_not_single_select": "answer",
     "sql_execution_error": "answer",
+    "sql_timeout": "answer",
     "answer_not_in_context": "answer",
     "unknown_placeholder": "answer",
     "template_render_error": "question",
 }
 
 _YES_NO = {"yes", "no"}
+SQL_TIMEOUT_S = 2.0  # per query on the generated validation database
 _PLACEHOLDER_RE = re.compile(r"\[([A-Z][A-Z0-9_]*)\]")
 
 
@@ -176,18 +177,17 @@ def _check_sql(row: dict[str, Any]) -> str | None:
         return "sql_unparseable"
     if len(statements) != 1 or not isinstance(statements[0], exp.Query):
         return "sql_not_single_select"
-    conn = sqlite3.connect(":memory:")
+    # Teacher SQL is untrusted: it runs only in the scoring sandbox (in-memory database filled with
+    # generated rows, read-only authorizer, time limit, row and byte caps), so a runaway recursive
+    # CTE cannot hang the stage.
+    from distil_platform.scoring.sql import SQLSandboxError, SQLSchemaError, execute_untrusted_sql
+
     try:
-        try:
-            conn.executescript(ddl)
-        except sqlite3.Error:
-            return "schema_ddl_invalid"
-        try:
-            conn.execute(sql).fetchall()
-        except (sqlite3.Error, sqlite3.Warning):
-            return "sql_execution_error"
-    finally:
-        conn.close()
+        execute_untrusted_sql(ddl, sql, timeout_s=SQL_TIMEOUT_S)
+    except SQLSchemaError:
+        return "schema_ddl_invalid"
+    except SQLSandboxError as exc:
+        return "sql_timeout" if str(exc).startswith("timed out") else "sql_execution_error"
     return None
 
 

@@ -13,15 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from distil_platform.resources.store import UsesResultsStore
 from pydantic import Field
 
 
-class LLMResource(dg.ConfigurableResource):
+class LLMResource(UsesResultsStore):
     """Batch chat completions through litellm (frontier APIs) or straight HTTP (OpenAI-compatible servers).
 
     One configured resource serves teacher, frontier, judge and student calls: :meth:`client` takes a
     model, endpoint and key per call. Configure ``api_key`` with ``dg.EnvVar("...")``: it is never
     logged nor written to metadata (``LLMClient.__repr__`` omits it).
+
+    Cache and usage rows go to ``results_store``, a nested ``ResultsStoreResource``: bind the same
+    instance the Definitions bind to ``results_store`` (``LLMResource(results_store=store)``, as
+    ``distil_platform.definitions`` does), so responses, usage and predictions share one database.
     """
 
     model: str = Field(default="", description="Default litellm model string, e.g. 'gpt-5-nano' or 'openai/<name>'.")
@@ -34,6 +39,11 @@ class LLMResource(dg.ConfigurableResource):
     max_usd: float | None = Field(default=None, description="Budget cap per client: stop before spending more.")
     fast_path: bool = Field(default=True, description="Direct aiohttp for openai/<name> + api_base (litellm for providers).")
     use_pricing_file: bool = Field(default=True, description="Price from the platform pricing file, then litellm's map.")
+    identity: str | None = Field(
+        default=None,
+        description="What answers at the configured api_base (checkpoint, engine, dtype...): part of the cache key. "
+        "None: the api_base URL.",
+    )
 
     def client(
         self,
@@ -51,15 +61,17 @@ class LLMResource(dg.ConfigurableResource):
         concurrency: int | None = None,
         max_usd: float | None = None,
         timeout_s: float | None = None,
+        identity: str | dict[str, Any] | None = None,
     ):
-        """An ``LLMClient`` for ``model`` (default: the configured one) recording into the results store.
+        """An ``LLMClient`` for ``model`` (default: the configured one) recording into the results store
+        (``store``, else the configured ``results_store``).
 
-        An explicit ``model`` without ``api_base``/``api_key`` does not inherit the configured
-        endpoint or key (they belong to the configured model). Keys of a task's ``ModelRef`` come
-        from ``os.environ[ref.api_key_env]`` at the call site.
+        An explicit ``model`` without ``api_base``/``api_key``/``identity`` does not inherit the
+        configured endpoint, key or identity (they belong to the configured model). Keys of a task's
+        ``ModelRef`` come from ``os.environ[ref.api_key_env]`` at the call site. ``identity`` names
+        what answers (for a local server: ``server.identity``; see ``LLMClient``).
         """
         from distil_platform.llm import LLMClient, default_price_lookup
-        from distil_platform.store import ResultsStore
 
         chosen = model or self.model
         if not chosen:
@@ -71,7 +83,7 @@ class LLMResource(dg.ConfigurableResource):
             chosen,
             api_base=api_base if api_base is not None else (self.api_base if inherit else None),
             api_key=api_key if api_key is not None else (self.api_key if inherit else None),
-            store=store if store is not None else ResultsStore(),
+            store=store if store is not None else self.results_store.store(),
             concurrency=concurrency or self.concurrency,
             timeout_s=timeout_s or self.timeout_s,
             max_retries=self.max_retries,
@@ -84,6 +96,9 @@ class LLMResource(dg.ConfigurableResource):
             stage=stage,
             token_counter=token_counter,
             fast_path=self.fast_path,
+            # The configured identity describes the configured endpoint only.
+            identity=identity if identity is not None else (
+                self.identity if inherit and api_base in (None, self.api_base) else None),
         )
 
 
@@ -115,14 +130,28 @@ def _platform_price_lookup(log: Callable[[str], None] | None):
 
 
 class ServingResource(dg.ConfigurableResource):
-    """Starts an OpenAI-compatible server for a checkpoint (``vllm`` or ``transformers serve``)."""
+    """Starts an OpenAI-compatible server for a checkpoint (``vllm`` or ``transformers serve``).
 
-    backend: str = Field(default="auto", description="auto | vllm | transformers")
+    vLLM runs from the serving environment (``make serving-venv`` builds ``.venv-vllm``; or set
+    ``vllm_python`` / env ``DISTIL_VLLM_PYTHON``), never inside the Dagster process. Device flags are
+    chosen per machine (:func:`distil_platform.serving.vllm_device_settings`) and reported by the
+    server (``Server.settings``)."""
+
+    backend: str = Field(default="auto", description="auto (vllm when the serving env exists) | vllm | transformers")
+    vllm_python: str | None = Field(
+        default=None, description="Python of the vLLM serving env (None: env DISTIL_VLLM_PYTHON, else <repo>/.venv-vllm)."
+    )
     dtype: str = Field(default="bfloat16", description="Weights/compute dtype passed to the server.")
-    quantization: str | None = Field(default=None, description="None or 'fp8' (vllm only).")
+    quantization: str | None = Field(default=None, description="None or 'fp8' (vllm on an fp8-capable GPU only).")
     max_num_seqs: int | None = Field(default=None, description="vllm --max-num-seqs")
-    gpu_memory_utilization: float | None = Field(default=0.85, description="vllm --gpu-memory-utilization")
-    max_model_len: int | None = Field(default=None, description="vllm --max-model-len")
+    gpu_memory_utilization: float | None = Field(default=0.85, description="vllm --gpu-memory-utilization (GPU only)")
+    max_model_len: int | None = Field(default=None, description="vllm --max-model-len (None: CPU min(4096, model's))")
+    enforce_eager: bool | None = Field(default=None, description="vllm --enforce-eager (None: on for CPU, off for GPU)")
+    enable_prefix_caching: bool = Field(default=True, description="vllm automatic prefix caching")
+    kv_cache_gib: float | None = Field(default=None, description="vLLM-CPU KV cache, GiB (VLLM_CPU_KVCACHE_SPACE; None: 2)")
+    cpu_threads_bind: str | None = Field(
+        default=None, description="vLLM-CPU VLLM_CPU_OMP_THREADS_BIND (None: vLLM's 'auto', one core kept for the frontend)"
+    )
     continuous_batching: bool = Field(default=True, description="transformers serve --continuous-batching")
     cb_num_blocks: int | None = Field(default=80, description="KV-cache blocks (caps the cache's memory on CPU).")
     cb_max_memory_percent: float | None = Field(default=None, description="transformers --cb-max-memory-percent")
@@ -141,9 +170,12 @@ class ServingResource(dg.ConfigurableResource):
         from distil_platform.serving import serve
 
         settings: dict[str, Any] = {
-            "backend": self.backend, "dtype": self.dtype, "quantization": self.quantization,
-            "max_num_seqs": self.max_num_seqs, "gpu_memory_utilization": self.gpu_memory_utilization,
-            "max_model_len": self.max_model_len, "continuous_batching": self.continuous_batching,
+            "backend": self.backend, "vllm_python_path": self.vllm_python, "dtype": self.dtype,
+            "quantization": self.quantization, "max_num_seqs": self.max_num_seqs,
+            "gpu_memory_utilization": self.gpu_memory_utilization, "max_model_len": self.max_model_len,
+            "enforce_eager": self.enforce_eager, "enable_prefix_caching": self.enable_prefix_caching,
+            "kv_cache_gib": self.kv_cache_gib, "cpu_threads_bind": self.cpu_threads_bind,
+            "continuous_batching": self.continuous_batching,
             "cb_num_blocks": self.cb_num_blocks, "cb_max_memory_percent": self.cb_max_memory_percent,
             "device": self.device, "startup_timeout_s": self.startup_timeout_s,
         }
@@ -153,6 +185,21 @@ class ServingResource(dg.ConfigurableResource):
         settings.update(overrides)
         with serve(model_dir, **settings) as server:
             yield server
+
+    def identity_for(self, model_dir: str | Path, served_model_name: str | None = None) -> dict:
+        """The cache identity a server of ``model_dir`` started by this resource would have
+        (equals ``Server.identity``), without starting one."""
+        from distil_platform.serving import default_served_name, server_identity
+
+        path = Path(model_dir).resolve()
+        return server_identity(path, served_model_name or default_served_name(path), self.resolved_backend(),
+                               self.dtype, self.quantization)
+
+    def resolved_backend(self) -> str:
+        """The backend a server would use here (``auto`` resolved; no server is started)."""
+        from distil_platform.serving import choose_backend
+
+        return choose_backend(self.backend, self.vllm_python)
 
     def served_model_name(self, model_dir: str | Path) -> str:
         """The name a server of ``model_dir`` answers to when no ``served_model_name`` is given."""

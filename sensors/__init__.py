@@ -1,41 +1,52 @@
-"""Sensors, schedules and the jobs they launch.
+"""Sensors and schedules.
 
-- ``config_change_sensor`` (default RUNNING): pricing file or a task's prompt changed →
-  re-price / re-distil exactly what that change invalidates (see ``config_watch``).
-- ``monthly_repricing`` (``0 6 1 * *`` UTC, default RUNNING): refresh the price snapshot
-  (litellm's hosted map when reachable) and re-materialise every existing cost table and the report.
+- ``config_change_sensor`` (default RUNNING): the automation-condition sensor. It evaluates every
+  asset's ``AutomationCondition`` (assets/automation.py): it observes the configuration files
+  (``pricing_file``, ``<task>_prompt``, group ``config``) on their cron, and a new data version
+  requests exactly what it invalidates — a pricing edit: ``pricing``, every materialised cost table
+  and routing table, and the report; task T's prompt edit: ``T_teacher_data`` and everything
+  downstream, nothing of other tasks. The UI shows per asset why a run was requested.
+- ``monthly_repricing`` (``0 6 1 * *`` UTC, default RUNNING): refreshes the price snapshot
+  (litellm's hosted map when reachable) and re-materialises every existing cost table, routing
+  table and the report.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import dagster as dg
-from distil_platform.assets.keys import PRICING_KEY, REPORT_KEY, cost_table_key, teacher_data_key
 
+from distil_platform.assets.keys import PRICING_KEY, REPORT_KEY, TASK_STAGES, task_key
 from distil_platform.taskspec import TaskSpec
 
-from .config_watch import REPRICING_JOB, TASK_REFRESH_JOB, build_config_change_sensor, repricing_keys
-
+SENSOR_NAME = "config_change_sensor"
+REPRICING_JOB = "repricing"
 MONTHLY_REPRICING = "monthly_repricing"
 MONTHLY_CRON = "0 6 1 * *"
+# Per-task stages that re-pricing recomputes from the store (no model calls).
+REPRICED_STAGES = tuple(s.lstrip("_") for s in ("_cost_table", "_routing") if s in TASK_STAGES)
 
 
-def build_jobs(task_names: list[str]) -> tuple[dg.UnresolvedAssetJobDefinition, dg.UnresolvedAssetJobDefinition]:
-    repricing_job = dg.define_asset_job(
+def repriced_keys(task_names: Sequence[str]) -> list[dg.AssetKey]:
+    return [task_key(t, s) for t in task_names for s in REPRICED_STAGES]
+
+
+def repricing_keys(instance: dg.DagsterInstance, task_names: Sequence[str]) -> list[dg.AssetKey]:
+    """``pricing``, the re-priced assets of every task that has them materialised, the report."""
+    done = [k for k in repriced_keys(task_names) if instance.get_latest_materialization_event(k)]
+    return [PRICING_KEY, *done, REPORT_KEY]
+
+
+def build_repricing_job(task_names: Sequence[str]) -> dg.UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
         REPRICING_JOB,
-        selection=dg.AssetSelection.assets(PRICING_KEY, REPORT_KEY, *[cost_table_key(t) for t in task_names]),
-        description="Re-price: price snapshot, cost tables and the benchmark report (no model calls).",
+        selection=dg.AssetSelection.assets(PRICING_KEY, REPORT_KEY, *repriced_keys(task_names)),
+        description="Re-price: price snapshot, cost tables, routing and the benchmark report (no model calls).",
     )
-    task_refresh_job = dg.define_asset_job(
-        TASK_REFRESH_JOB,
-        selection=dg.AssetSelection.assets(*[teacher_data_key(t) for t in task_names]).downstream(),
-        description="Re-distil a task after its prompt changed: teacher data and everything downstream.",
-    )
-    return repricing_job, task_refresh_job
 
 
-def build_monthly_repricing(task_names: list[str], repricing_job) -> dg.ScheduleDefinition:
+def build_monthly_repricing(task_names: Sequence[str], repricing_job) -> dg.ScheduleDefinition:
     @dg.schedule(
         name=MONTHLY_REPRICING,
         cron_schedule=MONTHLY_CRON,
@@ -55,10 +66,20 @@ def build_monthly_repricing(task_names: list[str], repricing_job) -> dg.Schedule
     return monthly_repricing
 
 
+def build_config_change_sensor() -> dg.AutomationConditionSensorDefinition:
+    return dg.AutomationConditionSensorDefinition(
+        SENSOR_NAME,
+        target=dg.AssetSelection.all(include_sources=True) | dg.AssetSelection.all_asset_checks(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        run_tags={"distil/trigger": "automation"},
+        description="Evaluates the assets' automation conditions: observes the pricing file and every task's prompt, "
+        "and on a new version requests what it invalidates (pricing: re-price; a prompt: re-distil that task).",
+    )
+
+
 def build_sensors_and_schedules(specs: Mapping[str, TaskSpec]):
     """``(sensors, schedules, jobs)`` for the Definitions."""
     names = sorted(specs)
-    repricing_job, task_refresh_job = build_jobs(names)
-    sensor = build_config_change_sensor(specs, repricing_job, task_refresh_job)
-    schedule = build_monthly_repricing(names, repricing_job)
-    return [sensor], [schedule], [repricing_job, task_refresh_job]
+    repricing_job = build_repricing_job(names)
+    return [build_config_change_sensor()], [build_monthly_repricing(names, repricing_job)], [repricing_job]

@@ -74,3 +74,35 @@ def plant_task(store: ResultsStore, spec: TaskSpec, tmp_path: Path, *, student_c
                                             max_achieved_rps=max_achieved_rps if max_achieved_rps is not None
                                             else sustained_rps * 1.1, slo_s=1.0, peak_memory_gb=20.0)])
     return {"student": student, "rows": rows, "api_models": api_models}
+
+
+def plant_student_eval(store: ResultsStore, spec: TaskSpec, run_id: str, model: str, correct: set[int] | int,
+                       *, stage: str = "student_eval", variant: str = "student", metric: str | None = None,
+                       lineage: dict | None = None) -> None:
+    """One student eval run (``correct``: the item indices it gets right, or the first n), with an
+    optional lineage record (student_run_id, use_synthetic, checkpoint_fingerprint)."""
+    from distil_platform.store import student_lineage
+
+    ids = [r["id"] for r in test_rows(spec)]
+    right = set(range(correct)) if isinstance(correct, int) else correct
+    store.insert(predictions, [dict(run_id=run_id, task=spec.name, stage=stage, model=model, variant=variant,
+                                    item_id=i, repeat=0, score=float(k in right), metric=metric)
+                               for k, i in enumerate(ids)])
+    if lineage is not None:
+        store.insert(student_lineage, [dict(run_id=run_id, task=spec.name, stage="student_eval" if stage ==
+                                            "student_eval" else "throughput", model=model, **lineage)])
+
+
+def plant_throughput(store: ResultsStore, spec: TaskSpec, run_id: str, model: str, *, sustained_rps: float = 222.0,
+                     variants: tuple[str, ...] = ("bf16",), lineage: dict | None = None,
+                     rps: dict[str, float] | None = None) -> None:
+    from distil_platform.store import student_lineage
+
+    for variant in variants:
+        store.insert(throughput_profiles, [dict(run_id=run_id, task=spec.name, model=model, variant=variant,
+                                                backend="vllm", hardware="1x NVIDIA H100 80GB HBM3", hardware_key="h100",
+                                                sustained_rps=(rps or {}).get(variant, sustained_rps),
+                                                max_achieved_rps=sustained_rps * 1.1, slo_s=1.0, peak_memory_gb=20.0)])
+        if lineage is not None:
+            store.insert(student_lineage, [dict(run_id=run_id, task=spec.name, stage="throughput", variant=variant,
+                                                model=model, **lineage)])

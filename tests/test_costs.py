@@ -9,10 +9,14 @@ import dagster as dg
 import polars as pl
 import pytest
 import yaml
-from cost_fixtures import CACHED, COMPLETION, PROMPT, plant_task
+from cost_fixtures import CACHED, COMPLETION, PROMPT, plant_student_eval, plant_task, plant_throughput
+from cost_fixtures import test_rows as fixture_rows
 
 from distil_platform.costs import (
+    CostTableError,
     api_usd_per_request,
+    checkpoint_fingerprint,
+    record_student_lineage,
     break_even_requests_per_day,
     build_cost_table,
     gather_cost_inputs,
@@ -21,7 +25,9 @@ from distil_platform.costs import (
 )
 from distil_platform.pricing import DEFAULT_PRICING_FILE, build_snapshot, store_snapshot
 from distil_platform.prompts import build_messages, format_answer
-from distil_platform.store import ResultsStore
+from distil_platform.pricing import PricingError
+from distil_platform.stats import TEST_BINARY, wilson_interval
+from distil_platform.store import ResultsStore, llm_requests, predictions, student_lineage
 from distil_platform.taskspec import get_task
 
 HAIKU = "anthropic/claude-haiku-4-5"
@@ -80,6 +86,8 @@ def test_cost_table_from_store(planted):
     assert student["usd_per_million_requests"] == pytest.approx(2.40 / (3600 * 222) * 1e6)
     assert student["accuracy"] == pytest.approx(10 / 12)
     assert student["ci_low"] <= student["accuracy"] <= student["ci_high"]
+    assert student["ci_method"] == "wilson"  # 0/1 item scores
+    assert (student["ci_low"], student["ci_high"]) == pytest.approx(wilson_interval(10, 12))
     haiku = by[HAIKU]
     assert haiku["cost_source"] == "measured" and haiku["cost_basis"] == "api"
     assert (haiku["mean_prompt_tokens"], haiku["mean_completion_tokens"], haiku["mean_cached_prompt_tokens"]) == (
@@ -87,11 +95,14 @@ def test_cost_table_from_store(planted):
     assert haiku["usd_per_million_requests"] == pytest.approx(1070.0)
     assert haiku["cost_ratio_vs_student"] == pytest.approx(1070.0 / student["usd_per_million_requests"])
     assert haiku["break_even_requests_per_day"] == pytest.approx(57.6 / 0.00107)
-    assert haiku["student_result"] == "tie" and haiku["accuracy_std"] == 0.0
+    # Same 10/12 on the same 12 items: 12 items cannot show the student within 2 points.
+    assert haiku["student_result"] == "inconclusive" and haiku["accuracy_std"] == 0.0
+    assert haiku["margin"] == spec.margin == 0.02 and haiku["verdict_test"] == TEST_BINARY
     flash = by[FLASH_LITE]
     # 800 x 0.10 + 200 x 0.01 + 50 x 0.40 = 102 USD per million requests.
     assert flash["usd_per_million_requests"] == pytest.approx(102.0)
-    assert flash["student_result"] == "win"  # 10/12 vs 4/12 on the same items
+    assert flash["student_result"] == "win"  # 10/12 vs 4/12 on the same items: McNemar 6:0, p = 1/32
+    assert flash["mcnemar_p"] == pytest.approx(1 / 32) and flash["verdicts"]["bf16"]["verdict"] == "win"
     zero = by["smollm2-135m-instruct (zero-shot)"]
     assert zero["role"] == "baseline" and zero["cost_source"] == "estimated"
     assert zero["usd_per_million_requests"] == pytest.approx(student["usd_per_million_requests"])
@@ -103,17 +114,21 @@ def test_skipped_frontier_models_get_estimated_rows(planted):
     snapshot = build_snapshot(models_needed=[r.model for r in spec.comparison_models])
     rows = build_cost_table(gather_cost_inputs(store, spec), snapshot)
     by = _by_model(rows)
-    skipped = {"anthropic/claude-sonnet-4-5", "openai/gpt-5-nano"}  # in the YAML, not evaluated
+    skipped = {"anthropic/claude-sonnet-4-6", "openai/gpt-5-nano", "xai/grok-4"}  # in the YAML, not evaluated
     assert skipped <= set(by)
-    sonnet = by["anthropic/claude-sonnet-4-5"]
+    sonnet = by["anthropic/claude-sonnet-4-6"]
     assert sonnet["cost_source"] == "estimated" and sonnet["accuracy"] is None and sonnet["n_items"] == 0
-    prompts = [_count_tokens("anthropic/claude-sonnet-4-5", messages=build_messages(spec, r)) for r in info["rows"]]
-    answers = [_count_tokens("anthropic/claude-sonnet-4-5", text=format_answer(spec, r["answer"])) for r in info["rows"]]
+    prompts = [_count_tokens("anthropic/claude-sonnet-4-6", messages=build_messages(spec, r)) for r in info["rows"]]
+    answers = [_count_tokens("anthropic/claude-sonnet-4-6", text=format_answer(spec, r["answer"])) for r in info["rows"]]
     assert sonnet["mean_prompt_tokens"] == pytest.approx(sum(prompts) / len(prompts))
     assert sonnet["mean_completion_tokens"] == pytest.approx(sum(answers) / len(answers))
     expected = (sum(prompts) / len(prompts) * 3.0 + sum(answers) / len(answers) * 15.0)
     assert sonnet["usd_per_million_requests"] == pytest.approx(expected)
     assert sonnet["student_result"] is None
+    # A model the pricing file declares unpriced is shown as such, with the reason; never a silent gap.
+    grok = by["xai/grok-4"]
+    assert grok["usd_per_million_requests"] is None and grok["cost_note"].startswith("price unknown")
+    assert "litellm" in grok["cost_note"]
 
 
 def test_doubling_one_api_price_doubles_only_that_models_cost(planted, tmp_path):
@@ -131,7 +146,7 @@ def test_doubling_one_api_price_doubles_only_that_models_cost(planted, tmp_path)
     assert a[HAIKU]["cost_ratio_vs_student"] == pytest.approx(2 * b[HAIKU]["cost_ratio_vs_student"])
     assert a[HAIKU]["break_even_requests_per_day"] == pytest.approx(b[HAIKU]["break_even_requests_per_day"] / 2)
     changed_cols = {"usd_per_million_requests", "cost_ratio_vs_student", "break_even_requests_per_day",
-                    "input_usd_per_mtok", "output_usd_per_mtok", "snapshot_hash"}
+                    "input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok", "snapshot_hash"}
     for model, row in b.items():
         for col, value in row.items():
             if col == "snapshot_hash" or (model == HAIKU and col in changed_cols):
@@ -258,3 +273,164 @@ def test_cost_table_ci_is_the_student_eval_ci():
     assert evaluated.score == pytest.approx(tabled["accuracy"])
     assert (evaluated.ci_low, evaluated.ci_high) == (tabled["ci_low"], tabled["ci_high"])
     assert evaluated.ci_low < evaluated.score < evaluated.ci_high
+
+
+# -- lineage: every student row is tied to the checkpoint it measured ---------------------------
+T2S_STUDENT = "text2sql-student-abc"  # what plant_task plants (eval run "student-run", throughput "tp-run")
+
+
+def _student(rows):
+    return next(r for r in rows if r["role"] == "student" and r["variant"] == "bf16")
+
+
+def test_retrained_student_is_never_priced_with_the_old_checkpoints_throughput(planted):
+    store, spec, _ = planted
+    # A retrained student (another served name, i.e. another checkpoint) is evaluated; only the old
+    # checkpoint has a throughput profile.
+    plant_student_eval(store, spec, "student-run-2", "text2sql-student-new", 11)
+    rows = build_cost_table(gather_cost_inputs(store, spec), build_snapshot())
+    student = _student(rows)
+    assert student["model"] == "text2sql-student-new" and student["accuracy"] == pytest.approx(11 / 12)
+    assert student["usd_per_million_requests"] is None and student["cost_ratio_vs_student"] is None
+    assert "refused" in student["cost_note"] and T2S_STUDENT in student["cost_note"]
+    # Once the new checkpoint is profiled, it is priced with that profile (not the older, faster one).
+    plant_throughput(store, spec, "tp-run-2", "text2sql-student-new", sustained_rps=100.0)
+    plant_throughput(store, spec, "tp-run-3", T2S_STUDENT, sustained_rps=500.0)  # a later run of the OLD one
+    student = _student(build_cost_table(gather_cost_inputs(store, spec), build_snapshot()))
+    assert student["usd_per_million_requests"] == pytest.approx(2.40 / (3600 * 100) * 1e6)
+    assert "tp-run-2" in student["lineage"] and "unrecorded" in student["lineage"]
+
+
+def test_recorded_lineage_matches_by_checkpoint_not_by_name(planted):
+    store, spec, _ = planted
+    same = {"student_run_id": "train-1", "checkpoint_fingerprint": "f" * 64, "use_synthetic": True}
+    plant_student_eval(store, spec, "student-run-2", "served", 9, lineage=same)
+    # Same served name, another checkpoint (retrained in place): refused.
+    plant_throughput(store, spec, "tp-run-2", "served", lineage={**same, "checkpoint_fingerprint": "0" * 64})
+    student = _student(build_cost_table(gather_cost_inputs(store, spec), build_snapshot()))
+    assert student["usd_per_million_requests"] is None and "refused" in student["cost_note"]
+    assert student["student_run_id"] == "train-1" and student["checkpoint_fingerprint"] == "f" * 64
+    plant_throughput(store, spec, "tp-run-3", "served", sustained_rps=50.0, lineage=same)
+    student = _student(build_cost_table(gather_cost_inputs(store, spec), build_snapshot()))
+    assert student["usd_per_million_requests"] == pytest.approx(2.40 / (3600 * 50) * 1e6)
+    assert student["lineage"].startswith("student run train-1, checkpoint ffffffffffff")
+
+
+def test_seed_only_ablation_never_becomes_the_student(planted):
+    store, spec, _ = planted
+    distilled = {"student_run_id": "train-1", "checkpoint_fingerprint": "a" * 64, "use_synthetic": True}
+    plant_student_eval(store, spec, "eval-distilled", "t2s-student-train-1", 10, lineage=distilled)
+    plant_throughput(store, spec, "tp-distilled", "t2s-student-train-1", lineage=distilled)
+    # The ablation is evaluated last.
+    seed_only = {"student_run_id": "train-2", "checkpoint_fingerprint": "b" * 64, "use_synthetic": False}
+    plant_student_eval(store, spec, "eval-seed-only", "t2s-student-train-2", 5, lineage=seed_only)
+    by = _by_model(build_cost_table(gather_cost_inputs(store, spec), build_snapshot()))
+    student = _student(by.values())
+    assert student["model"] == "t2s-student-train-1" and student["usd_per_million_requests"] is not None
+    ablation = by["t2s-student-train-2 (seed-only)"]
+    assert ablation["role"] == "baseline" and ablation["variant"] == "seed_only"
+    assert ablation["accuracy"] == pytest.approx(5 / 12) and "seed-only ablation" in ablation["lineage"]
+    assert ablation["diff_vs_student"] == pytest.approx(5 / 12) and ablation["mcnemar_p"] == pytest.approx(1 / 16)
+
+
+def test_only_a_seed_only_eval_is_refused(tmp_path):
+    store = ResultsStore()
+    spec = get_task("text2sql")
+    plant_student_eval(store, spec, "eval-seed-only", "t2s-student-x", 5,
+                       lineage={"student_run_id": "x", "use_synthetic": False})
+    with pytest.raises(CostTableError, match="seed-only ablation"):
+        gather_cost_inputs(store, spec, test_rows=fixture_rows(spec))
+
+
+def test_every_student_variant_gets_its_verdict(planted):
+    store, spec, _ = planted
+    # fp8 of the same checkpoint (same throughput run), one item worse than bf16.
+    plant_throughput(store, spec, "tp-run-2", T2S_STUDENT, variants=("bf16", "fp8"), rps={"bf16": 222.0, "fp8": 260.0})
+    plant_student_eval(store, spec, "tp-run-2", T2S_STUDENT, 9, stage="throughput_fp8", variant="fp8")
+    rows = build_cost_table(gather_cost_inputs(store, spec), build_snapshot())
+    by_variant = {r["variant"]: r for r in rows if r["role"] == "student"}
+    fp8, bf16 = by_variant["fp8"], by_variant["bf16"]
+    assert fp8["accuracy"] == pytest.approx(9 / 12) and fp8["lineage"] and "tp-run-2" in fp8["lineage"]
+    assert fp8["usd_per_million_requests"] == pytest.approx(2.40 / (3600 * 260) * 1e6)
+    flash = _by_model(rows)[FLASH_LITE]
+    assert set(flash["verdicts"]) == {"bf16", "fp8"}
+    assert flash["verdicts"]["fp8"]["diff"] == pytest.approx(9 / 12 - 4 / 12)
+    assert flash["verdicts"]["bf16"]["verdict"] == flash["student_result"] == "win"
+    assert bf16["verdicts"]["fp8"]["diff"] == pytest.approx(-1 / 12)  # fp8 vs bf16, on bf16's row
+
+
+def test_scores_of_different_metrics_are_never_paired(tmp_path):
+    store = ResultsStore()
+    spec = get_task("hotpotqa")
+    plant_task(store, spec, tmp_path, api_models={FLASH_LITE: 4})
+    # The student was scored by the token-F1 fallback (no judge reachable) on its latest eval, the
+    # API model by the judge: no item pairs, no verdict.
+    plant_student_eval(store, spec, "student-run-2", "hotpotqa-student-abc", 10, metric="fallback:token_f1")
+    store.insert(predictions, [dict(run_id="baseline-run-2", task="hotpotqa", stage="baseline_evals", model=FLASH_LITE,
+                                    variant="mid_tier", item_id=r["id"], repeat=0, score=float(k < 4),
+                                    metric="llm_judge" if k < 6 else "fallback:token_f1", prompt_tokens=10,
+                                    completion_tokens=2) for k, r in enumerate(fixture_rows(spec))])
+    by = _by_model(build_cost_table(gather_cost_inputs(store, spec, test_rows=fixture_rows(spec)), build_snapshot()))
+    flash = by[FLASH_LITE]
+    # Only the 6 items both scored with token F1 pair.
+    assert flash["n_paired"] == 6 and flash["verdicts"]["bf16"]["n_metric_mismatch"] == 6
+    assert flash["metric"] == "llm_judge (6), fallback:token_f1 (6)"
+    assert by["hotpotqa-student-abc"]["metric"] == "fallback:token_f1"
+    assert by["hotpotqa-student-abc"]["judge"] == spec.judge.model == "mistral/mistral-large-2512"
+
+
+def test_cached_prompt_tokens_from_predictions_are_priced_at_the_cached_price(tmp_path):
+    store = ResultsStore()
+    spec = get_task("text2sql")
+    plant_task(store, spec, tmp_path, api_models={})
+    # No llm_requests rows: usage comes from the predictions, whose cached tokens are billed cached.
+    store.insert(predictions, [dict(run_id="b2", task="text2sql", stage="baseline_evals", model=HAIKU,
+                                    variant="frontier", item_id=r["id"], repeat=0, score=1.0, prompt_tokens=1000,
+                                    completion_tokens=50, cached_prompt_tokens=800) for r in fixture_rows(spec)])
+    haiku = _by_model(build_cost_table(gather_cost_inputs(store, spec), build_snapshot()))[HAIKU]
+    # 200 x $1 + 800 x $0.10 + 50 x $5 per MTok = $530 per million requests (not $1250 at full input price).
+    assert haiku["mean_cached_prompt_tokens"] == 800 and haiku["usd_per_million_requests"] == pytest.approx(530.0)
+    assert "cached" in haiku["cost_note"]
+
+
+def test_temperature_0_rows_are_priced_and_tiered_as_their_model(tmp_path):
+    store = ResultsStore()
+    spec = get_task("text2sql")
+    plant_task(store, spec, tmp_path, api_models={FLASH_LITE: 4})
+    label = FLASH_LITE + " @ temperature 0"
+    store.insert(predictions, [dict(run_id="baseline-run", task="text2sql", stage="baseline_evals", model=label,
+                                    variant="mid_tier@t0", item_id=r["id"], repeat=0, score=float(k < 5),
+                                    prompt_tokens=PROMPT, completion_tokens=COMPLETION)
+                               for k, r in enumerate(fixture_rows(spec))])
+    row = _by_model(build_cost_table(gather_cost_inputs(store, spec), build_snapshot()))[label]
+    assert row["role"] == "mid_tier" and row["variant"] == "mid_tier@t0" and row["accuracy"] == pytest.approx(5 / 12)
+    assert row["input_usd_per_mtok"] == 0.10 and row["usd_per_million_requests"] == pytest.approx(120.0)
+
+
+def test_a_snapshot_without_a_needed_price_is_an_error_naming_the_model(planted, tmp_path):
+    store, spec, _ = planted
+    data = yaml.safe_load(DEFAULT_PRICING_FILE.read_text())
+    del data["models"][HAIKU]
+    path = tmp_path / "no-haiku.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(PricingError, match="claude-haiku-4-5"):
+        build_cost_table(gather_cost_inputs(store, spec), build_snapshot(path))
+
+
+def test_checkpoint_fingerprint_and_lineage_record(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(b"\x00" * (3 << 20))
+    first = checkpoint_fingerprint(ckpt, chunk=1 << 20)
+    assert first == checkpoint_fingerprint(ckpt, chunk=1 << 20)
+    with (ckpt / "model.safetensors").open("r+b") as fh:  # retrained: other weights at the end
+        fh.seek((3 << 20) - 10)
+        fh.write(b"\x01")
+    assert checkpoint_fingerprint(ckpt, chunk=1 << 20) != first
+    store = ResultsStore()
+    row = record_student_lineage(store, task="t", stage="student_eval", run_id="r1", model="t-student-x",
+                                 student={"checkpoint_path": str(ckpt), "run_id": "train-9", "use_synthetic": False})
+    stored = store.select(student_lineage, run_id="r1")[0]
+    assert stored["checkpoint_fingerprint"] == row["checkpoint_fingerprint"] == checkpoint_fingerprint(ckpt)
+    assert stored["student_run_id"] == "train-9" and stored["use_synthetic"] is False

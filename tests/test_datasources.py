@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 import yaml
 
+from distil_platform import datasources
 from distil_platform.datasources import (
     COLUMNS,
     DataSourceError,
@@ -244,15 +245,83 @@ def test_hf_mapping_errors_name_the_field(tmp_path, banking_like_dataset):
         assert needle in str(err.value), (change, str(err.value))
 
 
-def test_hub_offline_falls_back_to_sample_and_forced_hf_says_why(monkeypatch):
+@pytest.fixture
+def fresh_hub_probe(monkeypatch):
+    """An empty per-process probe cache, and a counter of the probe's connection attempts."""
+    import socket
+
+    monkeypatch.setattr(datasources, "_HUB_PROBES", {})
+    attempts = []
+    real = socket.create_connection
+
+    def counting(address, *args, **kwargs):
+        attempts.append(address)
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", counting)
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    return attempts
+
+
+def test_hub_offline_falls_back_to_sample_and_forced_hf_says_why(monkeypatch, fresh_hub_probe):
     spec = get_task("banking77")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert not hf_available(spec.data.hf)
-    assert load_seed_and_test(spec).source.startswith("sample:")
+    data = load_seed_and_test(spec)
+    assert data.source.startswith("sample:") and "HF_HUB_OFFLINE" in data.note
     with pytest.raises(HubUnavailableError, match="hf:PolyAI/banking77"):
         load_seed_and_test(spec, source="hf")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    assert hf_available(spec.data.hf)
+    assert fresh_hub_probe == []  # offline: the hub is never probed
+
+
+def test_unreachable_hub_is_probed_once_and_never_retried(monkeypatch, fresh_hub_probe):
+    """HF_HUB_OFFLINE unset (e.g. `dagster dev` by hand) and nothing listening at HF_ENDPOINT: one
+    connection attempt for the whole process, no `datasets.load_dataset` call, the sample is used and
+    the reason is recorded for the seed asset's metadata."""
+    import datasets
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: refused at once
+    hub_calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: hub_calls.append(a) or pytest.fail("hub tried"))
+    for task in ("banking77", "trec", "hotpotqa", "banking77"):
+        data = load_seed_and_test(get_task(task))
+        assert data.source.startswith("sample:"), task
+        assert "unreachable" in data.note and "127.0.0.1:9" in data.note, data.note
+    assert fresh_hub_probe == [("127.0.0.1", 9)]
+    assert hub_calls == []
+    probe = datasources.probe_hub()
+    assert not probe.reachable and probe.target == "127.0.0.1:9"
+    # A task without `data.hf` never needs the hub, and says nothing about it.
+    assert load_seed_and_test(get_task("smart_home")).note is None
+
+
+def test_reachable_hub_endpoint_is_used(monkeypatch, fresh_hub_probe):
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    try:
+        port = server.getsockname()[1]
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        assert hf_available(get_task("banking77").data.hf)
+        assert hf_available(get_task("trec").data.hf)
+        assert fresh_hub_probe == [("127.0.0.1", port)]
+    finally:
+        server.close()
+
+
+def test_hub_probe_goes_to_the_proxy_when_one_applies(monkeypatch, fresh_hub_probe):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    probe = datasources.probe_hub()
+    assert not probe.reachable and fresh_hub_probe == [("127.0.0.1", 9)]
 
 
 # -- structural errors name file, row and field ------------------------------------------------

@@ -12,7 +12,8 @@ from distil_platform.taskspec import load_tasks
 
 NINE = {"text2sql", "smart_home", "git_assistant", "banking77", "ecommerce", "trec", "hotpotqa",
         "docstring", "pii_redaction"}
-STAGES = ["", "_teacher_data", "_student", "_student_eval", "_baseline_evals", "_throughput", "_cost_table"]
+STAGES = ["", "_teacher_data", "_student", "_student_eval", "_baseline_evals", "_throughput", "_cost_table",
+          "_routing"]
 
 
 def test_key_module_matches_the_documented_stages():
@@ -88,4 +89,26 @@ def test_dagster_cli_validates_definitions():
 
 
 def test_tasks_yaml_matches_definitions(defs):
-    assert set(load_tasks()) >= NINE
+    """Every task file is a group of the Definitions with its full pipeline, and nothing else is."""
+    tasks = set(load_tasks())
+    assert tasks >= NINE
+    graph = defs.resolve_asset_graph()
+    groups = {graph.get(k).group_name for k in graph.get_all_asset_keys()}
+    assert groups == tasks | {"costs", "config"}
+    for task in tasks:
+        assert dg.AssetKey(f"{task}_cost_table") in graph.get_all_asset_keys()
+        assert dg.AssetKey(["config", f"{task}_prompt"]) in graph.get_all_asset_keys()
+
+
+def test_tags_kinds_and_owners_select_across_tasks(defs):
+    classification = {t for t, s in load_tasks().items() if s.type == "classification"}
+    selected = _select(defs, "tag:task_type=classification")
+    graph = defs.resolve_asset_graph()
+    assert {graph.get(dg.AssetKey.from_user_string(k)).tags["task"] for k in selected} == classification
+    assert {f"{t}_student" for t in classification} <= selected
+    for task in NINE:
+        for stage in STAGES:
+            node = graph.get(dg.AssetKey(f"{task}{stage}"))
+            assert node.owners, f"{task}{stage} has no owner"
+            assert any(t.startswith("dagster/kind/") for t in node.tags), f"{task}{stage} has no kind"
+            assert node.tags.get("task") == task

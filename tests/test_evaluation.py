@@ -6,6 +6,8 @@ import pytest
 
 from distil_platform.evaluation import (
     Answer,
+    ItemResult,
+    eval_metric,
     evaluate,
     item_means,
     paired_comparison,
@@ -94,8 +96,106 @@ def test_paired_comparison_sees_the_better_model(spec, rows):
 
 
 def test_store_rows_round_trip(spec, rows):
-    results = evaluate(spec, rows, scripted(rows, correct={1, 2}), repeats=1)
+    from distil_platform.store import ResultsStore, predictions
+
+    answers = scripted(rows, correct={1, 2})
+
+    def with_cached_tokens(messages_list, repeat):
+        out = answers(messages_list, repeat)
+        for k, ans in enumerate(out):
+            ans.cached_prompt_tokens = k % 3
+        return out
+
+    results = evaluate(spec, rows, with_cached_tokens, repeats=1)
+    assert {r.metric for r in results} == {"exact_match"}
     stored = prediction_rows(results, task="banking77", stage="student_eval", model="m", run_id="r1")
     assert {r["stage"] for r in stored} == {"student_eval"} and len(stored) == len(rows)
-    back = results_from_store_rows(stored)
+    store = ResultsStore()
+    store.insert(predictions, stored)
+    back = results_from_store_rows(store.select(predictions, run_id="r1"))
     assert item_means(back) == item_means(results)
+    assert [r.metric for r in back] == ["exact_match"] * len(rows)
+    assert [r.cached_prompt_tokens for r in back] == [k % 3 for k in range(len(rows))]
+    # Rows from before the metric column: unknown unless the caller says.
+    legacy = [{**row, "metric": None} for row in stored]
+    assert {r.metric for r in results_from_store_rows(legacy)} == {""}
+    assert {r.metric for r in results_from_store_rows(legacy, default_metric="exact_match")} == {"exact_match"}
+
+
+@pytest.fixture
+def judged():
+    spec = get_task("hotpotqa")
+    rows = [{"id": f"h{i}", "question": f"question {i}?", "answer": f"answer number {i}", "context": ""}
+            for i in range(12)]
+    return spec, rows
+
+
+def _judge_good_when_exact(messages):
+    user = messages[-1]["content"]
+    reference = user.split("Reference answer:\n", 1)[1].split("\n", 1)[0].strip()
+    prediction = user.split("Model answer:\n", 1)[1].split("\n\nVerdict", 1)[0].strip()
+    return "GOOD" if prediction == reference else "BAD"
+
+
+def _answers(rows, good: set[int], partial: set[int] = frozenset()):
+    def answer(messages_list, repeat):
+        out = []
+        for i, row in enumerate(rows):
+            # "partial" answers share most words with the reference: token F1 > 0, judge BAD.
+            text = row["answer"] if i in good else ("answer number" if i in partial else "no")
+            out.append(Answer(text=text, prompt_tokens=5, completion_tokens=2))
+        return out
+
+    return answer
+
+
+def test_judge_and_fallback_scores_are_never_paired(judged):
+    spec, rows = judged
+    judge = _judge_good_when_exact
+    judge_with_model = lambda messages: _judge_good_when_exact(messages)  # noqa: E731
+    judge_with_model.model = "mistral/mistral-large-2512"
+    assert eval_metric(spec, None) == "fallback:token_f1" and eval_metric(spec, judge) == "llm_judge"
+    assert eval_metric(spec, judge_with_model) == "llm_judge:mistral/mistral-large-2512"
+
+    judged_student = evaluate(spec, rows, _answers(rows, good=set(range(6))), judge=judge)
+    fallback_student = evaluate(spec, rows, _answers(rows, good=set(range(6))))
+    baseline = evaluate(spec, rows, _answers(rows, good=set(), partial=set(range(12))), judge=judge)
+    assert {r.metric for r in judged_student} == {"llm_judge"}
+    assert {r.metric for r in fallback_student} == {"fallback:token_f1"}
+    assert {r.detail for r in fallback_student} == {"fallback:token_f1"}
+
+    same = paired_comparison(judged_student, baseline)
+    assert same["n_paired"] == 12 and same["metric"] == "llm_judge" and same["n_metric_mismatch"] == 0
+    # Token F1 of the student vs judge verdicts of the baseline: not one comparison.
+    crossed = paired_comparison(fallback_student, baseline)
+    assert crossed["n_paired"] == 0 and crossed["n_metric_mismatch"] == 12 and "verdict" not in crossed
+    assert crossed["metric_mismatch"] == ["fallback:token_f1 vs llm_judge"]
+    # Two judges are two metrics too.
+    other_judge = evaluate(spec, rows, _answers(rows, good=set()), judge=judge_with_model)
+    assert paired_comparison(judged_student, other_judge)["n_paired"] == 0
+    # The metric survives the store round trip, so pairing across assets sees it.
+    stored = prediction_rows(fallback_student, task=spec.name, stage="student_eval", model="m", run_id="r")
+    assert {r["metric"] for r in stored} == {"fallback:token_f1"}
+    assert paired_comparison(results_from_store_rows(stored), baseline)["n_paired"] == 0
+
+
+def test_pairs_of_several_metrics_are_split_by_metric():
+    def item(i, score, metric):
+        return ItemResult(item_id=f"i{i}", repeat=0, prediction="x", reference="y", score=score,
+                          score_strict=None, parse_ok=True, metric=metric)
+
+    # Items 0-7 judged on both sides; 8-9 token F1 on both; 10-11 judged vs fallback.
+    student = ([item(i, 1.0, "llm_judge") for i in range(8)] + [item(i, 0.5, "fallback:token_f1") for i in (8, 9)]
+               + [item(i, 1.0, "fallback:token_f1") for i in (10, 11)])
+    baseline = ([item(i, 1.0 if i < 4 else 0.0, "llm_judge") for i in range(8)]
+                + [item(i, 0.25, "fallback:token_f1") for i in (8, 9)] + [item(i, 0.0, "llm_judge") for i in (10, 11)])
+    cmp = paired_comparison(student, baseline)
+    assert cmp["metric"] == "llm_judge" and cmp["n_paired"] == 8 and cmp["n_common"] == 12
+    assert cmp["diff"] == pytest.approx(0.5) and (cmp["item_wins"], cmp["item_ties"]) == (4, 4)
+    assert cmp["n_metric_mismatch"] == 2 and set(cmp["by_metric"]) == {"llm_judge", "fallback:token_f1"}
+    assert cmp["by_metric"]["fallback:token_f1"]["n_paired"] == 2
+    assert cmp["by_metric"]["fallback:token_f1"]["diff"] == pytest.approx(0.25)
+    # One item scored by different metrics across its own repeats pairs with nothing.
+    mixed = [item(0, 1.0, "llm_judge"), ItemResult(item_id="i0", repeat=1, prediction="x", reference="y", score=0.0,
+                                                   score_strict=None, parse_ok=True, metric="fallback:token_f1")]
+    assert paired_comparison(mixed, baseline[:1])["n_paired"] == 0

@@ -8,7 +8,10 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import dagster as dg
 import pytest
+from distil_platform.resources.models import LLMResource
+from distil_platform.resources.store import ResultsStoreResource
 
 from distil_platform.llm import (
     BudgetExceeded,
@@ -27,7 +30,9 @@ class StubServer:
 
     ``429x<N>``: 429 with Retry-After for the first N calls of that prompt, then 200.
     ``500``: always 500.  ``hang``: sleeps longer than any test timeout.  ``nousage``: 200 without
-    usage.  anything else: 200 echoing the prompt, with usage (10 prompt, 5 completion tokens).
+    usage.  ``cached``: usage reports 4 of the 10 prompt tokens as cached.  anything else: 200 echoing
+    the prompt, with usage (10 prompt, 5 completion tokens). A request with ``logprobs`` gets one
+    logprob entry per word of the answer (``top_logprobs`` alternatives each).
     """
 
     def __init__(self):
@@ -63,10 +68,20 @@ class StubServer:
                     message = {"role": "assistant", "content": None, "tool_calls": [
                         {"id": "c1", "type": "function",
                          "function": {"name": body["tools"][0]["function"]["name"], "arguments": "{\"x\": 1}"}}]}
+                choice = {"index": 0, "message": message, "finish_reason": "stop"}
+                if body.get("logprobs"):
+                    words = (message["content"] or "").split()
+                    choice["logprobs"] = {"content": [
+                        {"token": w, "logprob": -0.1 * (k + 1), "bytes": list(w.encode()),
+                         "top_logprobs": [{"token": w, "logprob": -0.1 * (k + 1), "bytes": list(w.encode())}]
+                         * int(body.get("top_logprobs") or 0)}
+                        for k, w in enumerate(words)]}
                 response = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+                            "choices": [choice]}
                 if not prompt.startswith("nousage"):
                     response["usage"] = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+                    if prompt.startswith("cached"):
+                        response["usage"]["prompt_tokens_details"] = {"cached_tokens": 4}
                 self._send(200, response)
 
             def _send(self, status, payload, headers=None):
@@ -139,6 +154,40 @@ def test_tools_pass_through_and_tool_calls_come_back(stub, transport):
     (result,) = _client(stub, transport).chat_batch([_req("weather?", tools=tools)])
     assert stub.calls[0]["tools"] == tools
     assert result.tool_calls[0]["function"] == {"name": "get_weather", "arguments": '{"x": 1}'}
+
+
+def test_logprobs_and_response_format_pass_through_and_survive_the_cache(stub, transport):
+    store = ResultsStore()
+    schema = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+    request = _req("two words", extra={"logprobs": True, "top_logprobs": 2, "response_format": schema})
+    (result,) = _client(stub, transport, store=store).chat_batch([request])
+    sent = stub.calls[0]
+    assert sent["logprobs"] is True and sent["top_logprobs"] == 2 and sent["response_format"] == schema
+    assert [t["token"] for t in result.logprobs] == ["echo:", "two", "words"]
+    assert result.logprobs[1]["logprob"] == pytest.approx(-0.2) and len(result.logprobs[1]["top_logprobs"]) == 2
+    client = _client(stub, transport, store=store)
+    (again,) = client.chat_batch([request])
+    assert again.cache_hit and client.http_calls == 0 and again.logprobs == result.logprobs
+    # Without logprobs asked for there are none (and it is a different cache entry).
+    (plain,) = _client(stub, transport, store=store).chat_batch([_req("two words")])
+    assert plain.logprobs is None and not plain.cache_hit
+
+
+def test_cached_prompt_tokens_are_read_priced_and_stored(stub, transport):
+    store = ResultsStore()
+    # (input, output, cached input) per token: 6 fresh + 4 cached prompt tokens, 5 completion tokens.
+    client = _client(stub, transport, store=store, run_id="cached-run", price_lookup=lambda m: (1e-3, 2e-3, 1e-4))
+    (result,) = client.chat_batch([_req("cached prefix")])
+    assert result.cached_prompt_tokens == 4 and result.prompt_tokens == 10
+    assert result.cost_usd == pytest.approx(6 * 1e-3 + 4 * 1e-4 + 5 * 2e-3)
+    (row,) = store.select(llm_requests, run_id="cached-run")
+    assert row["cached_prompt_tokens"] == 4 and row["cost_usd"] == pytest.approx(result.cost_usd)
+    (hit,) = _client(stub, transport, store=store, price_lookup=lambda m: (1e-3, 2e-3, 1e-4)).chat_batch(
+        [_req("cached prefix")])
+    assert hit.cache_hit and hit.cached_prompt_tokens == 4 and hit.cost_usd == pytest.approx(result.cost_usd)
+    # A two-value price bills cached tokens at the full input price; no cache report means None.
+    (plain,) = _client(stub, transport).chat_batch([_req("not cached")])
+    assert plain.cached_prompt_tokens is None and plain.cost_usd == pytest.approx(10 * 1e-3 + 5 * 2e-3)
 
 
 def test_429_then_200_is_retried_honouring_retry_after(stub, transport):
@@ -215,6 +264,62 @@ def test_cache_second_run_makes_no_http_calls_and_repeats_are_distinct(stub, tra
     assert sum(r["cache_hit"] for r in rows) == 5
 
 
+def test_servers_of_one_name_share_cache_entries_only_with_one_identity(transport):
+    """A bf16 and an fp8 server of one checkpoint answer to the same served name: only the same
+    identity (checkpoint, backend, dtype/quantization) may reuse an answer."""
+    from distil_platform.llm import cache_key, serving_identity
+
+    store = ResultsStore()
+    bf16_server, fp8_server = StubServer(), StubServer()
+    try:
+        request = _req("identity question")
+        bf16 = serving_identity(served_model="stub-model", checkpoint_hash="abc123", backend="vllm", dtype="bfloat16")
+        fp8 = {**bf16, "quantization": "fp8"}
+        _client(bf16_server, transport, store=store, identity=bf16).chat_batch([request])
+        fp8_client = _client(fp8_server, transport, store=store, identity=fp8)
+        (fp8_answer,) = fp8_client.chat_batch([request])
+        assert not fp8_answer.cache_hit and fp8_client.http_calls == 1 and len(fp8_server.calls) == 1
+        # The same identity on another endpoint (a restarted server on a new port) reuses the answer.
+        restarted = StubServer()
+        try:
+            again_client = _client(restarted, transport, store=store, identity=dict(reversed(list(fp8.items()))))
+            (again,) = again_client.chat_batch([request])
+            assert again.cache_hit and again_client.http_calls == 0 and restarted.calls == []
+        finally:
+            restarted.close()
+        # Without an identity, the endpoint URL is the identity: two servers never share entries.
+        first, second = _client(bf16_server, transport, store=store), _client(fp8_server, transport, store=store)
+        first.chat_batch([_req("no identity")])
+        (other,) = second.chat_batch([_req("no identity")])
+        assert not other.cache_hit and second.http_calls == 1
+        assert first.identity == bf16_server.api_base and second.identity == fp8_server.api_base
+        identities = {row["identity"] for row in store.select(llm_cache)}
+        assert {first.identity, second.identity} <= identities and len(identities) == 4
+        assert cache_key("openai/stub-model", request, bf16) != cache_key("openai/stub-model", request, fp8)
+    finally:
+        bf16_server.close()
+        fp8_server.close()
+
+
+def test_provider_models_keep_their_cache_keys():
+    """A provider model (no api_base) has no default identity, so answers cached before identities
+    existed (paid for) are still found."""
+    import hashlib
+    import json as _json
+
+    from distil_platform.llm import cache_key
+
+    request = _req("hello", temperature=0.5, repeat=2)
+    legacy = hashlib.sha256(_json.dumps(
+        {"model": "gpt-5-nano", "messages": request.messages, "tools": None, "temperature": 0.5, "max_tokens": 256,
+         "extra": {}, "repeat": 2}, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+    client = LLMClient("gpt-5-nano", price_lookup=lambda m: None)
+    assert client.identity is None and cache_key(client.model, request, client.identity) == legacy
+    assert cache_key("gpt-5-nano", request, "gpt-5-nano@2025-08-07") != legacy
+    with pytest.raises(ValueError, match="identity"):
+        LLMClient("openai/x", api_base="http://h/v1", identity="  ")
+
+
 def test_identical_requests_in_one_batch_are_sent_once(stub):
     results = _client(stub).chat_batch([_req("dup")] * 3)
     assert stub.seen["dup"] == 1 and [r.text for r in results] == ["echo: dup"] * 3
@@ -283,8 +388,8 @@ def test_async_api_and_sync_api_inside_a_running_loop(stub):
 
 def test_llm_resource_reads_the_key_from_env_and_never_shows_it(stub, monkeypatch):
     import dagster as dg
-
     from distil_platform.resources.models import LLMResource
+
     from distil_platform.taskspec import ModelRef
 
     monkeypatch.setenv("STUB_KEY", "sk-env-secret")
@@ -305,6 +410,53 @@ def test_llm_resource_reads_the_key_from_env_and_never_shows_it(stub, monkeypatc
     client.chat_batch([_req("ref call")])
     assert stub.calls[-1]["authorization"] == "Bearer sk-ref"
     assert ResultsStore().select(llm_requests, stage="frontier")
+
+
+def test_llm_resource_records_into_the_configured_results_store(stub, tmp_path):
+    """Cache and usage rows go to the configured ResultsStoreResource (one store per Definitions),
+    also when its url is given at launch; never to the default database."""
+    default_before = len(ResultsStore().select(llm_requests))
+    url = f"sqlite:///{tmp_path / 'configured.db'}"
+    store_resource = ResultsStoreResource(url=url)
+    resource = LLMResource(model="openai/stub-model", api_base=stub.api_base, results_store=store_resource)
+    with dg.build_resources({"llm": resource, "results_store": store_resource}) as resources:
+        resources.llm.client(run_id="configured").chat_batch([_req("to the configured store")])
+    configured = ResultsStore(url)
+    assert [r["run_id"] for r in configured.select(llm_requests)] == ["configured"]
+    assert len(configured.select(llm_cache)) == 1
+    assert len(ResultsStore().select(llm_requests)) == default_before
+
+    # A launch-time url (configure_at_launch, as the Definitions bind it) reaches the LLM client too.
+    launch_url = f"sqlite:///{tmp_path / 'at-launch.db'}"
+    partial = ResultsStoreResource.configure_at_launch()
+    seen = {}
+
+    @dg.asset
+    def ask(llm: LLMResource, results_store: ResultsStoreResource):
+        client = llm.client(run_id="launched")
+        client.chat_batch([_req("launched question")])
+        seen["urls"] = (client.store.url, results_store.store().url)
+
+    defs = dg.Definitions(assets=[ask], resources={
+        "llm": LLMResource(model="openai/stub-model", api_base=stub.api_base, results_store=partial),
+        "results_store": partial})
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        run_config={"resources": {"results_store": {"config": {"url": launch_url}}}})
+    assert result.success and seen["urls"] == (launch_url, launch_url)
+    assert [r["run_id"] for r in ResultsStore(launch_url).select(llm_requests)] == ["launched"]
+    # An explicit store still wins, and the resource's identity belongs to its own endpoint only.
+    explicit = ResultsStore(f"sqlite:///{tmp_path / 'explicit.db'}")
+    assert LLMResource(identity="ckpt-1").client(model="openai/m", api_base="http://h/v1", store=explicit).store is explicit
+    configured_identity = LLMResource(model="openai/m", api_base="http://h/v1", identity="ckpt-1")
+    assert configured_identity.client().identity == "ckpt-1"
+    assert configured_identity.client(api_base="http://other/v1").identity == "http://other/v1"
+
+
+def test_definitions_share_one_results_store_with_the_llm_resource():
+    from distil_platform.definitions import defs
+
+    llm = defs.resources["llm"]
+    assert llm.results_store is defs.resources["results_store"]
 
 
 def test_cancelled_batch_keeps_what_completed(stub):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
 import yaml
 
@@ -9,8 +11,13 @@ from distil_platform.pricing import (
     DEFAULT_PRICING_FILE,
     ORIGIN_FILE,
     ORIGIN_LITELLM_BUNDLED,
+    ORIGIN_LITELLM_HOSTED,
     PricingError,
     build_snapshot,
+    bundled_litellm_price_map,
+    gpu_hardware_key,
+    litellm_version,
+    price_from_litellm_map,
     current_snapshot,
     load_pricing_file,
     price_lookup,
@@ -32,14 +39,50 @@ def _base():
     return yaml.safe_load(DEFAULT_PRICING_FILE.read_text())
 
 
+# The seed benchmark's ten frontier models and the provider key each needs.
+BENCHMARK_MODELS = {
+    "openai/gpt-5-nano": "OPENAI_API_KEY", "openai/gpt-5-mini": "OPENAI_API_KEY", "openai/gpt-5.2": "OPENAI_API_KEY",
+    "gemini/gemini-2.5-flash-lite": "GEMINI_API_KEY", "gemini/gemini-2.5-flash": "GEMINI_API_KEY",
+    "anthropic/claude-haiku-4-5": "ANTHROPIC_API_KEY", "anthropic/claude-sonnet-4-6": "ANTHROPIC_API_KEY",
+    "anthropic/claude-opus-4-6": "ANTHROPIC_API_KEY", "xai/grok-4-1-fast-reasoning": "XAI_API_KEY",
+    "xai/grok-4": "XAI_API_KEY",
+}
+
+
 def test_shipped_file_is_valid_and_prices_every_task_model():
     priced = load_pricing_file()
     assert priced.hardware["h100"].usd_per_hour == 2.40
     assert any(k.startswith("cpu-") for k in priced.hardware)
     models = {ref.model for spec in load_tasks().values() for ref in spec.comparison_models}
     snap = build_snapshot(models_needed=models)
-    assert not snap.unpriced
-    assert all(snap.model_price(m).origin == ORIGIN_FILE for m in models)
+    # Every model is priced by the file with a dated source, or declared unpriced with a reason.
+    assert set(snap.unpriced) == set(snap.declared_unpriced) == {"xai/grok-4", "xai/grok-4-1-fast-reasoning"}
+    for m in set(models) - set(snap.unpriced):
+        price = snap.model_price(m)
+        assert price.origin == ORIGIN_FILE and price.as_of and "litellm bundled map" in price.source
+
+
+def test_every_task_lists_the_ten_benchmark_models_with_keys_and_price_tiers():
+    snap = build_snapshot()
+    for spec in load_tasks().values():
+        refs = {ref.model: ref for ref in spec.comparison_models}
+        assert {m: r.api_key_env for m, r in refs.items()} == BENCHMARK_MODELS, spec.name
+        for model, ref in refs.items():
+            price = snap.find_model(model)
+            if price is not None:  # mid-tier means under $1 per million input tokens
+                assert (ref.tier == "mid_tier") == (price.input_per_mtok < 1.0), (spec.name, model)
+            else:
+                assert model in snap.declared_unpriced
+
+
+def test_file_prices_agree_with_the_litellm_map_they_cite():
+    """The shipped prices were read from litellm's bundled map: they must still be what it says."""
+    bundled = bundled_litellm_price_map()
+    for name, price in load_pricing_file().models.items():
+        entry = price.source.split("entry '")[1].split("'")[0]
+        mapped = price_from_litellm_map(entry, bundled, ORIGIN_LITELLM_BUNDLED)
+        assert mapped is not None, name
+        assert (mapped.input_per_mtok, mapped.output_per_mtok) == (price.input_per_mtok, price.output_per_mtok), name
 
 
 def test_env_overrides_the_pricing_file(tmp_path, monkeypatch):
@@ -102,16 +145,72 @@ def test_missing_models_fall_back_to_litellm_map_marked_as_such(tmp_path):
     path = _write(tmp_path, _base())
     fake_map = {"gpt-4o-mini": {"input_cost_per_token": 1.5e-7, "output_cost_per_token": 6e-7,
                                 "cache_read_input_token_cost": 7.5e-8}}
-    snap = build_snapshot(path, ["openai/gpt-4o-mini", "nobody/knows"], price_map=(fake_map, "litellm_bundled"))
+    # A model nobody prices is an error naming it, not a silent gap ...
+    with pytest.raises(PricingError, match="no price known for nobody/knows"):
+        build_snapshot(path, ["openai/gpt-4o-mini", "nobody/knows"], price_map=(fake_map, "litellm_bundled"))
+    snap = build_snapshot(path, ["openai/gpt-4o-mini", "nobody/knows"], price_map=(fake_map, "litellm_bundled"),
+                          allow_unpriced=True)
     price = snap.model_price("openai/gpt-4o-mini")
     assert price.origin == ORIGIN_LITELLM_BUNDLED
     assert (price.input_per_mtok, price.output_per_mtok, price.cached_input_per_mtok) == (0.15, 0.6, 0.075)
     assert snap.unpriced == ("nobody/knows",)
-    # The real bundled map (read from disk, no network) knows a common model too.
+    # The real bundled map (read from disk, no network) knows a common model too: its price says
+    # where it came from (the map and litellm's version), and is not stamped with the file's date.
     real = build_snapshot(path, ["openai/gpt-4o-mini"])
-    assert real.model_price("openai/gpt-4o-mini").origin == ORIGIN_LITELLM_BUNDLED
+    found = real.model_price("openai/gpt-4o-mini")
+    assert found.origin == ORIGIN_LITELLM_BUNDLED
+    assert found.source == f"litellm bundled map {litellm_version()}, entry 'gpt-4o-mini'"
+    assert found.as_of == "" and real.as_of == load_pricing_file(path).as_of != ""
     with pytest.raises(PricingError, match="nobody/knows"):
         snap.model_price("nobody/knows")
+    # ... unless the file declares it unpriced, with the reason.
+    data = _base()
+    data["unpriced"] = {"nobody/knows": "no public price"}
+    declared = build_snapshot(_write(tmp_path, data, "declared.yaml"), ["nobody/knows"], price_map=(fake_map, "x"))
+    assert declared.declared_unpriced["nobody/knows"] == "no public price" and declared.unpriced == ("nobody/knows",)
+    data["unpriced"] = {"openai/gpt-5-nano": "clash"}
+    with pytest.raises(PricingError, match="unpriced.openai/gpt-5-nano: also priced"):
+        load_pricing_file(_write(tmp_path, data, "clash.yaml"))
+
+
+class _Response:
+    def __init__(self, payload):
+        self.payload = payload
+
+    def raise_for_status(self):
+        return None
+
+    def json(self):
+        return self.payload
+
+
+def test_refresh_that_falls_back_to_the_bundled_map_warns(tmp_path, monkeypatch):
+    import httpx
+
+    def offline(*args, **kwargs):
+        raise httpx.ConnectError("no route to host")
+
+    monkeypatch.setattr(httpx, "get", offline)
+    path = _write(tmp_path, _base())
+    snap = build_snapshot(path, ["openai/gpt-4o-mini"], refresh_hosted=True)
+    assert len(snap.warnings) == 1 and "ConnectError: no route to host" in snap.warnings[0]
+    assert "fell back to the litellm bundled map" in snap.warnings[0]
+    assert snap.model_price("openai/gpt-4o-mini").origin == ORIGIN_LITELLM_BUNDLED
+    assert build_snapshot(path, ["openai/gpt-4o-mini"]).warnings == ()  # no refresh asked: nothing to warn
+    assert snap.hash == build_snapshot(path, ["openai/gpt-4o-mini"]).hash  # warnings are not prices
+
+    monkeypatch.setattr(httpx, "get", lambda *a, **k: _Response({"tiny": {}}))
+    assert "implausible" in build_snapshot(path, refresh_hosted=True).warnings[0]
+
+    # A hosted map that was read: prices carry the day it was read; file prices it disagrees with are named.
+    hosted = {f"filler-{i}": {} for i in range(600)}
+    hosted["gpt-4o-mini"] = {"input_cost_per_token": 2e-7, "output_cost_per_token": 8e-7}
+    hosted["gpt-5-nano"] = {"input_cost_per_token": 1e-7, "output_cost_per_token": 4e-7}
+    monkeypatch.setattr(httpx, "get", lambda *a, **k: _Response(hosted))
+    fresh = build_snapshot(path, ["openai/gpt-4o-mini"], refresh_hosted=True)
+    price = fresh.model_price("openai/gpt-4o-mini")
+    assert price.origin == ORIGIN_LITELLM_HOSTED and price.as_of == date.today().isoformat()
+    assert [w for w in fresh.warnings if "openai/gpt-5-nano" in w and "$0.1/$0.4" in w]
 
 
 def test_snapshot_hash_tracks_prices_not_comments(tmp_path):
@@ -153,3 +252,16 @@ def test_price_lookup_for_llm_client_and_cpu_hardware_key():
     assert lookup("unknown/model") is None
     assert pricing_hardware_key("cpu", "AMD EPYC 9R14, 2 cores") == "cpu-2core"
     assert pricing_hardware_key("h100", "1x NVIDIA H100 80GB HBM3") == "h100"
+
+
+def test_hardware_names_match_exactly_gh200_is_not_h200():
+    assert gpu_hardware_key("NVIDIA GH200 480GB") == "gh200"
+    assert gpu_hardware_key("NVIDIA H200") == "h200"
+    assert gpu_hardware_key("NVIDIA A100-SXM4-80GB") == "a100"
+    assert gpu_hardware_key("NVIDIA L40S") == "l40s" and gpu_hardware_key("NVIDIA L4") == "l4"
+    assert gpu_hardware_key("AMD Instinct MI300X") == "mi300x" and gpu_hardware_key("NVIDIA RTX 4090") is None
+    # A server key guessed by substring ("h200" inside "GH200") is corrected from the description ...
+    assert pricing_hardware_key("h200", "1x NVIDIA GH200 480GB") == "gh200"
+    # ... and a GH200 without a price is an error naming it, never the H200's price.
+    with pytest.raises(PricingError, match="hardware 'gh200'"):
+        build_snapshot().hardware_price("gh200")

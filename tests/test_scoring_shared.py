@@ -78,7 +78,7 @@ def test_text2sql_references_execute_and_score_one(shared_benchmark):
         error = sql_reference_error(row["answer"], schema)
         if error:
             failures.append(f"{row['answer']}: {error}")
-        elif sql_execution_match(row["answer"], row["answer"], schema) != 1.0:
+        elif sql_execution_match(row["answer"], row["answer"], schema, suite=False) != 1.0:
             failures.append(f"{row['answer']}: does not match itself")
     elapsed = time.perf_counter() - start
     assert failures == [], "text2sql references that do not execute:\n" + "\n".join(failures)

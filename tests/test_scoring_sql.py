@@ -378,7 +378,9 @@ def test_score_prediction_text2sql_reads_schema_from_context_or_question():
     assert score_prediction(spec, "no idea", row).parse_ok is False
 
 
-def test_fifty_items_score_fast():
+def test_equivalent_rewrites_score_one_and_suites_are_cached(monkeypatch):
+    from distil_platform.scoring import sql_suite
+
     pairs = [
         (
             "SELECT COUNT(*) FROM employees WHERE salary > {n}",
@@ -407,17 +409,25 @@ def test_fifty_items_score_fast():
             "SELECT e.name FROM employees e WHERE e.id IN (SELECT employee_id FROM assignments WHERE project LIKE '%{m}%') GROUP BY e.name",
         ),
     ]
-    start = time.perf_counter()
-    scores = []
-    for i in range(50):
+    items = []
+    for i in range(10):
         ref, pred = pairs[i % len(pairs)]
         fill = {"n": 100 * i, "m": 1 + i % 9}
-        scores.append(match(pred.format(**fill), ref.format(**fill)))
-    elapsed = time.perf_counter() - start
-    assert elapsed < 3.0, f"50 items took {elapsed:.2f}s"
-    assert (
-        sum(scores) >= 40
-    )  # equivalent rewrites; a few may differ on duplicate names (DISTINCT vs GROUP BY)
+        items.append((pred.format(**fill), ref.format(**fill)))
+    scores = [match(pred, ref) for pred, ref in items]
+    # Equivalent rewrites, except that DISTINCT e.name and GROUP BY e.name differ from the gold's
+    # duplicates only where two employees share a name and a project: at most the last pair.
+    assert sum(scores[i] for i in range(10) if i % 5 != 4) == 8, scores
+    # Scored again: the distinguishing databases come from the cache, no new search.
+    searches = []
+    real_search = sql_suite._search
+    monkeypatch.setattr(sql_suite, "_search", lambda *a: searches.append(a) or real_search(*a))
+    assert [match(pred, ref) for pred, ref in items] == scores
+    assert searches == []
+    # A fresh process (empty memory cache) reads the chosen databases from $DAGSTER_HOME.
+    sql_suite._memory.clear()
+    assert [match(pred, ref) for pred, ref in items] == scores
+    assert searches == []
 
 
 # -- properties -----------------------------------------------------------------------------------
@@ -450,7 +460,9 @@ def test_reflexive(query, seed):
 @settings(max_examples=20, deadline=None)
 @given(_queries, _queries, st.integers(0, 3))
 # Found by hypothesis: a date literal at the calendar's edge overflowed when shifted by days.
-@example(pred="SELECT id FROM employees", ref="SELECT id FROM employees WHERE hire_date < '0001-01-01'", seed=0)
+@example(
+    pred="SELECT id FROM employees", ref="SELECT id FROM employees WHERE hire_date < '0001-01-01'", seed=0
+)
 def test_deterministic_for_a_seed(pred, ref, seed):
     first = sql_match_details(pred, ref, SCHEMA, seed=seed)
     assert sql_match_details(pred, ref, SCHEMA, seed=seed) == first

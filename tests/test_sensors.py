@@ -1,187 +1,190 @@
-"""The config-change sensor and the monthly re-pricing schedule, evaluated with Dagster's contexts.
+"""Declarative automation, tested against the real Definitions (``build_definitions()``).
 
-The asset graph here has the real keys and edges of two tasks (stand-in bodies), so the tests pin
-down exactly which assets each change requests.
+The configuration files are the observable source assets ``pricing_file`` and ``<task>_prompt``;
+``config_change_sensor`` is the automation-condition sensor. Each test records materialisations
+(runless events, as a finished run would leave them), observes the files with the real observation
+function, and asks Dagster's own evaluator which assets the sensor would request.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.definitions.observe import observe
 
+from distil_platform.assets.config_sources import pricing_file_observation, prompt_observation
+from distil_platform.assets.keys import PRICING_FILE_KEY, TASK_STAGES
 from distil_platform.paths import PACKAGE_DIR
-from distil_platform.sensors import MONTHLY_CRON, build_sensors_and_schedules
-from distil_platform.sensors.config_watch import scan
+from distil_platform.sensors import MONTHLY_CRON, SENSOR_NAME
 from distil_platform.taskspec import load_tasks
 
 TASKS = ("text2sql", "banking77")
 
 
-def _noop(name: str, deps: list[str], group: str):
-    @dg.asset(key=name, deps=[dg.AssetKey(d) for d in deps], group_name=group)
-    def _a():
-        return None
-
-    return _a
-
-
-def _graph_assets(tasks) -> list:
-    assets = []
-    for t in tasks:
-        assets += [
-            _noop(t, [], t),
-            _noop(f"{t}_teacher_data", [t], t),
-            _noop(f"{t}_student", [t, f"{t}_teacher_data"], t),
-            _noop(f"{t}_student_eval", [t, f"{t}_student"], t),
-            _noop(f"{t}_baseline_evals", [t, f"{t}_student_eval"], t),
-            _noop(f"{t}_throughput", [t, f"{t}_student"], t),
-            _noop(f"{t}_cost_table", [f"{t}_student_eval", f"{t}_baseline_evals", f"{t}_throughput", "pricing"], t),
-        ]
-    assets += [_noop("pricing", [], "costs"), _noop("benchmark_report", [f"{t}_cost_table" for t in tasks], "costs")]
-    return assets
+def _stages(task: str) -> set[str]:
+    return {f"{task}{s}" for s in TASK_STAGES}
 
 
 @pytest.fixture(scope="module")
 def _instance():
-    # One instance for the module (creating one per test dominates the runtime), wiped per test.
     with dg.instance_for_test() as instance:
         yield instance
 
 
 @pytest.fixture
-def setup(tmp_path, monkeypatch, _instance):
+def env(tmp_path, monkeypatch, _instance):
     tasks_dir = tmp_path / "tasks"
     tasks_dir.mkdir()
     for t in TASKS:
         shutil.copy(PACKAGE_DIR / "tasks" / f"{t}.yaml", tasks_dir / f"{t}.yaml")
     pricing = tmp_path / "pricing.yaml"
     shutil.copy(PACKAGE_DIR / "config" / "pricing.yaml", pricing)
+    monkeypatch.setenv("DISTIL_TASKS_DIR", str(tasks_dir))
     monkeypatch.setenv("DISTIL_PRICING_FILE", str(pricing))
-    specs = load_tasks(tasks_dir)
-    sensors, schedules, jobs = build_sensors_and_schedules(specs)
-    defs = dg.Definitions(assets=_graph_assets(TASKS), sensors=sensors, schedules=schedules, jobs=jobs)
+    # The tests observe the files themselves; a cron tick of the observation during a test would
+    # add a (correct, but time-dependent) observation request. Its own test is below.
+    monkeypatch.setenv("DISTIL_CONFIG_OBSERVE_CRON", "0 0 1 1 *")
+    from distil_platform.definitions import build_definitions
+
     _instance.wipe()
-    return {"defs": defs, "sensor": sensors[0], "schedule": schedules[0], "instance": _instance,
-            "pricing": pricing, "tasks_dir": tasks_dir}
+    defs = build_definitions()
+    return _Env(defs, _instance, tasks_dir, pricing)
 
 
-def _tick(s, cursor):
-    ctx = dg.build_sensor_context(instance=s["instance"], cursor=cursor, definitions=s["defs"])
-    result = s["sensor"](ctx)
-    return result, result.cursor
+class _Env:
+    def __init__(self, defs, instance, tasks_dir, pricing):
+        self.defs, self.instance, self.tasks_dir, self.pricing = defs, instance, tasks_dir, pricing
+        self.cursor = None
+        self.keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+
+    def materialise(self, *keys: str) -> None:
+        """What a finished run leaves: materialisations, and the config versions the run used."""
+        specs = load_tasks(self.tasks_dir)
+        for key in keys:
+            if key.endswith("_teacher_data"):
+                self.instance.report_runless_asset_event(prompt_observation(specs[key[: -len("_teacher_data")]]))
+            if key == "pricing":
+                self.instance.report_runless_asset_event(pricing_file_observation())
+            self.instance.report_runless_asset_event(dg.AssetMaterialization(key))
+
+    def materialise_task(self, task: str) -> None:
+        self.materialise(*[k for k in sorted(_stages(task), key=lambda k: TASK_STAGES.index(k[len(task):]))])
+
+    def observe(self) -> None:
+        result = observe([self.defs.get_assets_def(PRICING_FILE_KEY)], instance=self.instance)
+        assert result.success
+
+    def tick(self) -> set[str]:
+        result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.cursor)
+        self.cursor = result.cursor
+        return {r.key.to_user_string() for r in result.results
+                if isinstance(r.key, dg.AssetKey) and r.true_subset.size}
+
+    def edit(self, path, old: str, new: str) -> None:
+        text = path.read_text()
+        assert old in text, f"{old!r} not in {path}"
+        path.write_text(text.replace(old, new, 1))
 
 
-def _keys(request) -> set[str]:
-    return {k.to_user_string() for k in request.asset_selection}
+@pytest.fixture
+def settled(env):
+    """text2sql fully materialised (with pricing and the report), banking77 never run; the config
+    observed after the run, and the evaluator has seen that state."""
+    env.tick()
+    env.materialise("pricing")
+    env.materialise_task("text2sql")
+    env.materialise("benchmark_report")
+    env.observe()
+    assert env.tick() == set(), "a config observation right after a run must request nothing"
+    return env
 
 
-def _touch_edit(path: Path, old: str, new: str):
-    text = path.read_text()
-    assert old in text
-    path.write_text(text.replace(old, new, 1))
-    # Guarantee a visible mtime change even on coarse-timestamp filesystems.
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+def test_sensor_is_the_automation_condition_sensor_and_schedule_stays(env):
+    sensor = env.defs.get_sensor_def(SENSOR_NAME)
+    assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    schedule = env.defs.get_schedule_def("monthly_repricing")
+    assert schedule.cron_schedule == MONTHLY_CRON == "0 6 1 * *"
+    assert schedule.execution_timezone == "UTC"
+    assert {"config/pricing_file", "config/text2sql_prompt", "config/banking77_prompt"} <= env.keys
 
 
-def _materialize_cost_table(instance, task):
-    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=f"{task}_cost_table"))
+def test_config_files_are_observed_on_their_cron(env, monkeypatch):
+    import datetime
+
+    from distil_platform.assets.config_sources import DEFAULT_OBSERVE_CRON
+
+    monkeypatch.setenv("DISTIL_CONFIG_OBSERVE_CRON", DEFAULT_OBSERVE_CRON)
+    from distil_platform.definitions import build_definitions
+
+    defs = build_definitions()
+    start = datetime.datetime(2026, 12, 1, 12, 0, 30, tzinfo=datetime.timezone.utc)
+    first = dg.evaluate_automation_conditions(defs=defs, instance=env.instance, evaluation_time=start)
+    later = dg.evaluate_automation_conditions(defs=defs, instance=env.instance, cursor=first.cursor,
+                                              evaluation_time=start + datetime.timedelta(minutes=2))
+    requested = {r.key.to_user_string() for r in later.results if r.true_subset.size}
+    assert requested == {"config/pricing_file", "config/text2sql_prompt", "config/banking77_prompt"}
 
 
-def test_definitions_hold_sensor_schedule_and_jobs(setup):
-    s = setup
-    assert s["sensor"].default_status == dg.DefaultSensorStatus.RUNNING
-    assert s["schedule"].default_status == dg.DefaultScheduleStatus.RUNNING
-    assert s["schedule"].cron_schedule == MONTHLY_CRON == "0 6 1 * *"
-    assert s["schedule"].execution_timezone == "UTC"
-    s["defs"].resolve_all_job_defs()  # the jobs' selections resolve against the graph
+def test_no_change_requests_nothing(settled):
+    settled.observe()
+    assert settled.tick() == set()
+    settled.edit(settled.pricing, "hardware:", "# a comment only\nhardware:")  # same parsed content
+    settled.edit(settled.tasks_dir / "text2sql.yaml", "max_answer_tokens: 128", "max_answer_tokens: 129")
+    settled.observe()
+    assert settled.tick() == set()
 
 
-def test_first_tick_records_baseline_and_no_change_requests_nothing(setup):
-    result, cursor = _tick(setup, None)
-    assert not result.run_requests
-    assert set(json.loads(cursor)["files"]) == {"pricing", "task:text2sql", "task:banking77"}
-    result2, cursor2 = _tick(setup, cursor)
-    assert not result2.run_requests
-    assert json.loads(cursor2)["files"] == json.loads(cursor)["files"]
+def test_pricing_edit_requests_pricing_materialised_cost_tables_and_report_only(settled):
+    settled.edit(settled.pricing, "usd_per_hour: 2.40", "usd_per_hour: 2.10")
+    settled.observe()
+    requested = settled.tick()
+    repriced = {f"text2sql{s}" for s in ("_cost_table", "_routing") if f"text2sql{s}" in settled.keys}
+    assert requested == {"pricing", "benchmark_report", *repriced}
+    assert settled.tick() == set()  # requested once, not again on the next tick
 
 
-def test_pricing_edit_requests_existing_cost_tables_and_report_only(setup):
-    s = setup
-    _materialize_cost_table(s["instance"], "text2sql")  # banking77 has no cost table yet
-    _, cursor = _tick(s, None)
-    _touch_edit(s["pricing"], "usd_per_hour: 2.40", "usd_per_hour: 2.10")
-    result, cursor = _tick(s, cursor)
-    assert len(result.run_requests) == 1
-    req = result.run_requests[0]
-    assert _keys(req) == {"pricing", "text2sql_cost_table", "benchmark_report"}
-    assert req.job_name == "repricing"
-    # Nothing further on the next tick.
-    again, _ = _tick(s, cursor)
-    assert not again.run_requests
+def test_prompt_edit_requests_that_tasks_teacher_data_and_downstream_only(settled):
+    settled.edit(settled.tasks_dir / "text2sql.yaml", "Question: {question}", "Q: {question}")
+    settled.observe()
+    requested = settled.tick()
+    assert requested == (_stages("text2sql") - {"text2sql"}) | {"benchmark_report"}
+    assert not any(k.startswith("banking77") for k in requested)
+    assert "pricing" not in requested
 
 
-def test_prompt_edit_requests_that_tasks_downstream_only(setup):
-    s = setup
-    _, cursor = _tick(s, None)
-    _touch_edit(s["tasks_dir"] / "banking77.yaml", "description: ", "description: Be brief. ")
-    result, cursor = _tick(s, cursor)
-    assert len(result.run_requests) == 1
-    keys = _keys(result.run_requests[0])
-    assert keys == {"banking77_teacher_data", "banking77_student", "banking77_student_eval",
-                    "banking77_baseline_evals", "banking77_throughput", "banking77_cost_table", "benchmark_report"}
-    assert not any(k.startswith("text2sql") for k in keys)
-    assert "pricing" not in keys and "banking77" not in keys
-
-
-def test_revert_to_earlier_content_triggers_again(setup):
-    s = setup
-    path = s["tasks_dir"] / "text2sql.yaml"
+def test_revert_to_earlier_content_triggers_again(settled):
+    path = settled.tasks_dir / "text2sql.yaml"
     original = path.read_text()
-    _, cursor = _tick(s, None)
-    _touch_edit(path, "Question: {question}", "Q: {question}")
-    first, cursor = _tick(s, cursor)
-    assert len(first.run_requests) == 1
+    settled.edit(path, "Question: {question}", "Q: {question}")
+    settled.observe()
+    assert "text2sql_teacher_data" in settled.tick()
+    settled.materialise_task("text2sql")  # the requested run finished
+    settled.observe()
+    assert settled.tick() == set()
     path.write_text(original)
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 3_000_000_000))
-    reverted, cursor = _tick(s, cursor)
-    assert len(reverted.run_requests) == 1
-    assert "text2sql_teacher_data" in _keys(reverted.run_requests[0])
-    assert reverted.run_requests[0].run_key != first.run_requests[0].run_key
+    settled.observe()
+    assert "text2sql_teacher_data" in settled.tick()
 
 
-def test_unrelated_yaml_edit_and_touch_do_not_trigger(setup):
-    s = setup
-    _, cursor = _tick(s, None)
-    path = s["tasks_dir"] / "text2sql.yaml"
-    _touch_edit(path, "max_answer_tokens: 128", "max_answer_tokens: 129")  # not part of the prompt
-    result, cursor = _tick(s, cursor)
-    assert not result.run_requests
-    st = s["pricing"].stat()
-    os.utime(s["pricing"], ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # touched, same content
-    result, _ = _tick(s, cursor)
-    assert not result.run_requests
+def test_a_task_never_materialised_is_not_started(settled):
+    settled.edit(settled.tasks_dir / "banking77.yaml", "description: ", "description: Be brief. ")
+    settled.observe()
+    assert not any(k.startswith("banking77") for k in settled.tick())
 
 
-def test_only_files_with_new_mtime_or_size_are_hashed(setup):
-    s = setup
-    _, cursor = _tick(s, None)
-    files = {"pricing": str(s["pricing"]), **{f"task:{t}": str(s["tasks_dir"] / f"{t}.yaml") for t in TASKS}}
-    assert scan(json.loads(cursor), files).hashed == []
-    _touch_edit(s["pricing"], "usd_per_hour: 2.40", "usd_per_hour: 2.50")
-    assert scan(json.loads(cursor), files).hashed == ["pricing"]
+def test_rebuilding_a_seed_set_never_starts_training(settled):
+    settled.materialise("text2sql")
+    requested = settled.tick()
+    assert not requested & {"text2sql_teacher_data", "text2sql_student", "text2sql_student_eval",
+                            "text2sql_baseline_evals", "text2sql_throughput"}
 
 
-def test_schedule_tick_requests_pricing_refresh_existing_cost_tables_and_report(setup):
-    s = setup
-    _materialize_cost_table(s["instance"], "banking77")
-    ctx = dg.build_schedule_context(instance=s["instance"])
-    request = s["schedule"].evaluate_tick(ctx).run_requests[0]
-    assert _keys(request) == {"pricing", "banking77_cost_table", "benchmark_report"}
+def test_schedule_requests_pricing_refresh_materialised_tasks_and_report(settled):
+    ctx = dg.build_schedule_context(instance=settled.instance)
+    request = settled.defs.get_schedule_def("monthly_repricing").evaluate_tick(ctx).run_requests[0]
+    repriced = {f"text2sql{s}" for s in ("_cost_table", "_routing") if f"text2sql{s}" in settled.keys}
+    assert {k.to_user_string() for k in request.asset_selection} == {"pricing", "benchmark_report", *repriced}
     assert request.run_config == {"ops": {"pricing": {"config": {"refresh_hosted": True}}}}

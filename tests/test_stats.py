@@ -1,4 +1,5 @@
-"""Statistics: hand-worked values, degenerate inputs, pairing, and the win/tie/loss verdict."""
+"""Statistics: hand-worked values, degenerate inputs, pairing, and the win / non-inferior /
+inconclusive / loss verdict."""
 
 from __future__ import annotations
 
@@ -11,12 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distil_platform.stats import (
+    TEST_BINARY,
+    TEST_BOOTSTRAP,
     bootstrap_ci,
     compare,
     mcnemar_exact,
     mean_std,
+    newcombe_paired_diff,
     paired_bootstrap_diff,
     per_item_means,
+    score_interval,
+    verdict_label,
     wilson_interval,
 )
 
@@ -119,20 +125,95 @@ def test_compare_verdicts():
     frontier = [1.0] * 40 + [0.0] * 10
     win = compare([1.0] * 50, [1.0] * 20 + [0.0] * 30)
     assert win["verdict"] == "win" and win["ci_low"] > 0 and win["mcnemar_p"] < 0.001
+    assert win["test"] == TEST_BINARY and win["ci_method"] == "newcombe"
     loss = compare([0.0] * 30 + [1.0] * 20, frontier)
     assert loss["verdict"] == "loss" and loss["ci_high"] < 0
-    tie = compare([1.0] * 38 + [0.0] * 12, frontier)
-    assert tie["verdict"] == "tie" and tie["ci_low"] <= 0 <= tie["ci_high"]
-    assert tie["diff"] == pytest.approx(-0.04) and tie["n"] == 50
-    assert tie["student_mean"] == pytest.approx(0.76) and tie["frontier_mean"] == pytest.approx(0.8)
-    same = compare(frontier, frontier)
-    assert (same["verdict"], same["diff"], same["ci_low"], same["ci_high"], same["mcnemar_p"]) == (
-        "tie",
-        0.0,
-        0.0,
-        0.0,
-        1.0,
-    )
+    # 4 points worse on 50 items: not a loss (p = 0.5), and not shown to be within 2 points either.
+    unclear = compare([1.0] * 38 + [0.0] * 12, frontier)
+    assert unclear["verdict"] == "inconclusive" and unclear["ci_low"] < -0.02 < 0 <= unclear["ci_high"]
+    assert unclear["diff"] == pytest.approx(-0.04) and unclear["n"] == 50
+    assert unclear["student_mean"] == pytest.approx(0.76) and unclear["frontier_mean"] == pytest.approx(0.8)
+    assert unclear["mcnemar_p"] == pytest.approx(0.5) and unclear["discordant"] == (0, 2)
+
+
+def test_sparse_binary_wins_need_mcnemar_significance():
+    """The review's case: on 50 items, 3 (or 4) discordant pairs all favouring the student. The
+    paired bootstrap calls that a win; the exact McNemar test says p = 0.25 (0.125)."""
+    for k, p in ((3, 0.25), (4, 0.125)):
+        student = [1.0] * k + [1.0] * 30 + [0.0] * (20 - k)
+        frontier = [0.0] * k + [1.0] * 30 + [0.0] * (20 - k)
+        assert paired_bootstrap_diff(student, frontier).low > 0  # what the old verdict used
+        result = compare(student, frontier)
+        assert result["mcnemar_p"] == pytest.approx(p)
+        assert result["verdict"] != "win"
+    six = compare([1.0] * 36 + [0.0] * 14, [0.0] * 6 + [1.0] * 30 + [0.0] * 14)
+    assert six["verdict"] == "win" and six["mcnemar_p"] == pytest.approx(2 / 64)
+
+
+def test_ten_points_worse_is_never_a_match():
+    # 50 items, the student 10 points worse (5 discordant pairs, all against it): McNemar p = 0.0625,
+    # so not a significant loss — but certainly not "matches" either.
+    student = [0.0] * 5 + [1.0] * 30 + [0.0] * 15
+    frontier = [1.0] * 5 + [1.0] * 30 + [0.0] * 15
+    result = compare(student, frontier)
+    assert result["verdict"] == "inconclusive" and result["ci_low"] < -0.1
+
+
+def test_non_inferiority_within_the_margin():
+    # 400 items, 2 discordant pairs each way: the difference is pinned near 0, well within 2 points.
+    student = [1.0] * 2 + [0.0] * 2 + [1.0] * 300 + [0.0] * 96
+    frontier = [0.0] * 2 + [1.0] * 2 + [1.0] * 300 + [0.0] * 96
+    result = compare(student, frontier)
+    assert result["verdict"] == "non_inferior" and -0.02 < result["ci_low"] < 0 < result["ci_high"]
+    # The same data with a margin too tight to establish: inconclusive. A looser margin: non-inferior.
+    assert compare(student, frontier, margin=0.005)["verdict"] == "inconclusive"
+    small = compare(student[:60], frontier[:60])
+    assert small["verdict"] == "inconclusive"  # 60 items cannot pin 2 points
+    assert compare(student[:60], frontier[:60], margin=0.2)["verdict"] == "non_inferior"
+    # Measurably worse but within a wide margin is non-inferior, not a loss.
+    worse = compare([0.0] * 30 + [1.0] * 300 + [0.0] * 70, [1.0] * 30 + [1.0] * 300 + [0.0] * 70, margin=0.15)
+    assert worse["mcnemar_p"] < 0.001 and worse["ci_high"] < 0 and worse["verdict"] == "non_inferior"
+    with pytest.raises(ValueError, match="margin"):
+        compare([1.0], [1.0], margin=-0.1)
+
+
+def test_newcombe_interval_matches_published_value():
+    # Cavo et al. (2012) in Fagerland, Lydersen & Laake, ch. 8: table [[59, 6], [16, 80]]
+    # -> difference -0.0621, Newcombe square-and-add 95% CI (-0.1186, -0.0046).
+    ci = newcombe_paired_diff(a_only=6, b_only=16, both=59, neither=80)
+    assert ci.mean == pytest.approx(-0.0621, abs=5e-5)
+    assert ci.low == pytest.approx(-0.1186, abs=5e-5) and ci.high == pytest.approx(-0.0046, abs=5e-5)
+    assert ci.method == "newcombe" and ci.n == 161
+    assert math.isnan(newcombe_paired_diff(0, 0, 0, 0).low)
+
+
+def test_non_binary_scores_use_the_paired_bootstrap():
+    rng = random.Random(1)
+    frontier = [rng.random() for _ in range(80)]
+    student = [min(1.0, x + 0.005 + rng.uniform(-0.005, 0.005)) for x in frontier]
+    result = compare(student, frontier)
+    assert result["test"] == TEST_BOOTSTRAP and result["mcnemar_p"] is None
+    assert result["verdict"] == "win" and result["ci_low"] > 0
+    slightly_worse = compare([x - 0.005 for x in frontier], frontier)
+    assert slightly_worse["verdict"] == "non_inferior"
+    much_worse = compare([x - 0.1 for x in frontier], frontier)
+    assert much_worse["verdict"] == "loss"
+
+
+def test_score_interval_is_wilson_for_binary_and_never_zero_width():
+    zero = score_interval([0.0] * 96)
+    assert zero.method == "wilson" and zero.low == 0.0
+    assert zero.high == pytest.approx(wilson_interval(0, 96)[1]) and zero.high > 0.03
+    assert bootstrap_ci([0.0] * 96).high == 0.0  # the zero-width interval it replaces
+    seven = score_interval({f"q{i}": float(i < 7) for i in range(10)})
+    assert (seven.low, seven.high) == pytest.approx(wilson_interval(7, 10))
+    judged = score_interval([0.5, 1.0, 0.0, 0.25] * 10)
+    assert judged.method == "bootstrap_bca" and judged.low < 0.4375 < judged.high
+
+
+def test_verdict_labels():
+    assert verdict_label("non_inferior", 0.02) == "non-inferior (δ 0.02)"
+    assert verdict_label("win", 0.02) == "win" and verdict_label(None) == "–"
 
 
 def test_compare_repeats_nan_and_empty():
@@ -140,11 +221,11 @@ def test_compare_repeats_nan_and_empty():
     frontier = [[0, 0, 1]] * 20
     result = compare(student, frontier)
     assert result["verdict"] == "win" and result["mcnemar_p"] is None  # per-item means are not 0/1
-    assert result["diff"] == pytest.approx(1 / 3)
+    assert result["diff"] == pytest.approx(1 / 3) and result["test"] == TEST_BOOTSTRAP
     with_nan = compare([1.0, float("nan"), 1.0], [0.0, 1.0, 0.0])
     assert with_nan["n"] == 2 and with_nan["n_excluded"] == 1
     empty = compare([], [])
-    assert empty["n"] == 0 and empty["verdict"] == "tie" and math.isnan(empty["diff"])
+    assert empty["n"] == 0 and empty["verdict"] == "inconclusive" and math.isnan(empty["diff"])
     with pytest.raises(ValueError):
         compare([1.0], [1.0, 0.0])
 
@@ -157,5 +238,6 @@ def test_compare_is_antisymmetric(pairs):
     forward = compare(a, b, n_resamples=2000)
     backward = compare(b, a, n_resamples=2000)
     assert forward["diff"] == pytest.approx(-backward["diff"])
-    assert {forward["verdict"], backward["verdict"]} in ({"tie"}, {"win", "loss"})
+    assert forward["ci_low"] == pytest.approx(-backward["ci_high"])
+    assert (forward["verdict"] == "win") == (backward["verdict"] == "loss")
     assert forward["mcnemar_p"] == pytest.approx(backward["mcnemar_p"])

@@ -8,7 +8,13 @@ import pytest
 
 from distil_platform.profiles import get_profile
 from distil_platform.taskspec import get_task
-from distil_platform.training import TrainConfig, to_chat_dataset_rows, train_student
+from distil_platform.training import (
+    TrainConfig,
+    TrainingRowTooLongError,
+    plan_max_length,
+    to_chat_dataset_rows,
+    train_student,
+)
 
 ROWS = [
     {"id": f"r{i}", "question": f"How many rows are in t{i}?", "answer": f"SELECT COUNT(*) FROM t{i};",
@@ -20,13 +26,61 @@ ROWS = [
 def test_config_layers_profile_task_and_overrides():
     spec = get_task("text2sql")
     local = TrainConfig.for_task(spec, get_profile("local"))
-    assert (local.max_steps, local.batch_size, local.max_length, local.use_lora, local.bf16) == (60, 8, 384, True, True)
+    assert (local.max_steps, local.batch_size, local.use_lora, local.bf16) == (60, 8, True, True)
+    # Sequence length from the data (within the profile's ceiling); rows per step from a token budget.
+    assert local.max_length is None and local.max_length_ceiling == 2048 and local.tokens_per_step == 3072
+    assert not local.allow_truncation
+    explicit = TrainConfig.for_task(spec, get_profile("local"), batch_size=2, max_length=700)
+    assert (explicit.batch_size, explicit.tokens_per_step, explicit.max_length) == (2, None, 700)
+    assert TrainConfig.for_task(spec, get_profile("gpu")).tokens_per_step is None
     assert local.lora_dropout == 0.0 and local.lora_r == spec.training.lora_r
     full = TrainConfig.for_task(spec, get_profile("local"), use_lora=False, max_steps=7)
     assert not full.use_lora and full.max_steps == 7 and full.learning_rate <= 5e-5
     with pytest.raises(ValueError, match="unknown training option"):
         TrainConfig.for_task(spec, get_profile("test"), bogus=1)
     assert TrainConfig(epochs=2, batch_size=4).steps_for(10) == 6
+    assert TrainConfig(epochs=2, batch_size=4).steps_for(10, batch_size=2) == 10
+
+
+def test_task_yaml_training_section_sets_truncation_and_ceiling(tmp_path):
+    import yaml
+
+    from distil_platform.taskspec import load_task_file
+
+    raw = yaml.safe_load(open(get_task("smart_home").source_file).read())
+    raw["training"] = {"allow_truncation": True, "max_length_ceiling": 512, "batch_size": 3}
+    path = tmp_path / "smart_home.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = TrainConfig.for_task(load_task_file(path), get_profile("local"))
+    assert cfg.allow_truncation and cfg.max_length_ceiling == 512
+    assert cfg.batch_size == 3 and cfg.tokens_per_step is None  # an explicit batch size is rows per step
+
+
+def test_batch_size_follows_the_token_budget():
+    cfg = TrainConfig(batch_size=8, tokens_per_step=3072)
+    assert [cfg.batch_size_for(n) for n in (200, 384, 800, 1150, 5000)] == [8, 8, 3, 2, 1]
+    assert TrainConfig(batch_size=8).batch_size_for(5000) == 8  # no budget: rows per step
+
+
+def test_max_length_is_the_longest_row_and_an_over_long_row_is_an_error():
+    spec = get_task("git_assistant")
+    ids, lengths = ["a", "b", "c", "d"], [900, 1150, 1000, 700]
+    plan = plan_max_length(spec, ids, lengths, TrainConfig(max_length_ceiling=2048))
+    assert (plan.max_length, plan.source, plan.longest, plan.shortest, plan.truncated) == (1150, "derived", 1150, 700, 0)
+    assert plan.median == 950 and plan.p90 == 1150
+    # The model's context bounds the ceiling too.
+    with pytest.raises(TrainingRowTooLongError) as err:
+        plan_max_length(spec, ids, lengths, TrainConfig(max_length_ceiling=2048), model_context=1024)
+    msg = str(err.value)
+    assert msg.startswith("git_assistant: 1 of 4 training row(s)") and "id 'b': 1150 tokens" in msg
+    assert "model context 1024" in msg and "allow_truncation" in msg and "id 'a'" not in msg
+    # A fixed max_length (task YAML / run config) below the data: every longer row is named, longest first.
+    with pytest.raises(TrainingRowTooLongError, match=r"3 of 4 .* max_length=800 .*id 'b': 1150 tokens, "
+                                                       r"id 'c': 1000 tokens, id 'a': 900 tokens"):
+        plan_max_length(spec, ids, lengths, TrainConfig(max_length=800))
+    # Allowed truncation: no error, the cut rows are counted.
+    plan = plan_max_length(spec, ids, lengths, TrainConfig(max_length=800, allow_truncation=True))
+    assert (plan.max_length, plan.source, plan.truncated) == (800, "fixed", 3)
 
 
 def test_training_rows_are_the_eval_rendering_plus_the_answer():
@@ -69,9 +123,29 @@ def test_labelled_positions_loss_matches_the_standard_causal_lm_loss(tiny_dir):
 
 
 @pytest.mark.slow
+def test_planted_over_long_row_fails_before_training(tiny_dir, tmp_path):
+    """The real tokenizer and chat template count the rendered prompt + answer; one long row among
+    short ones is named (task, id, tokens) and nothing is trained or written."""
+    from transformers import AutoTokenizer
+
+    from distil_platform.training import row_token_lengths
+
+    spec = get_task("smart_home")
+    rows = [{"id": f"ok-{i}", "question": "Turn on the kitchen lights", "context": "",
+             "answer": '{"name": "toggle_lights", "parameters": {"room": "kitchen", "state": "on"}}'} for i in range(4)]
+    rows.append({**rows[0], "id": "planted-long", "question": "Turn on the lights " + "please " * 400})
+    lengths = row_token_lengths(spec, rows, AutoTokenizer.from_pretrained(tiny_dir))
+    assert lengths[-1] > max(lengths[:-1]) + 1000
+    cfg = TrainConfig(max_steps=1, batch_size=2, bf16=False, max_length_ceiling=max(lengths[:-1]) + 10)
+    with pytest.raises(TrainingRowTooLongError, match=rf"smart_home: 1 of 5 .*id 'planted-long': {lengths[-1]} tokens"):
+        train_student(spec, rows, tiny_dir, tmp_path / "out", cfg)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
 def test_lora_training_writes_a_servable_checkpoint_and_is_seeded(tiny_dir, tmp_path):
     spec = get_task("text2sql")
-    cfg = TrainConfig(max_steps=3, batch_size=4, max_length=512, bf16=False, learning_rate=1e-3, seed=7)
+    cfg = TrainConfig(max_steps=3, batch_size=4, bf16=False, learning_rate=1e-3, seed=7)
     events = []
     a = train_student(spec, ROWS, tiny_dir, tmp_path / "a", cfg, base_model_name="tiny-qwen3", progress=events.append)
     for name in ("model.safetensors", "config.json", "tokenizer_config.json", "loss_curve.png",
@@ -79,6 +153,14 @@ def test_lora_training_writes_a_servable_checkpoint_and_is_seeded(tiny_dir, tmp_
         assert (tmp_path / "a" / name).exists(), name
     assert not (tmp_path / "a" / "adapter_config.json").exists()  # LoRA merged, not an adapter
     assert a.steps == 3 and a.train_examples == len(ROWS) and a.final_loss is not None
+    # max_length derived from the data: exactly the longest rendered row, nothing truncated.
+    from transformers import AutoTokenizer as _Tok
+
+    from distil_platform.training import row_token_lengths
+
+    lengths = row_token_lengths(spec, ROWS, _Tok.from_pretrained(tiny_dir))
+    assert a.max_length == max(lengths) and a.truncated_examples == 0 and a.batch_size == 4
+    assert a.length_plan["source"] == "derived" and a.length_plan["n_rows"] == len(ROWS)
     assert 0 < a.trainable_params < a.total_params
     steps = [e["step"] for e in events if "step" in e]
     assert steps == [1, 2, 3] and all("eta_s" in e for e in events if "step" in e)
@@ -102,7 +184,12 @@ def test_lora_training_writes_a_servable_checkpoint_and_is_seeded(tiny_dir, tmp_
 @pytest.mark.slow
 def test_full_fine_tune_option(tiny_dir, tmp_path):
     spec = get_task("text2sql")
-    cfg = TrainConfig(max_steps=2, batch_size=4, max_length=512, bf16=False, use_lora=False, learning_rate=1e-4)
+    # A token budget of two rows at this data's length -> batch 2; allowed truncation at a fixed length.
+    cfg = TrainConfig(max_steps=2, batch_size=4, bf16=False, use_lora=False, learning_rate=1e-4)
     res = train_student(spec, ROWS, tiny_dir, tmp_path / "full", cfg)
     assert res.trainable_params == res.total_params
+    budget = TrainConfig(max_steps=1, batch_size=8, tokens_per_step=2 * res.max_length, bf16=False,
+                         max_length=res.max_length - 5, allow_truncation=True)
+    cut = train_student(spec, ROWS, tiny_dir, tmp_path / "cut", budget)
+    assert cut.batch_size == 2 and cut.max_length == res.max_length - 5 and cut.truncated_examples >= 1
     assert (tmp_path / "full" / "model.safetensors").exists()

@@ -9,6 +9,9 @@ from distil_platform.llm.client import (
     LLMError,
     UnknownPriceError,
     cache_key,
+    default_identity,
+    normalise_identity,
+    serving_identity,
 )
 from distil_platform.llm.prices import chain_price_lookups, default_price_lookup, litellm_price_lookup
 
@@ -22,6 +25,9 @@ __all__ = [
     "UnknownPriceError",
     "cache_key",
     "chain_price_lookups",
+    "default_identity",
     "default_price_lookup",
     "litellm_price_lookup",
+    "normalise_identity",
+    "serving_identity",
 ]

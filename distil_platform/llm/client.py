@@ -11,8 +11,9 @@ A batch whose share of failed items exceeds ``max_error_rate`` raises (checked o
 ``min_items_for_error_rate`` items are done, and at the end, so a one-item batch that fails raises).
 
 Results store use (``distil_platform.store``):
-- ``llm_cache``: one row per successful response, keyed by model, messages, tools, decoding
-  parameters and the repeat index. A rerun after a crash re-bills nothing; repeats 0, 1, 2 of one
+- ``llm_cache``: one row per successful response, keyed by model, endpoint identity (checkpoint,
+  backend, dtype/quantization of a served model; see ``LLMClient``), messages, tools, decoding
+  parameters and the repeat index. The cached payload keeps logprobs and cached-token counts. A rerun after a crash re-bills nothing; repeats 0, 1, 2 of one
   prompt are three distinct calls.
 - ``llm_requests``: one row per request answered (from the server or the cache) or failed.
 Rows are written in batches from a background flush (one transaction per ~0.25 s or 256 rows),
@@ -29,7 +30,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,12 @@ class ChatResult:
     cache_hit: bool
     error: str | None
     attempts: int = 0
+    # Prompt tokens the provider served from its prompt cache (``usage.prompt_tokens_details.
+    # cached_tokens``; billed at the cached-input price). None: not reported.
+    cached_prompt_tokens: int | None = None
+    # The choice's ``logprobs.content``: one dict per generated token (``token``, ``logprob``,
+    # ``bytes``, ``top_logprobs``), when the request asked for ``logprobs`` (ChatRequest.extra). None otherwise.
+    logprobs: list[dict[str, Any]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -102,7 +109,46 @@ class _FatalError(Exception):
     """Not worth retrying (400, 401, 404, 422, ...)."""
 
 
-def cache_key(model: str, request: ChatRequest) -> str:
+def normalise_identity(identity: str | Mapping[str, Any] | None) -> str | None:
+    """The canonical string form of an endpoint identity (mappings as sorted compact JSON)."""
+    if identity is None:
+        return None
+    if isinstance(identity, Mapping):
+        if not identity:
+            raise ValueError("identity must not be an empty mapping")
+        return json.dumps(dict(identity), sort_keys=True, separators=(",", ":"), default=str)
+    identity = str(identity).strip()
+    if not identity:
+        raise ValueError("identity must not be empty")
+    return identity
+
+
+def default_identity(model: str, api_base: str | None) -> str | None:
+    """Identity when the caller gives none: the endpoint URL for ``api_base`` models (two servers
+    are never assumed to be the same model), none for provider models (the model string names it)."""
+    return api_base.rstrip("/") if api_base else None
+
+
+def serving_identity(
+    *,
+    served_model: str,
+    checkpoint_hash: str,
+    backend: str,
+    dtype: str | None = None,
+    quantization: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The identity a local server should give its clients: everything that changes the answer
+    (checkpoint content, serving engine, dtype, quantization, and ``extra`` such as the engine
+    version or max model length). Two servers with equal identities share cache entries."""
+    out = {"served_model": served_model, "checkpoint_hash": checkpoint_hash, "backend": backend,
+           "dtype": dtype, "quantization": quantization}
+    out.update(extra)
+    return out
+
+
+def cache_key(model: str, request: ChatRequest, identity: str | Mapping[str, Any] | None = None) -> str:
+    """Response-cache key of ``request`` to ``model`` served by ``identity`` (see :class:`LLMClient`)."""
     payload = {
         "model": model,
         "messages": request.messages,
@@ -112,6 +158,9 @@ def cache_key(model: str, request: ChatRequest) -> str:
         "extra": request.extra,
         "repeat": request.repeat,
     }
+    identity = normalise_identity(identity)
+    if identity is not None:  # provider models without one keep their keys from before identities
+        payload["identity"] = identity
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
@@ -175,16 +224,43 @@ def _normalise_tool_calls(raw: Any) -> list[dict[str, Any]] | None:
     return calls
 
 
-def _read_usage(usage: Any) -> tuple[int | None, int | None]:
-    if usage is None:
-        return None, None
+def _as_dict(value: Any) -> Any:
+    if value is None or isinstance(value, (dict, list, str, int, float, bool)):
+        return value
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    try:
+        return dict(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_usage(usage: Any) -> tuple[int | None, int | None, int | None]:
+    """(prompt, completion, cached prompt) tokens of an OpenAI-style ``usage`` object."""
+    usage = _as_dict(usage)
     if not isinstance(usage, dict):
-        usage = usage.model_dump() if hasattr(usage, "model_dump") else dict(usage)
+        return None, None, None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
     # Some servers send zeros instead of omitting usage: treat "0 prompt tokens" as unknown.
     if not prompt:
-        return None, None
-    return int(prompt), None if completion is None else int(completion)
+        return None, None, None
+    details = _as_dict(usage.get("prompt_tokens_details"))
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    if cached is None and usage.get("cache_read_input_tokens") is not None:  # Anthropic-style usage
+        cached = usage["cache_read_input_tokens"]
+    cached = None if cached is None else min(int(cached), int(prompt))
+    return int(prompt), None if completion is None else int(completion), cached
+
+
+def _read_logprobs(raw: Any) -> list[dict[str, Any]] | None:
+    """The ``content`` list of a choice's ``logprobs`` as plain dicts (JSON-storable), or None."""
+    raw = _as_dict(raw)
+    if not isinstance(raw, dict):
+        return None
+    content = raw.get("content")
+    if content is None:
+        return None
+    return [_as_dict(token) for token in content]
 
 
 class LLMClient:
@@ -193,6 +269,12 @@ class LLMClient:
     ``token_counter(messages, text) -> (prompt_tokens, completion_tokens)`` counts tokens when the
     server reports none (pass the served model's tokenizer); default ``litellm.token_counter``.
     ``log(str)`` receives progress lines; the API key never appears in them.
+
+    ``identity`` names what answers (a string, or a mapping such as :func:`serving_identity`'s:
+    checkpoint hash, backend, dtype, quantization) and is part of every cache key, so a bf16 and an
+    fp8 server of one checkpoint under one served name never share answers. Default: the endpoint
+    URL when ``api_base`` is set (an ephemeral server on a fresh port then never hits an old entry;
+    pass its identity to reuse answers across runs), nothing for provider models.
     """
 
     def __init__(
@@ -218,6 +300,7 @@ class LLMClient:
         fast_path: bool = True,
         min_items_for_error_rate: int = 10,
         progress_every_s: float = 10.0,
+        identity: str | Mapping[str, Any] | None = None,
     ):
         if not model:
             raise ValueError("LLMClient needs a model string (a litellm model, or openai/<name> with api_base)")
@@ -245,22 +328,28 @@ class LLMClient:
         self.spent_usd = 0.0  # fresh (billed) spend across this client's batches
         self._price: tuple[float, float] | None | bool = False  # False = not looked up yet
         self.http_calls = 0  # attempts sent over the wire (tests and benchmarks read it)
+        self.identity = normalise_identity(identity) if identity is not None else default_identity(model, self.api_base)
 
     def __repr__(self) -> str:  # never show the key
         return f"LLMClient(model={self.model!r}, api_base={self.api_base!r}, concurrency={self.concurrency})"
 
     # -- prices ------------------------------------------------------------------------------
 
-    def price(self) -> tuple[float, float] | None:
+    def price(self) -> tuple[float, ...] | None:
+        """(USD per input token, per output token[, per cached input token]) or None."""
         if self._price is False:
             self._price = self.price_lookup(self.model)
         return self._price  # type: ignore[return-value]
 
-    def _cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float | None:
+    def _cost(self, prompt_tokens: int | None, completion_tokens: int | None,
+              cached_prompt_tokens: int | None = None) -> float | None:
         price = self.price()
         if price is None or prompt_tokens is None:
             return None
-        return prompt_tokens * price[0] + (completion_tokens or 0) * price[1]
+        # Cached prompt tokens cost the cached-input price when the lookup knows one, else full input.
+        cached = min(max(cached_prompt_tokens or 0, 0), prompt_tokens)
+        cached_price = price[2] if len(price) > 2 and price[2] is not None else price[0]
+        return (prompt_tokens - cached) * price[0] + cached * cached_price + (completion_tokens or 0) * price[1]
 
     def _worst_case_cost(self, request: ChatRequest) -> float:
         price = self.price()
@@ -316,12 +405,14 @@ class LLMClient:
             raise _FatalError(message)
         try:
             data = json.loads(body)
-            message_obj = data["choices"][0]["message"]
+            choice = data["choices"][0]
+            message_obj = choice["message"]
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise _FatalError(f"malformed response: {body[-300:].decode('utf-8', 'replace')}") from exc
-        prompt, completion = _read_usage(data.get("usage"))
+        prompt, completion, cached = _read_usage(data.get("usage"))
         return {"text": message_obj.get("content"), "tool_calls": _normalise_tool_calls(message_obj.get("tool_calls")),
-                "prompt_tokens": prompt, "completion_tokens": completion}
+                "prompt_tokens": prompt, "completion_tokens": completion, "cached_prompt_tokens": cached,
+                "logprobs": _read_logprobs(choice.get("logprobs"))}
 
     async def _call_litellm(self, request: ChatRequest) -> dict[str, Any]:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -349,9 +440,10 @@ class LLMClient:
         except Exception as exc:
             raise _classify_litellm_error(exc) from exc
         choice = response.choices[0]
-        prompt, completion = _read_usage(getattr(response, "usage", None))
+        prompt, completion, cached = _read_usage(getattr(response, "usage", None))
         return {"text": choice.message.content, "tool_calls": _normalise_tool_calls(choice.message.tool_calls),
-                "prompt_tokens": prompt, "completion_tokens": completion}
+                "prompt_tokens": prompt, "completion_tokens": completion, "cached_prompt_tokens": cached,
+                "logprobs": _read_logprobs(getattr(choice, "logprobs", None))}
 
     async def _call_with_retries(self, http, request: ChatRequest) -> tuple[dict[str, Any], int]:
         attempt = 0
@@ -410,7 +502,7 @@ class LLMClient:
                 f"max_usd={self.max_usd} is set but no price is known for model {self.model!r}: add it to the "
                 "platform pricing file or use a model in litellm's price map"
             )
-        keys = [cache_key(self.model, r) for r in requests]
+        keys = [cache_key(self.model, r, self.identity) for r in requests]
         results: list[ChatResult | None] = [None] * len(requests)
         writer = _StoreWriter(self.store)
         cached = await asyncio.to_thread(writer.lookup, set(keys)) if self.store is not None else {}
@@ -467,7 +559,7 @@ class LLMClient:
             results[index] = result
             writer.add_request(self._request_row(result, key))
             if result.error is None:
-                writer.add_cache(key, self.model, _cache_payload(result))
+                writer.add_cache(key, self.model, _cache_payload(result), self.identity)
             for dup in duplicates.get(index, []):
                 results[dup] = ChatResult(**{**result.__dict__, "request": requests[dup],
                                              "cache_hit": result.error is None})
@@ -542,6 +634,7 @@ class LLMClient:
     def _finish(self, request, response, error, latency, attempts) -> ChatResult:
         if response is None:
             return ChatResult(request, None, None, None, None, False, latency, None, False, error, attempts)
+        cached = response.get("cached_prompt_tokens")
         prompt, completion, counted = response["prompt_tokens"], response["completion_tokens"], False
         if prompt is None or completion is None:
             try:
@@ -551,22 +644,25 @@ class LLMClient:
                 counted = True
             except Exception as exc:  # noqa: BLE001 - counting is best effort; cost then stays unknown
                 self.log(f"llm {self.model}: could not count tokens ({type(exc).__name__}: {exc})")
-        cost = self._cost(prompt, completion)
+        cost = self._cost(prompt, completion, cached)
         return ChatResult(request, response["text"], response["tool_calls"], prompt, completion, counted,
-                          latency, cost, False, None, attempts)
+                          latency, cost, False, None, attempts, cached_prompt_tokens=cached,
+                          logprobs=response.get("logprobs"))
 
     def _from_cache(self, request: ChatRequest, payload: dict[str, Any]) -> ChatResult:
         prompt, completion = payload.get("prompt_tokens"), payload.get("completion_tokens")
+        cached = payload.get("cached_prompt_tokens")
         return ChatResult(request, payload.get("text"), payload.get("tool_calls"), prompt, completion,
                           bool(payload.get("tokens_counted")), payload.get("latency_s"),
-                          self._cost(prompt, completion), True, None, 0)
+                          self._cost(prompt, completion, cached), True, None, 0,
+                          cached_prompt_tokens=cached, logprobs=payload.get("logprobs"))
 
     def _request_row(self, result: ChatResult, key: str) -> dict[str, Any]:
         return {
             "run_id": self.run_id, "task": self.task, "stage": self.stage, "model": self.model,
-            "cache_key": key, "repeat": result.request.repeat, "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens, "tokens_counted": result.tokens_counted,
-            "latency_s": result.latency_s, "cost_usd": result.cost_usd, "cache_hit": result.cache_hit,
+            "cache_key": key, "identity": self.identity, "repeat": result.request.repeat, "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens, "cached_prompt_tokens": result.cached_prompt_tokens,
+            "tokens_counted": result.tokens_counted, "latency_s": result.latency_s, "cost_usd": result.cost_usd, "cache_hit": result.cache_hit,
             "error": result.error,
         }
 
@@ -574,7 +670,8 @@ class LLMClient:
 def _cache_payload(result: ChatResult) -> dict[str, Any]:
     return {"text": result.text, "tool_calls": result.tool_calls, "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens, "tokens_counted": result.tokens_counted,
-            "latency_s": result.latency_s}
+            "latency_s": result.latency_s, "cached_prompt_tokens": result.cached_prompt_tokens,
+            "logprobs": result.logprobs}
 
 
 @dataclass
@@ -627,10 +724,10 @@ class _StoreWriter:
         if len(self.requests) >= self.flush_rows:
             self._wake.set()
 
-    def add_cache(self, key: str, model: str, payload: dict[str, Any]) -> None:
+    def add_cache(self, key: str, model: str, payload: dict[str, Any], identity: str | None = None) -> None:
         if self.store is None:
             return
-        self.cache[key] = {"key": key, "model": model, "response": payload}
+        self.cache[key] = {"key": key, "model": model, "identity": identity, "response": payload}
 
     def close(self) -> None:
         self._closed = True

@@ -1,6 +1,7 @@
 """Price lookups for :class:`~distil_platform.llm.client.LLMClient`.
 
-A price lookup is ``callable(model) -> (usd_per_input_token, usd_per_output_token) | None``.
+A price lookup is ``callable(model) -> (usd_per_input_token, usd_per_output_token[,
+usd_per_cached_input_token]) | None`` (two values: cached prompt tokens cost full input).
 The platform's pricing file (``distil_platform/pricing.py``) provides one; litellm's bundled map
 (``LITELLM_LOCAL_MODEL_COST_MAP=True``: never fetched over the network) is the fallback.
 """
@@ -10,11 +11,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-PriceLookup = Callable[[str], "tuple[float, float] | None"]
+PriceLookup = Callable[[str], "tuple[float, ...] | None"]
 
 
-def litellm_price_lookup(model: str) -> tuple[float, float] | None:
-    """Per-token prices from litellm's bundled model map, or None if litellm does not know ``model``."""
+def litellm_price_lookup(model: str) -> tuple[float, float, float] | None:
+    """Per-token (input, output, cached input) prices from litellm's bundled model map, or None if
+    litellm does not know ``model``. Without a cached-input price, cached tokens cost full input."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
@@ -24,7 +26,9 @@ def litellm_price_lookup(model: str) -> tuple[float, float] | None:
     for key in candidates:
         info = litellm.model_cost.get(key)
         if info and info.get("input_cost_per_token") is not None and info.get("output_cost_per_token") is not None:
-            return float(info["input_cost_per_token"]), float(info["output_cost_per_token"])
+            cached = info.get("cache_read_input_token_cost")
+            inp = float(info["input_cost_per_token"])
+            return inp, float(info["output_cost_per_token"]), float(cached) if cached is not None else inp
     return None
 
 
@@ -32,7 +36,7 @@ def chain_price_lookups(*lookups: PriceLookup | None) -> PriceLookup:
     """First lookup that knows the model wins (platform pricing file first, then litellm)."""
     active = [lookup for lookup in lookups if lookup is not None]
 
-    def lookup(model: str) -> tuple[float, float] | None:
+    def lookup(model: str) -> tuple[float, ...] | None:
         for candidate in active:
             price = candidate(model)
             if price is not None:

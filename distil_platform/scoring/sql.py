@@ -31,7 +31,10 @@ from sqlglot import exp
 from distil_platform.scoring.text import as_text, fenced_blocks
 
 ROW_CAP = 10_000  # a prediction returning more rows than this scores 0
-MAX_VALUE_BYTES = 1_000_000  # SQLITE_LIMIT_LENGTH: stops zeroblob/printf memory bombs
+MAX_VALUE_BYTES = 100_000  # SQLITE_LIMIT_LENGTH: stops zeroblob/printf memory bombs
+MAX_RESULT_COLUMNS = 64  # SQLITE_LIMIT_COLUMN while an untrusted query runs
+MAX_RESULT_BYTES = 8_000_000  # all values of a result together (rows x columns)
+_FETCH_BATCH = 256
 MAX_SQL_CHARS = 100_000
 _PROGRESS_EVERY = 1_000  # VM instructions between deadline checks
 _MAX_PERMUTATIONS = 5_000  # column-order permutations tried when comparing results
@@ -48,10 +51,6 @@ class SQLSchemaError(ValueError):
 
 class SQLReferenceError(ValueError):
     """The reference query is not a query, or fails on a database built from its schema."""
-
-
-class _QueryFailed(Exception):
-    """A query failed at run time (error, timeout, too many rows, not allowed)."""
 
 
 @dataclass(frozen=True)
@@ -195,33 +194,106 @@ def _new_connection() -> sqlite3.Connection:
     return conn
 
 
-def run_readonly_query(
-    conn: sqlite3.Connection, sql: str, *, timeout_s: float = 2.0, row_cap: int = ROW_CAP
+class SQLSandboxError(Exception):
+    """An untrusted query was refused or failed in the sandbox (error, not allowed, timed out, too
+    many rows, columns or bytes). ``str(exc)`` says why; timeouts start with ``"timed out"``."""
+
+
+_QueryFailed = SQLSandboxError  # the name the scoring code and older tests use
+
+
+def _value_bytes(value: Any) -> int:
+    if isinstance(value, (str, bytes)):
+        return len(value) + 8
+    return 8
+
+
+def run_sandboxed(
+    conn: sqlite3.Connection,
+    sql: str,
+    *,
+    timeout_s: float = 2.0,
+    row_cap: int = ROW_CAP,
+    byte_cap: int = MAX_RESULT_BYTES,
 ) -> tuple[int, list[tuple]]:
-    """``(column count, rows)`` of ``sql`` on ``conn`` under the read-only authorizer, the time
-    limit and the row cap. Raises ``_QueryFailed`` with the reason on any failure."""
+    """``(column count, rows)`` of one untrusted ``sql`` statement on ``conn``.
+
+    The sandbox: an authorizer that allows reading and nothing else (no ATTACH, PRAGMA, writes,
+    DDL, transactions, ``load_extension``); one statement; values of at most ``MAX_VALUE_BYTES``
+    and results of at most ``MAX_RESULT_COLUMNS`` columns (SQLite limits, so one row can never
+    exceed ``MAX_VALUE_BYTES * MAX_RESULT_COLUMNS``); at most ``row_cap`` rows and ``byte_cap``
+    bytes in all (counted while fetching, in batches); and one deadline, ``timeout_s`` after the
+    call, enforced by a progress handler inside SQLite *and* between fetched batches, so a query
+    that is slow to execute or to fetch stops in time. Raises :class:`SQLSandboxError` with the
+    reason on any failure; ``conn`` is left as it was (authorizer and limits restored).
+    """
     if len(sql) > MAX_SQL_CHARS:
-        raise _QueryFailed(f"query longer than {MAX_SQL_CHARS} characters")
+        raise SQLSandboxError(f"query longer than {MAX_SQL_CHARS} characters")
     deadline = time.perf_counter() + timeout_s
     conn.set_progress_handler(lambda: int(time.perf_counter() > deadline), _PROGRESS_EVERY)
     conn.set_authorizer(_read_only_authorizer)
+    old_columns = conn.setlimit(sqlite3.SQLITE_LIMIT_COLUMN, MAX_RESULT_COLUMNS)
+    old_length = conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+    rows: list[tuple] = []
+    total = 0
     try:
         cursor = conn.execute(sql)
         width = len(cursor.description or ())
-        rows = cursor.fetchmany(row_cap + 1)
+        while True:
+            batch = cursor.fetchmany(_FETCH_BATCH)
+            if not batch:
+                break
+            for row in batch:
+                total += 16 + sum(_value_bytes(v) for v in row)
+            rows.extend(batch)
+            if len(rows) > row_cap:
+                raise SQLSandboxError(f"returned more than {row_cap} rows")
+            if total > byte_cap:
+                raise SQLSandboxError(f"result larger than {byte_cap} bytes")
+            if time.perf_counter() > deadline:
+                raise SQLSandboxError(f"timed out after {timeout_s:g}s (fetching)")
         cursor.close()
     except sqlite3.OperationalError as exc:
         if "interrupted" in str(exc):
-            raise _QueryFailed(f"timed out after {timeout_s:g}s") from None
-        raise _QueryFailed(str(exc)) from None
+            raise SQLSandboxError(f"timed out after {timeout_s:g}s") from None
+        raise SQLSandboxError(str(exc)) from None
     except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError, MemoryError, RecursionError) as exc:
-        raise _QueryFailed(f"{type(exc).__name__}: {exc}") from None
+        raise SQLSandboxError(f"{type(exc).__name__}: {exc}") from None
     finally:
         conn.set_progress_handler(None, 0)
         conn.set_authorizer(_setup_authorizer)
-    if len(rows) > row_cap:
-        raise _QueryFailed(f"returned more than {row_cap} rows")
+        conn.setlimit(sqlite3.SQLITE_LIMIT_COLUMN, old_columns)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, old_length)
     return width, rows
+
+
+def run_readonly_query(
+    conn: sqlite3.Connection, sql: str, *, timeout_s: float = 2.0, row_cap: int = ROW_CAP
+) -> tuple[int, list[tuple]]:
+    """:func:`run_sandboxed` with the default byte cap (kept for existing callers)."""
+    return run_sandboxed(conn, sql, timeout_s=timeout_s, row_cap=row_cap)
+
+
+def execute_untrusted_sql(
+    schema_sql: str,
+    sql: str,
+    *,
+    timeout_s: float = 2.0,
+    seed: int = 0,
+    row_cap: int = ROW_CAP,
+    byte_cap: int = MAX_RESULT_BYTES,
+) -> tuple[int, list[tuple]]:
+    """Runs untrusted ``sql`` in the sandbox of :func:`run_sandboxed` on a fresh in-memory database
+    built from ``schema_sql`` and filled with generated rows (:func:`build_database`).
+
+    Raises :class:`SQLSchemaError` when the DDL does not execute, :class:`SQLSandboxError` when the
+    query is refused or fails. For checking model/teacher SQL before trusting it.
+    """
+    conn = build_database(schema_sql, extract_literals(sql) if len(sql) <= MAX_SQL_CHARS else (), seed=seed)
+    try:
+        return run_sandboxed(conn, sql, timeout_s=timeout_s, row_cap=row_cap, byte_cap=byte_cap)
+    finally:
+        conn.close()
 
 
 # -- schema introspection -------------------------------------------------------------------------
@@ -720,6 +792,7 @@ def sql_match_details(
     n_databases: int = 3,
     seed: int = 0,
     timeout_s: float = 2.0,
+    suite: bool = True,
 ) -> SQLMatchResult:
     """:func:`sql_execution_match` with whether the output held SQL and why it scored 0."""
     if n_databases < 1:
@@ -755,6 +828,25 @@ def sql_match_details(
             conn.close()
         if not results_match(ref_result, pred_result, ordered=ordered):
             return SQLMatchResult(0.0, True, f"results differ on database {index}")
+    if suite:
+        from distil_platform.scoring.sql_suite import distinguishing_suite, open_suite_database
+
+        chosen = distinguishing_suite(schema_sql, ref_sql, seed=seed)
+        for (kind, index), data, ref_result in zip(chosen.specs, chosen.databases, chosen.gold_results):
+            remaining = budget_end - time.perf_counter()
+            if remaining <= 0:
+                return SQLMatchResult(0.0, True, f"prediction timed out after {timeout_s:g}s")
+            conn = open_suite_database(data)
+            try:
+                pred_result = run_sandboxed(conn, pred_sql, timeout_s=remaining)
+            except SQLSandboxError as exc:
+                if str(exc).startswith("timed out"):
+                    return SQLMatchResult(0.0, True, f"prediction timed out after {timeout_s:g}s")
+                return SQLMatchResult(0.0, True, f"prediction error: {exc}")
+            finally:
+                conn.close()
+            if not results_match(ref_result, pred_result, ordered=ordered):
+                return SQLMatchResult(0.0, True, f"results differ on distinguishing database {kind} {index}")
     return SQLMatchResult(1.0, True, "")
 
 
@@ -766,9 +858,13 @@ def sql_execution_match(
     n_databases: int = 3,
     seed: int = 0,
     timeout_s: float = 2.0,
+    suite: bool = True,
 ) -> float:
     """Execution accuracy: 1.0 only when prediction and reference return the same results on each of
-    ``n_databases`` generated databases (see module docstring).
+    ``n_databases`` generated databases and, with ``suite`` (the default), on the reference's
+    distinguishing databases (:func:`distil_platform.scoring.sql_suite.distinguishing_suite`: boundary
+    databases chosen because they tell the reference from its near-miss neighbours; cached per
+    schema, reference and seed). ``suite=False`` is the scoring before distinguishing databases.
 
     Results compare as multisets of rows, or as lists when the reference has a top-level ORDER BY;
     column order may differ; floats compare to 10 significant digits. A prediction that has no
@@ -777,7 +873,13 @@ def sql_execution_match(
     for a bad schema or reference.
     """
     return sql_match_details(
-        prediction, reference, schema_sql, n_databases=n_databases, seed=seed, timeout_s=timeout_s
+        prediction,
+        reference,
+        schema_sql,
+        n_databases=n_databases,
+        seed=seed,
+        timeout_s=timeout_s,
+        suite=suite,
     ).score
 
 
@@ -786,7 +888,7 @@ def sql_reference_error(
 ) -> str | None:
     """Why ``reference`` cannot serve as a text2sql answer for ``schema_sql`` (None when it can)."""
     try:
-        sql_match_details(reference, reference, schema_sql, n_databases=n_databases, seed=seed)
+        sql_match_details(reference, reference, schema_sql, n_databases=n_databases, seed=seed, suite=False)
     except (SQLSchemaError, SQLReferenceError) as exc:
         return str(exc)
     return None

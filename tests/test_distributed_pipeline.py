@@ -1,0 +1,181 @@
+"""The same Definitions on the distributed configuration, on real servers: the Dagster instance on
+PostgreSQL (config/dagster-postgres.yaml: dagster-postgres storage, queued run coordinator, pools)
+and the results store on PostgreSQL (DISTIL_DB_URL).
+
+- the `test` profile's ``text2sql*`` graph through the real CLI (``dagster asset materialize``, the
+  Definitions' multiprocess executor: every step its own process, all sharing the database),
+  then a re-pricing run selected the way the monthly schedule selects it, then an automation tick
+  (the config-change sensor's evaluation) against the same instance;
+- two concurrent runs whose step is in the ``gpu`` pool, serialised by the pool (from the event log).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from distributed_services import pg  # noqa: F401  (module-scoped fixture: a real PostgreSQL server)
+
+from distil_platform.paths import PACKAGE_DIR
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DAGSTER = str(Path(sys.executable).parent / "dagster")
+PG_YAML = PACKAGE_DIR / "config" / "dagster-postgres.yaml"
+API_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
+
+
+@pytest.fixture
+def pg_home(pg, tmp_path, monkeypatch):  # noqa: F811
+    """$DAGSTER_HOME with the Postgres dagster.yaml; instance and results store in fresh databases."""
+    home = tmp_path / "pg_home"
+    home.mkdir()
+    shutil.copy(PG_YAML, home / "dagster.yaml")
+    results_url = pg.create_database("results")
+    env = {**pg.dagster_env(pg.create_database("dagster")), "DAGSTER_HOME": str(home),
+           "DISTIL_DB_URL": results_url, "DISTIL_PROFILE": "test"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in API_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    return env
+
+
+def _dagster(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    proc = subprocess.run([DAGSTER, *args], cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"dagster {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def _step_events(instance: dg.DagsterInstance, run_id: str, event_type: dg.DagsterEventType):
+    return [r for r in instance.all_logs(run_id, of_type=event_type)]
+
+
+def test_postgres_instance_config_loads_dagster_postgres_queue_and_pools(pg_home):
+    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+
+    with dg.DagsterInstance.get() as instance:
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+        assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        config = instance.get_concurrency_config()
+        assert config.run_queue_config.max_concurrent_runs == 8
+        assert config.pool_config.default_pool_limit == 1
+        assert config.pool_config.pool_granularity.value == "op"
+    # The per-deployment pool sizes, set the way docs/deploy.md says.
+    _dagster("instance", "concurrency", "set", "gpu", "4")
+    _dagster("instance", "concurrency", "set", "frontier_api", "16")
+    with dg.DagsterInstance.get() as instance:
+        assert instance.event_log_storage.get_concurrency_info("gpu").slot_count == 4
+        assert instance.event_log_storage.get_concurrency_info("frontier_api").slot_count == 16
+
+
+def test_two_concurrent_runs_are_serialised_by_the_gpu_pool(pg_home):
+    group = uuid.uuid4().hex
+    cmd = [DAGSTER, "job", "execute", "-f", str(REPO_ROOT / "tests" / "distributed_pool_jobs.py"), "-j",
+           "gpu_pool_job", "--tags", f'{{"distil/test-group": "{group}"}}']
+    procs = [subprocess.Popen(cmd, cwd=REPO_ROOT, env=dict(os.environ), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={"distil/test-group": group}))
+        assert len(runs) == 2 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        windows, blocked = [], []
+        for run in runs:
+            start = _step_events(instance, run.run_id, dg.DagsterEventType.STEP_START)
+            success = _step_events(instance, run.run_id, dg.DagsterEventType.STEP_SUCCESS)
+            assert len(start) == len(success) == 1
+            windows.append((start[0].timestamp, success[0].timestamp))
+            blocked.append(any("blocked by limit for pool gpu" in (r.user_message or "")
+                               for r in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)))
+        (a_start, a_end), (b_start, b_end) = sorted(windows)
+        assert a_end <= b_start, f"gpu steps overlapped: {windows}"
+        assert sorted(blocked) == [False, True]  # the second run's step waited for the slot
+        # The slot is free again once both finished.
+        assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 0
+
+
+@pytest.mark.slow
+def test_text2sql_graph_repricing_and_automation_tick_on_postgres(pg_home, tmp_path, monkeypatch):
+    from sqlalchemy import func, select
+
+    from distil_platform.costs import latest_cost_table
+    from distil_platform.definitions import build_definitions
+    from distil_platform.sensors import repricing_keys
+    from distil_platform.store import ResultsStore, llm_cache, llm_requests, predictions
+    from distil_platform.taskspec import load_tasks
+
+    _dagster("asset", "materialize", "-m", "distil_platform.definitions", "--select", "pricing,text2sql*")
+
+    store = ResultsStore(pg_home["DISTIL_DB_URL"])
+    assert store.engine.dialect.name == "postgresql"
+    assert not (Path(pg_home["DAGSTER_HOME"]) / "results.db").exists(), "wrote a SQLite store beside Postgres"
+    with dg.DagsterInstance.get() as instance:
+        (run,) = instance.get_runs()
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        stages = ["text2sql", "text2sql_teacher_data", "text2sql_student", "text2sql_student_eval",
+                  "text2sql_baseline_evals", "text2sql_throughput", "text2sql_cost_table", "pricing",
+                  "benchmark_report"]
+        for key in stages:
+            event = instance.get_latest_materialization_event(dg.AssetKey(key))
+            assert event is not None and event.run_id == run.run_id, key
+        # The multiprocess executor ran the steps in their own processes, all writing one event log.
+        starts = _step_events(instance, run.run_id, dg.DagsterEventType.STEP_START)
+        assert len({r.dagster_event.pid for r in starts}) == len(starts) >= len(stages)
+
+        eval_md = instance.get_latest_materialization_event(dg.AssetKey("text2sql_student_eval")).asset_materialization
+        n_test = eval_md.metadata["n"].value
+        rows = store.select(predictions, run_id=run.run_id, stage="student_eval")
+        assert len(rows) == n_test > 0
+        assert sum(r["score"] for r in rows) / n_test == pytest.approx(eval_md.metadata["score"].value)
+        with store.engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(llm_cache)).scalar() > 0
+            calls_before = conn.execute(select(func.count()).select_from(llm_requests)).scalar()
+        before = latest_cost_table(store, "text2sql")
+        assert before
+
+        # Re-pricing: new hardware prices, the selection the monthly schedule computes from this instance.
+        selection = [k.to_user_string() for k in repricing_keys(instance, sorted(load_tasks()))]
+    assert {"pricing", "text2sql_cost_table", "benchmark_report"} <= set(selection)
+    assert not any(k.startswith("banking77") for k in selection)  # never materialised: not re-priced
+    pricing = yaml.safe_load((PACKAGE_DIR / "config" / "pricing.yaml").read_text())
+    for hw in pricing["hardware"].values():
+        hw["usd_per_hour"] = hw["usd_per_hour"] * 2
+    edited = tmp_path / "pricing.yaml"
+    edited.write_text(yaml.safe_dump(pricing))
+    monkeypatch.setenv("DISTIL_PRICING_FILE", str(edited))
+    _dagster("asset", "materialize", "-m", "distil_platform.definitions", "--select", ",".join(selection))
+
+    after = latest_cost_table(store, "text2sql")
+    assert {r["snapshot_hash"] for r in after} != {r["snapshot_hash"] for r in before}
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(llm_requests)).scalar() == calls_before  # no calls
+
+    # An automation tick against the same instance: a pricing edit requests re-pricing, nothing on a GPU.
+    defs = build_definitions()
+    with dg.DagsterInstance.get() as instance:
+        from dagster._core.definitions.observe import observe
+
+        observe_source = [defs.get_assets_def(dg.AssetKey("pricing_file"))]
+        cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor
+        assert observe(observe_source, instance=instance).success
+        cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor).cursor
+        pricing["hardware"][next(iter(pricing["hardware"]))]["usd_per_hour"] += 1.0
+        edited.write_text(yaml.safe_dump(pricing))
+        assert observe(observe_source, instance=instance).success
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        requested = {r.key.to_user_string() for r in result.results
+                     if isinstance(r.key, dg.AssetKey) and r.true_subset.size}
+    assert {"pricing", "text2sql_cost_table"} <= requested
+    assert not requested & {"text2sql_teacher_data", "text2sql_student", "text2sql_student_eval",
+                            "text2sql_throughput"}

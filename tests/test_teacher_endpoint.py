@@ -1,0 +1,122 @@
+"""``<task>_teacher_data`` against a real OpenAI-compatible HTTP endpoint (a small stdlib server in
+this process that answers chat completions and records what it was sent): the reply schema goes out
+as ``response_format`` where the teacher's setting says so, the key from ``DISTIL_TEACHER_API_KEY``
+goes out as the bearer token, and a teacher that answers nothing fails the stage."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import dagster as dg
+import pytest
+import yaml
+from distil_platform.assets.seed import build_seed_set_asset
+from distil_platform.assets.teacher import build_teacher_assets
+from distil_platform.resources import LLMResource, ModelStoreResource, ResultsStoreResource, ServingResource
+
+from distil_platform.taskspec import load_task_file, tasks_dir
+
+REPLY = [
+    {"question": "push the release branch to upstream",
+     "answer": {"name": "git_push", "parameters": {"remote": "upstream", "branch": "release"}}},
+    {"question": "commit my work", "answer": {"name": "git_commit", "parameters": {"message": "Invented text"}}},
+]
+
+
+class _Endpoint:
+    def __init__(self, status: int = 200):
+        self.bodies: list[dict] = []
+        self.auth: list[str | None] = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                endpoint.bodies.append(body)
+                endpoint.auth.append(self.headers.get("Authorization"))
+                if status != 200:
+                    payload = {"error": {"message": "invalid api key", "type": "auth"}}
+                else:
+                    payload = {"id": "x", "object": "chat.completion", "model": body["model"],
+                               "choices": [{"index": 0, "finish_reason": "stop",
+                                            "message": {"role": "assistant", "content": json.dumps(REPLY)}}],
+                               "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}}
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _spec_with_teacher(tmp_path, base: str, response_format: str):
+    raw = yaml.safe_load((tasks_dir() / "git_assistant.yaml").read_text())
+    raw["teacher"] = {"test": {"model": "openai/recorder", "api_base": base, "tier": "teacher",
+                               "temperature": 0.8, "response_format": response_format}}
+    path = tmp_path / "git_assistant.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_task_file(path)
+
+
+def _materialize(spec, target: int = 8):
+    assets = build_seed_set_asset(spec) + build_teacher_assets(spec)
+    resources = {"llm": LLMResource(max_retries=0), "serving": ServingResource(backend="transformers"),
+                 "model_store": ModelStoreResource(), "results_store": ResultsStoreResource()}
+    return dg.materialize(assets, resources=resources, selection=["git_assistant", "git_assistant_teacher_data"],
+                          run_config={"ops": {"git_assistant_teacher_data": {"config": {"target": target}}}},
+                          raise_on_error=False)
+
+
+@pytest.fixture
+def test_profile(monkeypatch):
+    monkeypatch.setenv("DISTIL_PROFILE", "test")
+    monkeypatch.setenv("DISTIL_TEACHER_API_KEY", "sk-teacher-secret")
+
+
+@pytest.mark.parametrize("setting", ["json_schema", "auto"])
+def test_endpoint_teacher_gets_the_schema_when_configured_and_the_key(test_profile, tmp_path, setting):
+    with _Endpoint() as endpoint:
+        result = _materialize(_spec_with_teacher(tmp_path, endpoint.base, setting))
+    assert result.success
+    assert len(endpoint.bodies) == 2  # 8 requested, 4 per request
+    assert set(endpoint.auth) == {"Bearer sk-teacher-secret"}
+    formats = [b.get("response_format") for b in endpoint.bodies]
+    if setting == "json_schema":
+        assert all(f["type"] == "json_schema" and f["json_schema"]["schema"]["type"] == "array" for f in formats)
+    else:  # auto: only a locally served vLLM gets it
+        assert formats == [None, None]
+    md = result.asset_materializations_for_node("git_assistant_teacher_data")[-1].metadata
+    assert md["structured_output"].value is (setting == "json_schema")
+    assert md["generated"].value == 4 and md["accepted"].value == 1  # the same two rows twice
+    assert md["rejected_by_grounded_arguments"].value == 2  # the invented commit message, both times
+    assert "sk-teacher-secret" not in json.dumps({k: str(v.value) for k, v in md.items()})
+
+
+def test_a_teacher_that_answers_nothing_fails_the_stage(test_profile, tmp_path):
+    with _Endpoint(status=401) as endpoint:
+        result = _materialize(_spec_with_teacher(tmp_path, endpoint.base, "json_schema"))
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE"
+                   and e.step_key == "git_assistant_teacher_data")
+    text = str(failure.event_specific_data.error)
+    assert "answered none of its 2 requests" in text and "DISTIL_TEACHER_API_KEY" in text

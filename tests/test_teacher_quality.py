@@ -1,0 +1,349 @@
+"""Teacher data quality: reply schemas per task type, the quality filters on planted good and bad rows,
+the recorded-teacher source on small fixture files, and the teacher stage's wiring (no model needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from jsonschema import Draft202012Validator
+
+from distil_platform import filters as qf
+from distil_platform.datasources import load_sample
+from distil_platform.recorded_teacher import RecordedTeacherError, load_recorded, recorded_path
+from distil_platform.synthesis import apply_filters, parse_teacher_output, synthesize
+from distil_platform.taskspec import load_task_file, tasks_dir
+from distil_platform.teacher_schemas import reply_schema, response_format, use_structured_output
+from distil_platform.validation import validate_row
+
+DATA = Path(__file__).parent / "data"
+
+
+def get_task(task):
+    # One file, not the registry: a test of one task does not depend on the other YAMLs.
+    return load_task_file(tasks_dir() / f"{task}.yaml")
+
+
+def _sample(task):
+    spec = get_task(task)
+    d = load_sample(spec)
+    return spec, d.seed.to_dicts(), d.test.to_dicts()
+
+
+def _validator(spec, seeds=()):
+    schema = reply_schema(spec, seeds)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+# -- schemas -------------------------------------------------------------------------------------
+def test_classification_schema_is_the_label_enum_in_a_top_level_array():
+    spec, seeds, _ = _sample("banking77")
+    v = _validator(spec)
+    label = next(iter(spec.labels))
+    assert v.is_valid([{"question": "my card payment had a fee", "answer": label}])
+    assert not v.is_valid([{"question": "q", "answer": "not_a_label"}])
+    assert not v.is_valid({"examples": [{"question": "q", "answer": label}]})  # an object root is not read
+    assert not v.is_valid([])  # at least one example
+    too_many = [{"question": "q", "answer": label}] * (spec.synthesis.examples_per_request + 1)
+    assert not v.is_valid(too_many)
+    # every shipped seed, written as the teacher would, fits
+    assert v.is_valid([{"question": s["question"], "answer": s["answer"]} for s in seeds[:4]])
+
+
+@pytest.mark.parametrize("task", ["git_assistant", "smart_home"])
+def test_tool_schema_has_one_branch_per_tool_with_name_const_and_the_tools_parameters(task):
+    spec, seeds, _ = _sample(task)
+    v = _validator(spec)
+    branches = reply_schema(spec)["items"]["properties"]["answer"]["anyOf"]
+    assert [b["properties"]["name"]["const"] for b in branches] == spec.tool_names
+    for s in seeds:  # each seed's call validates against its tool's branch
+        assert v.is_valid([{"question": s["question"], "answer": json.loads(s["answer"])}]), s["id"]
+    call = json.loads(seeds[0]["answer"])
+    assert not v.is_valid([{"question": "q", "answer": {"name": "no_such_tool", "parameters": {}}}])
+    assert not v.is_valid([{"question": "q", "answer": {**call, "parameters": {**call["parameters"], "bogus": 1}}}])
+
+
+def test_git_schema_rejects_arguments_the_tool_schema_forbids():
+    spec = get_task("git_assistant")
+    v = _validator(spec)
+    assert v.is_valid([{"question": "hard reset", "answer": {"name": "git_reset", "parameters": {"mode": "hard"}}}])
+    assert not v.is_valid([{"question": "q", "answer": {"name": "git_reset", "parameters": {"mode": "sideways"}}}])
+    assert not v.is_valid([{"question": "q", "answer": {"name": "git_reset", "parameters": {}}}])  # mode required
+
+
+def test_sql_qa_and_generation_schemas_are_strings_and_context_only_where_the_reply_carries_it():
+    sql = get_task("text2sql")
+    schema = reply_schema(sql)["items"]
+    assert schema["properties"]["answer"]["type"] == "string"
+    assert "context" not in schema["properties"]  # the schema DDL is fixed by the request
+    assert _validator(sql).is_valid([{"question": "How many?", "answer": "SELECT COUNT(*) FROM t"}])
+    assert not _validator(sql).is_valid([{"question": "How many?", "answer": {"sql": "SELECT 1"}}])
+
+    doc, doc_seeds, _ = _sample("docstring")
+    item = reply_schema(doc, doc_seeds)["items"]
+    assert item["required"] == ["question", "answer", "context"]  # the code comes from the teacher
+    pii, pii_seeds, _ = _sample("pii_redaction")
+    assert "context" not in reply_schema(pii, pii_seeds)["items"]["properties"]
+    qa = get_task("hotpotqa")
+    assert reply_schema(qa)["items"]["properties"]["answer"] == {"type": "string", "minLength": 1}
+
+
+def test_response_format_and_who_gets_it():
+    spec = get_task("trec")
+    fmt = response_format(spec)
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "trec_examples"
+    assert fmt["json_schema"]["schema"]["type"] == "array"
+    assert use_structured_output("auto", served_locally=True, backend="vllm")
+    assert not use_structured_output("auto", served_locally=True, backend="transformers")  # ignores it
+    assert not use_structured_output("auto", served_locally=False, backend=None)
+    assert use_structured_output("json_schema", served_locally=False, backend=None)
+    assert not use_structured_output("none", served_locally=True, backend="vllm")
+    with pytest.raises(ValueError, match="response_format"):
+        use_structured_output("sometimes", served_locally=True, backend="vllm")
+
+
+def test_a_constrained_reply_parses_into_valid_rows_and_an_object_wrapper_too():
+    spec = get_task("git_assistant")
+    reply = [{"question": "push to upstream", "answer": {"name": "git_push", "parameters": {"remote": "upstream"}}}]
+    assert _validator(spec).is_valid(reply)
+    for text in (json.dumps(reply), json.dumps({"examples": reply})):
+        rows, dropped = parse_teacher_output(spec, text)
+        assert not dropped and len(rows) == 1
+        assert validate_row(spec, rows[0]) is None
+
+
+# -- question sanity -----------------------------------------------------------------------------
+def test_question_sanity_drops_scaffolds_instructions_junk_and_keeps_real_questions():
+    spec, seeds, test = _sample("text2sql")
+    check = qf.QuestionSanity.from_seeds(spec, seeds).check
+    good = "Which customers placed more than three orders in 2023?"
+    assert check({"question": good}) is None
+    assert check({"question": "Question:"}) == "scaffold"
+    assert check({"question": "Question: How many orders are there?"}) == "scaffold"  # template prefix copied
+    assert check({"question": "..."}) == "scaffold"
+    line = next(x for x in spec.description.splitlines() if len(x.split()) > 6)
+    assert check({"question": line}) == "copies_instruction"
+    assert check({"question": "Сколько заказов сделал каждый покупатель в прошлом году?"}) == "wrong_language"
+    assert check({"question": "orders orders orders orders orders orders orders"}) == "repetitive"
+    assert check({"question": "x" * 5000}) == "too_long"
+    assert check({"question": "ab"}) == "too_short"
+    assert all(check(r) is None for r in seeds + test)  # the real data passes
+
+
+def test_question_sanity_reads_the_last_user_turn_of_a_chat_history():
+    spec, seeds, _ = _sample("smart_home")
+    check = qf.QuestionSanity.from_seeds(spec, seeds).check
+    junk = json.dumps([{"role": "user", "content": "Question:"}])
+    real = json.dumps([{"role": "user", "content": "turn on the kitchen lights"}])
+    assert check({"question": junk}) == "scaffold"
+    assert check({"question": real}) is None
+
+
+def test_fixed_instruction_tasks_keep_the_instruction_and_nothing_else():
+    spec, seeds, _ = _sample("docstring")
+    check = qf.QuestionSanity.from_seeds(spec, seeds).check
+    assert check({"question": seeds[0]["question"]}) is None
+    assert check({"question": "Write a poem about this code."}) == "not_the_fixed_instruction"
+
+
+# -- text2sql: sandboxed execution ---------------------------------------------------------------
+SCHEMA = "CREATE TABLE employees (id INTEGER PRIMARY KEY, name TEXT, department TEXT, salary INTEGER);"
+RUNAWAY = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT COUNT(*) FROM c"
+
+
+def test_sql_filter_keeps_rows_with_results_and_drops_empty_broken_and_runaway_sql():
+    assert qf.sql_nonempty("SELECT name FROM employees", SCHEMA) is None
+    assert qf.sql_nonempty("SELECT name FROM employees WHERE 1 = 0", SCHEMA) == "sql_empty_result"
+    assert qf.sql_nonempty("SELECT nope FROM employees", SCHEMA) == "sql_sandbox_error"
+    # Never ends without the sandbox's time limit; with it, the filter returns a reason.
+    assert qf.sql_nonempty(RUNAWAY, SCHEMA, timeout_s=0.3, n_databases=1) == "sql_timeout"
+
+
+def test_validation_runs_teacher_sql_in_the_sandbox():
+    spec = get_task("text2sql")
+    row = {"question": "Count forever", "answer": RUNAWAY, "context": SCHEMA}
+    assert validate_row(spec, row) == "sql_timeout"  # used to hang the stage
+    attach = {"question": "q", "answer": "SELECT * FROM pragma_database_list", "context": SCHEMA}
+    assert validate_row(spec, attach) in (None, "sql_execution_error")  # read-only authorizer decides
+    ok = {"question": "q", "answer": "SELECT name FROM employees", "context": SCHEMA}
+    assert validate_row(spec, ok) is None
+
+
+# -- tool calls: grounded arguments ---------------------------------------------------------------
+def _call(name, **params):
+    return json.dumps({"name": name, "parameters": params})
+
+
+def test_grounded_arguments_drop_invented_values_and_keep_stated_or_default_ones():
+    spec = get_task("git_assistant")
+    assert qf.ungrounded_arguments(spec, {"question": "commit with message 'fix login bug'",
+                                          "answer": _call("git_commit", message="fix login bug")}) == []
+    assert qf.ungrounded_arguments(spec, {"question": "commit my work",
+                                          "answer": _call("git_commit", message="Refactor the parser")}) == ["message"]
+    # defaults need not be stated; booleans and enums are left to the agreement filter
+    assert qf.ungrounded_arguments(spec, {"question": "push my branch",
+                                          "answer": _call("git_push", remote="origin", force=False)}) == []
+    assert qf.ungrounded_arguments(spec, {"question": "show 7 commits",
+                                          "answer": _call("git_log", limit=7, oneline=True)}) == []
+    assert qf.ungrounded_arguments(spec, {"question": "show some commits",
+                                          "answer": _call("git_log", limit=7)}) == ["limit"]
+    assert qf.ungrounded_arguments(spec, {"question": "stage a.py", "answer": _call("git_add", files=["a.py", "b.py"])}) == ["files"]
+
+
+def test_grounding_in_a_chat_history_uses_earlier_turns():
+    spec = get_task("smart_home")
+    history = json.dumps([
+        {"role": "user", "content": "what's on in the bedroom?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+            "name": "get_device_status", "arguments": json.dumps({"device_type": "all", "room": "bedroom"})}}]},
+        {"role": "user", "content": "and the lights there?"},
+    ])
+    ok = {"question": history, "answer": _call("get_device_status", device_type="lights", room="bedroom")}
+    bad = {"question": history, "answer": _call("get_device_status", device_type="lights", room="garden shed")}
+    assert qf.ungrounded_arguments(spec, ok) == []
+    assert qf.ungrounded_arguments(spec, bad) == ["room"]
+
+
+# -- answer agreement ----------------------------------------------------------------------------
+def test_agreement_filter_drops_the_mislabelled_row():
+    spec, seeds, _ = _sample("banking77")
+    good = {"question": "I was charged twice for the same taxi ride, please refund one",
+            "answer": "transaction_charged_twice", "context": "", "origin": "teacher"}
+    wrong = {"question": "The ATM only gave me 20 of the 100 I asked for but took the full amount",
+             "answer": "card_payment_fee_charged", "context": "", "origin": "teacher"}
+    truth = {good["question"]: "transaction_charged_twice", wrong["question"]: "wrong_amount_of_cash_received"}
+    asked = []
+
+    def second(rows):
+        asked.extend(r["question"] for r in rows)
+        return [truth[r["question"]] for r in rows]
+
+    cfg = spec.synthesis.filters.model_copy(update={"answer_agreement": True})
+    kept, rejected, stats = apply_filters(spec, [good, wrong], seeds, filters=cfg, second_answer=second)
+    assert [r["question"] for r in kept] == [good["question"]]
+    assert rejected[0]["rejected_by"] == "answer_agreement: disagrees"
+    assert stats["answer_agreement"].as_dict() == {"checked": 2, "passed": 1, "rejected": {"disagrees": 1}}
+    assert sorted(asked) == sorted(truth)
+    with pytest.raises(ValueError, match="answer_agreement"):
+        apply_filters(spec, [good], seeds, filters=cfg, second_answer=None)
+
+
+def test_agreement_uses_the_tasks_metric():
+    git = get_task("git_assistant")
+    row = {"question": "push", "answer": _call("git_push")}
+    assert qf.answers_agree(git, row, _call("git_push", remote="origin"))  # defaults filled: equivalent
+    assert not qf.answers_agree(git, row, _call("git_pull"))
+    assert not qf.answers_agree(git, row, None)
+    sql = get_task("text2sql")
+    srow = {"question": "names", "answer": "SELECT name FROM employees", "context": SCHEMA}
+    assert qf.answers_agree(sql, srow, "SELECT e.name FROM employees AS e")
+    assert not qf.answers_agree(sql, srow, "SELECT department FROM employees")
+
+
+# -- docstring: decontaminate the code, not the instruction --------------------------------------
+def test_docstring_copy_of_a_test_function_is_dropped_and_a_new_function_kept():
+    spec, seeds, test = _sample("docstring")
+    instruction = seeds[0]["question"]
+    copy = {"question": instruction, "answer": "Return something.", "context": test[0]["context"]}
+    new_code = "def add_tax(price, rate=0.2):\n    if rate < 0:\n        raise ValueError('negative rate')\n    return price * (1 + rate)\n"
+    new = {"question": instruction, "answer": "Add tax to a price.\n\nArgs:\n    price: Net price.\n    rate: Tax rate.\n\n"
+           "Returns:\n    The gross price.\n\nRaises:\n    ValueError: If rate is negative.", "context": new_code}
+    reply = json.dumps([copy, new])
+    report = synthesize(spec, seeds, test, lambda batch: [reply] * len(batch), target=1, teacher_model="t")
+    assert report.decontaminated == 1
+    assert [r["context"] for r in report.accepted] == [new_code]
+    assert report.summary()["decontaminated_on"] == "context"
+
+
+# -- recorded teacher ----------------------------------------------------------------------------
+def _git_recorded_report(path):
+    spec, seeds, test = _sample("git_assistant")
+    rows = load_recorded(spec, path, teacher_model="fixture-teacher")
+    return synthesize(spec, seeds, test, lambda batch: pytest.fail("no model is asked"), target=0,
+                      teacher_model="fixture-teacher", recorded=rows)
+
+
+def test_recorded_jsonl_goes_through_validation_filters_dedup_and_decontamination():
+    report = _git_recorded_report(DATA / "recorded_git_assistant.jsonl")
+    s = report.summary()
+    assert s["source"] == "recorded" and s["teacher_requests"] == 0
+    assert s["funnel"] == {"requested": 10, "generated": 10, "schema_valid": 8, "passed_question_sanity": 7,
+                           "passed_grounded_arguments": 6, "deduplicated": 4, "decontaminated": 3, "accepted": 3}
+    assert s["rejections_by_reason"] == {"unknown_tool": 1, "empty_answer": 1, "question_sanity: scaffold": 1,
+                                         "grounded_arguments: ungrounded_argument (message)": 1}
+    assert s["duplicates_of_seeds"] == 1 and s["exact_duplicates"] == 2
+    assert {r["question"] for r in report.accepted} == {
+        "push the hotfix branch to upstream", "show the last 5 commits as one line each",
+        "create and switch to branch feature/login"}
+    assert {r["origin"] for r in report.accepted} == {"recorded"}
+    assert {r["teacher_model"] for r in report.accepted} == {"fixture-teacher"}
+    assert report.teacher_accepted == 3
+    fates = {a["status"].split(":")[0].split(" (")[0] for a in report.audit}
+    assert fates == {"accepted", "invalid", "rejected", "duplicate", "contaminated"}
+
+
+def test_recorded_parquet_and_csv_and_sampling(tmp_path):
+    src = DATA / "recorded_git_assistant.jsonl"
+    parquet = tmp_path / "rows.parquet"
+    pl.read_ndjson(src).write_parquet(parquet)
+    assert _git_recorded_report(parquet).summary()["funnel"] == _git_recorded_report(src).summary()["funnel"]
+    spec = get_task("git_assistant")
+    sample = load_recorded(spec, src, max_rows=4, sample_seed=1)
+    assert len(sample) == 4 and sample == load_recorded(spec, src, max_rows=4, sample_seed=1)
+
+    bank, seeds, test = _sample("banking77")
+    rows = load_recorded(bank, DATA / "recorded_banking77.csv")
+    report = synthesize(bank, seeds, test, lambda b: [], target=0, teacher_model="r", recorded=rows)
+    assert report.summary()["rejections_by_reason"] == {"label_not_in_set": 1, "question_sanity: scaffold": 1}
+    assert [r["answer"] for r in report.accepted] == ["cash_withdrawal_charge"]
+
+
+def test_recorded_errors_name_the_file(tmp_path, monkeypatch):
+    spec = get_task("git_assistant")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "x", "completion": "y"}) + "\n")
+    with pytest.raises(RecordedTeacherError, match=r"bad\.jsonl: missing column `question`"):
+        load_recorded(spec, bad)
+    with pytest.raises(RecordedTeacherError, match="not found"):
+        load_recorded(spec, tmp_path / "absent.jsonl")
+    (tmp_path / "rows.xlsx").write_bytes(b"PK")
+    with pytest.raises(RecordedTeacherError, match="unsupported"):
+        load_recorded(spec, tmp_path / "rows.xlsx")
+    monkeypatch.delenv("DISTIL_RECORDED_GIT_ASSISTANT", raising=False)
+    with pytest.raises(RecordedTeacherError, match="DISTIL_RECORDED_GIT_ASSISTANT"):
+        recorded_path(spec, None)
+    monkeypatch.setenv("DISTIL_RECORDED_GIT_ASSISTANT", str(bad))
+    assert recorded_path(spec, None) == bad
+    assert recorded_path(spec, None, override="/x/y.jsonl") == Path("/x/y.jsonl")
+
+
+# -- YAML switches -------------------------------------------------------------------------------
+def test_filters_and_sources_are_switchable_in_the_task_yaml(tmp_path):
+    import yaml
+
+    from distil_platform.synthesis import active_filters
+    from distil_platform.taskspec import TaskSpecError
+
+    raw = yaml.safe_load((tasks_dir() / "text2sql.yaml").read_text())
+    assert active_filters(load_task_file(tasks_dir() / "text2sql.yaml")) == ["question_sanity", "sql_nonempty"]
+    raw["synthesis"]["filters"] = {"question_sanity": False, "sql_nonempty": False, "answer_agreement": True}
+    raw["synthesis"]["source"] = {"local": "recorded"}
+    raw["synthesis"]["recorded"] = {"path": "rows.jsonl"}
+    path = tmp_path / "text2sql.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    spec = load_task_file(path)
+    assert active_filters(spec) == ["answer_agreement"]
+    assert spec.synthesis.source.for_profile("local") == "recorded"
+    assert recorded_path(spec, spec.synthesis.recorded) == tmp_path / "rows.jsonl"  # relative to the YAML
+    raw["synthesis"]["source"] = {"gpu": "oracle"}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(TaskSpecError, match=r"(?s)text2sql\.yaml.*synthesis.*source.gpu"):
+        load_task_file(path)
+    raw["synthesis"]["source"] = {}
+    raw["synthesis"]["filters"] = {"question_sanity": "maybe"}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(TaskSpecError, match=r"synthesis\.filters\.question_sanity"):
+        load_task_file(path)
