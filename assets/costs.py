@@ -65,6 +65,7 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str) -> dict[str, Any]:
         write_cost_table,
     )
     from distil_platform.pricing import current_snapshot
+    from distil_platform.prompts import rendering_label
     from distil_platform.store import cost_rows
 
     snapshot = current_snapshot(store)
@@ -95,6 +96,8 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str) -> dict[str, Any]:
         "csv_path": dg.MetadataValue.path(str(csv)),
         "cost_table": dg.MetadataValue.md(md),
         "model_calls": 0,
+        # How the task's prompt (same for every model) renders tools/labels: the token counts priced here.
+        "prompt_rendering": rendering_label(spec),
         "margin": spec.margin,
         "verdicts": dg.MetadataValue.json({r["model"]: r["student_result"] for r in rows if r.get("student_result")}),
         "student_lineage": dg.MetadataValue.json({f"{r['model']} ({r['variant']})": r.get("lineage")
@@ -160,7 +163,7 @@ def build_shared_cost_assets(task_names: list[str]) -> list:
     @dg.asset(
         key=REPORT_KEY,
         group_name="costs",
-        deps=[cost_table_key(t) for t in task_names],
+        deps=[cost_table_key(t) for t in task_names] + [task_key(t, "routing") for t in task_names],
         automation_condition=refresh_condition(),
         owners=OWNERS,
         kinds={"markdown"},

@@ -50,7 +50,9 @@ def k8s_executor() -> dg.ExecutorDefinition:
     try:
         from dagster_k8s import k8s_job_executor
     except ImportError as exc:  # pragma: no cover - dagster-k8s is a dependency
-        raise ImportError(f"{EXECUTOR_ENV}=k8s needs dagster-k8s (pip install 'distil-platform[cluster]')") from exc
+        raise ImportError(
+            f"{EXECUTOR_ENV}=k8s needs dagster-k8s (pip install 'distil-platform[cluster]')"
+        ) from exc
     return k8s_job_executor
 
 
@@ -63,7 +65,7 @@ def _json_env(name: str, default: Any, kind: type) -> Any:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{name} is not valid JSON: {exc}") from exc
     if not isinstance(value, kind):
-        raise ValueError(f"{name} must be a JSON {kind.__name__}, got {type(value).__name__}")
+        raise ValueError(f"{name} must be a JSON {kind.__name__}, got {type(value).__name__}")  # noqa: TRY004
     return value
 
 

@@ -16,14 +16,56 @@ def _cell(value: Any, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
 
-def table_metadata(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None,
+def _column_type(values: Sequence[Any]) -> str:
+    """Dagster table column type of a column's values: bool, int, float or string (None ignored)."""
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return "bool"
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return "int"
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return "float"
+    return "string"
+
+
+def _typed(value: Any, kind: str, max_chars: int) -> Any:
+    if value is None:
+        return None
+    if kind == "float":
+        value = float(value)
+        return None if value != value else value  # NaN is no number to show
+    if kind == "int":
+        return int(value)
+    if kind == "bool":
+        return bool(value)
+    return _cell(value, max_chars)
+
+
+def table_metadata(rows: Sequence[Mapping[str, Any]], columns: Sequence[str | tuple[str, str]] | None = None,
                    max_rows: int = 5, max_chars: int = 160) -> dg.MetadataValue:
-    """A small sample table (strings, truncated) shown natively in the Dagster UI."""
+    """A small table shown natively in the Dagster UI, with typed columns (numbers stay numbers,
+    sortable; text is truncated). A column is a name (its type inferred from the values) or a
+    ``(name, type)`` pair."""
     rows = list(rows)[:max_rows]
-    columns = list(columns or (rows[0].keys() if rows else []))
-    schema = dg.TableSchema(columns=[dg.TableColumn(name=c, type="string") for c in columns])
-    records = [dg.TableRecord({c: _cell(r.get(c), max_chars) for c in columns}) for r in rows]
+    given = list(columns or (rows[0].keys() if rows else []))
+    columns = [c[0] if isinstance(c, tuple) else c for c in given]
+    kinds = {c: _column_type([r.get(c) for r in rows]) for c in columns}
+    kinds.update({c[0]: c[1] for c in given if isinstance(c, tuple)})
+    schema = dg.TableSchema(columns=[dg.TableColumn(name=c, type=kinds[c]) for c in columns])
+    records = [dg.TableRecord({c: _typed(r.get(c), kinds[c], max_chars) for c in columns}) for r in rows]
     return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def column_schema(columns: Mapping[str, str], descriptions: Mapping[str, str] | None = None) -> dg.TableSchema:
+    """``dagster/column_schema`` of a data asset: column name -> type (``string``, ``float``, ...)."""
+    descriptions = descriptions or {}
+    return dg.TableSchema(columns=[dg.TableColumn(name=c, type=t, description=descriptions.get(c))
+                                   for c, t in columns.items()])
+
+
+def polars_column_schema(frame) -> dg.TableSchema:
+    """``dagster/column_schema`` from a polars frame's dtypes."""
+    return column_schema({name: str(dtype).lower() for name, dtype in frame.schema.items()})
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None,

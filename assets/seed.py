@@ -14,7 +14,7 @@ from distil_platform.store import seed_sets
 from distil_platform.taskspec import TaskSpec
 from distil_platform.validation import find_overlaps, validate_frame
 
-from .metadata import table_metadata
+from .metadata import polars_column_schema, table_metadata
 
 
 class InvalidSeedSetError(ValueError):
@@ -107,6 +107,8 @@ def build_seed_set_asset(spec: TaskSpec) -> list:
         }
         dist = label_distribution(spec, data.seed)
         metadata = {
+            "dagster/row_count": data.seed.height + data.test.height,
+            "dagster/column_schema": polars_column_schema(data.seed),
             "source": origin,
             "source_note": data.note or "",
             "n_seed": data.seed.height,

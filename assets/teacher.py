@@ -11,11 +11,13 @@ import dagster as dg
 import polars as pl
 from distil_platform.resources.models import LLMResource, ModelStoreResource, ServingResource
 from distil_platform.resources.store import ResultsStoreResource
+from distil_platform.resources.teacher import TeacherEndpointResource
 
 from distil_platform import paths
 from distil_platform.profiles import Profile, get_profile
 from distil_platform.taskspec import ModelRef, TaskSpec
 
+from .automation import check_condition
 from .common import (
     STAGE_TEACHER,
     _api_client,
@@ -25,9 +27,9 @@ from .common import (
     answer_token_cap,
     teacher_max_tokens,
 )
-from .automation import check_condition
 from .config_sources import prompt_observation
 from .keys import prompt_key, task_key
+from .metadata import polars_column_schema, table_metadata
 
 
 # -- run config --------------------------------------------------------------------------------
@@ -45,7 +47,8 @@ class TeacherDataConfig(dg.Config):
     # reproducibility does not hinge on batch composition the way scoring does.
     concurrency: int = 16
     seed: int = 0
-    # "teacher" (a model writes the rows) or "recorded" (a file of rows another teacher wrote);
+    # "teacher" (a model writes the rows), "recorded" (a file of rows another teacher wrote) or
+    # "self_training" (the teacher labels the task's unlabelled messages; `target` of them);
     # None = the task YAML's synthesis.source for the profile (default teacher).
     source: str | None = None
     # The recorded file (jsonl / csv / parquet, public layout); None = synthesis.recorded / env.
@@ -59,17 +62,20 @@ TEACHER_API_KEY_ENV = "DISTIL_TEACHER_API_KEY"
 TEACHER_API_BASE_ENV = "DISTIL_TEACHER_API_BASE"
 
 
-def resolve_teacher(spec: TaskSpec, profile: Profile) -> ModelRef:
-    """The profile's teacher with its endpoint and key env filled from ``DISTIL_TEACHER_API_BASE`` /
-    ``DISTIL_TEACHER_API_KEY`` when the task YAML gives none. A model-store teacher (served
-    locally) is returned unchanged: the key never reaches a server that does not need it."""
+def resolve_teacher(spec: TaskSpec, profile: Profile, endpoint: TeacherEndpointResource | None = None) -> ModelRef:
+    """The profile's teacher with its endpoint and key filled from the ``teacher_endpoint`` resource
+    (fed by ``DISTIL_TEACHER_API_BASE`` / ``DISTIL_TEACHER_API_KEY``; read from the environment when
+    no resource is given) when the task YAML gives none. A model-store teacher (served locally) is
+    returned unchanged: the key never reaches a server that does not need it."""
     teacher = spec.teacher_for(profile.name)
     if _is_store_model(teacher):
         return teacher
+    api_base = endpoint.api_base if endpoint is not None else os.environ.get(TEACHER_API_BASE_ENV)
+    has_key = bool(endpoint.api_key) if endpoint is not None else bool(os.environ.get(TEACHER_API_KEY_ENV))
     update: dict[str, Any] = {}
-    if not teacher.api_base and os.environ.get(TEACHER_API_BASE_ENV):
-        update["api_base"] = os.environ[TEACHER_API_BASE_ENV]
-    if not teacher.api_key_env and os.environ.get(TEACHER_API_KEY_ENV):
+    if not teacher.api_base and api_base:
+        update["api_base"] = api_base
+    if not teacher.api_key_env and has_key:
         update["api_key_env"] = TEACHER_API_KEY_ENV
     teacher = teacher.model_copy(update=update) if update else teacher
     if teacher.model.startswith("openai/") and not teacher.api_base:
@@ -77,7 +83,8 @@ def resolve_teacher(spec: TaskSpec, profile: Profile) -> ModelRef:
             f"{spec.name}: teacher {teacher.model} needs an endpoint: set api_base in the task YAML's "
             f"teacher or env {TEACHER_API_BASE_ENV} (an OpenAI-compatible .../v1 URL)"
         )
-    if teacher.api_key_env and not os.environ.get(teacher.api_key_env):
+    if teacher.api_key_env and not (os.environ.get(teacher.api_key_env) or (
+            teacher.api_key_env == TEACHER_API_KEY_ENV and endpoint is not None and endpoint.api_key)):
         raise RuntimeError(
             f"{spec.name}: the {profile.name} profile's teacher {teacher.model} needs env {teacher.api_key_env}"
         )
@@ -99,8 +106,8 @@ def check_teacher_answered(task: str, model: str, report, errors: list[str]) -> 
 
 def teacher_source(spec: TaskSpec, profile: Profile, override: str | None) -> str:
     source = override or spec.synthesis.source.for_profile(profile.name) or "teacher"
-    if source not in ("teacher", "recorded"):
-        raise ValueError(f"{spec.name}: teacher data source must be teacher or recorded, got {source!r}")
+    if source not in ("teacher", "recorded", "self_training"):
+        raise ValueError(f"{spec.name}: teacher data source must be teacher, recorded or self_training, got {source!r}")
     return source
 
 
@@ -128,6 +135,7 @@ def build_teacher_assets(spec: TaskSpec) -> list:
         serving: ServingResource,
         model_store: ModelStoreResource,
         results_store: ResultsStoreResource,
+        teacher_endpoint: TeacherEndpointResource,
     ) -> dg.Output[dict]:
         from distil_platform.evaluation import eval_messages
         from distil_platform.llm import ChatRequest
@@ -159,8 +167,22 @@ def build_teacher_assets(spec: TaskSpec) -> list:
                                      sample_seed=rcfg.sample_seed, teacher_model=rcfg.teacher_model)
             teacher_label = rcfg.teacher_model
             context.log.info(f"{task}: recorded teacher {rcfg.teacher_model}: {len(recorded)} rows from {path}")
-        needs_model = (source == "teacher" and target > 0) or filters.answer_agreement
-        teacher = resolve_teacher(spec, profile) if needs_model else spec.teacher_for(profile.name)
+        texts: list[dict] = []
+        if source == "self_training":
+            import random
+
+            from distil_platform.self_training import SELF_TRAINING_TYPES, unlabelled_texts
+
+            if spec.type not in SELF_TRAINING_TYPES:
+                raise ValueError(f"{task}: self-training applies to {', '.join(SELF_TRAINING_TYPES)} tasks, not {spec.type}")
+            texts = unlabelled_texts(unstructured)
+            if not texts:
+                raise RuntimeError(f"{task}: self-training needs unlabelled messages (data.unstructured_file in "
+                                   f"{spec.source_file}); the seed set has none")
+            if target < len(texts):
+                texts = random.Random(config.seed).sample(texts, max(0, target))
+        needs_model = (source in ("teacher", "self_training") and target > 0) or filters.answer_agreement
+        teacher = resolve_teacher(spec, profile, teacher_endpoint) if needs_model else spec.teacher_for(profile.name)
         served: dict[str, Any] = {"structured_output": False}
         errors: list[str] = []
 
@@ -203,16 +225,53 @@ def build_teacher_assets(spec: TaskSpec) -> list:
                 recorded=recorded, second_answer=second, filters=filters,
             )
 
+        def label_with(client, send_logprobs):
+            # Self-training: the teacher answers each real message with the student's prompt, greedy.
+            from distil_platform.llm import LLMError
+            from distil_platform.self_training import answer_confidence, label_rows
+
+            extra = {"logprobs": True} if send_logprobs else {}
+            requests = [ChatRequest(messages=m, temperature=0.0, item_id=f"label-{i}", extra=dict(extra),
+                                    max_tokens=answer_token_cap(profile, spec.max_answer_tokens))
+                        for i, m in enumerate(eval_messages(spec, texts))]
+            try:
+                results = client.chat_batch(requests)
+            except LLMError as exc:
+                context.log.warning(f"{task}: labelling batch stopped early: {exc}")
+                errors.append(str(exc))
+                results = exc.results
+            done = {id(r.request): r for r in results}
+            errors.extend(r.error for r in results if r.error)
+            got = [done.get(id(q)) for q in requests]
+            served["labelled"] = sum(1 for r in got if r is not None and r.text is not None)
+            served["confidence_available"] = any(r is not None and r.logprobs for r in got)
+            if requests and not served["labelled"]:
+                first = next((e for e in errors if e), "no reply")
+                raise dg.Failure(description=f"{task}: the labeller {teacher.model} answered none of {len(requests)} "
+                                 f"messages (first error: {first[:300]})")
+            return label_rows(spec, texts, [r.text if r else None for r in got],
+                              [answer_confidence(r.logprobs) if r else None for r in got], labeller=teacher.model)
+
         if not needs_model:
             report = run(lambda batch: [])
         else:
-            with _teacher_client(context, llm, serving, model_store, teacher, task=task,
+            with _teacher_client(context, llm, serving, model_store, teacher, api_key=teacher_endpoint.api_key
+                                 if teacher.api_key_env == TEACHER_API_KEY_ENV else None, task=task,
                                  concurrency=config.concurrency) as (client, local_backend):
                 structured = use_structured_output(teacher.response_format, served_locally=local_backend is not None,
                                                    backend=local_backend)
                 served["structured_output"] = structured
                 fmt = response_format(spec, seeds) if structured else None
-                report = run(generate_with(client, fmt), second_answer_with(client) if filters.answer_agreement else None)
+                second = second_answer_with(client) if filters.answer_agreement else None
+                if source == "self_training":
+                    # transformers serve returns no logprobs; vLLM and OpenAI-style endpoints do.
+                    labelled = label_with(client, send_logprobs=local_backend != "transformers")
+                    report = synthesize(
+                        spec, seeds, test, lambda batch: [], target=target, teacher_model=teacher.model,
+                        rng_seed=config.seed, log=context.log.info, recorded=labelled, second_answer=second,
+                        filters=filters, source_name="self_training")
+                else:
+                    report = run(generate_with(client, fmt), second)
         if source == "teacher":
             check_teacher_answered(task, teacher.model, report, errors)
         wall = time.monotonic() - start
@@ -232,6 +291,8 @@ def build_teacher_assets(spec: TaskSpec) -> list:
             "teacher": teacher_label,
             "source": source,
             "structured_output": served["structured_output"],
+            **({"labelled_messages": served.get("labelled", 0),
+                "confidence_available": served.get("confidence_available", False)} if source == "self_training" else {}),
             "requested": summary["requested"],
             "generated": summary["generated"],
             "schema_valid": summary["schema_valid"],
@@ -241,15 +302,15 @@ def build_teacher_assets(spec: TaskSpec) -> list:
             "augmented_accepted": summary["augmented_accepted"],
             "rejected": summary["rejected"],
             "rejections_by_reason": dg.MetadataValue.json(summary["rejections_by_reason"]),
-            "funnel": typed_table([{"step": k, "rows": v} for k, v in summary["funnel"].items()],
-                                  [("step", "string"), ("rows", "int")]),
-            "filters": typed_table(
+            "funnel": table_metadata([{"step": k, "rows": v} for k, v in summary["funnel"].items()],
+                                  [("step", "string"), ("rows", "int")], max_rows=20),
+            "filters": table_metadata(
                 [{"filter": name, "checked": st["checked"], "passed": st["passed"],
                   "rejected": sum(st["rejected"].values()),
                   "reasons": ", ".join(f"{k} ({v})" for k, v in st["rejected"].items())}
                  for name, st in summary["filters"].items()],
                 [("filter", "string"), ("checked", "int"), ("passed", "int"), ("rejected", "int"),
-                 ("reasons", "string")]),
+                 ("reasons", "string")], max_rows=20),
             "exact_duplicates": summary["exact_duplicates"],
             "near_duplicates": summary["near_duplicates"],
             "duplicates_of_seeds": summary["duplicates_of_seeds"],
@@ -259,16 +320,18 @@ def build_teacher_assets(spec: TaskSpec) -> list:
             "literal_swap": config.literal_swap,
             "wall_time_s": round(wall, 1),
             "accepted_path": dg.MetadataValue.path(str(out_path)),
-            "sample": typed_table(sample_rows(report, 10),
+            "sample": table_metadata(sample_rows(report, 10),
                                   [("origin", "string"), ("status", "string"), ("verdicts", "string"),
-                                   ("question", "string"), ("answer", "string")]),
+                                   ("question", "string"), ("answer", "string")], max_rows=10),
+            "dagster/row_count": len(report.accepted),
+            "dagster/column_schema": polars_column_schema(frame),
         }
         for name, st in summary["filters"].items():
             metadata[f"rejected_by_{name}"] = sum(st["rejected"].values())
         if dist:
             metadata["distribution"] = dg.MetadataValue.json(dist)
             total = sum(dist.values())
-            metadata["distribution_table"] = typed_table(
+            metadata["distribution_table"] = table_metadata(
                 [{"class": k, "count": v, "share": round(v / total, 3)} for k, v in dist.items()],
                 [("class", "string"), ("count", "int"), ("share", "float")], max_rows=50)
         context.log.info(f"{task}: teacher data {summary}")
@@ -335,7 +398,7 @@ def check_distribution(spec: TaskSpec, teacher_data: dict) -> dg.AssetCheckResul
 
 @contextlib.contextmanager
 def _teacher_client(context, llm: LLMResource, serving: ServingResource, model_store: ModelStoreResource,
-                    teacher: ModelRef, *, task: str, concurrency: int):
+                    teacher: ModelRef, *, task: str, concurrency: int, api_key: str | None = None):
     """``(client, local_backend)``: a local server of a model-store teacher (backend "vllm" /
     "transformers"), or a client of the teacher's endpoint (backend None)."""
     if _is_store_model(teacher):
@@ -345,26 +408,4 @@ def _teacher_client(context, llm: LLMResource, serving: ServingResource, model_s
             yield client, getattr(server, "backend", None) or "transformers"
     else:
         yield _api_client(context, llm, teacher, stage=STAGE_TEACHER, task=task,
-                          concurrency=max(concurrency, 8)), None
-
-
-def typed_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], max_rows: int = 20,
-                max_chars: int = 160) -> dg.MetadataValue:
-    """A Dagster table with typed columns (int / float / bool stay numbers; strings are truncated)."""
-    schema = dg.TableSchema(columns=[dg.TableColumn(name=n, type=t) for n, t in columns])
-    records = []
-    for r in rows[:max_rows]:
-        rec: dict[str, Any] = {}
-        for name, kind in columns:
-            v = r.get(name)
-            if kind == "int":
-                rec[name] = int(v or 0)
-            elif kind == "float":
-                rec[name] = float(v or 0.0)
-            elif kind == "bool":
-                rec[name] = bool(v)
-            else:
-                text = "" if v is None else str(v).replace("\n", " ⏎ ")
-                rec[name] = text if len(text) <= max_chars else text[: max_chars - 1] + "…"
-        records.append(dg.TableRecord(rec))
-    return dg.MetadataValue.table(records=records, schema=schema)
+                          concurrency=max(concurrency, 8), api_key=api_key), None

@@ -123,7 +123,10 @@ def build_throughput_asset(spec: TaskSpec) -> list:
             store.insert(throughput_profiles, [dict(common, hardware_key=hw_key, sustained_rps=summary.sustained_rps,
                                                     max_achieved_rps=summary.max_achieved_rps,
                                                     slo_s=summary.slo_s, peak_memory_gb=peak, accuracy=accuracy)])
-            from distil_platform.costs import STAGE_THROUGHPUT, record_student_lineage  # which checkpoint this measured
+            from distil_platform.costs import (  # which checkpoint this measured
+                STAGE_THROUGHPUT,
+                record_student_lineage,
+            )
 
             record_student_lineage(store, task=task, stage=STAGE_THROUGHPUT, run_id=context.run_id,
                                    model=student["served_name"], student=student, variant=variant)

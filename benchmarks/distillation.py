@@ -119,6 +119,7 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
         ModelStoreResource,
         ResultsStoreResource,
         ServingResource,
+        TeacherEndpointResource,
     )
 
     from distil_platform.profiles import get_profile
@@ -128,7 +129,8 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
     profile = get_profile()
     assets = build_seed_set_asset(spec) + build_task_pipeline_assets(spec)
     resources = {"llm": LLMResource(), "serving": ServingResource(backend=profile.serving_backend),
-                 "model_store": ModelStoreResource(), "results_store": ResultsStoreResource()}
+                 "model_store": ModelStoreResource(), "results_store": ResultsStoreResource(),
+                 "teacher_endpoint": TeacherEndpointResource()}
     teacher_cfg: dict = {"literal_swap": literal_swap}
     if teacher_target is not None:
         teacher_cfg["target"] = teacher_target

@@ -90,8 +90,9 @@ def measure(model: str, old_max_length: int, tasks: list[str] | None = None) -> 
 
 def markdown(report: dict) -> str:
     limit = report["old_max_length"]
-    lines = [f"| task | data | tool rendering | seed prompt tokens, median / max | seed rows (prompt + answer) "
-             f"over {limit} | test prompt tokens, median / max |", "|---|---|---|---|---|---|"]
+    header = (f"| task | data | tool rendering | seed prompt tokens, median / max | seed rows (prompt + answer) "
+              f"over {limit} | test prompt tokens, median / max |")
+    lines = [header, "|---|---|---|---|---|---|"]
     for e in report["results"]:
         sp, st, tp = e["seed_prompt"], e["seed_train"], e["test_prompt"]
         lines.append(f"| {e['task']} | {e['source']} | {e['rendering']} | {sp['median']:g} / {sp['max']} | "

@@ -45,6 +45,7 @@ _GROUP_KEY = "every GROUP BY key is selected, so rows are already distinct"
 _ONE_ROW = "LIMIT 1: one row is always distinct"
 _UNIQUE = "the selected column is UNIQUE (and NOT NULL) in the schema"
 _RIGHT_FILTER = "the WHERE/HAVING condition on the joined table rejects the NULL-extended rows"
+_BOOLEAN = "a BOOLEAN column holds 0 or 1 (the generator keeps to that domain): >= 1 is = 1, <= 0 is = 0"
 JUDGED_EQUIVALENT: dict[str, str] = {
     # shipped sample
     "SELECT DISTINCT name FROM departments ORDER BY budget DESC LIMIT 1": _ONE_ROW,
@@ -71,14 +72,22 @@ JUDGED_EQUIVALENT: dict[str, str] = {
     "SELECT DISTINCT brand_name FROM medications ORDER BY unit_price ASC LIMIT 1": _ONE_ROW,
     "SELECT DISTINCT f.flight_number, SUM(b.fare) FROM flights AS f JOIN bookings AS b ON b.flight_id = f.id GROUP BY f.flight_number": _GROUP_KEY,
     "SELECT DISTINCT name FROM menu_items WHERE course = 'main' ORDER BY calories ASC LIMIT 1": _ONE_ROW,
-    "SELECT a.name FROM agents AS a JOIN listings AS l ON l.agent_id = a.id WHERE l.sold >= 1 GROUP BY a.id, a.name ORDER BY COUNT(*) DESC LIMIT 1": "listings.sold is BOOLEAN (0/1): sold >= 1 is sold = 1",
+    "SELECT a.name FROM agents AS a JOIN listings AS l ON l.agent_id = a.id WHERE l.sold >= 1 GROUP BY a.id, a.name ORDER BY COUNT(*) DESC LIMIT 1": _BOOLEAN,
     "SELECT a.name FROM agents AS a LEFT JOIN listings AS l ON l.agent_id = a.id WHERE l.sold = 1 GROUP BY a.id, a.name ORDER BY COUNT(*) DESC LIMIT 1": _RIGHT_FILTER,
     "SELECT p.name FROM players AS p LEFT JOIN teams AS t ON p.team_id = t.id WHERE t.name = 'Riverside FC' AND p.position = 'Goalkeeper'": _RIGHT_FILTER,
     "SELECT DISTINCT name FROM teams WHERE founded_year < 1900": _UNIQUE,
     "SELECT AVG(r.value) FROM readings AS r LEFT JOIN sensors AS s ON r.sensor_id = s.id WHERE s.location = 'Greenhouse'": _RIGHT_FILTER,
     "SELECT DISTINCT p.name, SUM(s.seats) FROM plans AS p JOIN subscriptions AS s ON s.plan_id = p.id GROUP BY p.id, p.name": "plans.name is UNIQUE, so (name, sum) rows are distinct",
     "SELECT DISTINCT assigned_agent, AVG(satisfaction_score) FROM support_tickets GROUP BY assigned_agent HAVING COUNT(*) >= 10": _GROUP_KEY,
+    "SELECT sku, name FROM products WHERE discontinued >= 1 AND price > 100": _BOOLEAN,
+    "SELECT AVG(p.like_count) FROM posts AS p JOIN users AS u ON p.user_id = u.id WHERE u.is_verified >= 1": _BOOLEAN,
+    "SELECT a.section, COUNT(c.id) FROM articles AS a JOIN comments AS c ON c.article_id = a.id WHERE c.is_flagged >= 1 GROUP BY a.section": _BOOLEAN,
+    "SELECT COUNT(DISTINCT city) FROM members WHERE is_active >= 1": _BOOLEAN,
     # public test set
+    "SELECT * FROM employees WHERE is_contractor >= 1 AND hourly_rate > 75": _BOOLEAN,
+    "SELECT COUNT(*) FROM members WHERE is_premium >= 1 AND join_date >= '2023-01-01' AND join_date < '2024-01-01'": _BOOLEAN,
+    "SELECT MAX(price) FROM items WHERE is_on_sale >= 1": _BOOLEAN,
+    "SELECT COUNT(*) FROM subscriptions WHERE is_active <= 0": _BOOLEAN,
     "SELECT DISTINCT * FROM customers WHERE country = 'Canada'": _PK_STAR,
     "SELECT DISTINCT blood_type, COUNT(*) FROM patients GROUP BY blood_type": _GROUP_KEY,
     "SELECT DISTINCT * FROM employees WHERE is_contractor = 1 AND hourly_rate > 75": _PK_STAR,
@@ -114,7 +123,6 @@ JUDGED_EQUIVALENT: dict[str, str] = {
 #   only when many enrolments sort below 'Fall 2024'; no candidate database had enough.
 # - public 47 `ON d.id >= b.division_id`: the top budget row joins several divisions and LIMIT 1
 #   keeps the first in scan order, which is its own division on every generated database.
-
 
 
 def _rows(path: Path) -> list[dict]:

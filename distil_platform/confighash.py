@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-PROMPT_FIELDS = ("description", "prompt_template", "labels", "tools")
+PROMPT_FIELDS = ("description", "prompt_template", "labels", "tools", "tool_rendering")
 
 
 def _canonical(value: Any) -> str:

@@ -14,6 +14,13 @@ Formulas (per request):
 - Break-even volume: a dedicated instance costs 24 x USD/hour a day, busy or not. Up to its capacity
   it beats an API model above ``24 x USD/hour / API cost per request`` requests a day; if the API
   is cheaper per request than the saturated student, there is no break-even.
+
+Verdicts (``stats.compare``, margin δ from the task YAML) pair only items scored by the same
+metric; every student variant gets one against every model (``verdicts``). Lineage: each student
+row names the checkpoint it measured (student run id, checkpoint fingerprint from the
+``student_lineage`` table); throughput of another checkpoint is refused, and the seed-only ablation
+is a baseline row, never the student. A model without a price is an error naming it unless the
+pricing file declares it ``unpriced`` (then "price unknown", with the reason).
 """
 
 from __future__ import annotations
@@ -108,10 +115,10 @@ def record_student_lineage(store: Any, *, task: str, stage: str, run_id: str, mo
     from distil_platform.store import student_lineage
 
     ckpt = student.get("checkpoint_path")
-    row = dict(run_id=run_id, task=task, stage=stage, variant=variant, model=model,
-               student_run_id=student.get("run_id"), checkpoint_path=str(ckpt) if ckpt else None,
-               checkpoint_fingerprint=checkpoint_fingerprint(ckpt) if ckpt and Path(ckpt).is_dir() else None,
-               use_synthetic=student.get("use_synthetic"))
+    row = {"run_id": run_id, "task": task, "stage": stage, "variant": variant, "model": model,
+           "student_run_id": student.get("run_id"), "checkpoint_path": str(ckpt) if ckpt else None,
+           "checkpoint_fingerprint": checkpoint_fingerprint(ckpt) if ckpt and Path(ckpt).is_dir() else None,
+           "use_synthetic": student.get("use_synthetic")}
     store.insert(student_lineage, [row])
     return row
 
@@ -259,7 +266,7 @@ def base_model_of(label: str) -> str:
     """The comparison model behind a baseline label (``"m @ temperature 0"`` -> ``"m"``)."""
     from distil_platform.taskspec import TEMPERATURE_0_SUFFIX
 
-    return label[: -len(TEMPERATURE_0_SUFFIX)] if label.endswith(TEMPERATURE_0_SUFFIX) else label
+    return label.removesuffix(TEMPERATURE_0_SUFFIX)
 
 
 def _lineage(rows_by_key: Mapping[tuple[str, str], Mapping[str, Any]], stage: str, run_id: str, model: str,
@@ -659,11 +666,17 @@ def fmt_volume(value: float | None) -> str:
     return f"{value:,.0f}/day"
 
 
+def _source_cell(row: Mapping[str, Any]) -> str:
+    if row.get("cost_source"):
+        return row["cost_source"]
+    return "price unknown" if str(row.get("cost_note") or "").startswith("price unknown") else "–"
+
+
 def cost_table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     from distil_platform.stats import verdict_label
 
-    lines = ["| model | role | accuracy (95% CI) | ± std | $/M requests | source | student vs model (test) "
-             "| cost × student | break-even |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| model | role | accuracy (95% CI) | ± std | $/M requests | source | student vs model (test) "
+              "| cost × student | break-even |"), "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = ("–" if r.get("accuracy") is None
                else f"{r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
@@ -673,7 +686,7 @@ def cost_table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         if r.get("student_result"):
             verdict += f" ({r.get('verdict_test')}, n={r.get('n_paired')})"
         lines.append(f"| {r['model']} | {r['role']}{'/' + r['variant'] if r['role'] == 'student' else ''} | {acc} "
-                     f"| {std} | {fmt_usd(r.get('usd_per_million_requests'))} | {r.get('cost_source') or '–'} "
+                     f"| {std} | {fmt_usd(r.get('usd_per_million_requests'))} | {_source_cell(r)} "
                      f"| {verdict} | {ratio} | {fmt_volume(r.get('break_even_requests_per_day'))} |")
     return "\n".join(lines)
 

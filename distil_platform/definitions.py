@@ -22,6 +22,7 @@ from distil_platform.resources import (
     ModelStoreResource,
     ResultsStoreResource,
     ServingResource,
+    TeacherEndpointResource,
 )
 from distil_platform.sensors import build_sensors_and_schedules
 from distil_platform.taskspec import load_tasks
@@ -52,8 +53,16 @@ def build_definitions() -> dg.Definitions:
             "serving": ServingResource(backend=profile.serving_backend),
             "model_store": ModelStoreResource(),
             "results_store": results_store,
+            "teacher_endpoint": TeacherEndpointResource(api_base=_env_setting("DISTIL_TEACHER_API_BASE"),
+                                                        api_key=_env_setting("DISTIL_TEACHER_API_KEY")),
         },
     )
+
+
+def _env_setting(name: str) -> dg.EnvVar | None:
+    """``dg.EnvVar(name)`` when the variable is set (the UI shows the variable, never its value), else
+    None: an optional setting left unset is not an error at resource initialisation."""
+    return dg.EnvVar(name) if os.environ.get(name) else None
 
 
 def _executor(profile_name: str) -> dg.ExecutorDefinition:

@@ -209,6 +209,12 @@ def sql_nonempty(sql: str, schema_sql: str, *, n_databases: int = 3, timeout_s: 
 
 
 # -- tool calls ----------------------------------------------------------------------------------
+# File extensions a request names by the file's stem ("the README" -> README.md).
+_EXTENSIONS = frozenset({"md", "txt", "rst", "json", "yaml", "yml", "toml", "ini", "cfg", "lock", "js", "ts",
+                         "py", "sh", "html", "css", "csv", "xml", "log", "env", "conf"})
+_TOKEN_RE = re.compile(r"[^\W_]+")
+
+
 def _grounded(value: Any, text_raw: str, text_norm: str) -> bool:
     if isinstance(value, str):
         v_norm = _norm(value)
@@ -216,7 +222,12 @@ def _grounded(value: Any, text_raw: str, text_norm: str) -> bool:
             return True
         if value.casefold() in text_raw:
             return True
-        return f" {v_norm} " in f" {text_norm} " or f" {v_norm.replace('_', ' ')} " in f" {text_norm} "
+        if f" {v_norm} " in f" {text_norm} " or f" {v_norm.replace('_', ' ')} " in f" {text_norm} ":
+            return True
+        # Every word of the value is a word of the request (paths by their parts, files by their stem).
+        words = set(_TOKEN_RE.findall(text_raw))
+        content = [t for t in _TOKEN_RE.findall(value.casefold()) if t not in _EXTENSIONS]
+        return bool(content) and all(t in words for t in content)
     if isinstance(value, (int, float)):
         number = str(int(value)) if float(value).is_integer() else str(value)
         return re.search(rf"(?<![\d.]){re.escape(number)}(?![\d])", text_raw) is not None

@@ -56,7 +56,12 @@ def current_revision(connection: Connection) -> str | None:
 @contextlib.contextmanager
 def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
     database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+    if (
+        engine.dialect.name != "sqlite"
+        or not database
+        or database == ":memory:"
+        or database.startswith("file:")
+    ):
         yield
         return
     with open(f"{database}.migrate.lock", "a") as handle:
@@ -107,8 +112,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from distil_platform.store import default_url
 
-    parser = argparse.ArgumentParser(prog="python -m distil_platform.migrate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default=None, help="SQLAlchemy URL (default: $DISTIL_DB_URL, else the home store)")
+    parser = argparse.ArgumentParser(
+        prog="python -m distil_platform.migrate", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--url", default=None, help="SQLAlchemy URL (default: $DISTIL_DB_URL, else the home store)"
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("upgrade")
     sub.add_parser("current")
@@ -124,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             print(current_revision(conn) if _has_version_table(conn) else None)
     else:
         with engine.begin() as conn:
-            command.revision(alembic_config(conn), message=args.message, autogenerate=True, rev_id=args.rev_id)
+            command.revision(
+                alembic_config(conn), message=args.message, autogenerate=True, rev_id=args.rev_id
+            )
     return 0
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from distil_platform.paths import models_dir
 
 # Bump when what a build writes changes (template, tokenizer, config): cached builds are redone.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 MARKER_FILE = "distil_model.json"
 
 TINY_QWEN3 = "tiny-qwen3"
@@ -244,7 +244,7 @@ def build_tiny_qwen3(out_dir: Path, *, vocab_size: int = 1024, seed: int = 0, he
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=head_dim,
-        max_position_embeddings=2048,
+        max_position_embeddings=8192,  # long enough for git_assistant with its small vocabulary
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),

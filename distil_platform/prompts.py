@@ -11,7 +11,6 @@ from typing import Any
 
 from distil_platform.taskspec import TaskSpec
 
-
 # -- tool schemas in the prompt ------------------------------------------------------------------
 # Chat templates of small open models ignore `tools`, so the schemas go in the system prompt and the
 # call comes back as JSON in the message content (parsed by scoring.parse_tool_call). Every model

@@ -39,8 +39,11 @@ instance costs its $/hour busy or not); an escalated API model adds ``escalation
 base) needs its own instances for ``escalation x V`` requests a day.
 
 Recommendation: the cheapest policy non-inferior to the best single model (highest accuracy) within
-the task's margin δ (paired one-sided test on per-item scores); "frontier only" when that is the
-best single model itself, an API model, and nothing cheaper is non-inferior.
+the task's margin δ, by the report's verdict rule (``stats.compare``: exact McNemar + Newcombe CI
+for 0/1 item scores, paired BCa bootstrap otherwise; non-inferior = win, or CI lower bound of
+policy − best above −δ); "frontier only" when that is the best single model itself, an API model,
+and nothing cheaper is non-inferior. Small test sets rarely show non-inferiority within 2 points
+(400/400 vs 400/400 has a Newcombe lower bound of −0.0095; 40/40 vs 40/40 one of −0.088).
 """
 
 from __future__ import annotations
@@ -577,7 +580,7 @@ def task_margin(spec: Any) -> tuple[float, str]:
     for name in ("noninferiority_margin", "margin"):
         value = getattr(spec, name, None)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value), f"task YAML ({name})"
+            return float(value), f"task spec ({name})"
     return DEFAULT_MARGIN, "default"
 
 
@@ -699,6 +702,8 @@ def plot_routing(result: RoutingResult, path: Path) -> Path | None:
             continue
         x, y = p.usd_per_million_requests, p.accuracy
         if p.kind == "cascade":
+            if p.escalation_rate == 0.0:
+                continue  # escalates nothing: the student's own point
             ax.plot([x], [y], marker="*", ms=11, color="tab:blue", ls="none")
             label = f"cascade→{_short(p.model)} ({p.escalation_rate:.0%})"
         else:
@@ -785,7 +790,9 @@ def routing_report_columns(store: Any, summary: Any) -> dict[str, str]:
         return {"recommended route": f"– (materialise {task}_routing)", "cost ratio (mid-tier ÷ route)": "–"}
     table_id = (summary.student or {}).get("table_id") if getattr(summary, "student", None) else None
     cost = r.get("usd_per_million_requests")
-    route = f"{r.get('route') or 'none non-inferior'}" + (f", {_usd(cost)}/M req" if cost is not None else "")
+    daily = r.get("daily_requests")
+    route = f"{r.get('route') or 'none non-inferior'}" + (
+        f", {_usd(cost)}/M req" + (f" at {daily:,.0f} req/day" if daily else "") if cost is not None else "")
     if table_id and r.get("cost_table_id") != table_id:
         route += f" (stale: prices changed since; re-materialise {task}_routing)"
     elif not r.get("confidence_available"):

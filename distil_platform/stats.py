@@ -3,6 +3,12 @@
 Items are the unit of resampling: with repeated runs, scores are averaged per item first, so
 repeats narrow each item's noise without pretending to be more items. NaN scores (unparseable
 judge verdicts) are excluded: within an item, then items with no score at all.
+
+Verdicts (:func:`compare`): for 0/1 scores the exact McNemar test decides superiority and
+Newcombe's paired-Wilson interval bounds the difference; otherwise the paired BCa bootstrap does
+both. "Matches" is non-inferiority: the interval's lower bound above −δ (the task's margin).
+Published score intervals (:func:`score_interval`) are Wilson for 0/1 scores, bootstrap otherwise.
+See docs/metrics.md.
 """
 
 from __future__ import annotations

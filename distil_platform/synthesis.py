@@ -474,7 +474,9 @@ def literal_swap_augment(
 
 
 # -- the whole stage ---------------------------------------------------------------------------
-FILTER_ORDER = ("question_sanity", "sql_nonempty", "grounded_arguments", "answer_agreement")
+FILTER_ORDER = ("min_confidence", "question_sanity", "sql_nonempty", "grounded_arguments", "answer_agreement")
+# Rows a model (or a recorded model) wrote, as opposed to deterministic augmentation of the seeds.
+MODEL_ORIGINS = ("teacher", "recorded", "self_training")
 # A second answer per row (the rows' questions answered independently): rows -> texts.
 SecondAnswerFn = Callable[[list[dict[str, Any]]], list["str | None"]]
 
@@ -493,6 +495,8 @@ def active_filters(spec: TaskSpec, filters: Any = None) -> list[str]:
     """The quality filters that apply to ``spec`` with its YAML switches (or ``filters``)."""
     cfg = filters or spec.synthesis.filters
     out = []
+    if cfg.min_confidence is not None and spec.type in ("classification", "tool_calling"):
+        out.append("min_confidence")  # self-training rows carry a confidence
     if cfg.question_sanity:
         out.append("question_sanity")
     if cfg.sql_nonempty and spec.type == "text2sql":
@@ -520,6 +524,8 @@ def apply_filters(
 
     cfg = filters or spec.synthesis.filters
     names = active_filters(spec, cfg)
+    if "min_confidence" in names and not any(r.get("confidence") is not None for r in rows):
+        names.remove("min_confidence")  # nothing to judge: no row carries a confidence
     stats = {name: FilterStats() for name in names}
     kept = [dict(r, verdicts=dict(r.get("verdicts") or {})) for r in rows]
     rejected: list[dict[str, Any]] = []
@@ -542,6 +548,10 @@ def apply_filters(
                 survivors.append(row)
         kept = survivors
 
+    if "min_confidence" in names:
+        # Only rows that carry a confidence (self-training with logprobs) are judged by it.
+        run("min_confidence", lambda r: None if r["confidence"] >= cfg.min_confidence else "low_confidence",
+            applies=lambda r: r.get("confidence") is not None)
     if "question_sanity" in names:
         sanity = qf.QuestionSanity.from_seeds(spec, seeds, cfg)
         run("question_sanity", sanity.check)
@@ -555,7 +565,7 @@ def apply_filters(
     if "answer_agreement" in names:
         if second_answer is None:
             raise ValueError(f"{spec.name}: synthesis.filters.answer_agreement is on but no second answerer was given")
-        todo = [r for r in kept if r.get("origin") in ("teacher", "recorded")]
+        todo = [r for r in kept if r.get("origin") in MODEL_ORIGINS]
         answers = second_answer(todo) if todo else []
         if len(answers) != len(todo):
             raise RuntimeError(f"second answerer returned {len(answers)} answers for {len(todo)} rows")
@@ -583,7 +593,7 @@ class SynthesisReport:
     augmented_accepted: int = 0
     failed_requests: int = 0
     decontaminated_examples: list[dict[str, Any]] = field(default_factory=list)
-    source: str = "teacher"  # teacher | recorded
+    source: str = "teacher"  # teacher | recorded | self_training
     schema_valid: int = 0
     filter_stats: dict[str, FilterStats] = field(default_factory=dict)
     decontamination_fields: tuple[str, ...] = ("question",)
@@ -593,7 +603,7 @@ class SynthesisReport:
 
     @property
     def teacher_accepted(self) -> int:
-        return sum(1 for r in self.accepted if r.get("origin") in ("teacher", "recorded"))
+        return sum(1 for r in self.accepted if r.get("origin") in MODEL_ORIGINS)
 
     @property
     def passed_filters(self) -> int:
@@ -657,11 +667,13 @@ def synthesize(
     recorded: Sequence[dict[str, Any]] | None = None,
     second_answer: SecondAnswerFn | None = None,
     filters: Any = None,
+    source_name: str = "recorded",
 ) -> SynthesisReport:
     """Ask the teacher for ``target`` examples and keep the valid, sane, agreed, new, uncontaminated ones.
 
-    With ``recorded`` (rows from :func:`distil_platform.recorded_teacher.load_recorded`) no model is
-    asked: those rows are the candidates and pass the same steps. ``literal_swap`` adds
+    With ``recorded`` (rows from :func:`distil_platform.recorded_teacher.load_recorded`, or labelled
+    messages from :func:`distil_platform.self_training.label_rows` with ``source_name="self_training"``)
+    no teacher is asked: those rows are the candidates and pass the same steps. ``literal_swap`` adds
     :func:`literal_swap_augment` rows (origin ``literal_swap``); they are counted apart.
     ``second_answer`` answers rows independently for the agreement filter (when it is on).
     Steps: parse → validate (schema) → quality filters → dedup → decontaminate.
@@ -673,7 +685,7 @@ def synthesize(
     failed = 0
     audit: list[dict[str, Any]] = []
     if recorded is not None:
-        source, n_requests = "recorded", 0
+        source, n_requests = source_name, 0
         candidates = [dict(r, origin=r.get("origin") or "recorded") for r in recorded]
         requested = len(candidates)
     else:
@@ -709,14 +721,14 @@ def synthesize(
         reason = check_candidate(spec, row)
         if reason:
             key = reason_key(reason)
-            rejections[key if row["origin"] in ("teacher", "recorded") else f"{row['origin']}: {key}"] += 1
+            rejections[key if row["origin"] in MODEL_ORIGINS else f"{row['origin']}: {key}"] += 1
             audit.append({**row, "status": f"invalid: {key}", "verdicts": ""})
         else:
             valid.append(row)
     kept, filtered, stats = apply_filters(spec, valid, seeds, filters=fcfg, second_answer=second_answer)
     for row in filtered:
         origin = row.get("origin", "teacher")
-        rejections[row["rejected_by"] if origin in ("teacher", "recorded") else f"{origin}: {row['rejected_by']}"] += 1
+        rejections[row["rejected_by"] if origin in MODEL_ORIGINS else f"{origin}: {row['rejected_by']}"] += 1
         audit.append({**row, "status": f"rejected: {row['rejected_by']}", "verdicts": _verdict_text(row)})
     dedup = deduplicate(kept, seeds, near_threshold=cfg.near_duplicate_threshold)
     kept_ids = {id(r) for r in dedup.kept}
@@ -746,7 +758,7 @@ def synthesize(
         seed_duplicates=dedup.seed_duplicates,
         decontaminated=len(decon.dropped),
         augmented_generated=len(augmented),
-        augmented_accepted=sum(1 for r in accepted if r["origin"] not in ("teacher", "recorded")),
+        augmented_accepted=sum(1 for r in accepted if r["origin"] not in MODEL_ORIGINS),
         failed_requests=failed,
         decontaminated_examples=decon.dropped[:10],
         source=source,

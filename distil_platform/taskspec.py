@@ -146,6 +146,9 @@ class QualityFilters(_Strict):
     sql_nonempty: bool = True
     # tool calling: string/number argument values must appear in the question (or be the default).
     grounded_arguments: bool = True
+    # Rows that carry a confidence (self-training: the labeller's answer probability from token
+    # logprobs) are kept only at or above this; None = no confidence filter.
+    min_confidence: float | None = 0.5
     # Which field is compared with the test set: auto = the context for generation tasks with a
     # context (their question is a fixed instruction), else the question.
     decontaminate_on: Literal["auto", "question", "context", "both"] = "auto"
@@ -177,7 +180,8 @@ class SynthesisConfig(_Strict):
     min_accepted: PerProfile = Field(default_factory=PerProfile)
     temperature: float = 0.8
     filters: QualityFilters = Field(default_factory=QualityFilters)
-    # Per profile: "teacher" (a model writes the rows; the default) or "recorded" (read `recorded`).
+    # Per profile: "teacher" (a model writes the rows; the default), "recorded" (read `recorded`) or
+    # "self_training" (the teacher labels the task's unlabelled messages, data.unstructured_file).
     source: PerProfile = Field(default_factory=PerProfile)
     recorded: RecordedTeacher | None = None
 
@@ -185,8 +189,8 @@ class SynthesisConfig(_Strict):
     def _sources(self) -> SynthesisConfig:
         for profile in ("local", "gpu", "test"):
             value = self.source.for_profile(profile)
-            if value not in (None, "teacher", "recorded"):
-                raise ValueError(f"source.{profile} must be teacher or recorded, got {value!r}")
+            if value not in (None, "teacher", "recorded", "self_training"):
+                raise ValueError(f"source.{profile} must be teacher, recorded or self_training, got {value!r}")
         return self
 
 

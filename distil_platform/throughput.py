@@ -143,7 +143,7 @@ def requests_needed(rates: Sequence[float] | None, duration_s: float, floor: int
     """Prompts to write so no rate runs out of data (guidellm stops a run when the file ends)."""
     if not rates:
         return max(floor, 20000)  # sweep: its max-throughput probe can take many
-    return max(floor, int(math.ceil(max(rates) * duration_s * 1.5)) + 50)
+    return max(floor, math.ceil(max(rates) * duration_s * 1.5) + 50)
 
 
 def write_prompt_file(spec: TaskSpec, rows: Sequence[Mapping[str, Any]], path: Path, n_requests: int) -> Path:

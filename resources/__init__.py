@@ -13,6 +13,7 @@ _EXPORTS = {
     "ModelStoreResource": "models",
     "ServingResource": "models",
     "ResultsStoreResource": "store",
+    "TeacherEndpointResource": "teacher",
 }
 __all__ = list(_EXPORTS)
 

@@ -52,7 +52,7 @@ class LLMResource(UsesResultsStore):
         api_key: str | None = None,
         *,
         store: Any | None = None,
-        price_lookup: Callable[[str], tuple[float, float] | None] | None = None,
+        price_lookup: Callable[[str], tuple[float, ...] | None] | None = None,
         log: Callable[[str], None] | None = None,
         run_id: str | None = None,
         task: str | None = None,

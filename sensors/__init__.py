@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import dagster as dg
-
 from distil_platform.assets.keys import PRICING_KEY, REPORT_KEY, TASK_STAGES, task_key
+
 from distil_platform.taskspec import TaskSpec
 
 SENSOR_NAME = "config_change_sensor"

@@ -28,21 +28,29 @@ SERVICES = REPO_ROOT / ".ci" / "services.sh"
 def _start(what: str) -> tuple[dict[str, str], Path]:
     # Not a pytest tmp dir: those are 0700, and PostgreSQL runs as an unprivileged user.
     state = Path(tempfile.mkdtemp(prefix=f"distil-{what}-"))
-    proc = subprocess.run([str(SERVICES), "start", what, str(state)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHON": os.environ.get("PYTHON", _python())})
+    proc = subprocess.run(
+        [str(SERVICES), "start", what, str(state)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env={**os.environ, "PYTHON": os.environ.get("PYTHON", _python())},
+    )
     if proc.returncode != 0:
         shutil.rmtree(state, ignore_errors=True)
-        pytest.skip(f"{SERVICES.name} start {what} failed (rc {proc.returncode}): {proc.stderr.strip()[-400:]}")
+        pytest.skip(
+            f"{SERVICES.name} start {what} failed (rc {proc.returncode}): {proc.stderr.strip()[-400:]}"
+        )
     env = {}
     for line in proc.stdout.splitlines():
         if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
+            key, _, value = line[len("export ") :].partition("=")
             env[key] = shlex.split(value)[0] if value else ""
     return env, state
 
 
 def _stop(state: Path) -> None:
-    subprocess.run([str(SERVICES), "stop", str(state)], capture_output=True, timeout=120)
+    subprocess.run([str(SERVICES), "stop", str(state)], capture_output=True, timeout=120, check=False)
 
 
 def _python() -> str:
@@ -67,8 +75,13 @@ class Postgres:
     def dagster_env(self, url: str) -> dict[str, str]:
         """The DAGSTER_PG_* variables config/dagster-postgres.yaml reads, for database ``url``."""
         u = make_url(url)
-        return {"DAGSTER_PG_HOST": u.host, "DAGSTER_PG_PORT": str(u.port), "DAGSTER_PG_USER": u.username,
-                "DAGSTER_PG_PASSWORD": u.password or "", "DAGSTER_PG_DB": u.database}
+        return {
+            "DAGSTER_PG_HOST": u.host,
+            "DAGSTER_PG_PORT": str(u.port),
+            "DAGSTER_PG_USER": u.username,
+            "DAGSTER_PG_PASSWORD": u.password or "",
+            "DAGSTER_PG_DB": u.database,
+        }
 
 
 def postgres_server() -> Iterator[Postgres]:
@@ -93,13 +106,3 @@ def s3_server() -> Iterator[str]:
         yield env["DISTIL_TEST_S3_ENDPOINT"]
     finally:
         _stop(state)
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[Postgres]:
-    yield from postgres_server()
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    yield from s3_server()

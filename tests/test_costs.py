@@ -15,19 +15,18 @@ from cost_fixtures import test_rows as fixture_rows
 from distil_platform.costs import (
     CostTableError,
     api_usd_per_request,
-    checkpoint_fingerprint,
-    record_student_lineage,
     break_even_requests_per_day,
     build_cost_table,
+    checkpoint_fingerprint,
     gather_cost_inputs,
     latest_cost_table,
+    record_student_lineage,
     self_hosted_usd_per_million_requests,
 )
-from distil_platform.pricing import DEFAULT_PRICING_FILE, build_snapshot, store_snapshot
+from distil_platform.pricing import DEFAULT_PRICING_FILE, PricingError, build_snapshot, store_snapshot
 from distil_platform.prompts import build_messages, format_answer
-from distil_platform.pricing import PricingError
 from distil_platform.stats import TEST_BINARY, wilson_interval
-from distil_platform.store import ResultsStore, llm_requests, predictions, student_lineage
+from distil_platform.store import ResultsStore, predictions, student_lineage
 from distil_platform.taskspec import get_task
 
 HAIKU = "anthropic/claude-haiku-4-5"
@@ -239,8 +238,9 @@ def test_full_repricing_of_materialised_tasks_makes_zero_model_calls(tmp_path, m
 
 def test_invalid_pricing_fails_the_run_and_keeps_the_previous_snapshot(tmp_path, monkeypatch):
     from distil_platform.assets.costs import build_shared_cost_assets
-    from distil_platform.pricing import current_snapshot
     from distil_platform.resources.store import ResultsStoreResource
+
+    from distil_platform.pricing import current_snapshot
 
     store = ResultsStore()
     good = build_snapshot()
@@ -434,3 +434,23 @@ def test_checkpoint_fingerprint_and_lineage_record(tmp_path):
     stored = store.select(student_lineage, run_id="r1")[0]
     assert stored["checkpoint_fingerprint"] == row["checkpoint_fingerprint"] == checkpoint_fingerprint(ckpt)
     assert stored["student_run_id"] == "train-9" and stored["use_synthetic"] is False
+
+
+def test_monthly_refresh_that_falls_back_says_so_in_metadata(monkeypatch):
+    import httpx
+
+    from distil_platform.assets.costs import build_shared_cost_assets
+    from distil_platform.resources.store import ResultsStoreResource
+
+    def offline(*args, **kwargs):
+        raise httpx.ConnectError("network unreachable")
+
+    monkeypatch.setattr(httpx, "get", offline)
+    pricing = build_shared_cost_assets([])[0]
+    result = dg.materialize([pricing], resources={"results_store": ResultsStoreResource()},
+                            run_config={"ops": {"pricing": {"config": {"refresh_hosted": True}}}})
+    md = result.asset_materializations_for_node("pricing")[0].metadata
+    assert md["refresh_fell_back"].value is True
+    assert any("network unreachable" in w and "fell back" in w for w in md["warnings"].value)
+    assert set(md["unpriced_models"].value) == {"xai/grok-4", "xai/grok-4-1-fast-reasoning"}
+    assert "litellm bundled map" in md["model_prices"].value

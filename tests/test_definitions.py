@@ -112,3 +112,20 @@ def test_tags_kinds_and_owners_select_across_tasks(defs):
             assert node.owners, f"{task}{stage} has no owner"
             assert any(t.startswith("dagster/kind/") for t in node.tags), f"{task}{stage} has no kind"
             assert node.tags.get("task") == task
+
+
+def test_dg_cli_checks_and_lists_the_definitions():
+    """`dg check defs` and `dg list defs` (the dg project in pyproject) load the same Definitions."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    dg_exe = shutil.which("dg", path=str(Path(sys.executable).parent))
+    assert dg_exe, "dagster-dg-cli is a dependency: its `dg` script must be in the venv"
+    root = Path(__file__).resolve().parents[1]
+    check = subprocess.run([dg_exe, "check", "defs"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
+    listed = subprocess.run([dg_exe, "list", "defs", "--json"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    keys = {a["asset_key"] for a in json.loads(listed.stdout)["assets"]}
+    assert {"text2sql_student", "benchmark_report", "config/pricing_file"} <= keys

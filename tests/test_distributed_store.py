@@ -10,11 +10,17 @@ import threading
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from distributed_services import pg  # noqa: F401  (module-scoped fixture: a real PostgreSQL server)
+from distributed_services import postgres_server
 
 from distil_platform import migrate
 from distil_platform.llm.client import _StoreWriter
 from distil_platform.store import ResultsStore, cost_rows, llm_cache, llm_requests, metadata, predictions
+
+
+@pytest.fixture(scope="module")
+def pg():
+    """A real PostgreSQL server (DISTIL_TEST_PG_URL, else one started for this module)."""
+    yield from postgres_server()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -48,8 +54,12 @@ def _baseline_store_with_rows(url: str, *, keep_version_table: bool) -> sa.Engin
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         command.upgrade(migrate.alembic_config(conn), migrate.BASELINE)
-        conn.execute(sa.text("INSERT INTO predictions (task, stage, model, item_id, score, created_at) "
-                             "VALUES ('text2sql', 'student_eval', 'm', 'q1', 1.0, CURRENT_TIMESTAMP)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO predictions (task, stage, model, item_id, score, created_at) "
+                "VALUES ('text2sql', 'student_eval', 'm', 'q1', 1.0, CURRENT_TIMESTAMP)"
+            )
+        )
         if not keep_version_table:  # made by create_all before migrations existed
             conn.execute(sa.text("DROP TABLE alembic_version"))
     return engine
@@ -63,9 +73,23 @@ def test_old_store_is_upgraded_in_place_keeping_rows(db_url, keep_version_table)
     assert migrate.schema_diff(store.engine) == []
     rows = store.select(predictions, task="text2sql")
     assert [(r["item_id"], r["score"], r["metric"]) for r in rows] == [("q1", 1.0, None)]
-    store.insert(predictions, [{"task": "text2sql", "stage": "student_eval", "model": "m", "item_id": "q2",
-                                "score": 0.0, "metric": "execution_accuracy"}])
-    assert {r["item_id"]: r["metric"] for r in store.select(predictions)} == {"q1": None, "q2": "execution_accuracy"}
+    store.insert(
+        predictions,
+        [
+            {
+                "task": "text2sql",
+                "stage": "student_eval",
+                "model": "m",
+                "item_id": "q2",
+                "score": 0.0,
+                "metric": "execution_accuracy",
+            }
+        ],
+    )
+    assert {r["item_id"]: r["metric"] for r in store.select(predictions)} == {
+        "q1": None,
+        "q2": "execution_accuracy",
+    }
 
 
 def test_concurrent_first_opens_on_postgres_migrate_once(pg):
@@ -125,6 +149,19 @@ def test_json_rows_and_latest_run_id_on_postgres(pg):
     row = {"model": "anthropic/claude-haiku-4-5", "usd_per_million_requests": 378.0, "ci": [0.61, 0.7]}
     store.insert(cost_rows, [{"task": "text2sql", "snapshot_hash": "h1", "model": row["model"], "row": row}])
     assert store.select(cost_rows, task="text2sql")[0]["row"] == row
-    store.insert(predictions, [{"run_id": rid, "task": "t", "stage": "s", "model": "m", "item_id": "1"}
-                               for rid in ("r1", "r2")])
+    store.insert(
+        predictions,
+        [{"run_id": rid, "task": "t", "stage": "s", "model": "m", "item_id": "1"} for rid in ("r1", "r2")],
+    )
     assert store.latest_run_id(predictions, task="t") == "r2"
+
+
+def test_store_made_by_create_all_with_newer_columns_is_adopted(db_url):
+    """A store that ``create_all`` made from a newer metadata before migrations existed: stamped at
+    the baseline, then the later revisions add only what it lacks."""
+    engine = sa.create_engine(db_url)
+    metadata.create_all(engine)
+    store = ResultsStore(db_url)
+    with store.engine.connect() as conn:
+        assert migrate.current_revision(conn) == migrate.head_revision()
+    assert migrate.schema_diff(store.engine) == []

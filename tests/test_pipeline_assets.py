@@ -16,7 +16,13 @@ from distil_platform.assets.evals import plan_baselines
 from distil_platform.assets.teacher import check_accepted_minimum, check_distribution
 from distil_platform.assets.seed import build_seed_set_asset
 from distil_platform.profiles import get_profile
-from distil_platform.resources import LLMResource, ModelStoreResource, ResultsStoreResource, ServingResource
+from distil_platform.resources import (
+    LLMResource,
+    ModelStoreResource,
+    ResultsStoreResource,
+    ServingResource,
+    TeacherEndpointResource,
+)
 from distil_platform.store import ResultsStore, llm_requests, predictions
 from distil_platform.taskspec import get_task
 
@@ -36,6 +42,7 @@ def _resources():
         "serving": ServingResource(backend="transformers"),
         "model_store": ModelStoreResource(),
         "results_store": ResultsStoreResource(),
+        "teacher_endpoint": TeacherEndpointResource(),
     }
 
 
@@ -59,8 +66,31 @@ def test_baseline_plan_skips_models_without_keys(test_profile, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
     plan, skipped = plan_baselines(spec, get_profile("local"))
     anthropic = [p for p in plan if p["label"].startswith("anthropic/")]
-    assert len(anthropic) == 2 and all(p["repeats"] == 3 and not p["local"] for p in anthropic)
+    assert len(anthropic) == 3 and all(p["repeats"] == 3 and not p["local"] for p in anthropic)
     assert plan[-1]["label"] == "smollm2-135m-instruct (zero-shot)" and plan[-1]["repeats"] == 1
+
+
+def test_baseline_plan_repeats_and_temperature_0_option(test_profile, monkeypatch):
+    from distil_platform.taskspec import ModelRef
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    refs = [ModelRef(model="anthropic/claude-haiku-4-5", api_key_env="ANTHROPIC_API_KEY", temperature=0.7, repeats=1),
+            ModelRef(model="anthropic/claude-opus-4-6", api_key_env="ANTHROPIC_API_KEY", temperature=0.7),
+            ModelRef(model="openai/gpt-5-nano", api_key_env="OPENAI_API_KEY", temperature=1.0, repeats=3,
+                     supports_temperature_0=False)]
+    spec = get_task("text2sql").model_copy(update={"comparison_models": refs})
+    plan, _ = plan_baselines(spec, get_profile("test"), include_zero_shot_base=False, default_repeats=5)
+    # The YAML's 1 at temperature > 0 is kept; no value means the config default.
+    assert [(p["label"], p["repeats"]) for p in plan] == [
+        ("anthropic/claude-haiku-4-5", 1), ("anthropic/claude-opus-4-6", 5), ("openai/gpt-5-nano", 3)]
+    greedy = spec.model_copy(update={"frontier_temperature_0": True})
+    plan, _ = plan_baselines(greedy, get_profile("test"), include_zero_shot_base=False)
+    extra = [p for p in plan if p["label"].endswith(" @ temperature 0")]
+    # Beside each model's own setting, one greedy run; never for a model that rejects temperature 0.
+    assert [p["label"] for p in extra] == ["anthropic/claude-haiku-4-5 @ temperature 0",
+                                           "anthropic/claude-opus-4-6 @ temperature 0"]
+    assert all(p["ref"].temperature == 0.0 and p["repeats"] == 1 and p["variant"] == "frontier@t0" for p in extra)
 
 
 def test_teacher_data_checks_on_planted_values(test_profile):
@@ -123,6 +153,11 @@ def test_text2sql_graph_end_to_end_and_cached_baseline_rerun(test_profile, tmp_p
         assert len(student_rows) == n_test and {r["model"] for r in student_rows} == {evaluation["model"]}
         assert sum(r["score"] for r in student_rows) / n_test == pytest.approx(evaluation["score"])
         assert len(store.select(llm_requests, run_id=run_id, stage="student_eval")) == n_test
+        from distil_platform.store import student_lineage  # the checkpoint these scores belong to
+
+        lineage = store.select(student_lineage, run_id=run_id, stage="student_eval")
+        assert len(lineage) == 1 and lineage[0]["student_run_id"] == run_id and lineage[0]["use_synthetic"] is True
+        assert lineage[0]["checkpoint_path"] == str(ckpt) and len(lineage[0]["checkpoint_fingerprint"]) == 64
 
         baselines = _md(result, "text2sql_baseline_evals")
         assert baselines["models_evaluated"] == 1 and baselines["models_skipped"] == len(spec.comparison_models)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from cost_fixtures import plant_task
-
 from distil_platform.assets.costs import compute_cost_table
+
 from distil_platform.paths import reports_dir
 from distil_platform.pricing import build_snapshot, store_snapshot
 from distil_platform.report import RULES, TaskSummary, headline, is_mid_tier, summarise_task, write_report

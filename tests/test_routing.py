@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from test_costs import model_call_counter  # noqa: F401  (fixture: refuses and counts model calls)
+from test_costs import model_call_counter as _model_call_counter  # noqa: F401  (fixture: refuses and counts model calls)
 
 from distil_platform.routing import (
     ModelItems,
@@ -241,23 +241,23 @@ def _plant_routing_store(store, spec, tmp_path, *, n: int = 400, errors: int = 1
     info = plant_task(store, spec, tmp_path)
     ids = [f"r{k:03d}" for k in range(n)]
     _, _, conf = _calibrated(n, errors)
-    store.insert(predictions, [dict(run_id="student-run-2", task=spec.name, stage="student_eval",
-                                    model=info["student"], variant="student", item_id=i, repeat=0,
-                                    score=float(k >= errors),
-                                    confidence=conf[f"i{k:02d}"] if confidence else None)
+    store.insert(predictions, [{"run_id": "student-run-2", "task": spec.name, "stage": "student_eval",
+                                    "model": info["student"], "variant": "student", "item_id": i, "repeat": 0,
+                                    "score": float(k >= errors),
+                                    "confidence": conf[f"i{k:02d}"] if confidence else None}
                                for k, i in enumerate(ids)])
     base = f"{spec.student_base('local')} (zero-shot)"
     pred, reqs = [], []
     for model, tier, right in ((HAIKU, "frontier", lambda k: True), (FLASH_LITE, "mid_tier", lambda k: k % 2 == 0)):
         for rep in range(2):
             for k, i in enumerate(ids):
-                pred.append(dict(run_id="baseline-run-2", task=spec.name, stage="baseline_evals", model=model,
-                                 variant=tier, item_id=i, repeat=rep, score=float(right(k)),
-                                 prompt_tokens=PROMPT, completion_tokens=COMPLETION))
-                reqs.append(dict(run_id="baseline-run-2", task=spec.name, stage="baseline_evals", model=model,
-                                 prompt_tokens=PROMPT, completion_tokens=COMPLETION, cached_prompt_tokens=200))
-    pred += [dict(run_id="baseline-run-2", task=spec.name, stage="baseline_evals", model=base, variant="zero_shot",
-                  item_id=i, repeat=0, score=float(k < 5), prompt_tokens=None, completion_tokens=None)
+                pred.append({"run_id": "baseline-run-2", "task": spec.name, "stage": "baseline_evals", "model": model,
+                                 "variant": tier, "item_id": i, "repeat": rep, "score": float(right(k)),
+                                 "prompt_tokens": PROMPT, "completion_tokens": COMPLETION})
+                reqs.append({"run_id": "baseline-run-2", "task": spec.name, "stage": "baseline_evals", "model": model,
+                                 "prompt_tokens": PROMPT, "completion_tokens": COMPLETION, "cached_prompt_tokens": 200})
+    pred += [{"run_id": "baseline-run-2", "task": spec.name, "stage": "baseline_evals", "model": base, "variant": "zero_shot",
+                  "item_id": i, "repeat": 0, "score": float(k < 5), "prompt_tokens": None, "completion_tokens": None}
              for k, i in enumerate(ids)]
     store.insert(predictions, pred)
     store.insert(llm_requests, reqs)
@@ -266,7 +266,6 @@ def _plant_routing_store(store, spec, tmp_path, *, n: int = 400, errors: int = 1
 
 def _materialise(assets):
     import dagster as dg
-
     from distil_platform.resources.store import ResultsStoreResource
 
     result = dg.materialize(assets, resources={"results_store": ResultsStoreResource()})
@@ -274,13 +273,14 @@ def _materialise(assets):
     return result
 
 
-def test_routing_asset_recommends_a_cascade_and_the_report_shows_it(tmp_path, model_call_counter, monkeypatch):
+def test_routing_asset_recommends_a_cascade_and_the_report_shows_it(tmp_path, _model_call_counter,  # noqa: F811
+                                                                    monkeypatch):
     import json
 
     import yaml
-
     from distil_platform.assets.costs import build_shared_cost_assets, build_task_cost_assets
     from distil_platform.assets.routing import build_routing_asset
+
     from distil_platform.pricing import DEFAULT_PRICING_FILE
     from distil_platform.routing import latest_routing
     from distil_platform.store import ResultsStore, llm_requests
@@ -326,15 +326,15 @@ def test_routing_asset_recommends_a_cascade_and_the_report_shows_it(tmp_path, mo
     rep = json.dumps(_materialise([report]).asset_materializations_for_node("benchmark_report")[0]
                      .metadata["report"].value)
     assert f"frontier only ({HAIKU})" in rep
-    assert model_call_counter.n == 0 and len(store.select(llm_requests)) == n_requests
+    assert _model_call_counter.n == 0 and len(store.select(llm_requests)) == n_requests
 
 
-def test_routing_asset_without_confidence_or_frontier_says_so(tmp_path, model_call_counter):
+def test_routing_asset_without_confidence_or_frontier_says_so(tmp_path, _model_call_counter):  # noqa: F811
     # The local profile on a backend without logprobs: only the zero-shot base, no confidence.
     from cost_fixtures import plant_task
-
     from distil_platform.assets.costs import build_task_cost_assets
     from distil_platform.assets.routing import compute_task_routing
+
     from distil_platform.costs import latest_cost_table
     from distil_platform.store import ResultsStore
 
@@ -354,3 +354,46 @@ def get_task_text2sql():
     from distil_platform.taskspec import get_task
 
     return get_task("text2sql")
+
+
+def test_student_eval_wiring_requests_logprobs_and_stores_confidence():
+    # client_answer_fn -> evaluate -> prediction_rows -> the store: the confidence of each answer
+    # (here from recorded logprobs, as vLLM returns them) reaches predictions.confidence.
+    from distil_platform.evaluation import client_answer_fn, evaluate, prediction_rows
+    from distil_platform.llm import ChatResult
+    from distil_platform.routing import confidence_fn
+    from distil_platform.store import ResultsStore, predictions
+    from distil_platform.taskspec import get_task
+
+    spec = get_task("banking77")
+    label = next(iter(spec.labels))
+    rows = [{"id": "a", "question": "q1", "answer": label, "context": ""},
+            {"id": "b", "question": "q2", "answer": label, "context": ""}]
+    sent = []
+
+    class RecordedClient:  # replays two recorded server replies; one without logprobs
+        def chat_batch(self, requests):
+            sent.extend(requests)
+            common = {"text": label, "tool_calls": None, "prompt_tokens": 10, "completion_tokens": 2,
+                      "tokens_counted": False, "latency_s": 0.1, "cost_usd": None, "cache_hit": False, "error": None}
+            return [ChatResult(request=requests[0], logprobs=[_tok(label, 0.8)], **common),
+                    ChatResult(request=requests[1], logprobs=None, **common)]
+
+    results = evaluate(spec, rows, client_answer_fn(RecordedClient(), 0.0, 16, ["a", "b"], extra={"logprobs": True},
+                                                    confidence=confidence_fn(spec.type)))
+    assert all(r.extra == {"logprobs": True} for r in sent)
+    assert [r.confidence for r in results] == [pytest.approx(0.8), None]
+    store = ResultsStore()
+    store.insert(predictions, prediction_rows(results, task="banking77", stage="student_eval", model="s", run_id="x"))
+    stored = {r["item_id"]: r["confidence"] for r in store.select(predictions, run_id="x")}
+    assert stored == {"a": pytest.approx(0.8), "b": None}
+
+
+def test_unpriced_student_gives_no_recommendation_and_says_why():
+    ids, student, conf = _calibrated()
+    base = ModelItems("base (zero-shot)", "baseline", {i: 0.0 for i in ids}, Pricing(self_hosted=True))
+    result = compute_routing(_inputs(student, conf, [base], student_pricing=Pricing(self_hosted=True,
+                                                                                  note="no throughput profile")))
+    assert result.recommendation is None and "no recommendation" in result.sentence
+    assert any("no throughput profile" in n for n in result.notes)
+    assert result.summary()["route"] is None

@@ -360,7 +360,7 @@ def test_vllm_serves_chat_and_structured_output(tiny_qwen3_for_vllm, monkeypatch
     resource = ServingResource(backend="auto", kv_cache_gib=1)  # auto: the serving env is present
     logs: list[str] = []
     # Random weights would pad JSON with whitespace forever: compact JSON only (xgrammar).
-    compact = ["--structured-outputs-config", json.dumps({"disable_any_whitespace": True})]
+    compact = ["--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
     with resource.serve(tiny_qwen3_for_vllm, served_model_name="tiny-vllm", log=logs.append,
                         extra_args=compact) as server:
         assert server.backend == "vllm" and server.hardware_key == "cpu"
@@ -381,9 +381,10 @@ def test_vllm_serves_chat_and_structured_output(tiny_qwen3_for_vllm, monkeypatch
         assert all(r.completion_tokens and 0 < r.completion_tokens <= 6 for r in results)
         assert not any(r.tokens_counted for r in results)  # the server reports usage
 
+        # Enums only: the grammar then ends the object (and the reply) even with random weights.
         schema = {"type": "object", "properties": {"label": {"type": "string", "enum": ["refund", "other"]},
-                                                   "n": {"type": "integer"}},
-                  "required": ["label", "n"], "additionalProperties": False}
+                                                   "urgent": {"type": "boolean"}},
+                  "required": ["label", "urgent"], "additionalProperties": False}
         response = httpx.post(f"{server.base_url}/chat/completions", timeout=120, json={
             "model": server.model, "messages": [{"role": "user", "content": "Classify: I want my money back"}],
             "max_tokens": 64, "temperature": 0,
@@ -395,7 +396,7 @@ def test_vllm_serves_chat_and_structured_output(tiny_qwen3_for_vllm, monkeypatch
 
         memory = server.memory_report()
         assert memory["kv_reserved_gib"] == 1.0  # VLLM_CPU_KVCACHE_SPACE reached the engine
-        assert 0 < memory["kv_usage_peak"] < 1 and memory["kv_used_peak_gib"] < 1.0
+        assert 0 <= memory["kv_usage_peak"] < 1 and memory["kv_used_peak_gib"] < 1.0  # sampled every 0.5 s
         assert memory["prefix_cache_queries_tokens"] > 0 and memory["weights_gib"] > 0
         assert memory["process_peak_gib"] > memory["weights_gib"]
         url, log_dir = server.base_url, server.log_path.parent

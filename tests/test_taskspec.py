@@ -92,15 +92,18 @@ def test_models_per_profile_and_comparison_models(specs):
         assert spec.student_base("test") == "tiny-qwen3"
         assert spec.student_base("gpu").startswith("Qwen/Qwen3-")
         tiers = {m.model: m.tier for m in spec.comparison_models}
+        # The seed benchmark's ten frontier models (tiers vs prices: tests/test_pricing.py).
         assert tiers == {
-            "anthropic/claude-sonnet-4-5": "frontier",
-            "anthropic/claude-haiku-4-5": "frontier",
-            "openai/gpt-5-nano": "mid_tier",
-            "gemini/gemini-2.5-flash-lite": "mid_tier",
+            "openai/gpt-5-nano": "mid_tier", "openai/gpt-5-mini": "mid_tier", "openai/gpt-5.2": "frontier",
+            "gemini/gemini-2.5-flash-lite": "mid_tier", "gemini/gemini-2.5-flash": "mid_tier",
+            "anthropic/claude-haiku-4-5": "frontier", "anthropic/claude-sonnet-4-6": "frontier",
+            "anthropic/claude-opus-4-6": "frontier", "xai/grok-4-1-fast-reasoning": "mid_tier",
+            "xai/grok-4": "frontier",
         }, spec.name
         for model in spec.comparison_models:
-            assert model.api_key_env in {"ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY"}
+            assert model.api_key_env in {"ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "XAI_API_KEY"}
             assert model.repeats == 3
+        assert spec.margin == 0.02
         # The local zero-shot baseline is decided by the profile, never listed per task.
         assert not any("smollm" in m.model for m in spec.comparison_models)
 
@@ -202,3 +205,27 @@ def test_adding_a_task_is_one_yaml_file(tmp_path, monkeypatch):
     assert list(specs) == ["sentiment"]
     assert specs["sentiment"].metric_name == "exact_match"
     assert get_task("sentiment", tmp_path).sample_dir().name == "sentiment"
+
+
+def test_margin_repeats_and_judge_family(tmp_path):
+    from pydantic import ValidationError
+
+    from distil_platform.taskspec import ModelRef, TaskSpec, model_family
+
+    base = {"name": "t", "type": "classification", "description": "d", "labels": {"a": "A", "b": "B"}}
+    assert TaskSpec(**base).margin == 0.02 and TaskSpec(**base, margin=0.05).margin == 0.05
+    with pytest.raises(ValidationError):
+        TaskSpec(**base, margin=-0.01)
+    assert ModelRef(model="m").repeats is None and ModelRef(model="m", repeats=1).repeats == 1
+    with pytest.raises(ValidationError):
+        ModelRef(model="m", repeats=0)
+    assert model_family("anthropic/claude-haiku-4-5") == "anthropic" and model_family("xai/grok-4") == "xai"
+    assert model_family("openai/gpt-5.2") == "openai" and model_family("mistral/mistral-large-2512") == "mistral"
+    assert model_family("openai/deepseek-ai/DeepSeek-V3.1") == "deepseek" and model_family("x/unknown") is None
+    judged = [{"model": "anthropic/claude-haiku-4-5"}, {"model": "openai/gpt-5-nano"}]
+    with pytest.raises(ValidationError, match="judge anthropic/claude-sonnet-4-6 is of the anthropic family"):
+        TaskSpec(**base, comparison_models=judged, judge={"model": "anthropic/claude-sonnet-4-6"})
+    ok = TaskSpec(**base, comparison_models=judged, judge={"model": "anthropic/claude-sonnet-4-6"},
+                  judge_same_family_ok=True)
+    assert ok.judge.model == "anthropic/claude-sonnet-4-6"
+    assert TaskSpec(**base, comparison_models=judged, judge={"model": "mistral/mistral-large-2512"}).judge

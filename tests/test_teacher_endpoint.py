@@ -14,7 +14,13 @@ import pytest
 import yaml
 from distil_platform.assets.seed import build_seed_set_asset
 from distil_platform.assets.teacher import build_teacher_assets
-from distil_platform.resources import LLMResource, ModelStoreResource, ResultsStoreResource, ServingResource
+from distil_platform.resources import (
+    LLMResource,
+    ModelStoreResource,
+    ResultsStoreResource,
+    ServingResource,
+    TeacherEndpointResource,
+)
 
 from distil_platform.taskspec import load_task_file, tasks_dir
 
@@ -26,7 +32,7 @@ REPLY = [
 
 
 class _Endpoint:
-    def __init__(self, status: int = 200):
+    def __init__(self, status: int = 200, respond=None):
         self.bodies: list[dict] = []
         self.auth: list[str | None] = []
         endpoint = self
@@ -39,9 +45,11 @@ class _Endpoint:
                 if status != 200:
                     payload = {"error": {"message": "invalid api key", "type": "auth"}}
                 else:
-                    payload = {"id": "x", "object": "chat.completion", "model": body["model"],
-                               "choices": [{"index": 0, "finish_reason": "stop",
-                                            "message": {"role": "assistant", "content": json.dumps(REPLY)}}],
+                    content, logprobs = respond(body) if respond else (json.dumps(REPLY), None)
+                    choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+                    if logprobs is not None:
+                        choice["logprobs"] = {"content": logprobs}
+                    payload = {"id": "x", "object": "chat.completion", "model": body["model"], "choices": [choice],
                                "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}}
                 data = json.dumps(payload).encode()
                 self.send_response(status)
@@ -69,21 +77,22 @@ class _Endpoint:
         self.server.server_close()
 
 
-def _spec_with_teacher(tmp_path, base: str, response_format: str):
-    raw = yaml.safe_load((tasks_dir() / "git_assistant.yaml").read_text())
+def _spec_with_teacher(tmp_path, base: str, response_format: str, task: str = "git_assistant"):
+    raw = yaml.safe_load((tasks_dir() / f"{task}.yaml").read_text())
     raw["teacher"] = {"test": {"model": "openai/recorder", "api_base": base, "tier": "teacher",
                                "temperature": 0.8, "response_format": response_format}}
-    path = tmp_path / "git_assistant.yaml"
+    path = tmp_path / f"{task}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return load_task_file(path)
 
 
-def _materialize(spec, target: int = 8):
+def _materialize(spec, target: int = 8, **config):
     assets = build_seed_set_asset(spec) + build_teacher_assets(spec)
     resources = {"llm": LLMResource(max_retries=0), "serving": ServingResource(backend="transformers"),
-                 "model_store": ModelStoreResource(), "results_store": ResultsStoreResource()}
-    return dg.materialize(assets, resources=resources, selection=["git_assistant", "git_assistant_teacher_data"],
-                          run_config={"ops": {"git_assistant_teacher_data": {"config": {"target": target}}}},
+                 "model_store": ModelStoreResource(), "results_store": ResultsStoreResource(),
+                 "teacher_endpoint": TeacherEndpointResource()}
+    return dg.materialize(assets, resources=resources, selection=[spec.name, f"{spec.name}_teacher_data"],
+                          run_config={"ops": {f"{spec.name}_teacher_data": {"config": {"target": target, **config}}}},
                           raise_on_error=False)
 
 
@@ -120,3 +129,28 @@ def test_a_teacher_that_answers_nothing_fails_the_stage(test_profile, tmp_path):
                    and e.step_key == "git_assistant_teacher_data")
     text = str(failure.event_specific_data.error)
     assert "answered none of its 2 requests" in text and "DISTIL_TEACHER_API_KEY" in text
+
+
+def test_self_training_labels_real_messages_and_keeps_confident_labels(test_profile, tmp_path):
+    def respond(body):
+        # The labeller is asked with the student's prompt (no demonstrations), greedy, with logprobs.
+        assert body["temperature"] == 0.0 and body.get("logprobs") is True
+        message = body["messages"][-1]["content"].lower()
+        if "twice" in message or "double" in message:
+            return "transaction_charged_twice", [{"token": "transaction", "logprob": -0.05},
+                                                 {"token": "_charged_twice", "logprob": -0.05}]
+        return "card_payment_fee_charged", [{"token": "card", "logprob": -1.5}, {"token": "_fee", "logprob": -0.8}]
+
+    with _Endpoint(respond=respond) as endpoint:
+        spec = _spec_with_teacher(tmp_path, endpoint.base, "auto", task="banking77")
+        result = _materialize(spec, target=40, source="self_training")
+    assert result.success
+    md = result.asset_materializations_for_node("banking77_teacher_data")[-1].metadata
+    assert md["source"].value == "self_training" and md["confidence_available"].value is True
+    n = md["labelled_messages"].value
+    assert n == len(endpoint.bodies) > 0
+    confident = sum("twice" in b["messages"][-1]["content"].lower() or "double" in b["messages"][-1]["content"].lower()
+                    for b in endpoint.bodies)
+    assert md["rejected_by_min_confidence"].value == n - confident  # p = exp(-2.3) = 0.10 < 0.5
+    assert md["distribution"].value == ({"transaction_charged_twice": md["accepted"].value} if md["accepted"].value else {})
+    assert 0 < md["accepted"].value <= confident

@@ -121,6 +121,7 @@ def test_question_sanity_drops_scaffolds_instructions_junk_and_keeps_real_questi
     check = qf.QuestionSanity.from_seeds(spec, seeds).check
     good = "Which customers placed more than three orders in 2023?"
     assert check({"question": good}) is None
+    assert check({"question": "Which orders were never shipped, and why..."}) is None  # an ellipsis is prose
     assert check({"question": "Question:"}) == "scaffold"
     assert check({"question": "Question: How many orders are there?"}) == "scaffold"  # template prefix copied
     assert check({"question": "..."}) == "scaffold"
@@ -191,6 +192,11 @@ def test_grounded_arguments_drop_invented_values_and_keep_stated_or_default_ones
     assert qf.ungrounded_arguments(spec, {"question": "show some commits",
                                           "answer": _call("git_log", limit=7)}) == ["limit"]
     assert qf.ungrounded_arguments(spec, {"question": "stage a.py", "answer": _call("git_add", files=["a.py", "b.py"])}) == ["files"]
+    # a file named by its stem, a path by its parts; an invented file is still ungrounded
+    assert qf.ungrounded_arguments(spec, {"question": "stage the README and the docs folder",
+                                          "answer": _call("git_add", files=["README.md", "docs/"])}) == []
+    assert qf.ungrounded_arguments(spec, {"question": "stage the package file and the lock file",
+                                          "answer": _call("git_add", files=["package.json", "yarn.lock"])}) == ["files"]
 
 
 def test_grounding_in_a_chat_history_uses_earlier_turns():
@@ -347,3 +353,27 @@ def test_filters_and_sources_are_switchable_in_the_task_yaml(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(TaskSpecError, match=r"synthesis\.filters\.question_sanity"):
         load_task_file(path)
+
+
+# -- self-training -------------------------------------------------------------------------------
+def test_self_training_rows_map_labels_and_carry_confidence():
+    from distil_platform.self_training import answer_confidence, label_rows, unlabelled_texts
+
+    spec, seeds, test = _sample("banking77")
+    texts = unlabelled_texts([{"question": "I was charged twice for one coffee"}, {"question": "  "},
+                              {"context": "the ATM kept my card and gave no cash"}, {"question": "my transfer had a fee"}])
+    assert [t["question"] for t in texts] == ["I was charged twice for one coffee", "the ATM kept my card and gave no cash",
+                                              "my transfer had a fee"]
+    assert answer_confidence([{"logprob": -0.1}, {"logprob": -0.2}]) == pytest.approx(0.7408, abs=1e-4)
+    assert answer_confidence(None) is None and answer_confidence([{"token": "x"}]) is None
+    answers = ["`Transaction_Charged_Twice`.", "declined_cash_withdrawal", "no idea"]
+    rows = label_rows(spec, texts, answers, [0.9, 0.2, None], labeller="m")
+    assert [r["answer"] for r in rows] == ["transaction_charged_twice", "declined_cash_withdrawal", "no idea"]
+    report = synthesize(spec, seeds, test, lambda b: [], target=0, teacher_model="m", recorded=rows,
+                        source_name="self_training")
+    s = report.summary()
+    assert s["source"] == "self_training"
+    assert s["rejections_by_reason"] == {"label_not_in_set": 1, "min_confidence: low_confidence": 1}
+    assert [r["answer"] for r in report.accepted] == ["transaction_charged_twice"]
+    with pytest.raises(ValueError, match="self-training applies"):
+        label_rows(get_task("text2sql"), texts, answers)

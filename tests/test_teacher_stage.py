@@ -16,7 +16,13 @@ from distil_platform.assets.teacher import (
     resolve_teacher,
     teacher_source,
 )
-from distil_platform.resources import LLMResource, ModelStoreResource, ResultsStoreResource, ServingResource
+from distil_platform.resources import (
+    LLMResource,
+    ModelStoreResource,
+    ResultsStoreResource,
+    ServingResource,
+    TeacherEndpointResource,
+)
 
 from distil_platform.profiles import get_profile
 from distil_platform.synthesis import SynthesisReport
@@ -34,7 +40,8 @@ def test_recorded_teacher_through_the_asset_with_typed_metadata(monkeypatch):
     spec = _spec("git_assistant")
     assets = build_seed_set_asset(spec) + build_teacher_assets(spec)
     resources = {"llm": LLMResource(), "serving": ServingResource(backend="transformers"),
-                 "model_store": ModelStoreResource(), "results_store": ResultsStoreResource()}
+                 "model_store": ModelStoreResource(), "results_store": ResultsStoreResource(),
+                 "teacher_endpoint": TeacherEndpointResource()}
     result = dg.materialize(
         assets, resources=resources, selection=["git_assistant", "git_assistant_teacher_data"],
         run_config={"ops": {"git_assistant_teacher_data": {"config": {
@@ -64,7 +71,8 @@ def test_teacher_source_per_profile_and_override():
     spec = _spec("git_assistant")
     assert teacher_source(spec, get_profile("local"), None) == "teacher"
     assert teacher_source(spec, get_profile("local"), "recorded") == "recorded"
-    with pytest.raises(ValueError, match="teacher or recorded"):
+    assert teacher_source(spec, get_profile("local"), "self_training") == "self_training"
+    with pytest.raises(ValueError, match="teacher, recorded or self_training"):
         teacher_source(spec, get_profile("local"), "oracle")
 
 
@@ -104,3 +112,26 @@ def test_a_teacher_that_answers_nothing_fails_the_stage_with_its_error():
         check_teacher_answered("text2sql", "openai/t", _report(3, 3), ["", "APIConnectionError: Connection refused"])
     check_teacher_answered("text2sql", "openai/t", _report(3, 2), [])  # partial answers: rows get judged
     check_teacher_answered("text2sql", "openai/t", _report(0, 0), [])  # target 0: nothing asked
+
+
+def test_teacher_endpoint_resource_supplies_endpoint_and_key(monkeypatch):
+    """The resource (fed by dg.EnvVar in the Definitions) is the source; the key is used, never copied."""
+    spec = _spec("text2sql")
+    monkeypatch.delenv("DISTIL_TEACHER_API_BASE", raising=False)
+    monkeypatch.delenv(TEACHER_API_KEY_ENV, raising=False)
+    endpoint = TeacherEndpointResource(api_base="http://teacher.internal/v1", api_key="sk-resource")
+    ref = resolve_teacher(spec, get_profile("gpu"), endpoint)
+    assert ref.api_base == "http://teacher.internal/v1" and ref.api_key_env == TEACHER_API_KEY_ENV
+    assert "sk-resource" not in ref.model_dump_json() and "sk-resource" not in repr(endpoint)
+    with pytest.raises(RuntimeError, match="DISTIL_TEACHER_API_BASE"):
+        resolve_teacher(spec, get_profile("gpu"), TeacherEndpointResource())
+
+
+def test_definitions_feed_the_teacher_endpoint_from_env_vars(monkeypatch):
+    monkeypatch.setenv("DISTIL_TEACHER_API_BASE", "http://teacher.internal/v1")
+    monkeypatch.setenv(TEACHER_API_KEY_ENV, "sk-secret")
+    from distil_platform.definitions import build_definitions
+
+    resource = build_definitions().resources["teacher_endpoint"]
+    assert isinstance(resource.api_key, dg.EnvVar) and resource.api_key.env_var_name == TEACHER_API_KEY_ENV
+    assert isinstance(resource.api_base, dg.EnvVar)

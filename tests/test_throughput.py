@@ -253,7 +253,7 @@ def test_throughput_asset_on_vllm_cpu(tmp_path, monkeypatch):
     assert on["backend"] == off["backend"] == "vllm"
     assert on["settings"]["enforce_eager"] and on["settings"]["env"] == {"VLLM_CPU_KVCACHE_SPACE": "1"}
     assert on["settings"]["enable_prefix_caching"] and not off["settings"]["enable_prefix_caching"]
-    assert on["memory"]["kv_reserved_gib"] == 1.0 and 0 < on["memory"]["kv_used_peak_gib"] < 1.0
+    assert on["memory"]["kv_reserved_gib"] == 1.0 and 0 <= on["memory"]["kv_used_peak_gib"] < 1.0
     # Every request shares the task's system prompt: with caching on, most prompt tokens are hits.
     assert on["memory"]["prefix_cache_hit_rate"] > 0.3
     assert not off["memory"]["prefix_cache_hit_rate"]

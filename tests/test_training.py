@@ -43,11 +43,13 @@ def test_config_layers_profile_task_and_overrides():
 
 
 def test_task_yaml_training_section_sets_truncation_and_ceiling(tmp_path):
+    from pathlib import Path
+
     import yaml
 
     from distil_platform.taskspec import load_task_file
 
-    raw = yaml.safe_load(open(get_task("smart_home").source_file).read())
+    raw = yaml.safe_load(Path(get_task("smart_home").source_file).read_text())
     raw["training"] = {"allow_truncation": True, "max_length_ceiling": 512, "batch_size": 3}
     path = tmp_path / "smart_home.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -134,8 +136,18 @@ def test_planted_over_long_row_fails_before_training(tiny_dir, tmp_path):
     rows = [{"id": f"ok-{i}", "question": "Turn on the kitchen lights", "context": "",
              "answer": '{"name": "toggle_lights", "parameters": {"room": "kitchen", "state": "on"}}'} for i in range(4)]
     rows.append({**rows[0], "id": "planted-long", "question": "Turn on the lights " + "please " * 400})
-    lengths = row_token_lengths(spec, rows, AutoTokenizer.from_pretrained(tiny_dir))
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    lengths = row_token_lengths(spec, rows, tok)
     assert lengths[-1] > max(lengths[:-1]) + 1000
+    # The eval server's context: the longest test prompt + max_answer_tokens (here the long row's prompt).
+    from distil_platform.prompts import build_messages
+    from distil_platform.training import serving_context_length
+
+    prompt = len(tok.apply_chat_template(build_messages(spec, rows[-1]), add_generation_prompt=True,
+                                         tokenize=True, return_dict=True)["input_ids"])
+    assert prompt < lengths[-1]
+    assert serving_context_length(spec, rows, tok, 10) == prompt + spec.max_answer_tokens
+    assert serving_context_length(spec, rows, tok, 99_999) == 99_999
     cfg = TrainConfig(max_steps=1, batch_size=2, bf16=False, max_length_ceiling=max(lengths[:-1]) + 10)
     with pytest.raises(TrainingRowTooLongError, match=rf"smart_home: 1 of 5 .*id 'planted-long': {lengths[-1]} tokens"):
         train_student(spec, rows, tiny_dir, tmp_path / "out", cfg)

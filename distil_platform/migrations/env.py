@@ -15,7 +15,9 @@ from distil_platform.store import metadata
 config = context.config
 connection = config.attributes.get("connection")
 if connection is None:  # pragma: no cover - always called through distil_platform.migrate
-    raise RuntimeError("run the results-store migrations through distil_platform.migrate (needs a connection)")
+    raise RuntimeError(
+        "run the results-store migrations through distil_platform.migrate (needs a connection)"
+    )
 
 context.configure(
     connection=connection,

@@ -3,11 +3,14 @@
 ``sql_execution_match`` builds several small SQLite databases from the schema DDL, filled with
 deterministic random rows that respect the schema's types and constraints and that reuse the
 literal values of both queries (so ``WHERE status = 'pending'`` selects rows), runs both queries
-on each, and scores 1.0 only when the results agree on every database.
+on each, then on the reference's distinguishing databases (:mod:`distil_platform.scoring.sql_suite`:
+boundary-targeted databases chosen because they tell the reference from its near-miss neighbours),
+and scores 1.0 only when the results agree on every database.
 
-A model's SQL is untrusted. It runs only on in-memory databases, under an authorizer that allows
-reading and nothing else (no ATTACH, PRAGMA, extension loading or writes), a progress handler that
-interrupts it after ``timeout_s``, a cap on returned rows and a cap on value sizes.
+A model's SQL is untrusted. It runs only in :func:`run_sandboxed`: in-memory databases, an
+authorizer that allows reading and nothing else (no ATTACH, PRAGMA, extension loading or writes),
+caps on value size, result columns, rows and total result bytes, and one deadline enforced while
+executing and while fetching. :func:`execute_untrusted_sql` builds the database from a DDL first.
 """
 
 from __future__ import annotations

@@ -1,0 +1,39 @@
+"""benchmarks/distillation.py pairs the distilled and seed-only students item by item from the
+results store's per-item rows (exact McNemar on the discordant items), not from their means."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from conftest import REPO_ROOT
+
+from distil_platform.evaluation import ItemResult, prediction_rows
+from distil_platform.store import ResultsStore, predictions
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("distillation_benchmark", REPO_ROOT / "benchmarks" / "distillation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(run_id, scores, task="git_assistant"):
+    results = [ItemResult(item_id=f"t{i}", repeat=0, prediction="p", reference="r", score=float(s),
+                          score_strict=float(s), parse_ok=True, metric="tool_call_equivalence")
+               for i, s in enumerate(scores)]
+    return prediction_rows(results, task=task, stage="student_eval", model="m", run_id=run_id)
+
+
+def test_students_are_paired_on_the_same_items(tmp_path):
+    store = ResultsStore(f"sqlite:///{tmp_path / 'r.db'}")
+    # 12 items: the distilled student wins 10, loses 0, ties 2 (both right on t10, both wrong on t11)
+    distilled = [1] * 10 + [1, 0]
+    seed_only = [0] * 10 + [1, 0]
+    store.insert(predictions, _rows("run-distilled", distilled) + _rows("run-seed", seed_only)
+                 + _rows("run-distilled", [0] * 12, task="other_task"))
+    res = _bench()._paired(store, "git_assistant", "run-distilled", "run-seed")
+    assert res["n"] == 12
+    assert abs(res["diff"] - 10 / 12) < 1e-9
+    assert abs(res["mcnemar_p"] - 2 * 0.5 ** 10) < 1e-12  # exact binomial on 10 discordant pairs
+    assert res["ci_low"] > 0

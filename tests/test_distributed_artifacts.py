@@ -1,0 +1,103 @@
+"""Artefacts at a URL (``distil_platform.paths``, fsspec): Parquet and checkpoint trees written to and
+read from a real S3-API server (moto's standalone server on loopback) and the local default."""
+
+from __future__ import annotations
+
+import uuid
+
+import polars as pl
+import pytest
+from distributed_services import s3_server
+
+from distil_platform import paths
+
+pytest.importorskip("s3fs")
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's S3 server (DISTIL_TEST_S3_ENDPOINT, else one started for this module)."""
+    yield from s3_server()
+
+
+@pytest.fixture
+def bucket_url(s3_endpoint, monkeypatch):
+    import boto3
+
+    # The standard AWS variables: what s3fs (botocore) reads on a real deployment too.
+    for key, value in {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"distil-{uuid.uuid4().hex[:8]}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    monkeypatch.setenv(paths.ARTIFACTS_URL_ENV, f"s3://{bucket}/team-a/")
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # a fresh client reads this test's endpoint
+    return bucket, client
+
+
+def _keys(client, bucket: str) -> set[str]:
+    return {o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+
+def test_local_default_is_the_artifacts_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv(paths.ARTIFACTS_URL_ENV, raising=False)
+    url = paths.artifact_url("text2sql", "seed_set", "run1", "seed.parquet")
+    assert url == str(paths.artifacts_dir() / "text2sql" / "seed_set" / "run1" / "seed.parquet")
+    assert not paths.is_remote(url)
+    frame = pl.DataFrame({"id": ["a", "b"], "question": ["q1", "q2"]})
+    paths.write_parquet(frame, url)
+    assert pl.read_parquet(url).equals(frame) and paths.read_parquet(url).equals(frame)
+
+
+def test_parquet_round_trip_on_s3(bucket_url):
+    bucket, client = bucket_url
+    url = paths.artifact_url("text2sql", "seed_set", "run1", "test.parquet")
+    assert url == f"s3://{bucket}/team-a/text2sql/seed_set/run1/test.parquet" and paths.is_remote(url)
+    frame = pl.DataFrame({"id": ["q1", "q2", "q3"], "sql": ["SELECT 1", "SELECT 2", None]})
+    assert paths.write_parquet(frame, url) == url
+    assert _keys(client, bucket) == {"team-a/text2sql/seed_set/run1/test.parquet"}  # on the server
+    assert paths.read_parquet(url).equals(frame)
+    with pytest.raises(FileNotFoundError, match="no such artefact"):
+        paths.read_parquet(paths.artifact_url("text2sql", "seed_set", "missing.parquet"))
+
+
+def test_checkpoint_tree_uploaded_and_fetched_elsewhere(bucket_url, tmp_path):
+    bucket, client = bucket_url
+    ckpt = tmp_path / "train" / "ckpt"
+    (ckpt / "tokenizer").mkdir(parents=True)
+    files = {
+        "config.json": b'{"model_type": "qwen3"}',
+        "model.safetensors": bytes(range(256)) * 64,
+        "tokenizer/tokenizer.json": b'{"version": "1.0"}',
+    }
+    for name, data in files.items():
+        (ckpt / name).write_bytes(data)
+    url = paths.artifact_url("checkpoints", "text2sql", "run1")
+    paths.upload_dir(ckpt, url)
+    assert _keys(client, bucket) == {f"team-a/checkpoints/text2sql/run1/{n}" for n in files}
+    # The serving step, on another machine: an empty local directory filled from the store.
+    fetched = paths.download_dir(url, tmp_path / "serve" / "ckpt")
+    assert {
+        p.relative_to(fetched).as_posix(): p.read_bytes() for p in fetched.rglob("*") if p.is_file()
+    } == files
+    with pytest.raises(FileNotFoundError, match="nothing there"):
+        paths.download_dir(paths.artifact_url("checkpoints", "text2sql", "never"), tmp_path / "x")
+
+
+@pytest.mark.parametrize("part", ["", "..", "a/../b", "./x"])
+def test_parts_that_escape_the_base_are_refused(part):
+    with pytest.raises(ValueError, match="climbs out"):
+        paths.artifact_url("text2sql", part)
+
+
+def test_bad_storage_options_name_the_variable(bucket_url, monkeypatch):
+    monkeypatch.setenv(paths.STORAGE_OPTIONS_ENV, "[1]")
+    with pytest.raises(ValueError, match=paths.STORAGE_OPTIONS_ENV):
+        paths.write_bytes(paths.artifact_url("x.bin"), b"1")
