@@ -19,6 +19,7 @@ from distil_platform.taskspec import TaskSpec
 from .automation import refresh_condition
 from .config_sources import pricing_file_observation
 from .keys import OWNERS, PRICING_FILE_KEY, PRICING_KEY, REPORT_KEY, cost_table_key, task_key, throughput_key
+from .metadata import polars_column_schema, table_metadata
 
 
 class PricingConfig(dg.Config):
@@ -31,8 +32,6 @@ class PricingConfig(dg.Config):
 
 def build_task_cost_assets(spec: TaskSpec) -> list:
     task = spec.name
-    seed_key = dg.AssetKey(task)
-    student_key = task_key(task, "student")
 
     @dg.asset(
         key=cost_table_key(task),
@@ -88,8 +87,15 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str) -> dict[str, Any]:
     content_hash = hashlib.sha256(json.dumps([{k: v for k, v in r.items() if k != "table_id"} for r in rows],
                                              sort_keys=True, default=str).encode()).hexdigest()
     md = cost_table_markdown(rows)
+    import polars as pl
+
     metadata = {
+        "dagster/row_count": len(rows),
+        "dagster/column_schema": polars_column_schema(pl.read_parquet(parquet, n_rows=0)),
         "rows": len(rows),
+        "cost_rows": table_metadata(rows, ["model", "role", "variant", "accuracy", "ci_low", "ci_high",
+                                           "usd_per_million_requests", "cost_source", "student_result",
+                                           "cost_ratio_vs_student"], max_rows=40),
         "snapshot_hash": snapshot.hash[:16],
         "prices_as_of": snapshot.as_of,
         "parquet_path": dg.MetadataValue.path(str(parquet)),
