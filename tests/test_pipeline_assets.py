@@ -184,11 +184,15 @@ def test_text2sql_graph_end_to_end_and_cached_baseline_rerun(test_profile, tmp_p
 @pytest.mark.slow
 def test_smart_home_graph_end_to_end(test_profile, tmp_path):
     spec = get_task("smart_home")
+    # A recorded teacher (4 valid, new rows): a random tiny teacher accepts 0 rows, and then the
+    # "every accepted row is trained on" assertions below would hold vacuously.
+    recorded = Path(__file__).parent / "data" / "recorded_smart_home.jsonl"
     with dg.instance_for_test(temp_dir=os.environ["DAGSTER_HOME"]) as instance:
-        result = dg.materialize(_assets(spec), resources=_resources(), instance=instance)
+        result = dg.materialize(_assets(spec), resources=_resources(), instance=instance, run_config={
+            "ops": {"smart_home_teacher_data": {"config": {"source": "recorded", "recorded_path": str(recorded)}}}})
         assert result.success
         teacher = _md(result, "smart_home_teacher_data")
-        assert teacher["requested"] > 0 and teacher["teacher_accepted"] <= teacher["generated"]
+        assert teacher["accepted"] == 4, teacher["rejections_by_reason"]
         assert teacher["rejected"] == sum(teacher["rejections_by_reason"].values())
         student = _md(result, "smart_home_student")
         # Every accepted synthetic row is trained on, next to every seed.
