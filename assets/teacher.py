@@ -70,8 +70,9 @@ def resolve_teacher(spec: TaskSpec, profile: Profile, endpoint: TeacherEndpointR
     teacher = spec.teacher_for(profile.name)
     if _is_store_model(teacher):
         return teacher
-    api_base = endpoint.api_base if endpoint is not None else os.environ.get(TEACHER_API_BASE_ENV)
-    has_key = bool(endpoint.api_key) if endpoint is not None else bool(os.environ.get(TEACHER_API_KEY_ENV))
+    # A field the resource leaves unset falls back to the environment variable it is normally fed from.
+    api_base = (endpoint.api_base if endpoint is not None else None) or os.environ.get(TEACHER_API_BASE_ENV)
+    has_key = bool(endpoint is not None and endpoint.api_key) or bool(os.environ.get(TEACHER_API_KEY_ENV))
     update: dict[str, Any] = {}
     if not teacher.api_base and api_base:
         update["api_base"] = api_base
