@@ -141,24 +141,34 @@ def _dismiss_dialogs(page) -> None:
 
 
 def test_asset_group_shows_the_tasks_lineage(page, webserver):
-    _open(page, f"{webserver}/locations/distil_platform/asset-groups/{TASK}")
+    group = f"{webserver}/locations/__repository__@distil_platform/asset-groups/{TASK}"
+    _open(page, group)
+    # The lineage graph draws each asset as a node (long names are shortened inside the node).
+    for name in (TASK, f"{TASK}_student", f"{TASK}_routing"):
+        page.get_by_text(name, exact=True).first.wait_for(state="visible")
+    page.screenshot(path=str(_artifacts() / "asset_group_lineage.png"), full_page=True)
+    _open(page, f"{group}/list")  # the same group as a list: every stage, full names
     for stage in STAGES:
         page.get_by_text(f"{TASK}{stage}", exact=True).first.wait_for(state="visible")
-    page.screenshot(path=str(_artifacts() / "asset_group_lineage.png"), full_page=True)
+    page.screenshot(path=str(_artifacts() / "asset_group_list.png"), full_page=True)
 
 
 @pytest.mark.parametrize("asset, expected", [
     (f"{TASK}_student_eval", ["score", "ci_low", "parse_failures"]),
-    (f"{TASK}_cost_table", ["usd_per_million_requests", "cost_table"]),
+    (f"{TASK}_cost_table", ["cost_table", "cost_rows", "snapshot_hash"]),
     (f"{TASK}_student", ["loss_curve", "trainable_params"]),
 ])
 def test_asset_page_renders_key_metadata(page, webserver, asset, expected):
     _open(page, f"{webserver}/assets/{asset}")
     for text in expected:
-        page.get_by_text(text).first.wait_for(state="visible")
+        page.get_by_text(text, exact=True).first.wait_for(state="visible")
+    page.screenshot(path=str(_artifacts() / f"{asset}.png"), full_page=True)
     if asset.endswith("_student"):
-        # The loss curve is an inline PNG in markdown metadata: it must actually be drawn.
+        # The loss curve is an inline PNG in markdown metadata, opened from its row: it must be drawn.
+        row = page.locator("tr", has_text="loss_curve").first
+        row.scroll_into_view_if_needed()
+        row.get_by_text("Show Markdown").first.click()
         img = page.locator("img[src^='data:image/png']").first
         img.wait_for(state="visible")
         assert img.evaluate("el => el.naturalWidth") > 100
-    page.screenshot(path=str(_artifacts() / f"{asset}.png"), full_page=True)
+        page.screenshot(path=str(_artifacts() / "loss_curve.png"))
