@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from distil_platform.profiles import Profile, get_profile
 from distil_platform.taskspec import TaskSpec
 
 from .automation import gpu_chain_condition, reprice_condition
@@ -54,11 +55,14 @@ def task_asset_attributes(spec: TaskSpec, assets: list) -> list:
         a, dg.AssetChecksDefinition) else a for a in assets]
 
 
-def build_task_assets(spec: TaskSpec) -> list:
+def build_task_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
     """All assets and asset checks of one task, in group ``spec.name``.
 
     Keys: ``<task>`` (seed set), ``<task>_teacher_data``, ``<task>_student``, ``<task>_student_eval``,
     ``<task>_baseline_evals``, ``<task>_throughput``, ``<task>_cost_table`` (and ``<task>_routing``).
+
+    ``profile`` (default: ``DISTIL_PROFILE``, read once here) is fixed when the graph is built and
+    captured by the stage factories; no asset body reads the environment for it.
     """
     from .checks import build_task_checks
     from .costs import build_task_cost_assets
@@ -69,16 +73,18 @@ def build_task_assets(spec: TaskSpec) -> list:
     from .teacher import build_teacher_assets
     from .throughput import build_throughput_asset
 
-    assets = (build_seed_set_asset(spec) + build_teacher_assets(spec) + build_student_asset(spec)
-              + build_eval_assets(spec) + build_throughput_asset(spec) + build_task_cost_assets(spec)
+    profile = profile or get_profile()
+    assets = (build_seed_set_asset(spec) + build_teacher_assets(spec, profile) + build_student_asset(spec, profile)
+              + build_eval_assets(spec, profile) + build_throughput_asset(spec, profile) + build_task_cost_assets(spec)
               + build_routing_asset(spec))
     return task_asset_attributes(spec, assets) + build_task_checks(spec)
 
 
-def build_task_pipeline_assets(spec: TaskSpec) -> list:
+def build_task_pipeline_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
     """The distillation stages without the seed set and cost stages: teacher data, student, evals."""
     from .evals import build_eval_assets
     from .student import build_student_asset
     from .teacher import build_teacher_assets
 
-    return build_teacher_assets(spec) + build_student_asset(spec) + build_eval_assets(spec)
+    profile = profile or get_profile()
+    return build_teacher_assets(spec, profile) + build_student_asset(spec, profile) + build_eval_assets(spec, profile)

@@ -12,7 +12,7 @@ import polars as pl
 from distil_platform.resources.models import LLMResource, ServingResource
 
 from distil_platform.modelstore import chat_token_counter
-from distil_platform.profiles import Profile, get_profile
+from distil_platform.profiles import Profile
 from distil_platform.taskspec import ModelRef, TaskSpec
 
 from .metadata import markdown_table
@@ -54,10 +54,10 @@ def _serving_backend(serving: ServingResource) -> str:
         return getattr(serving, "backend", "transformers")
 
 
-def _eval_concurrency(cfg, serving: ServingResource) -> int:
+def _eval_concurrency(cfg, serving: ServingResource, profile: Profile) -> int:
     if cfg.concurrency:
         return cfg.concurrency
-    if get_profile().name == "test":
+    if profile.name == "test":
         return 8  # tiny random models: speed matters, reproducibility of their noise does not
     if _serving_backend(serving) == "vllm":
         return VLLM_EVAL_CONCURRENCY

@@ -43,11 +43,13 @@ def build_task_cost_assets(spec: TaskSpec) -> list:
         "tokens x snapshot prices; students: hardware $/h / sustained RPS), verdict and cost ratio vs the student, "
         "break-even daily volume. Computed from the results store only: re-pricing never calls a model.",
     )
-    def cost_table(context: dg.AssetExecutionContext, results_store: ResultsStoreResource) -> dg.Output[dict]:
+    def cost_table(context: dg.AssetExecutionContext, results_store: ResultsStoreResource) -> dg.MaterializeResult:
+        # No asset loads this value (its rows live in the results store, its table in the metadata),
+        # so nothing is pickled through the IO manager.
         result = compute_cost_table(spec, results_store.store(), context.run_id)
         context.log.info(f"{task}: cost table with {result['n_rows']} rows at prices {result['snapshot_hash'][:12]}")
-        return dg.Output(result["value"], metadata=result["metadata"],
-                         data_version=dg.DataVersion(result["content_hash"][:32]))
+        return dg.MaterializeResult(metadata=result["metadata"],
+                                    data_version=dg.DataVersion(result["content_hash"][:32]))
 
     return [cost_table]
 
@@ -177,7 +179,7 @@ def build_shared_cost_assets(task_names: list[str]) -> list:
         "input), scores with CIs, win / non-inferior (δ) / inconclusive / loss, $/M requests, cost ratio; headline counts; a cost-vs-accuracy "
         "plot per task. Written to $DAGSTER_HOME/reports/benchmark_report.md.",
     )
-    def benchmark_report(context: dg.AssetExecutionContext, results_store: ResultsStoreResource) -> dg.Output[dict]:
+    def benchmark_report(context: dg.AssetExecutionContext, results_store: ResultsStoreResource) -> dg.MaterializeResult:
         from distil_platform.report import write_report
 
         report = write_report(results_store.store(), task_names, paths.reports_dir())
@@ -188,7 +190,7 @@ def build_shared_cost_assets(task_names: list[str]) -> list:
             "report_path": dg.MetadataValue.path(str(report.path)),
             "report": dg.MetadataValue.md(report.markdown),
         }
-        return dg.Output({"path": str(report.path), "tasks": report.tasks, "headline": report.headline},
-                         metadata=metadata)
+        metadata["tasks"] = dg.MetadataValue.json(list(report.tasks))
+        return dg.MaterializeResult(metadata=metadata)  # the report is the file; nothing loads a value
 
     return [pricing, benchmark_report]

@@ -54,8 +54,9 @@ class BaselineConfig(EvalConfig):
 
 
 
-def build_eval_assets(spec: TaskSpec) -> list:
+def build_eval_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
     """``<task>_student_eval`` and ``<task>_baseline_evals``."""
+    profile = profile or get_profile()  # resolved once, when the Definitions are built
     task = spec.name
     seed_key = dg.AssetKey(task)
     teacher_key = task_key(task, "teacher_data")
@@ -90,14 +91,14 @@ def build_eval_assets(spec: TaskSpec) -> list:
             raise FileNotFoundError(f"{ckpt}: no checkpoint (config.json missing); re-materialise {task}_student")
         judge = _judge(spec, llm, context)
         start = time.monotonic()
-        concurrency = _eval_concurrency(config, serving)
+        concurrency = _eval_concurrency(config, serving, profile)
         with _local_client(context, llm, serving, ckpt, stage=STAGE_STUDENT_EVAL, task=task,
                            concurrency=concurrency, served_name=student["served_name"]) as (client, server):
             # Token logprobs give each answer a confidence (routing cascades escalate the unsure ones);
             # a backend that returns none (transformers serve ignores the field) leaves it None.
             from distil_platform.routing import confidence_fn
 
-            results = evaluate(spec, test, client_answer_fn(client, 0.0, answer_token_cap(get_profile(), spec.max_answer_tokens),
+            results = evaluate(spec, test, client_answer_fn(client, 0.0, answer_token_cap(profile, spec.max_answer_tokens),
                                                      [str(r["id"]) for r in test], extra={"logprobs": True},
                                                      confidence=confidence_fn(spec.type)), repeats=1, judge=judge)
             peak = _peak_memory(server)
@@ -161,9 +162,9 @@ def build_eval_assets(spec: TaskSpec) -> list:
             summarize,
         )
         from distil_platform.llm import ChatRequest
+        from distil_platform.stats import verdict_label
         from distil_platform.store import predictions
 
-        profile = get_profile()
         test = _read_rows(seed_set["test_path"])
         item_ids = [str(r["id"]) for r in test]
         store = results_store.store()
@@ -199,7 +200,7 @@ def build_eval_assets(spec: TaskSpec) -> list:
                     new_calls += client.http_calls
                 else:
                     with _local_client(context, llm, serving, model_dir, stage=STAGE_BASELINES, task=task,
-                                       concurrency=_eval_concurrency(config, serving)) as (client, _server):
+                                       concurrency=_eval_concurrency(config, serving, profile)) as (client, _server):
                         results = evaluate(spec, test, client_answer_fn(client, **answer_kwargs, item_ids=item_ids),
                                            repeats=repeats, judge=judge)
                         new_calls += client.http_calls
@@ -214,7 +215,8 @@ def build_eval_assets(spec: TaskSpec) -> list:
             store.insert(predictions, prediction_rows(results, task=task, stage=STAGE_BASELINES, model=label,
                                                       run_id=context.run_id, variant=entry["variant"]))
             summary = summarize(results)
-            comparison = paired_comparison(student_results, results) if student_results else {"n_paired": 0}
+            comparison = (paired_comparison(student_results, results, margin=spec.margin)
+                          if student_results else {"n_paired": 0})
             per_model[label] = {**summary.as_dict(), "tier": ref.tier, "repeats": repeats,
                                 "wall_time_s": round(wall, 1), "vs_student": comparison}
             table.append({"model": label, "tier": ref.tier, "repeats": repeats,
@@ -223,7 +225,9 @@ def build_eval_assets(spec: TaskSpec) -> list:
                           "prompt tok": _fmt(summary.mean_prompt_tokens), "completion tok":
                           _fmt(summary.mean_completion_tokens), "parse fails": summary.parse_failures,
                           "student − model": _fmt(comparison.get("diff", comparison.get("mean_diff"))),
-                          "McNemar p": _fmt(comparison.get("mcnemar_p", comparison.get("p_value")))})
+                          "McNemar p": _fmt(comparison.get("mcnemar_p", comparison.get("p_value"))),
+                          "verdict": verdict_label(comparison.get("verdict"), spec.margin)
+                          if comparison.get("verdict") else "–"})
             context.log.info(f"{task}: {label} {spec.metric_name} {summary.score:.3f} "
                              f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}] over {repeats} repeat(s)")
         student_line = {"model": f"{student_eval['model']} (student)", "tier": "student", "repeats": 1,
@@ -237,7 +241,9 @@ def build_eval_assets(spec: TaskSpec) -> list:
             "models_skipped": len(skipped),
             "skipped": dg.MetadataValue.json(skipped),
             "new_model_calls": new_calls,
-            "comparison": dg.MetadataValue.md(markdown_table([student_line, *table])),
+            # Columns from a model row: the student's own row has no comparison cells (shown as –).
+            "comparison": dg.MetadataValue.md(markdown_table([student_line, *table],
+                                                             columns=list(table[0]) if table else None)),
             "per_model": dg.MetadataValue.json(_jsonable(per_model)),
         }
         return dg.Output(value, metadata=metadata)

@@ -43,14 +43,15 @@ def build_routing_asset(spec: TaskSpec) -> list:
         "store only (zero model calls), so re-pricing recomputes it.",
     )
     def routing(context: dg.AssetExecutionContext, config: RoutingConfig,
-                results_store: ResultsStoreResource) -> dg.Output[dict]:
+                results_store: ResultsStoreResource) -> dg.MaterializeResult:
         result = compute_task_routing(spec, results_store.store(), context.run_id, daily_requests=config.daily_requests,
                                       folds=config.folds, seed=config.seed, margin=config.margin)
         for note in result["notes"]:
             context.log.info(f"{task}: {note}")
         context.log.info(result["sentence"])
-        return dg.Output(result["value"], metadata=result["metadata"],
-                         data_version=dg.DataVersion(result["content_hash"][:32]))
+        # No asset loads this value: its decision is in the metadata and the results store.
+        return dg.MaterializeResult(metadata=result["metadata"],
+                                    data_version=dg.DataVersion(result["content_hash"][:32]))
 
     return [routing]
 

@@ -8,7 +8,7 @@ import dagster as dg
 from distil_platform.resources.models import ModelStoreResource
 
 from distil_platform import paths
-from distil_platform.profiles import get_profile
+from distil_platform.profiles import Profile, get_profile
 from distil_platform.prompts import rendering_label
 from distil_platform.taskspec import TaskSpec
 
@@ -36,8 +36,9 @@ class StudentConfig(dg.Config):
 
 
 
-def build_student_asset(spec: TaskSpec) -> list:
+def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
     """``<task>_student``."""
+    profile = profile or get_profile()  # resolved once, when the Definitions are built
     task = spec.name
     seed_key = dg.AssetKey(task)
     teacher_key = task_key(task, "teacher_data")
@@ -62,7 +63,6 @@ def build_student_asset(spec: TaskSpec) -> list:
     ) -> dg.Output[dict]:
         from distil_platform.training import TrainConfig, train_student
 
-        profile = get_profile()
         base_name = spec.student_base(profile.name)
         base_dir = model_store.resolve(base_name)
         seeds = _read_rows(seed_set["seed_path"])

@@ -112,8 +112,9 @@ def teacher_source(spec: TaskSpec, profile: Profile, override: str | None) -> st
     return source
 
 
-def build_teacher_assets(spec: TaskSpec) -> list:
+def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
     """``<task>_teacher_data`` and its checks."""
+    profile = profile or get_profile()  # resolved once, when the Definitions are built
     task = spec.name
     seed_key = dg.AssetKey(task)
     teacher_key = task_key(task, "teacher_data")
@@ -147,7 +148,6 @@ def build_teacher_assets(spec: TaskSpec) -> list:
 
         if (observation := prompt_observation(spec)) is not None:
             context.log_event(observation)  # the <task>_prompt version this run distils from
-        profile = get_profile()
         seeds = _read_rows(seed_set["seed_path"])
         test = _read_rows(seed_set["test_path"])
         unstructured = _read_rows(seed_set.get("unstructured_path"))
@@ -341,7 +341,7 @@ def build_teacher_assets(spec: TaskSpec) -> list:
     @dg.asset_check(asset=teacher_data, automation_condition=check_condition(), name="accepted_minimum",
                     description="At least the configured minimum of synthetic examples survived the filters.")
     def accepted_minimum(teacher_data: dict) -> dg.AssetCheckResult:
-        return check_accepted_minimum(spec, teacher_data)
+        return check_accepted_minimum(spec, teacher_data, profile)
 
     @dg.asset_check(asset=teacher_data, automation_condition=check_condition(), name="distribution_not_collapsed",
                     description="Accepted labels / tool calls are not collapsed onto one class.")

@@ -10,7 +10,7 @@ from distil_platform.resources.models import LLMResource, ServingResource
 from distil_platform.resources.store import ResultsStoreResource
 
 from distil_platform import paths
-from distil_platform.profiles import get_profile
+from distil_platform.profiles import Profile, get_profile
 from distil_platform.taskspec import TaskSpec
 
 from .deployment import gpu_op_tags
@@ -44,7 +44,8 @@ def _read_rows(path: str) -> list[dict[str, Any]]:
     return pl.read_parquet(path).to_dicts()
 
 
-def build_throughput_asset(spec: TaskSpec) -> list:
+def build_throughput_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
+    profile = profile or get_profile()  # resolved once, when the Definitions are built
     task = spec.name
     seed_key = dg.AssetKey(task)
     student_key = task_key(task, "student")
@@ -82,7 +83,6 @@ def build_throughput_asset(spec: TaskSpec) -> list:
             points_markdown,
         )
 
-        profile = get_profile()
         slo = spec.latency_slo(profile.name)
         rates = config.rates if config.rates is not None else profile.throughput_rates
         duration = config.duration_s or profile.throughput_duration_s

@@ -94,7 +94,7 @@ def _load() -> list[float]:
     return [round(float(x), 2) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
-def _paired(store, task: str, student_run: str, seed_run: str) -> dict:
+def _paired(store, task: str, student_run: str, seed_run: str, margin: float) -> dict:
     """Distilled vs seed-only student on the same test items: difference, CI, exact McNemar."""
     from distil_platform.evaluation import paired_comparison, results_from_store_rows
     from distil_platform.store import predictions
@@ -102,15 +102,16 @@ def _paired(store, task: str, student_run: str, seed_run: str) -> dict:
     def results(run_id):
         return results_from_store_rows(store.select(predictions, run_id=run_id, task=task, stage="student_eval"))
 
-    cmp = paired_comparison(results(student_run), results(seed_run))
-    keep = ("n", "diff", "ci_low", "ci_high", "mcnemar_p", "test", "verdict", "wins", "ties", "losses")
+    cmp = paired_comparison(results(student_run), results(seed_run), margin=margin)
+    keep = ("n", "diff", "ci_low", "ci_high", "mcnemar_p", "test", "verdict", "margin", "item_wins", "item_ties",
+            "item_losses")
     return {k: cmp.get(k) for k in keep if k in cmp}
 
 
 def run_task(task: str, literal_swap: bool, teacher_target: int | None, grounding_ablation: bool = False,
              *, teacher_source: str | None = None, recorded_path: str | None = None,
              recorded_max_rows: int | None = None, max_steps: int | None = None,
-             baselines: bool = True) -> dict:
+             baselines: bool = True, seed_only_mode: str = "auto") -> dict:
     import dagster as dg
     from distil_platform.assets import build_task_pipeline_assets
     from distil_platform.assets.seed import build_seed_set_asset
@@ -157,10 +158,16 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
     baseline_md = _md(full, f"{task}_baseline_evals") if baselines else {"per_model": {}}
     seed_set = _md(full, task)
 
-    seed_only, seed_only_wall = timed([f"{task}_student", f"{task}_student_eval"],
-                                      {f"{task}_student": {"config": {**student_cfg, "use_synthetic": False}}})
-    seed_student = _md(seed_only, f"{task}_student")
-    seed_eval = _md(seed_only, f"{task}_student_eval")
+    # "auto": no seed-only retraining when the student trained on no synthetic row: its training set
+    # *is* the seed set (seeded training reproduces it; measured: the same predictions on 50/50 items).
+    run_seed_only = seed_only_mode == "always" or (seed_only_mode == "auto" and student["synthetic_examples"] > 0)
+    if run_seed_only:
+        seed_only, seed_only_wall = timed([f"{task}_student", f"{task}_student_eval"],
+                                          {f"{task}_student": {"config": {**student_cfg, "use_synthetic": False}}})
+        seed_student = _md(seed_only, f"{task}_student")
+        seed_eval = _md(seed_only, f"{task}_student_eval")
+    else:
+        seed_only, seed_only_wall, seed_student, seed_eval = None, 0.0, None, None
 
     grounding = None
     if grounding_ablation and seed_set.get("n_unstructured"):
@@ -180,7 +187,10 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
     elif grounding_ablation:
         print(f"{task}: no unstructured rows, grounding ablation skipped", file=sys.stderr)
 
-    paired = _paired(resources["results_store"].store(), task, full.run_id, seed_only.run_id)
+    paired = (_paired(resources["results_store"].store(), task, full.run_id, seed_only.run_id, spec.margin)
+              if seed_only is not None else
+              {"skipped": f"seed-only not trained (--seed-only {seed_only_mode}; "
+                          f"{student['synthetic_examples']} synthetic rows: the same training set)"})
     zero_shot = {k: v for k, v in baseline_md["per_model"].items() if k.endswith("(zero-shot)")}
     return {
         "task": task,
@@ -193,8 +203,8 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
         "ground_in_unstructured": spec.synthesis.ground_in_unstructured,
         "student": {**_score(student_eval), "train_examples": student["train_examples"], "steps": student["steps"],
                     "train_wall_s": student["wall_time_s"], "final_loss": student["final_loss"]},
-        "seed_only_student": {**_score(seed_eval), "train_examples": seed_student["train_examples"],
-                              "train_wall_s": seed_student["wall_time_s"]},
+        "seed_only_student": ({**_score(seed_eval), "train_examples": seed_student["train_examples"],
+                               "train_wall_s": seed_student["wall_time_s"]} if seed_eval is not None else None),
         "zero_shot": {k: {**_score(v), "vs_student": {x: v["vs_student"].get(x) for x in
                                                       ("diff", "ci_low", "ci_high", "mcnemar_p", "verdict")}}
                       for k, v in zero_shot.items()},
@@ -233,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recorded-max-rows", type=int, default=None, help="random sample of the recorded file")
     parser.add_argument("--max-steps", type=int, default=None, help="training steps of both students")
     parser.add_argument("--no-baselines", action="store_true", help="skip the zero-shot / frontier evals")
+    parser.add_argument("--seed-only", choices=["auto", "always", "never"], default="auto",
+                        help="train the seed-only ablation (auto: only when the student had synthetic rows)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "distillation.json"))
     args = parser.parse_args(argv)
     os.environ.setdefault("DISTIL_PROFILE", "local")
@@ -249,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         res = run_task(task, args.literal_swap, args.teacher_target, args.grounding_ablation,
                        teacher_source=args.teacher_source or ("recorded" if args.recorded else None),
                        recorded_path=args.recorded, recorded_max_rows=args.recorded_max_rows,
-                       max_steps=args.max_steps, baselines=not args.no_baselines)
+                       max_steps=args.max_steps, baselines=not args.no_baselines, seed_only_mode=args.seed_only)
         print(json.dumps(res, indent=1, default=str), flush=True)
         results.append(res)
         out = Path(args.out)

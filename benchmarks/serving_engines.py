@@ -42,7 +42,7 @@ def _pctl(values: list[float], q: float) -> float:
 
 
 def measure_engine(backend: str, model_dir: Path, messages: list, concurrencies: list[int], max_tokens: int,
-                   log) -> dict:
+                   log, threads_bind: str | None = None) -> dict:
     import httpx
     import psutil
 
@@ -50,7 +50,7 @@ def measure_engine(backend: str, model_dir: Path, messages: list, concurrencies:
 
     rows, answers = [], {}
     started = time.monotonic()
-    with serve(model_dir, backend=backend, served_model_name="bench", log=log) as server:
+    with serve(model_dir, backend=backend, served_model_name="bench", log=log, cpu_threads_bind=threads_bind) as server:
         startup_s = time.monotonic() - started
         client = httpx.Client(timeout=1800, limits=httpx.Limits(max_connections=max(concurrencies) + 4))
 
@@ -93,6 +93,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=80)
     parser.add_argument("--rows", type=int, default=50)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving_engines.json")
+    parser.add_argument("--threads-bind", default=None,
+                        help="instead of vLLM vs transformers: vLLM with VLLM_CPU_OMP_THREADS_BIND=auto (one "
+                             "compute core on 2 cores) vs this binding (e.g. 0-1), same prompts and client")
     args = parser.parse_args()
 
     import polars as pl
@@ -111,6 +114,8 @@ def main() -> None:
         row.setdefault("context", "")
     messages = [build_messages(spec, r) for r in test]
     load_before = os.getloadavg()
+    if args.threads_bind:
+        return compare_threads_bind(model_dir, messages, args, load_before)
     results = {}
     for backend in ("vllm", "transformers"):
         results[backend] = measure_engine(backend, model_dir, messages, args.concurrency, args.max_tokens, print)
@@ -145,6 +150,38 @@ def main() -> None:
               f"{r['other_cpu_share_max']:.0%}{flag} |")
     print(f"identical greedy answers at c={c1}: {same}/{len(messages)}; load {load_before} -> {load_after}")
     print(f"wrote {args.out}")
+
+
+def compare_threads_bind(model_dir: Path, messages: list, args, load_before) -> None:
+    from distil_platform.serving import hardware_info
+
+    runs = {"auto": measure_engine("vllm", model_dir, messages, args.concurrency, args.max_tokens, print),
+            args.threads_bind: measure_engine("vllm", model_dir, messages, args.concurrency, args.max_tokens, print,
+                                              threads_bind=args.threads_bind)}
+    by = {(k, r["concurrency"]): r for k, v in runs.items() for r in v["rows"]}
+    table = []
+    for c in args.concurrency:
+        a, b = by[("auto", c)], by[(args.threads_bind, c)]
+        table.append({"concurrency": c, "auto_rps": a["rps"], "bind_rps": b["rps"],
+                      "ratio": round(b["rps"] / a["rps"], 2) if a["rps"] else None,
+                      "auto_p50_s": a["p50_s"], "auto_p95_s": a["p95_s"], "bind_p50_s": b["p50_s"],
+                      "bind_p95_s": b["p95_s"], "other_cpu_share_max": max(a["other_cpu_share"], b["other_cpu_share"])})
+    c1 = min(args.concurrency)
+    same = sum(x == y for x, y in zip(runs["auto"]["answers"][c1], runs[args.threads_bind]["answers"][c1]))
+    record = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": hardware_info(False)[0],
+              "model": str(model_dir), "task": args.task, "rows": len(messages), "max_tokens": args.max_tokens,
+              "threads_bind": args.threads_bind, "loadavg_before": [round(x, 2) for x in load_before],
+              "loadavg_after": [round(x, 2) for x in os.getloadavg()], "table": table,
+              "identical_greedy_answers_at_c1": f"{same}/{len(messages)}",
+              "runs": {k: {kk: vv for kk, vv in v.items() if kk != "answers"} for k, v in runs.items()}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+    print(f"\n| concurrency | auto req/s (p50 / p95 s) | bind {args.threads_bind} req/s (p50 / p95 s) | ratio | other CPU |")
+    print("|---|---|---|---|---|")
+    for r in table:
+        print(f"| {r['concurrency']} | {r['auto_rps']} ({r['auto_p50_s']} / {r['auto_p95_s']}) | {r['bind_rps']} "
+              f"({r['bind_p50_s']} / {r['bind_p95_s']}) | {r['ratio']}x | {r['other_cpu_share_max']:.0%} |")
+    print(f"identical greedy answers at c={c1}: {same}/{len(messages)}; wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -33,12 +33,14 @@ def build_definitions() -> dg.Definitions:
     profile = get_profile()
     assets_and_checks: list = [build_config_sources(specs)]
     for spec in specs.values():
-        assets_and_checks += build_task_assets(spec)
+        assets_and_checks += build_task_assets(spec, profile)
     assets_and_checks += build_shared_cost_assets(list(specs))
     assets = [a for a in assets_and_checks if isinstance(a, dg.AssetsDefinition) and not _is_check_only(a)]
     checks = [a for a in assets_and_checks if _is_check_only(a)]
     sensors, schedules, jobs = build_sensors_and_schedules(specs)
-    results_store = ResultsStoreResource.configure_at_launch()
+    # The URL is an EnvVar field (shown by name on the UI's resources page, its value never: it may
+    # carry a password); unset, the store is $DAGSTER_HOME/results.db.
+    results_store = ResultsStoreResource(url=_env_setting("DISTIL_DB_URL"))
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
@@ -47,8 +49,7 @@ def build_definitions() -> dg.Definitions:
         jobs=jobs,
         executor=_executor(profile.name),
         resources={
-            # One results store: the LLM client's cache/usage rows land where predictions do, and a
-            # launch-time `url` for `results_store` reaches both.
+            # One results store: the LLM client's cache/usage rows land where predictions do.
             "llm": LLMResource(results_store=results_store),
             "serving": ServingResource(backend=profile.serving_backend),
             "model_store": ModelStoreResource(),

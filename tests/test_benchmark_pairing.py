@@ -32,8 +32,10 @@ def test_students_are_paired_on_the_same_items(tmp_path):
     seed_only = [0] * 10 + [1, 0]
     store.insert(predictions, _rows("run-distilled", distilled) + _rows("run-seed", seed_only)
                  + _rows("run-distilled", [0] * 12, task="other_task"))
-    res = _bench()._paired(store, "git_assistant", "run-distilled", "run-seed")
+    res = _bench()._paired(store, "git_assistant", "run-distilled", "run-seed", margin=0.05)
     assert res["n"] == 12
     assert abs(res["diff"] - 10 / 12) < 1e-9
     assert abs(res["mcnemar_p"] - 2 * 0.5 ** 10) < 1e-12  # exact binomial on 10 discordant pairs
     assert res["ci_low"] > 0
+    assert res["margin"] == 0.05 and res["verdict"] == "win"
+    assert (res["item_wins"], res["item_ties"], res["item_losses"]) == (10, 2, 0)

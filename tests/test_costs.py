@@ -195,6 +195,11 @@ def model_call_counter(monkeypatch):
     return calls
 
 
+def _no_value(output) -> bool:
+    """A MaterializeResult's output: Dagster's no-value sentinel, nothing for an IO manager."""
+    return output is None or getattr(output, "__name__", "") == "NoValueSentinel"
+
+
 def test_full_repricing_of_materialised_tasks_makes_zero_model_calls(tmp_path, model_call_counter, monkeypatch):
     from distil_platform.assets.costs import build_shared_cost_assets, build_task_cost_assets
     from distil_platform.resources.store import ResultsStoreResource
@@ -219,6 +224,11 @@ def test_full_repricing_of_materialised_tasks_makes_zero_model_calls(tmp_path, m
         df = pl.read_parquet(md["parquet_path"].value)
         assert df.height == len(rows)
         assert pl.read_csv(md["csv_path"].value).height == len(rows)
+        # A MaterializeResult: no asset loads the table's value, so nothing is pickled for it.
+        assert _no_value(result.output_for_node(f"{spec.name}_cost_table"))
+    assert _no_value(result.output_for_node("benchmark_report"))
+    assert set(result.asset_materializations_for_node("benchmark_report")[0].metadata["tasks"].value) == {
+        "text2sql", "banking77"}
 
     # Re-price after a price edit: only the store is read; the haiku rows change, nothing is called.
     data = yaml.safe_load(DEFAULT_PRICING_FILE.read_text())

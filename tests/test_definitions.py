@@ -129,3 +129,56 @@ def test_dg_cli_checks_and_lists_the_definitions():
     assert listed.returncode == 0, listed.stderr[-2000:]
     keys = {a["asset_key"] for a in json.loads(listed.stdout)["assets"]}
     assert {"text2sql_student", "benchmark_report", "config/pricing_file"} <= keys
+
+
+def test_results_store_url_is_an_env_var_field(monkeypatch):
+    """The results-store URL is a resource field fed by ``dg.EnvVar`` (shown by name on the UI's
+    resources page; a Postgres URL's password never reaches metadata), shared with the LLM client."""
+    from distil_platform.definitions import build_definitions
+
+    monkeypatch.setenv("DISTIL_DB_URL", "sqlite:////tmp/not-shown.db")
+    resources = build_definitions().resources
+    url = resources["results_store"].url
+    assert isinstance(url, dg.EnvVar) and url.env_var_name == "DISTIL_DB_URL"
+    assert resources["llm"].results_store is resources["results_store"]
+    monkeypatch.delenv("DISTIL_DB_URL")
+    assert build_definitions().resources["results_store"].url is None  # default: $DAGSTER_HOME/results.db
+
+
+def test_no_asset_body_reads_the_profile_from_the_environment():
+    """The profile is resolved once, when the graph is built, and captured by the stage factories:
+    an asset or check body that calls ``get_profile()`` or reads ``os.environ`` for it would make a
+    step's behaviour depend on its worker's environment rather than on the Definitions."""
+    import ast
+
+    from conftest import REPO_ROOT
+
+    offenders = []
+    for path in sorted((REPO_ROOT / "assets").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            decorators = [ast.unparse(d) for d in node.decorator_list]
+            if not any(d.startswith(("dg.asset", "dg.multi_asset", "dg.asset_check", "dg.multi_asset_check"))
+                       for d in decorators):
+                continue
+            for inner in ast.walk(node):
+                text = ast.unparse(inner) if isinstance(inner, ast.Call) else ""
+                if text.startswith(("get_profile(", "current_profile_name(")) or "DISTIL_PROFILE" in text:
+                    offenders.append(f"{path.name}:{inner.lineno} {node.name}: {text}")
+    assert not offenders, offenders
+
+
+def test_eval_concurrency_follows_the_given_profile_not_the_environment(monkeypatch):
+    """A graph built for the ``test`` profile keeps it when the environment later says otherwise."""
+    from distil_platform.assets.common import _eval_concurrency, _has_cuda
+    from distil_platform.assets.evals import BaselineConfig
+    from distil_platform.resources import ServingResource
+
+    from distil_platform.profiles import get_profile
+
+    monkeypatch.setenv("DISTIL_PROFILE", "gpu")
+    serving = ServingResource(backend="transformers")
+    assert _eval_concurrency(BaselineConfig(), serving, get_profile("test")) == 8
+    assert _eval_concurrency(BaselineConfig(), serving, get_profile("local")) == (16 if _has_cuda() else 1)

@@ -108,7 +108,8 @@ def test_teacher_data_checks_on_planted_values(test_profile):
 # -- whole graphs --------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_text2sql_graph_end_to_end_and_cached_baseline_rerun(test_profile, tmp_path):
-    spec = get_task("text2sql")
+    # A margin other than the 0.02 default, so a verdict computed with the default is caught.
+    spec = get_task("text2sql").model_copy(update={"margin": 0.07})
     assets = _assets(spec)
     run_config = {"ops": {"text2sql_teacher_data": {"config": {"literal_swap": True}}}}
     with dg.instance_for_test(temp_dir=os.environ["DAGSTER_HOME"]) as instance:
@@ -164,6 +165,9 @@ def test_text2sql_graph_end_to_end_and_cached_baseline_rerun(test_profile, tmp_p
         assert "tiny-qwen3 (zero-shot)" in baselines["per_model"]
         base = baselines["per_model"]["tiny-qwen3 (zero-shot)"]
         assert base["n"] == n_test and base["vs_student"]["n_paired"] == n_test
+        assert base["vs_student"]["margin"] == 0.07  # the task's δ, not the default
+        header = baselines["comparison"].splitlines()[0]  # every model column, not just the student row's
+        assert "verdict" in header and "McNemar p" in header and "student − model" in header
         base_rows = store.select(predictions, run_id=run_id, stage="baseline_evals")
         assert len(base_rows) == n_test and {r["variant"] for r in base_rows} == {"zero_shot"}
         first_calls = [r for r in store.select(llm_requests, stage="baseline_evals") if not r["cache_hit"]]

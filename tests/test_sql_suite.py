@@ -355,3 +355,35 @@ def test_execute_untrusted_sql_refuses_writes_and_reports_bad_schemas():
         execute_untrusted_sql("CREATE TABLE (", "SELECT 1")
     width, rows = execute_untrusted_sql(SCHEMA, "SELECT id, name FROM artists WHERE country = 'FR'")
     assert width == 2 and all(len(r) == 2 for r in rows)
+
+
+def test_rescore_benchmark_reports_the_near_misses_old_databases_passed(tmp_path, monkeypatch):
+    """benchmarks/sql_rescore.py re-scores stored predictions on the same items before/after and
+    lists exactly the items whose verdict changed (here: planted near-misses and a right answer)."""
+    import importlib.util
+
+    import polars as pl
+    from conftest import REPO_ROOT
+
+    from distil_platform.evaluation import ItemResult, prediction_rows
+    from distil_platform.store import ResultsStore, predictions
+
+    monkeypatch.setenv("DISTIL_DB_URL", f"sqlite:///{tmp_path / 'r.db'}")
+    pairs = [(g, n) for g, n in PLANTED if sql_execution_match(n, g, SCHEMA, suite=False) == 1.0][:3]
+    gold_right = PLANTED[0][0]
+    items = [(f"q{i}", g, n) for i, (g, n) in enumerate(pairs)] + [("right", gold_right, gold_right)]
+    test = tmp_path / "test.parquet"
+    pl.DataFrame({"id": [i for i, _, _ in items], "question": ["q"] * len(items),
+                  "answer": [g for _, g, _ in items], "context": [SCHEMA] * len(items)}).write_parquet(test)
+    results = [ItemResult(item_id=i, repeat=0, prediction=p, reference=g, score=1.0, score_strict=None,
+                          parse_ok=True, metric="sql_execution_match") for i, g, p in items]
+    ResultsStore().insert(predictions, prediction_rows(results, task="text2sql", stage="student_eval",
+                                                       model="student", run_id="run-1", variant="student"))
+    spec = importlib.util.spec_from_file_location("sql_rescore", REPO_ROOT / "benchmarks" / "sql_rescore.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.rescore("text2sql", test_path=str(test))
+    m = out["models"]["student (student)"]
+    assert (m["n"], m["before"], m["after"]) == (len(items), len(items), 1)
+    assert sorted(c["item_id"] for c in m["changed"]) == sorted(i for i, _, _ in items[:-1])
+    assert all(c["before"] == 1.0 and c["after"] == 0.0 for c in m["changed"])
