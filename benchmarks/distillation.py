@@ -111,7 +111,7 @@ def _paired(store, task: str, student_run: str, seed_run: str, margin: float) ->
 def run_task(task: str, literal_swap: bool, teacher_target: int | None, grounding_ablation: bool = False,
              *, teacher_source: str | None = None, recorded_path: str | None = None,
              recorded_max_rows: int | None = None, max_steps: int | None = None,
-             baselines: bool = True, seed_only_mode: str = "auto") -> dict:
+             baselines: bool = True, seed_only_mode: str = "auto", truncated_ablation: bool = False) -> dict:
     import dagster as dg
     from distil_platform.assets import build_task_pipeline_assets
     from distil_platform.assets.seed import build_seed_set_asset
@@ -187,6 +187,28 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
     elif grounding_ablation:
         print(f"{task}: no unstructured rows, grounding ablation skipped", file=sys.stderr)
 
+    truncated = None
+    if truncated_ablation:
+        # The student as it was trained before prompts stopped being cut: tool schemas rendered as raw
+        # JSON schema (for training and its eval), a fixed max_length of 384 with over-long rows cut
+        # from the start (keep_end), 8 rows per step, seeds only. Same test items, paired.
+        old_spec = spec.model_copy(update={
+            "tool_rendering": "json_schema",
+            "training": spec.training.model_copy(update={"allow_truncation": True})})
+        old_assets = build_seed_set_asset(old_spec) + build_task_pipeline_assets(old_spec)
+        start = time.monotonic()
+        old = dg.materialize(old_assets, resources=resources, instance=instance,
+                             selection=[f"{task}_student", f"{task}_student_eval"],
+                             run_config={"ops": {f"{task}_student": {"config": {
+                                 **student_cfg, "use_synthetic": False, "max_length": 384, "batch_size": 8}}}})
+        old_student, old_eval = _md(old, f"{task}_student"), _md(old, f"{task}_student_eval")
+        truncated = {**_score(old_eval), "train_examples": old_student["train_examples"],
+                     "truncated_examples": old_student.get("truncated_examples"),
+                     "max_length": old_student.get("max_length"), "rendering": "json_schema",
+                     "train_wall_s": old_student["wall_time_s"], "wall_s": round(time.monotonic() - start, 1),
+                     "student_vs_truncated": _paired(resources["results_store"].store(), task, full.run_id,
+                                                     old.run_id, spec.margin)}
+
     paired = (_paired(resources["results_store"].store(), task, full.run_id, seed_only.run_id, spec.margin)
               if seed_only is not None else
               {"skipped": f"seed-only not trained (--seed-only {seed_only_mode}; "
@@ -209,6 +231,7 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
                                                       ("diff", "ci_low", "ci_high", "mcnemar_p", "verdict")}}
                       for k, v in zero_shot.items()},
         "student_vs_seed_only": paired,
+        "truncated_student": truncated,
         "grounding_ablation": grounding,
         "skipped": baseline_md.get("skipped"),
         "teacher_source": teacher.get("source"),
@@ -243,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recorded-max-rows", type=int, default=None, help="random sample of the recorded file")
     parser.add_argument("--max-steps", type=int, default=None, help="training steps of both students")
     parser.add_argument("--no-baselines", action="store_true", help="skip the zero-shot / frontier evals")
+    parser.add_argument("--truncated-ablation", action="store_true",
+                        help="also train the pre-fix student (JSON-schema tool rendering, max_length 384, rows cut "
+                             "keep_end, seeds only) and pair the student with it")
     parser.add_argument("--seed-only", choices=["auto", "always", "never"], default="auto",
                         help="train the seed-only ablation (auto: only when the student had synthetic rows)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "distillation.json"))
@@ -261,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         res = run_task(task, args.literal_swap, args.teacher_target, args.grounding_ablation,
                        teacher_source=args.teacher_source or ("recorded" if args.recorded else None),
                        recorded_path=args.recorded, recorded_max_rows=args.recorded_max_rows,
-                       max_steps=args.max_steps, baselines=not args.no_baselines, seed_only_mode=args.seed_only)
+                       max_steps=args.max_steps, baselines=not args.no_baselines, seed_only_mode=args.seed_only,
+                       truncated_ablation=args.truncated_ablation)
         print(json.dumps(res, indent=1, default=str), flush=True)
         results.append(res)
         out = Path(args.out)

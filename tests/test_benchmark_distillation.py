@@ -30,7 +30,7 @@ def test_distillation_benchmark_runs_ablations_on_the_shipped_sample(monkeypatch
 
     with dg.instance_for_test(temp_dir=os.environ["DAGSTER_HOME"]):
         res = bench.run_task("banking77", literal_swap=False, teacher_target=8, grounding_ablation=True,
-                             seed_only_mode="always")
+                             seed_only_mode="always", truncated_ablation=True)
 
     assert res["task"] == "banking77" and res["profile"] == "test" and res["n_unstructured"] > 0
     n_seed = res["n_seed"]
@@ -49,4 +49,27 @@ def test_distillation_benchmark_runs_ablations_on_the_shipped_sample(monkeypatch
     assert grounding["task_setting"] is True and grounding["ablation_setting"] is False
     assert grounding["student"]["train_examples"] == n_seed + grounding["teacher"]["accepted"]
     assert set(res["wall_s"]) == {"full_graph", "seed_only", "steps"}
+    # The pre-fix student: seeds only, fixed max_length 384, JSON-schema rendering, paired on the items.
+    old = res["truncated_student"]
+    assert old["train_examples"] == n_seed and old["max_length"] == 384 and old["rendering"] == "json_schema"
+    assert old["student_vs_truncated"]["n"] == res["n_test"]
     assert "banking77_student" in res["wall_s"]["steps"]
+
+
+@pytest.mark.slow
+def test_teacher_yield_benchmark_reports_accepted_rows_per_request(monkeypatch):
+    """benchmarks/teacher_yield.py tabulates what the teacher stage itself reported."""
+    monkeypatch.setenv("DISTIL_PROFILE", "test")
+    for key in API_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    spec = importlib.util.spec_from_file_location("teacher_yield", REPO_ROOT / "benchmarks" / "teacher_yield.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import dagster as dg
+
+    with dg.instance_for_test(temp_dir=os.environ["DAGSTER_HOME"]):
+        row = module.task_yield("banking77", target=8)
+    assert row["task"] == "banking77" and row["profile"] == "test" and row["requested"] == 8
+    assert row["teacher_requests"] >= 1
+    assert row["accepted_per_request"] == pytest.approx(row["teacher_accepted"] / row["teacher_requests"], abs=1e-3)
+    assert 0 <= row["accepted"] <= row["generated"] and len(row["top_rejections"]) <= 3

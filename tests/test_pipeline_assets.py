@@ -118,7 +118,7 @@ def test_text2sql_graph_end_to_end_and_cached_baseline_rerun(test_profile, tmp_p
         run_id = result.run_id
 
         teacher = _md(result, "text2sql_teacher_data")
-        for key in ("teacher", "requested", "generated", "accepted", "rejections_by_reason", "exact_duplicates",
+        for key in ("teacher", "requested", "teacher_requests", "accepted_per_request", "generated", "accepted", "rejections_by_reason", "exact_duplicates",
                     "near_duplicates", "decontaminated", "sample", "accepted_path", "teacher_accepted", "augmented_accepted"):
             assert key in teacher, key
         accepted = pl.read_parquet(teacher["accepted_path"])
@@ -126,6 +126,8 @@ def test_text2sql_graph_end_to_end_and_cached_baseline_rerun(test_profile, tmp_p
         assert teacher["augmented_accepted"] > 0  # literal swap on: the text2sql seeds share literals
         assert set(accepted["origin"].unique()) <= {"teacher", "literal_swap"}
         assert teacher["teacher"] == "tiny-qwen3"
+        assert teacher["accepted_per_request"] == pytest.approx(
+            teacher["teacher_accepted"] / teacher["teacher_requests"], abs=1e-3)
         checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
         assert {"accepted_minimum", "distribution_not_collapsed"} <= set(checks)
         assert checks["accepted_minimum"].passed

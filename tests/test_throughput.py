@@ -258,5 +258,32 @@ def test_throughput_asset_on_vllm_cpu(tmp_path, monkeypatch):
     assert on["memory"]["prefix_cache_hit_rate"] > 0.3
     assert not off["memory"]["prefix_cache_hit_rate"]
     assert on["max_achieved_rps"] > 0 and off["max_achieved_rps"] > 0
+    # The load generator ran on the cores vLLM reserved for its frontend (where it reserved any).
+    for v in (on, off):
+        if v["load_generator_cpus"] is not None:
+            assert v["load_generator_cpus"] and "pinned to cores" in out.metadata["load_generator"].value
     assert "KV reserved GiB" in out.metadata["memory"].value
     assert "prefix caching on vs off" in out.metadata["variants"].value
+
+
+def test_vllm_cpu_binding_is_read_from_the_log_and_pins_the_load_generator():
+    """The load generator is pinned to the cores vLLM-CPU reserves for its frontend (parsed from the
+    server's own binding lines), so it does not compete with the engine core it measures."""
+    import os
+    import subprocess
+    import sys
+
+    from distil_platform.serving import parse_cpu_binding
+    from distil_platform.throughput import _affinity_setter
+
+    log = ("(EngineCore pid=1) INFO [ompmultiprocessing.py:185] \tlocal_rank=0, core ids=[0]\n"
+           "(EngineCore pid=1) INFO [ompmultiprocessing.py:185] \treserved_cpus=[1]\n")
+    assert parse_cpu_binding(log) == ({0}, {1})
+    assert parse_cpu_binding("core ids=[0, 2, 3]\nreserved_cpus=[]") == ({0, 2, 3}, set())
+    assert parse_cpu_binding("no binding lines") is None
+    assert _affinity_setter(None) is None and _affinity_setter(set()) is None
+    assert _affinity_setter({10_000}) is None  # a core this process may not use is never asked for
+    one = min(os.sched_getaffinity(0))
+    out = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                         capture_output=True, text=True, check=True, preexec_fn=_affinity_setter({one}))
+    assert out.stdout.strip() == f"[{one}]"

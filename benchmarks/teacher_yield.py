@@ -1,0 +1,96 @@
+"""Teacher yield on every task: `<task>` + `<task>_teacher_data` on the shipped samples.
+
+For each task (default: all nine in ``distil_platform/tasks``) this materialises the seed set and the
+teacher stage in-process on the current profile (``DISTIL_PROFILE``, default ``local``: the served
+SmolLM2-135M teacher with each task's JSON reply schema) and tabulates requests, generated,
+schema-valid, accepted, accepted per request and the top rejection reasons. The target of the
+teacher-data issue is >= 1 accepted row per teacher request on every task.
+
+    DAGSTER_HOME=/tmp/yield_home .venv/bin/python benchmarks/teacher_yield.py --out benchmarks/results/teacher_yield.json
+
+One task at a time (each starts and stops its own teacher server); run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _md(result, key: str) -> dict:
+    mat = result.asset_materializations_for_node(key)[-1]
+    return {k: v.value if hasattr(v, "value") else v for k, v in mat.metadata.items()}
+
+
+def task_yield(task: str, target: int | None = None) -> dict:
+    import dagster as dg
+
+    from distil_platform.assets.seed import build_seed_set_asset
+    from distil_platform.assets.teacher import build_teacher_assets
+    from distil_platform.profiles import get_profile
+    from distil_platform.resources import (
+        LLMResource,
+        ModelStoreResource,
+        ResultsStoreResource,
+        ServingResource,
+        TeacherEndpointResource,
+    )
+    from distil_platform.taskspec import get_task
+
+    spec = get_task(task)
+    profile = get_profile()
+    assets = build_seed_set_asset(spec) + build_teacher_assets(spec, profile)
+    resources = {"llm": LLMResource(), "serving": ServingResource(backend=profile.serving_backend),
+                 "model_store": ModelStoreResource(), "results_store": ResultsStoreResource(),
+                 "teacher_endpoint": TeacherEndpointResource()}
+    config = {} if target is None else {"target": target}
+    start = time.monotonic()
+    result = dg.materialize(assets, resources=resources, instance=dg.DagsterInstance.get(),
+                            selection=[task, f"{task}_teacher_data"],
+                            run_config={"ops": {f"{task}_teacher_data": {"config": config}}})
+    wall = round(time.monotonic() - start, 1)
+    md = _md(result, f"{task}_teacher_data")
+    requests = md.get("teacher_requests") or 0
+    reasons = md.get("rejections_by_reason") or {}
+    top = sorted(reasons.items(), key=lambda kv: -kv[1])[:3]
+    return {"task": task, "profile": profile.name, "teacher": md.get("teacher"), "source": md.get("source"),
+            "teacher_requests": requests, "requested": md.get("requested"), "generated": md.get("generated"),
+            "schema_valid": md.get("schema_valid"), "accepted": md.get("accepted"),
+            "teacher_accepted": md.get("teacher_accepted"), "accepted_per_request": md.get("accepted_per_request"),
+            "top_rejections": dict(top), "wall_s": wall}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default=None, help="comma-separated (default: every task YAML)")
+    parser.add_argument("--target", type=int, default=None, help="examples asked per task (default: the profile's)")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "teacher_yield.json"))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("DISTIL_PROFILE", "local")
+    if not os.environ.get("DAGSTER_HOME"):
+        parser.error("set DAGSTER_HOME (an absolute directory)")
+    from distil_platform.taskspec import load_tasks
+
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(load_tasks())
+    rows = []
+    for task in tasks:
+        print(f"== {task}", file=sys.stderr, flush=True)
+        rows.append(task_yield(task, args.target))
+        Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1) + "\n")
+    print("| task | requests | generated | schema-valid | accepted | accepted / request | top rejections |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        top = ", ".join(f"`{k}` {v}" for k, v in r["top_rejections"].items()) or "–"
+        print(f"| {r['task']} | {r['teacher_requests']} | {r['generated']} | {r['schema_valid']} | {r['accepted']} "
+              f"| {r['accepted_per_request']} | {top} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
