@@ -108,13 +108,8 @@ def _paired(store, task: str, student_run: str, seed_run: str, margin: float) ->
     return {k: cmp.get(k) for k in keep if k in cmp}
 
 
-def run_task(task: str, literal_swap: bool, teacher_target: int | None, grounding_ablation: bool = False,
-             *, teacher_source: str | None = None, recorded_path: str | None = None,
-             recorded_max_rows: int | None = None, max_steps: int | None = None,
-             baselines: bool = True, seed_only_mode: str = "auto", truncated_ablation: bool = False) -> dict:
-    import dagster as dg
-    from distil_platform.assets import build_task_pipeline_assets
-    from distil_platform.assets.seed import build_seed_set_asset
+def local_resources(profile) -> dict:
+    """The resources an in-process benchmark run binds (env settings as the Definitions read them)."""
     from distil_platform.resources import (
         LLMResource,
         ModelStoreResource,
@@ -123,15 +118,26 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
         TeacherEndpointResource,
     )
 
+    return {"llm": LLMResource(), "serving": ServingResource(backend=profile.serving_backend),
+            "model_store": ModelStoreResource(), "results_store": ResultsStoreResource(),
+            "teacher_endpoint": TeacherEndpointResource()}
+
+
+def run_task(task: str, literal_swap: bool, teacher_target: int | None, grounding_ablation: bool = False,
+             *, teacher_source: str | None = None, recorded_path: str | None = None,
+             recorded_max_rows: int | None = None, max_steps: int | None = None,
+             baselines: bool = True, seed_only_mode: str = "auto", truncated_ablation: bool = False) -> dict:
+    import dagster as dg
+    from distil_platform.assets import build_task_pipeline_assets
+    from distil_platform.assets.seed import build_seed_set_asset
+
     from distil_platform.profiles import get_profile
     from distil_platform.taskspec import get_task
 
     spec = get_task(task)
     profile = get_profile()
     assets = build_seed_set_asset(spec) + build_task_pipeline_assets(spec)
-    resources = {"llm": LLMResource(), "serving": ServingResource(backend=profile.serving_backend),
-                 "model_store": ModelStoreResource(), "results_store": ResultsStoreResource(),
-                 "teacher_endpoint": TeacherEndpointResource()}
+    resources = local_resources(profile)
     teacher_cfg: dict = {"literal_swap": literal_swap}
     if teacher_target is not None:
         teacher_cfg["target"] = teacher_target

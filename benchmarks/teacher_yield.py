@@ -30,25 +30,19 @@ def _md(result, key: str) -> dict:
 
 def task_yield(task: str, target: int | None = None) -> dict:
     import dagster as dg
-
     from distil_platform.assets.seed import build_seed_set_asset
     from distil_platform.assets.teacher import build_teacher_assets
+
     from distil_platform.profiles import get_profile
-    from distil_platform.resources import (
-        LLMResource,
-        ModelStoreResource,
-        ResultsStoreResource,
-        ServingResource,
-        TeacherEndpointResource,
-    )
     from distil_platform.taskspec import get_task
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from distillation import local_resources  # the same resources as the distillation benchmark
 
     spec = get_task(task)
     profile = get_profile()
     assets = build_seed_set_asset(spec) + build_teacher_assets(spec, profile)
-    resources = {"llm": LLMResource(), "serving": ServingResource(backend=profile.serving_backend),
-                 "model_store": ModelStoreResource(), "results_store": ResultsStoreResource(),
-                 "teacher_endpoint": TeacherEndpointResource()}
+    resources = local_resources(profile)
     config = {} if target is None else {"target": target}
     start = time.monotonic()
     result = dg.materialize(assets, resources=resources, instance=dg.DagsterInstance.get(),
