@@ -20,6 +20,8 @@ _STAGES = {
     "_student": ({"pytorch", "trl"}, "gpu"),
     "_student_eval": ({"vllm"}, "gpu"),
     "_baseline_evals": ({"vllm", "litellm"}, "gpu"),
+    # API calls, not a GPU, but the same chain: re-asked when the seed set or prompt changes, never on re-pricing.
+    "_frontier_evals": ({"litellm"}, "gpu"),
     "_throughput": ({"vllm", "guidellm"}, "gpu"),
     "_cost_table": ({"polars", "parquet"}, "reprice"),
     "_routing": ({"polars"}, "reprice"),
@@ -59,7 +61,7 @@ def build_task_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
     """All assets and asset checks of one task, in group ``spec.name``.
 
     Keys: ``<task>`` (seed set), ``<task>_teacher_data``, ``<task>_student``, ``<task>_student_eval``,
-    ``<task>_baseline_evals``, ``<task>_throughput``, ``<task>_cost_table`` (and ``<task>_routing``).
+    ``<task>_baseline_evals``, ``<task>_frontier_evals``, ``<task>_throughput``, ``<task>_cost_table`` (and ``<task>_routing``).
 
     ``profile`` (default: ``DISTIL_PROFILE``, read once here) is fixed when the graph is built and
     captured by the stage factories; no asset body reads the environment for it.

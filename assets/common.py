@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import polars as pl
 from distil_platform.resources.models import LLMResource, ServingResource
 
 from distil_platform.modelstore import chat_token_counter
@@ -20,15 +19,15 @@ from .metadata import markdown_table
 STAGE_TEACHER = "teacher_data"
 STAGE_STUDENT_EVAL = "student_eval"
 STAGE_BASELINES = "baseline_evals"
+STAGE_FRONTIER = "frontier_evals"
 
 
 # -- helpers -----------------------------------------------------------------------------------
 def _read_rows(path: str | None) -> list[dict[str, Any]]:
-    if not path:
-        return []
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path} does not exist; re-materialise the upstream asset")
-    return pl.read_parquet(path).to_dicts()
+    """Rows of an upstream Parquet artefact (local path or object-store URL)."""
+    from distil_platform.paths import read_rows
+
+    return read_rows(path)
 
 
 def _is_store_model(ref: ModelRef) -> bool:

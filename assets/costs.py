@@ -19,7 +19,7 @@ from distil_platform.taskspec import TaskSpec
 from .automation import refresh_condition
 from .config_sources import pricing_file_observation
 from .keys import OWNERS, PRICING_FILE_KEY, PRICING_KEY, REPORT_KEY, cost_table_key, task_key, throughput_key
-from .metadata import polars_column_schema, table_metadata
+from .metadata import location_metadata, polars_column_schema, table_metadata
 
 
 class PricingConfig(dg.Config):
@@ -36,7 +36,8 @@ def build_task_cost_assets(spec: TaskSpec) -> list:
     @dg.asset(
         key=cost_table_key(task),
         group_name=task,
-        deps=[task_key(task, "student_eval"), task_key(task, "baseline_evals"), throughput_key(task),
+        deps=[task_key(task, "student_eval"), task_key(task, "baseline_evals"),
+              task_key(task, "frontier_evals"), throughput_key(task),
               PRICING_KEY],
         kinds={"polars", "parquet"},
         description=f"`{task}`: one row per model — accuracy ± std and CI, USD per million requests (APIs: measured "
@@ -83,25 +84,27 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str) -> dict[str, Any]:
     inputs = gather_cost_inputs(store, spec)
     inputs.table_id = table_id
     rows = build_cost_table(inputs, snapshot)
-    out_dir = paths.artifacts_dir(spec.name, "cost_table", table_id)
-    parquet, csv = write_cost_table(rows, out_dir)
+    import polars as pl
+
+    with paths.ArtifactDir(spec.name, "cost_table", table_id) as out:  # published on leaving the block
+        parquet, csv = write_cost_table(rows, out.local)
+        column_schema = polars_column_schema(pl.read_parquet(parquet, n_rows=0))
+        parquet, csv = out.url_for(parquet), out.url_for(csv)
     store.insert(cost_rows, cost_rows_for_store(rows))
     content_hash = hashlib.sha256(json.dumps([{k: v for k, v in r.items() if k != "table_id"} for r in rows],
                                              sort_keys=True, default=str).encode()).hexdigest()
     md = cost_table_markdown(rows)
-    import polars as pl
-
     metadata = {
         "dagster/row_count": len(rows),
-        "dagster/column_schema": polars_column_schema(pl.read_parquet(parquet, n_rows=0)),
+        "dagster/column_schema": column_schema,
         "rows": len(rows),
         "cost_rows": table_metadata(rows, ["model", "role", "variant", "accuracy", "ci_low", "ci_high",
                                            "usd_per_million_requests", "cost_source", "student_result",
                                            "cost_ratio_vs_student"], max_rows=40),
         "snapshot_hash": snapshot.hash[:16],
         "prices_as_of": snapshot.as_of,
-        "parquet_path": dg.MetadataValue.path(str(parquet)),
-        "csv_path": dg.MetadataValue.path(str(csv)),
+        "parquet_path": location_metadata(parquet),
+        "csv_path": location_metadata(csv),
         "cost_table": dg.MetadataValue.md(md),
         "model_calls": 0,
         # How the task's prompt (same for every model) renders tools/labels: the token counts priced here.
@@ -182,12 +185,19 @@ def build_shared_cost_assets(task_names: list[str]) -> list:
     def benchmark_report(context: dg.AssetExecutionContext, results_store: ResultsStoreResource) -> dg.MaterializeResult:
         from distil_platform.report import write_report
 
-        report = write_report(results_store.store(), task_names, paths.reports_dir())
+        where = paths.report_dir()  # $DAGSTER_HOME/reports, or <DISTIL_ARTIFACTS_URL>/reports
+        if isinstance(where, paths.ArtifactDir):
+            with where:
+                report = write_report(results_store.store(), task_names, where.local)
+                report_path = where.url_for(report.path)
+        else:
+            report = write_report(results_store.store(), task_names, where)
+            report_path = str(report.path)
         context.log.info(report.headline)
         metadata = {
             "headline": report.headline,
             "tasks_with_cost_tables": len(report.tasks),
-            "report_path": dg.MetadataValue.path(str(report.path)),
+            "report_path": location_metadata(report_path),
             "report": dg.MetadataValue.md(report.markdown),
         }
         metadata["tasks"] = dg.MetadataValue.json(list(report.tasks))

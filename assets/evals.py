@@ -17,6 +17,7 @@ from distil_platform.taskspec import ModelRef, TaskSpec
 
 from .common import (
     STAGE_BASELINES,
+    STAGE_FRONTIER,
     STAGE_STUDENT_EVAL,
     _all_cached,
     _api_client,
@@ -33,9 +34,9 @@ from .common import (
     serving_identity_for,
     serving_model_string,
 )
-from .deployment import gpu_op_tags
+from .deployment import FRONTIER_API_POOL, GPU_POOL, gpu_op_tags
 from .keys import task_key
-from .metadata import markdown_table
+from .metadata import location_metadata, markdown_table
 
 
 class EvalConfig(dg.Config):
@@ -55,20 +56,21 @@ class BaselineConfig(EvalConfig):
 
 
 def build_eval_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
-    """``<task>_student_eval`` and ``<task>_baseline_evals``."""
+    """``<task>_student_eval``, ``<task>_baseline_evals`` (self-hosted, ``gpu`` pool) and
+    ``<task>_frontier_evals`` (API models, ``frontier_api`` pool)."""
     profile = profile or get_profile()  # resolved once, when the Definitions are built
     task = spec.name
     seed_key = dg.AssetKey(task)
-    teacher_key = task_key(task, "teacher_data")
     student_key = task_key(task, "student")
     student_eval_key = task_key(task, "student_eval")
     baselines_key = task_key(task, "baseline_evals")
+    frontier_key = task_key(task, "frontier_evals")
 
     @dg.asset(
         key=student_eval_key,
         group_name=task,
         ins={"seed_set": dg.AssetIn(seed_key), "student": dg.AssetIn(student_key)},
-        pool="gpu",
+        pool=GPU_POOL,
         op_tags=gpu_op_tags(),  # GPU request / placement of the step pod on Kubernetes
         description=f"The `{task}` student answering every test row at temperature 0, scored with "
         f"`{spec.metric_name}`; per-item rows in the results store (stage {STAGE_STUDENT_EVAL}).",
@@ -86,9 +88,9 @@ def build_eval_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
         from distil_platform.store import predictions
 
         test = _read_rows(seed_set["test_path"])
-        ckpt = Path(student["checkpoint_path"])
-        if not (ckpt / "config.json").exists():
-            raise FileNotFoundError(f"{ckpt}: no checkpoint (config.json missing); re-materialise {task}_student")
+        from distil_platform.paths import local_checkpoint
+
+        ckpt = local_checkpoint(student["checkpoint_path"], what=f"{task}_student")  # fetched if on an object store
         judge = _judge(spec, llm, context)
         start = time.monotonic()
         concurrency = _eval_concurrency(config, serving, profile)
@@ -111,7 +113,7 @@ def build_eval_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
         from distil_platform.costs import record_student_lineage  # the checkpoint these scores belong to
 
         record_student_lineage(store, task=task, stage=STAGE_STUDENT_EVAL, run_id=context.run_id, model=model_name,
-                               student=student)
+                               student=student, local_dir=ckpt)
         summary = summarize(results)
         value = {"score": summary.score, "ci": [summary.ci_low, summary.ci_high], "n": summary.n,
                  "model": model_name, "run_id": context.run_id, "base_model": student["base_model"],
@@ -119,7 +121,7 @@ def build_eval_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
         metadata = _summary_metadata(summary, results, config.worst_items)
         metadata.update({"model": model_name, "metric": spec.metric_name, "wall_time_s": round(wall, 1),
                          "serving_backend": str(backend), "eval_concurrency": concurrency,
-                         "checkpoint_path": dg.MetadataValue.path(str(ckpt))})
+                         "checkpoint_path": location_metadata(student["checkpoint_path"])})
         confident = [r.confidence for r in results if r.confidence is not None]
         metadata["confidence_items"] = len(confident)  # answers with a logprob confidence (for routing)
         if confident:
@@ -133,15 +135,17 @@ def build_eval_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
                          f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}] n={summary.n}")
         return dg.Output(value, metadata=metadata)
 
+    comparison_ins = {"seed_set": dg.AssetIn(seed_key), "student_eval": dg.AssetIn(student_eval_key)}
+
     @dg.asset(
         key=baselines_key,
         group_name=task,
-        ins={"seed_set": dg.AssetIn(seed_key), "student_eval": dg.AssetIn(student_eval_key)},
-        pool="gpu",  # the zero-shot base is served on the accelerator like the student
+        ins=comparison_ins,
+        pool=GPU_POOL,  # the zero-shot base is served on the accelerator like the student
         op_tags=gpu_op_tags(),
-        description=f"Comparison models (frontier APIs with credentials; the zero-shot base model) on the `{task}` "
-        f"test set with the same prompts, repeated; per-item rows in the results store (stage {STAGE_BASELINES}), "
-        "paired comparison with the student.",
+        description=f"Self-hosted comparison models (the zero-shot base model; model-store comparison models) on the "
+        f"`{task}` test set with the same prompts; per-item rows in the results store (stage {STAGE_BASELINES}), "
+        "paired comparison with the student. Frontier APIs are in `<task>_frontier_evals`.",
     )
     def baseline_evals(
         context: dg.AssetExecutionContext,
@@ -153,102 +157,141 @@ def build_eval_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
         model_store: ModelStoreResource,
         results_store: ResultsStoreResource,
     ) -> dg.Output[dict]:
-        from distil_platform.evaluation import (
-            eval_messages,
-            evaluate,
-            paired_comparison,
-            prediction_rows,
-            results_from_store_rows,
-            summarize,
-        )
-        from distil_platform.llm import ChatRequest
-        from distil_platform.stats import verdict_label
-        from distil_platform.store import predictions
+        plan, _ = plan_baselines(spec, profile, include_zero_shot_base=config.include_zero_shot_base,
+                                 default_repeats=config.default_repeats)
+        return _compare(context, spec, profile, config, [e for e in plan if e["local"]], [], seed_set, student_eval,
+                        llm, results_store, stage=STAGE_BASELINES, serving=serving, model_store=model_store)
 
-        test = _read_rows(seed_set["test_path"])
-        item_ids = [str(r["id"]) for r in test]
-        store = results_store.store()
-        student_rows = store.select(predictions, run_id=student_eval["run_id"], stage=STAGE_STUDENT_EVAL)
-        # Rows from before the per-item metric column: only a metric without fallback can be assumed.
-        student_results = results_from_store_rows(
-            student_rows, default_metric=spec.metric_name if spec.metric_name != "llm_judge" else "")
-        judge = _judge(spec, llm, context)
-        plan, skipped = plan_baselines(spec, profile, include_zero_shot_base=config.include_zero_shot_base,
+    @dg.asset(
+        key=frontier_key,
+        group_name=task,
+        ins=comparison_ins,
+        # Waits on the network, never on a card: its own pool, so an API-bound eval never holds a GPU slot
+        # (size it per deployment: `dagster instance concurrency set frontier_api <N>`).
+        pool=FRONTIER_API_POOL,
+        description=f"Frontier API models with credentials (each model's `api_key_env`; skipped, and listed, "
+        f"without) on the `{task}` test set with the same prompts, repeated at temperature > 0 (plus a "
+        f"temperature-0 run where the task asks for it); per-item rows in the results store (stage "
+        f"{STAGE_FRONTIER}), paired comparison with the student.",
+    )
+    def frontier_evals(
+        context: dg.AssetExecutionContext,
+        config: BaselineConfig,
+        seed_set: dict,
+        student_eval: dict,
+        llm: LLMResource,
+        results_store: ResultsStoreResource,
+    ) -> dg.Output[dict]:
+        plan, skipped = plan_baselines(spec, profile, include_zero_shot_base=False,
                                        default_repeats=config.default_repeats)
-        per_model: dict[str, Any] = {}
-        table = []
-        new_calls = 0
-        for entry in plan:
-            ref: ModelRef = entry["ref"]
-            repeats = entry["repeats"]
-            answer_kwargs = {"temperature": ref.temperature, "max_tokens": answer_token_cap(profile, ref.max_tokens)}
-            start = time.monotonic()
-            if entry["local"]:
-                model_dir = model_store.resolve(ref.model)
-                # A rerun whose every request is cached needs no server at all.
-                litellm_model = serving_model_string(serving, model_dir)
-                messages = eval_messages(spec, test)
-                requests = [ChatRequest(messages=m, repeat=r, item_id=i, **answer_kwargs)
-                            for r in range(repeats) for m, i in zip(messages, item_ids)]
-                identity = serving_identity_for(serving, model_dir)  # the replay must match the server's keys
-                if litellm_model and identity is not None and _all_cached(store, litellm_model, requests, identity):
-                    client = llm.client(model=litellm_model, api_base="http://cached.invalid/v1",
-                                        run_id=context.run_id, task=task, stage=STAGE_BASELINES,
-                                        log=context.log.info, identity=identity)
-                    results = evaluate(spec, test, client_answer_fn(client, **answer_kwargs, item_ids=item_ids),
-                                       repeats=repeats, judge=judge)
-                    new_calls += client.http_calls
-                else:
-                    with _local_client(context, llm, serving, model_dir, stage=STAGE_BASELINES, task=task,
-                                       concurrency=_eval_concurrency(config, serving, profile)) as (client, _server):
-                        results = evaluate(spec, test, client_answer_fn(client, **answer_kwargs, item_ids=item_ids),
-                                           repeats=repeats, judge=judge)
-                        new_calls += client.http_calls
-            else:
-                client = _api_client(context, llm, ref, stage=STAGE_BASELINES, task=task,
-                                     concurrency=config.concurrency or 8)
+        return _compare(context, spec, profile, config, [e for e in plan if not e["local"]], skipped, seed_set,
+                        student_eval, llm, results_store, stage=STAGE_FRONTIER)
+
+    return [student_eval, baseline_evals, frontier_evals]
+
+
+def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig", plan: list[dict[str, Any]],
+             skipped: list[dict[str, str]], seed_set: dict, student_eval: dict, llm: LLMResource,
+             results_store: ResultsStoreResource, *, stage: str, serving: ServingResource | None = None,
+             model_store: ModelStoreResource | None = None) -> dg.Output[dict]:
+    """Evaluate ``plan``'s models on the test set, store per-item rows under ``stage`` and pair each
+    with the student (the body of ``<task>_baseline_evals`` and ``<task>_frontier_evals``)."""
+    from distil_platform.evaluation import (
+        eval_messages,
+        evaluate,
+        paired_comparison,
+        prediction_rows,
+        results_from_store_rows,
+        summarize,
+    )
+    from distil_platform.llm import ChatRequest
+    from distil_platform.stats import verdict_label
+    from distil_platform.store import predictions
+
+    task = spec.name
+    test = _read_rows(seed_set["test_path"])
+    item_ids = [str(r["id"]) for r in test]
+    store = results_store.store()
+    student_rows = store.select(predictions, run_id=student_eval["run_id"], stage=STAGE_STUDENT_EVAL)
+    # Rows from before the per-item metric column: only a metric without fallback can be assumed.
+    student_results = results_from_store_rows(
+        student_rows, default_metric=spec.metric_name if spec.metric_name != "llm_judge" else "")
+    judge = _judge(spec, llm, context) if plan else None
+    for entry in skipped:
+        context.log.info(f"{task}: {entry['model']} skipped ({entry['reason']})")
+    per_model: dict[str, Any] = {}
+    table = []
+    new_calls = 0
+    for entry in plan:
+        ref: ModelRef = entry["ref"]
+        repeats = entry["repeats"]
+        answer_kwargs = {"temperature": ref.temperature, "max_tokens": answer_token_cap(profile, ref.max_tokens)}
+        start = time.monotonic()
+        if entry["local"]:
+            model_dir = model_store.resolve(ref.model)
+            # A rerun whose every request is cached needs no server at all.
+            litellm_model = serving_model_string(serving, model_dir)
+            messages = eval_messages(spec, test)
+            requests = [ChatRequest(messages=m, repeat=r, item_id=i, **answer_kwargs)
+                        for r in range(repeats) for m, i in zip(messages, item_ids)]
+            identity = serving_identity_for(serving, model_dir)  # the replay must match the server's keys
+            if litellm_model and identity is not None and _all_cached(store, litellm_model, requests, identity):
+                client = llm.client(model=litellm_model, api_base="http://cached.invalid/v1",
+                                    run_id=context.run_id, task=task, stage=stage,
+                                    log=context.log.info, identity=identity)
                 results = evaluate(spec, test, client_answer_fn(client, **answer_kwargs, item_ids=item_ids),
                                    repeats=repeats, judge=judge)
                 new_calls += client.http_calls
-            wall = time.monotonic() - start
-            label = entry["label"]
-            store.insert(predictions, prediction_rows(results, task=task, stage=STAGE_BASELINES, model=label,
-                                                      run_id=context.run_id, variant=entry["variant"]))
-            summary = summarize(results)
-            comparison = (paired_comparison(student_results, results, margin=spec.margin)
-                          if student_results else {"n_paired": 0})
-            per_model[label] = {**summary.as_dict(), "tier": ref.tier, "repeats": repeats,
-                                "wall_time_s": round(wall, 1), "vs_student": comparison}
-            table.append({"model": label, "tier": ref.tier, "repeats": repeats,
-                          "score": f"{summary.score:.3f}", "ci": f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}]",
-                          "mean±std over repeats": f"{summary.repeat_mean:.3f} ± {summary.repeat_std:.3f}",
-                          "prompt tok": _fmt(summary.mean_prompt_tokens), "completion tok":
-                          _fmt(summary.mean_completion_tokens), "parse fails": summary.parse_failures,
-                          "student − model": _fmt(comparison.get("diff", comparison.get("mean_diff"))),
-                          "McNemar p": _fmt(comparison.get("mcnemar_p", comparison.get("p_value"))),
-                          "verdict": verdict_label(comparison.get("verdict"), spec.margin)
-                          if comparison.get("verdict") else "–"})
-            context.log.info(f"{task}: {label} {spec.metric_name} {summary.score:.3f} "
-                             f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}] over {repeats} repeat(s)")
-        student_line = {"model": f"{student_eval['model']} (student)", "tier": "student", "repeats": 1,
-                        "score": f"{student_eval['score']:.3f}",
-                        "ci": f"[{student_eval['ci'][0]:.3f}, {student_eval['ci'][1]:.3f}]"}
-        value = {"models": {k: {"score": v["score"], "ci": [v["ci_low"], v["ci_high"]], "n": v["n"],
-                                "repeats": v["repeats"]} for k, v in per_model.items()},
-                 "skipped": skipped, "run_id": context.run_id, "student_run_id": student_eval["run_id"]}
-        metadata: dict[str, Any] = {
-            "models_evaluated": len(per_model),
-            "models_skipped": len(skipped),
-            "skipped": dg.MetadataValue.json(skipped),
-            "new_model_calls": new_calls,
-            # Columns from a model row: the student's own row has no comparison cells (shown as –).
-            "comparison": dg.MetadataValue.md(markdown_table([student_line, *table],
-                                                             columns=list(table[0]) if table else None)),
-            "per_model": dg.MetadataValue.json(_jsonable(per_model)),
-        }
-        return dg.Output(value, metadata=metadata)
-
-    return [student_eval, baseline_evals]
+            else:
+                with _local_client(context, llm, serving, model_dir, stage=stage, task=task,
+                                   concurrency=_eval_concurrency(config, serving, profile)) as (client, _server):
+                    results = evaluate(spec, test, client_answer_fn(client, **answer_kwargs, item_ids=item_ids),
+                                       repeats=repeats, judge=judge)
+                    new_calls += client.http_calls
+        else:
+            client = _api_client(context, llm, ref, stage=stage, task=task,
+                                 concurrency=config.concurrency or 8)
+            results = evaluate(spec, test, client_answer_fn(client, **answer_kwargs, item_ids=item_ids),
+                               repeats=repeats, judge=judge)
+            new_calls += client.http_calls
+        wall = time.monotonic() - start
+        label = entry["label"]
+        store.insert(predictions, prediction_rows(results, task=task, stage=stage, model=label,
+                                                  run_id=context.run_id, variant=entry["variant"]))
+        summary = summarize(results)
+        comparison = (paired_comparison(student_results, results, margin=spec.margin)
+                      if student_results else {"n_paired": 0})
+        per_model[label] = {**summary.as_dict(), "tier": ref.tier, "repeats": repeats,
+                            "wall_time_s": round(wall, 1), "vs_student": comparison}
+        table.append({"model": label, "tier": ref.tier, "repeats": repeats,
+                      "score": f"{summary.score:.3f}", "ci": f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}]",
+                      "mean±std over repeats": f"{summary.repeat_mean:.3f} ± {summary.repeat_std:.3f}",
+                      "prompt tok": _fmt(summary.mean_prompt_tokens), "completion tok":
+                      _fmt(summary.mean_completion_tokens), "parse fails": summary.parse_failures,
+                      "student − model": _fmt(comparison.get("diff", comparison.get("mean_diff"))),
+                      "McNemar p": _fmt(comparison.get("mcnemar_p", comparison.get("p_value"))),
+                      "verdict": verdict_label(comparison.get("verdict"), spec.margin)
+                      if comparison.get("verdict") else "–"})
+        context.log.info(f"{task}: {label} {spec.metric_name} {summary.score:.3f} "
+                         f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}] over {repeats} repeat(s)")
+    student_line = {"model": f"{student_eval['model']} (student)", "tier": "student", "repeats": 1,
+                    "score": f"{student_eval['score']:.3f}",
+                    "ci": f"[{student_eval['ci'][0]:.3f}, {student_eval['ci'][1]:.3f}]"}
+    value = {"models": {k: {"score": v["score"], "ci": [v["ci_low"], v["ci_high"]], "n": v["n"],
+                            "repeats": v["repeats"]} for k, v in per_model.items()},
+             "skipped": skipped, "run_id": context.run_id, "student_run_id": student_eval["run_id"]}
+    metadata: dict[str, Any] = {
+        "stage": stage,
+        "models_evaluated": len(per_model),
+        "models_skipped": len(skipped),
+        "skipped": dg.MetadataValue.json(skipped),
+        "new_model_calls": new_calls,
+        # Columns from a model row: the student's own row has no comparison cells (shown as –).
+        "comparison": dg.MetadataValue.md(markdown_table([student_line, *table],
+                                                         columns=list(table[0]) if table else None)),
+        "per_model": dg.MetadataValue.json(_jsonable(per_model)),
+    }
+    return dg.Output(value, metadata=metadata)
 
 
 def plan_baselines(spec: TaskSpec, profile: Profile, *, include_zero_shot_base: bool = True,

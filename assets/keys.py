@@ -3,8 +3,8 @@
 import dagster as dg
 
 # Per-task stages, in graph order; the seed set's key is the bare task name.
-TASK_STAGES = ("", "_teacher_data", "_student", "_student_eval", "_baseline_evals", "_throughput", "_cost_table",
-               "_routing")
+TASK_STAGES = ("", "_teacher_data", "_student", "_student_eval", "_baseline_evals", "_frontier_evals", "_throughput",
+               "_cost_table", "_routing")
 
 # Owner of every asset (shown and filterable in the UI).
 OWNERS = ["team:distil-platform"]

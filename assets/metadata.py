@@ -80,6 +80,13 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
     return "\n".join(out)
 
 
+def location_metadata(location: str | Path) -> dg.MetadataValue:
+    """A path for a local artefact, a URL for one on an object store (``s3://...``)."""
+    from distil_platform.paths import is_remote
+
+    return dg.MetadataValue.url(str(location)) if is_remote(str(location)) else dg.MetadataValue.path(str(location))
+
+
 def png_markdown(path: str | Path, alt: str = "plot") -> dg.MetadataValue:
     """Embed a PNG in markdown metadata (inline, so it survives moving DAGSTER_HOME)."""
     data = base64.b64encode(Path(path).read_bytes()).decode()

@@ -15,7 +15,7 @@ from distil_platform import paths
 from distil_platform.taskspec import TaskSpec
 
 from .keys import cost_table_key, task_key
-from .metadata import markdown_table, png_markdown
+from .metadata import location_metadata, markdown_table, png_markdown
 
 
 class RoutingConfig(dg.Config):
@@ -35,7 +35,8 @@ def build_routing_asset(spec: TaskSpec) -> list:
     @dg.asset(
         key=task_key(task, "routing"),
         group_name=task,
-        deps=[task_key(task, "student_eval"), task_key(task, "baseline_evals"), cost_table_key(task)],
+        deps=[task_key(task, "student_eval"), task_key(task, "baseline_evals"),
+              task_key(task, "frontier_evals"), cost_table_key(task)],
         description=f"`{task}`: serve with the student, with one comparison model, or with a cascade (the student "
         "answers; items whose logprob confidence is below τ go to model M, τ cross-fitted). Accuracy (paired, per "
         "item), escalation rate and $/M requests at a stated daily volume per policy; the cheapest policy "
@@ -71,9 +72,9 @@ def compute_task_routing(spec: TaskSpec, store, run_id: str, *, daily_requests: 
 
     inputs = gather_routing_inputs(store, spec, daily_requests=daily_requests, folds=folds, seed=seed, margin=margin)
     result = compute_routing(inputs)
-    out_dir = paths.artifacts_dir(spec.name, "routing", run_id)
-    parquet, csv = write_policies(result, out_dir)
-    plot = plot_routing(result, out_dir / f"{spec.name}_routing.png")
+    out = paths.ArtifactDir(spec.name, "routing", run_id)  # local dir, or scratch published to the store
+    parquet, csv = write_policies(result, out.local)
+    plot = plot_routing(result, out.local / f"{spec.name}_routing.png")
     store_routing(store, result, run_id)
     summary = result.summary()
     content_hash = hashlib.sha256(json.dumps([p.row() for p in result.policies + result.sweep] + [summary],
@@ -99,8 +100,8 @@ def compute_task_routing(spec: TaskSpec, store, run_id: str, *, daily_requests: 
         "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result.notes) or "_none_"),
         "cost_table_id": result.cost_table_id,
         "snapshot_hash": result.snapshot_hash[:16],
-        "parquet_path": dg.MetadataValue.path(str(parquet)),
-        "csv_path": dg.MetadataValue.path(str(csv)),
+        "parquet_path": location_metadata(out.url_for(parquet)),
+        "csv_path": location_metadata(out.url_for(csv)),
         "model_calls": 0,
     }
     if rec is not None:
@@ -117,7 +118,8 @@ def compute_task_routing(spec: TaskSpec, store, run_id: str, *, daily_requests: 
              for p in result.sweep]))
     if plot is not None:
         metadata["pareto_plot"] = png_markdown(plot, f"{spec.name} routing: cost vs accuracy")
-    value = {"run_id": run_id, "summary": summary, "parquet_path": str(parquet), "csv_path": str(csv),
-             "plot_path": str(plot) if plot else None}
+    value = {"run_id": run_id, "summary": summary, "parquet_path": out.url_for(parquet), "csv_path": out.url_for(csv),
+             "plot_path": out.url_for(plot) if plot else None}
+    out.publish()
     return {"value": value, "metadata": metadata, "content_hash": content_hash, "sentence": result.sentence,
             "notes": result.notes, "result": result}

@@ -3,7 +3,6 @@
 
 import hashlib
 from collections import Counter
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -14,7 +13,7 @@ from distil_platform.store import seed_sets
 from distil_platform.taskspec import TaskSpec
 from distil_platform.validation import find_overlaps, validate_frame
 
-from .metadata import polars_column_schema, table_metadata
+from .metadata import location_metadata, polars_column_schema, table_metadata
 
 
 class InvalidSeedSetError(ValueError):
@@ -62,7 +61,7 @@ def build_seed_set_asset(spec: TaskSpec) -> list:
         group_name=task,
         kinds={"polars", "parquet"},
         description=f"Seed (train) and test splits of `{task}` ({spec.type}), Parquet under "
-        f"$DAGSTER_HOME/artifacts/{task}/seed_set/<run id>/.",
+        f"$DAGSTER_HOME/artifacts/{task}/seed_set/<run id>/ (or under DISTIL_ARTIFACTS_URL).",
         metadata={"task_type": spec.type, "metric": spec.metric_name, "task_file": spec.source_file or ""},
     )
     def seed_set(context: dg.AssetExecutionContext, results_store: ResultsStoreResource) -> dg.Output[dict]:
@@ -82,14 +81,13 @@ def build_seed_set_asset(spec: TaskSpec) -> list:
             more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
             raise InvalidSeedSetError(f"{task}: {len(problems)} invalid row(s):\n{shown}{more}")
 
-        out_dir = paths.artifacts_dir(task, "seed_set", context.run_id)
-        seed_path, test_path = out_dir / "seed.parquet", out_dir / "test.parquet"
-        data.seed.write_parquet(seed_path)
-        data.test.write_parquet(test_path)
+        # Local directory, or an object-store prefix (DISTIL_ARTIFACTS_URL): later steps read the URLs.
+        seed_path = paths.write_parquet(data.seed, paths.artifact_url(task, "seed_set", context.run_id, "seed.parquet"))
+        test_path = paths.write_parquet(data.test, paths.artifact_url(task, "seed_set", context.run_id, "test.parquet"))
         unstructured_path = None
         if data.unstructured is not None and data.unstructured.height:
-            unstructured_path = out_dir / "unstructured.parquet"
-            data.unstructured.write_parquet(unstructured_path)
+            unstructured_path = paths.write_parquet(
+                data.unstructured, paths.artifact_url(task, "seed_set", context.run_id, "unstructured.parquet"))
 
         content_hash = _frame_hash(data.seed, data.test)
         results_store.store().insert(
@@ -114,8 +112,8 @@ def build_seed_set_asset(spec: TaskSpec) -> list:
             "n_seed": data.seed.height,
             "n_test": data.test.height,
             "n_unstructured": data.unstructured.height if data.unstructured is not None else 0,
-            "seed_path": dg.MetadataValue.path(str(seed_path)),
-            "test_path": dg.MetadataValue.path(str(test_path)),
+            "seed_path": location_metadata(seed_path),
+            "test_path": location_metadata(test_path),
             "content_hash": content_hash[:16],
             "seed_sample": table_metadata(data.seed.to_dicts(), ["id", "question", "answer"]),
         }
@@ -147,7 +145,7 @@ def check_rows_valid(spec: TaskSpec, seed_set: dict) -> dg.AssetCheckResult:
     problems = []
     for split in ("seed", "test"):
         path = seed_set[f"{split}_path"]
-        problems += describe_invalid(spec, pl.read_parquet(path), split, path)
+        problems += describe_invalid(spec, paths.read_parquet(path), split, path)
     return dg.AssetCheckResult(
         passed=not problems,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -157,8 +155,8 @@ def check_rows_valid(spec: TaskSpec, seed_set: dict) -> dg.AssetCheckResult:
 
 
 def check_no_leakage(seed_set: dict) -> dg.AssetCheckResult:
-    seed = pl.read_parquet(seed_set["seed_path"])
-    test = pl.read_parquet(seed_set["test_path"])
+    seed = paths.read_parquet(seed_set["seed_path"])
+    test = paths.read_parquet(seed_set["test_path"])
     overlaps = find_overlaps(seed, test)
     return dg.AssetCheckResult(
         passed=not overlaps,
@@ -168,8 +166,8 @@ def check_no_leakage(seed_set: dict) -> dg.AssetCheckResult:
 
 
 def check_minimum_sizes(spec: TaskSpec, seed_set: dict) -> dg.AssetCheckResult:
-    n_seed = pl.read_parquet(seed_set["seed_path"]).height
-    n_test = pl.read_parquet(seed_set["test_path"]).height
+    n_seed = paths.read_parquet(seed_set["seed_path"]).height
+    n_test = paths.read_parquet(seed_set["test_path"]).height
     return dg.AssetCheckResult(
         passed=n_seed >= spec.min_seed_rows and n_test >= spec.min_test_rows,
         metadata={"n_seed": n_seed, "n_test": n_test, "min_seed_rows": spec.min_seed_rows,
@@ -179,6 +177,9 @@ def check_minimum_sizes(spec: TaskSpec, seed_set: dict) -> dg.AssetCheckResult:
 
 def read_split(seed_set: dict, split: str) -> pl.DataFrame:
     path = seed_set.get(f"{split}_path")
-    if not path or not Path(path).exists():
-        raise FileNotFoundError(f"seed set has no {split} split on disk ({path}); re-materialise the seed set")
-    return pl.read_parquet(path)
+    try:
+        if not path:
+            raise FileNotFoundError(path)
+        return paths.read_parquet(path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"seed set has no {split} split at {path}; re-materialise the seed set") from exc

@@ -2,6 +2,7 @@
 
 # No `from __future__ import annotations`: Dagster reads the config/resource annotations at runtime.
 
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -17,7 +18,7 @@ from .common import (
 )
 from .deployment import gpu_op_tags
 from .keys import task_key
-from .metadata import png_markdown
+from .metadata import location_metadata, png_markdown
 
 
 class StudentConfig(dg.Config):
@@ -52,7 +53,8 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
         pool="gpu",
         op_tags=gpu_op_tags(),  # GPU request / placement of the step pod on Kubernetes
         description=f"The `{task}` student: SFT (LoRA merged, or full) of the profile's base model on seeds + "
-        "accepted synthetic rows; checkpoint under $DAGSTER_HOME/checkpoints/<task>/<run id>/.",
+        "accepted synthetic rows; checkpoint under $DAGSTER_HOME/checkpoints/<task>/<run id>/ (uploaded to "
+        "<DISTIL_ARTIFACTS_URL>/checkpoints/<task>/<run id>/ when artefacts are on an object store).",
     )
     def student(
         context: dg.AssetExecutionContext,
@@ -95,13 +97,23 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
         served_name = f"{task}-student-{context.run_id[:8]}"
         plan = result.length_plan
         max_model_len = _eval_context_length(spec, seed_set, result.checkpoint_dir, result.max_length)
-        value = {"checkpoint_path": str(result.checkpoint_dir), "base_model": base_name,
+        loss_curve_md = png_markdown(result.loss_curve_png, "loss curve") if result.loss_curve_png else None
+        from distil_platform.costs import checkpoint_fingerprint
+
+        fingerprint = checkpoint_fingerprint(result.checkpoint_dir)
+        # Local base: the directory itself. Object store: uploaded, and the local copy removed, so the
+        # serving steps fetch it from the store (they may run on another machine).
+        checkpoint = paths.publish_checkpoint(result.checkpoint_dir, task, context.run_id)
+        if checkpoint != str(result.checkpoint_dir):
+            context.log.info(f"{task}: checkpoint uploaded to {checkpoint}")
+        value = {"checkpoint_path": checkpoint, "checkpoint_fingerprint": fingerprint, "base_model": base_name,
                  "served_name": served_name, "run_id": context.run_id, "use_synthetic": config.use_synthetic,
                  # Training sequence length (longest rendered row unless fixed) and the context an eval
                  # server needs: the longest test prompt + max_answer_tokens, at least max_length.
                  "max_length": result.max_length, "max_model_len": max_model_len}
         metadata: dict[str, Any] = {
-            "checkpoint_path": dg.MetadataValue.path(str(result.checkpoint_dir)),
+            "checkpoint_path": location_metadata(checkpoint),
+            "checkpoint_fingerprint": fingerprint[:16],
             "base_model": base_name,
             "method": "lora (merged)" if train_cfg.use_lora else "full fine-tune",
             "trainable_params": result.trainable_params,
@@ -128,9 +140,10 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
             "config": dg.MetadataValue.json({k: (list(v) if isinstance(v, tuple) else v)
                                              for k, v in result.config.items()}),
         }
-        if result.loss_curve_png:
-            metadata["loss_curve"] = png_markdown(result.loss_curve_png, "loss curve")
-            metadata["loss_curve_path"] = dg.MetadataValue.path(str(result.loss_curve_png))
+        if loss_curve_md is not None:
+            metadata["loss_curve"] = loss_curve_md
+            metadata["loss_curve_path"] = location_metadata(
+                f"{checkpoint}/{Path(result.loss_curve_png).relative_to(result.checkpoint_dir).as_posix()}")
         return dg.Output(value, metadata=metadata)
 
     return [student]

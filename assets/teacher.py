@@ -29,7 +29,7 @@ from .common import (
 )
 from .config_sources import prompt_observation
 from .keys import prompt_key, task_key
-from .metadata import polars_column_schema, table_metadata
+from .metadata import location_metadata, polars_column_schema, table_metadata
 
 
 # -- run config --------------------------------------------------------------------------------
@@ -277,13 +277,12 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
             check_teacher_answered(task, teacher.model, report, errors)
         wall = time.monotonic() - start
 
-        out_dir = paths.artifacts_dir(task, "teacher_data", context.run_id)
-        out_path = out_dir / "accepted.parquet"
         columns = ["id", "question", "answer", "context", "origin", "teacher_model", "seed_ids", "topic",
                    "prompt_hash", "grounding_ids", "verdicts"]
         frame = pl.DataFrame([{c: str(r.get(c, "") or "") for c in columns} for r in report.accepted],
                              schema={c: pl.String for c in columns})
-        frame.write_parquet(out_path)
+        out_path = paths.write_parquet(frame, paths.artifact_url(task, "teacher_data", context.run_id,
+                                                                 "accepted.parquet"))
         summary = report.summary()
         dist = answer_distribution(spec, report.accepted)
         value = {"path": str(out_path), "n_accepted": len(report.accepted), "teacher": teacher_label,
@@ -325,7 +324,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
             "failed_requests": summary["failed_requests"],
             "literal_swap": config.literal_swap,
             "wall_time_s": round(wall, 1),
-            "accepted_path": dg.MetadataValue.path(str(out_path)),
+            "accepted_path": location_metadata(out_path),
             "sample": table_metadata(sample_rows(report, 10),
                                   [("origin", "string"), ("status", "string"), ("verdicts", "string"),
                                    ("question", "string"), ("answer", "string")], max_rows=10),

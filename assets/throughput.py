@@ -15,7 +15,7 @@ from distil_platform.taskspec import TaskSpec
 
 from .deployment import gpu_op_tags
 from .keys import task_key, throughput_key
-from .metadata import png_markdown
+from .metadata import location_metadata, png_markdown
 
 
 class ThroughputConfig(dg.Config):
@@ -42,9 +42,7 @@ class ThroughputConfig(dg.Config):
 
 
 def _read_rows(path: str) -> list[dict[str, Any]]:
-    import polars as pl
-
-    return pl.read_parquet(path).to_dicts()
+    return paths.read_rows(path, what="the seed set")
 
 
 def build_throughput_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
@@ -90,10 +88,10 @@ def build_throughput_asset(spec: TaskSpec, profile: Profile | None = None) -> li
         rates = config.rates if config.rates is not None else profile.throughput_rates
         duration = config.duration_s or profile.throughput_duration_s
         test = _read_rows(seed_set["test_path"])
-        ckpt = Path(student["checkpoint_path"])
-        if not (ckpt / "config.json").exists():
-            raise FileNotFoundError(f"{ckpt}: no checkpoint (config.json missing); re-materialise {task}_student")
-        out_dir = paths.artifacts_dir(task, "throughput", context.run_id)
+        ckpt = paths.local_checkpoint(student["checkpoint_path"], what=f"{task}_student")  # fetched if remote
+        # Load-test reports, plot and summary: published at <artefacts>/<task>/throughput/<run id>/.
+        out = paths.ArtifactDir(task, "throughput", context.run_id)
+        out_dir = out.local
         store = results_store.store()
 
         variants: dict[str, dict[str, Any]] = {}
@@ -138,11 +136,11 @@ def build_throughput_asset(spec: TaskSpec, profile: Profile | None = None) -> li
             )
 
             record_student_lineage(store, task=task, stage=STAGE_THROUGHPUT, run_id=context.run_id,
-                                   model=student["served_name"], student=student, variant=variant)
+                                   model=student["served_name"], student=student, variant=variant, local_dir=ckpt)
             series[variant] = points
             variants[variant] = {"sustained_rps": summary.sustained_rps, "max_achieved_rps": summary.max_achieved_rps,
                                  "peak_memory_gb": peak, "accuracy": accuracy, "backend": backend,
-                                 "hardware": hardware, "hardware_key": hw_key, "report": str(report),
+                                 "hardware": hardware, "hardware_key": hw_key, "report": out.url_for(report),
                                  "wall_s": round(time.monotonic() - started, 1), "memory": memory,
                                  "settings": settings, "on_gpu": on_gpu,
                                  "short_arrival_rates": summary.short_arrival_rates,
@@ -208,10 +206,13 @@ def build_throughput_asset(spec: TaskSpec, profile: Profile | None = None) -> li
             "variants": dg.MetadataValue.md("\n".join(variant_md) + "".join(f"\n\n{n}" for n in notes)),
             "load_points_bf16": dg.MetadataValue.md(bf16["points_md"]),
             "latency_vs_load": png_markdown(plot, "latency vs offered load"),
-            "plot_path": dg.MetadataValue.path(str(plot)),
         }
+        plot_url = out.url_for(plot)
+        out.publish()  # object store: the reports, plot and summary leave this machine
+        metadata["plot_path"] = location_metadata(plot_url)
+        metadata["artifacts"] = location_metadata(out.url)
         value = {"run_id": context.run_id, "variants": {k: {kk: vv for kk, vv in v.items() if kk != "points_md"}
-                                                        for k, v in variants.items()}, "plot": str(plot)}
+                                                        for k, v in variants.items()}, "plot": plot_url}
         return dg.Output(value, metadata=metadata)
 
     return [throughput]

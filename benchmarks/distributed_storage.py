@@ -2,11 +2,13 @@
 (``dagster asset materialize``, the Definitions' multiprocess executor) with
 
 - ``local``: SQLite instance (config/dagster.yaml) and SQLite results store, and
-- ``postgres``: the instance on PostgreSQL (config/dagster-postgres.yaml) and the results store on
-  PostgreSQL (``DISTIL_DB_URL``), a real server started by ``.ci/services.sh`` on loopback.
+- ``distributed``: the instance on PostgreSQL (config/dagster-postgres.yaml), the results store on
+  PostgreSQL (``DISTIL_DB_URL``) and every artefact (seed splits, teacher data, checkpoint, load-test
+  reports, cost table, routing, report, and the IO manager's step outputs) on an S3-API server
+  (``DISTIL_ARTIFACTS_URL=s3://...``): real servers (PostgreSQL from Debian's packages, moto's S3
+  server) started by ``.ci/services.sh`` on loopback.
 
-Artefacts stay on local disk in both (the assets do not use the object-store layer yet). Each
-configuration runs in a fresh ``$DAGSTER_HOME`` with the same base-model cache, alternating, ``--repeats``
+Each configuration runs in a fresh ``$DAGSTER_HOME`` with the same base-model cache, alternating, ``--repeats``
 times. Per step: wall time from the event log (STEP_START -> STEP_SUCCESS); per run: the CLI's wall time.
 
     .venv/bin/python benchmarks/distributed_storage.py --repeats 1
@@ -39,17 +41,30 @@ def _loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
-def _start_postgres(state: Path) -> str:
+def _start_services(state: Path) -> tuple[str, str]:
+    """PostgreSQL and moto's S3 server; returns (admin URL, S3 endpoint)."""
     out = subprocess.run(
-        [str(REPO / ".ci" / "services.sh"), "start", "pg", str(state)],
+        [str(REPO / ".ci" / "services.sh"), "start", "all", str(state)],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
+    found = {}
     for line in out.splitlines():
-        if line.startswith("export DISTIL_TEST_PG_URL="):
-            return shlex.split(line.split("=", 1)[1])[0]
-    raise RuntimeError(f"no DISTIL_TEST_PG_URL in: {out}")
+        for name in ("DISTIL_TEST_PG_URL", "DISTIL_TEST_S3_ENDPOINT"):
+            if line.startswith(f"export {name}="):
+                found[name] = shlex.split(line.split("=", 1)[1])[0]
+    if len(found) != 2:
+        raise RuntimeError(f"services did not start: {out}")
+    return found["DISTIL_TEST_PG_URL"], found["DISTIL_TEST_S3_ENDPOINT"]
+
+
+def _bucket(endpoint: str, name: str) -> str:
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
+                 aws_secret_access_key="bench").create_bucket(Bucket=name)
+    return name
 
 
 def _create_db(admin_url: str, name: str) -> str:
@@ -63,7 +78,8 @@ def _create_db(admin_url: str, name: str) -> str:
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
-def _run(kind: str, admin_url: str, models_dir: Path, index: int, select: str = SELECT) -> dict:
+def _run(kind: str, services: tuple[str, str], models_dir: Path, index: int, select: str = SELECT) -> dict:
+    admin_url, s3_endpoint = services
     home = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     env.update(
@@ -76,7 +92,8 @@ def _run(kind: str, admin_url: str, models_dir: Path, index: int, select: str = 
             "TOKENIZERS_PARALLELISM": "false",
         }
     )
-    env.pop("DISTIL_DB_URL", None)
+    for name in ("DISTIL_DB_URL", "DISTIL_ARTIFACTS_URL"):
+        env.pop(name, None)
     if kind == "local":
         shutil.copy(REPO / "distil_platform" / "config" / "dagster.yaml", home / "dagster.yaml")
     else:
@@ -92,6 +109,11 @@ def _run(kind: str, admin_url: str, models_dir: Path, index: int, select: str = 
                 "DAGSTER_PG_PASSWORD": u.password,
                 "DAGSTER_PG_DB": u.database,
                 "DISTIL_DB_URL": _create_db(admin_url, f"bench_results_{index}"),
+                "DISTIL_ARTIFACTS_URL": f"s3://{_bucket(s3_endpoint, f'bench-{index}')}/distil",
+                "AWS_ENDPOINT_URL": s3_endpoint,
+                "AWS_ACCESS_KEY_ID": "bench",
+                "AWS_SECRET_ACCESS_KEY": "bench",
+                "AWS_DEFAULT_REGION": "us-east-1",
             }
         )
     start = time.monotonic()
@@ -149,13 +171,13 @@ def main() -> None:
     load_before = _loadavg()
     runs = []
     try:
-        admin_url = _start_postgres(state)
+        services = _start_services(state)
         if not any(models_dir.iterdir()):
             # Warm-up (not recorded): builds the base models once, so neither configuration pays for it.
-            _run("local", admin_url, models_dir, 0, args.select)
+            _run("local", services, models_dir, 0, args.select)
         for i in range(1, args.repeats + 1):
-            for kind in ("local", "postgres"):
-                runs.append(_run(kind, admin_url, models_dir, i, args.select))
+            for kind in ("local", "distributed"):
+                runs.append(_run(kind, services, models_dir, i, args.select))
                 print(json.dumps(runs[-1]), flush=True)
     finally:
         subprocess.run(
@@ -163,15 +185,15 @@ def main() -> None:
         )
     load_after = _loadavg()
     summary = {}
-    for kind in ("local", "postgres"):
+    for kind in ("local", "distributed"):
         mine = [r for r in runs if r["kind"] == kind]
         steps = sorted({k for r in mine for k in r["steps_s"]})
         summary[kind] = {
             "wall_s_median": statistics.median(r["wall_s"] for r in mine),
             "steps_s_median": {k: statistics.median(r["steps_s"][k] for r in mine) for k in steps},
         }
-    summary["ratio_wall_postgres_over_local"] = round(
-        summary["postgres"]["wall_s_median"] / summary["local"]["wall_s_median"], 3
+    summary["ratio_wall_distributed_over_local"] = round(
+        summary["distributed"]["wall_s_median"] / summary["local"]["wall_s_median"], 3
     )
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

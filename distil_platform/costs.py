@@ -38,6 +38,7 @@ from distil_platform.taskspec import TaskSpec
 
 STAGE_STUDENT_EVAL = "student_eval"
 STAGE_BASELINES = "baseline_evals"
+STAGE_FRONTIER = "frontier_evals"
 STAGE_FP8_EVAL = "throughput_fp8"  # the fp8 student's accuracy, measured by <task>_throughput
 STAGE_THROUGHPUT = "throughput"  # lineage rows of <task>_throughput
 
@@ -109,15 +110,18 @@ def checkpoint_fingerprint(checkpoint: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def record_student_lineage(store: Any, *, task: str, stage: str, run_id: str, model: str,
-                           student: Mapping[str, Any], variant: str = "bf16") -> dict[str, Any]:
+                           student: Mapping[str, Any], variant: str = "bf16",
+                           local_dir: str | Path | None = None) -> dict[str, Any]:
     """Record which checkpoint a stage measured (``student`` is the ``<task>_student`` output:
-    checkpoint_path, run_id, use_synthetic)."""
+    checkpoint_path (a directory or an object-store URL), run_id, use_synthetic). The fingerprint
+    is taken from the files served (``local_dir``: the fetched copy of a remote checkpoint)."""
     from distil_platform.store import student_lineage
 
     ckpt = student.get("checkpoint_path")
+    files = Path(local_dir) if local_dir is not None else (Path(ckpt) if ckpt else None)
     row = {"run_id": run_id, "task": task, "stage": stage, "variant": variant, "model": model,
            "student_run_id": student.get("run_id"), "checkpoint_path": str(ckpt) if ckpt else None,
-           "checkpoint_fingerprint": checkpoint_fingerprint(ckpt) if ckpt and Path(ckpt).is_dir() else None,
+           "checkpoint_fingerprint": checkpoint_fingerprint(files) if files is not None and files.is_dir() else None,
            "use_synthetic": student.get("use_synthetic")}
     store.insert(student_lineage, [row])
     return row
@@ -353,28 +357,41 @@ def gather_cost_inputs(store: Any, spec: TaskSpec, *, test_rows: Sequence[Mappin
         baselines.append(_evaluated(by_run[so][0]["model"] + SEED_ONLY_SUFFIX, "baseline", "seed_only", so,
                                     by_run[so], self_hosted=True, lineage=run_lineage[so]))
 
-    baseline_rows = store.select(predictions, task=task, stage=STAGE_BASELINES)
-    base_run = _latest_run(baseline_rows)
     usage: dict[str, Usage] = {}
-    if base_run:
-        by_model: dict[str, list[dict]] = defaultdict(list)
-        for r in baseline_rows:
-            if r["run_id"] == base_run:
-                by_model[r["model"]].append(r)
-        request_rows = store.select(llm_requests, task=task, stage=STAGE_BASELINES, run_id=base_run)
-        for label, rows in sorted(by_model.items()):
-            variant = rows[0].get("variant") or ""
-            model = base_model_of(label)
-            # Served here (the zero-shot base, or a model-store comparison model): priced like the student.
-            self_hosted = variant == "zero_shot" or tiers.get(model, "baseline") not in API_TIERS
-            role = "baseline" if self_hosted else tiers[model]
-            baselines.append(_evaluated(label, role, variant, base_run, rows, self_hosted=self_hosted,
-                                        price_model=model))
-            if not self_hosted:
-                measured = _usage_from_rows([r for r in request_rows if r["model"] == label], "llm_requests")
-                measured = measured or _usage_from_rows(rows, "predictions")
-                if measured:
-                    usage[label] = measured
+    # Self-hosted comparisons (stage baseline_evals) and frontier APIs (stage frontier_evals; stores
+    # from before that asset existed hold API rows under baseline_evals too): each stage's latest
+    # run; a model measured under both counts from the later run.
+    by_label: dict[str, tuple[int, str, str, list[dict]]] = {}
+    for stage in (STAGE_BASELINES, STAGE_FRONTIER):
+        stage_rows = store.select(predictions, task=task, stage=stage)
+        stage_run = _latest_run(stage_rows)
+        if not stage_run:
+            continue
+        grouped: dict[str, list[dict]] = defaultdict(list)
+        for r in stage_rows:
+            if r["run_id"] == stage_run:
+                grouped[r["model"]].append(r)
+        for label, rows in grouped.items():
+            newest = max(r["id"] for r in rows)
+            if label not in by_label or newest > by_label[label][0]:
+                by_label[label] = (newest, stage, stage_run, rows)
+    request_cache: dict[tuple[str, str], list[dict]] = {}
+    for label, (_, stage, base_run, rows) in sorted(by_label.items()):
+        if (stage, base_run) not in request_cache:
+            request_cache[(stage, base_run)] = store.select(llm_requests, task=task, stage=stage, run_id=base_run)
+        request_rows = request_cache[(stage, base_run)]
+        variant = rows[0].get("variant") or ""
+        model = base_model_of(label)
+        # Served here (the zero-shot base, or a model-store comparison model): priced like the student.
+        self_hosted = variant == "zero_shot" or tiers.get(model, "baseline") not in API_TIERS
+        role = "baseline" if self_hosted else tiers[model]
+        baselines.append(_evaluated(label, role, variant, base_run, rows, self_hosted=self_hosted,
+                                    price_model=model))
+        if not self_hosted:
+            measured = _usage_from_rows([r for r in request_rows if r["model"] == label], "llm_requests")
+            measured = measured or _usage_from_rows(rows, "predictions")
+            if measured:
+                usage[label] = measured
 
     evaluated = {b.price_model or b.label for b in baselines}
     skipped = {m: t for m, t in tiers.items() if t in API_TIERS and m not in evaluated}
@@ -389,8 +406,6 @@ def gather_cost_inputs(store: Any, spec: TaskSpec, *, test_rows: Sequence[Mappin
 
 
 def _latest_test_rows(store: Any, task: str) -> list[dict[str, Any]]:
-    import polars as pl
-
     from distil_platform.store import seed_sets
 
     rows = store.select(seed_sets, task=task)
@@ -398,7 +413,9 @@ def _latest_test_rows(store: Any, task: str) -> list[dict[str, Any]]:
         raise CostTableError(f"{task}: no seed set in the results store to estimate skipped models from; "
                              f"materialise {task} first")
     latest = max(rows, key=lambda r: r["id"])
-    return pl.read_parquet(latest["test_path"]).to_dicts()
+    from distil_platform.paths import read_rows
+
+    return read_rows(latest["test_path"], what=f"{task} (its seed set)")
 
 
 def estimate_usage(spec: TaskSpec, model: str, rows: Sequence[Mapping[str, Any]], *,

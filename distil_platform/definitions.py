@@ -7,6 +7,7 @@ Loading this module reads the task YAMLs and builds the graph; it imports no ML 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import dagster as dg
 
@@ -56,8 +57,22 @@ def build_definitions() -> dg.Definitions:
             "results_store": results_store,
             "teacher_endpoint": TeacherEndpointResource(api_base=_env_setting("DISTIL_TEACHER_API_BASE"),
                                                         api_key=_env_setting("DISTIL_TEACHER_API_KEY")),
+            **_io_manager(),
         },
     )
+
+
+def _io_manager() -> dict[str, Any]:
+    """The values steps hand each other (small dicts: URLs, run ids, scores) go where the artefacts
+    go. Local base: Dagster's default (``$DAGSTER_HOME/storage``). Object store
+    (``DISTIL_ARTIFACTS_URL``): Dagster's own ``FilesystemIOManager`` on a universal-pathlib path,
+    ``<base>/storage`` — so no step relies on another's disk."""
+    from distil_platform.paths import ARTIFACTS_URL_ENV, is_remote
+
+    base = os.environ.get(ARTIFACTS_URL_ENV, "").strip().rstrip("/")
+    if not base or not is_remote(base):
+        return {}
+    return {"io_manager": dg.FilesystemIOManager(base_dir=f"{base}/storage")}
 
 
 def _env_setting(name: str) -> dg.EnvVar | None:

@@ -121,6 +121,16 @@ def read_bytes(url: str) -> bytes:
     return fs.cat_file(path)
 
 
+def read_rows(url: str | None, *, what: str = "the upstream asset") -> list[dict]:
+    """The rows of the Parquet artefact at ``url`` (None: no rows); a missing one names ``what``."""
+    if not url:
+        return []
+    try:
+        return read_parquet(url).to_dicts()
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{url} does not exist; re-materialise {what}") from exc
+
+
 def write_parquet(frame, url: str) -> str:
     """Write a polars DataFrame as Parquet at ``url``; returns ``url``."""
     import io
@@ -136,6 +146,10 @@ def read_parquet(url: str):
 
     import polars as pl
 
+    if not is_remote(str(url)):
+        if not Path(url).is_file():
+            raise FileNotFoundError(f"{url}: no such artefact")
+        return pl.read_parquet(url)
     return pl.read_parquet(io.BytesIO(read_bytes(url)))
 
 
@@ -166,3 +180,105 @@ def download_dir(url: str, local_dir: Path | str) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         fs.get_file(remote, str(target))
     return local_dir
+
+
+# -- one step's output directory, published at a URL --------------------------------------------
+class ArtifactDir:
+    """Where a step writes one artefact directory (``<base>/<parts>``).
+
+    Local base: ``local`` *is* the destination and ``publish()`` does nothing. Remote base: ``local``
+    is a scratch directory of this process; ``publish()`` uploads it to ``url`` and removes it, so
+    the next step (maybe on another machine) reads the artefact from the object store only.
+    As a context manager it publishes on success and always drops the scratch directory."""
+
+    def __init__(self, *parts: str) -> None:
+        import tempfile
+
+        self.url = artifact_url(*parts)
+        self.remote = is_remote(self.url)
+        if self.remote:
+            self.local = Path(tempfile.mkdtemp(prefix="distil-artefact-"))
+        else:
+            self.local = Path(self.url)
+            self.local.mkdir(parents=True, exist_ok=True)
+        self.published = False
+
+    def url_for(self, path: Path | str) -> str:
+        """The URL a file written under ``local`` has once published."""
+        rel = Path(path).resolve().relative_to(self.local.resolve()).as_posix()
+        return str(self.local / rel) if not self.remote else f"{self.url}/{rel}"
+
+    def publish(self) -> str:
+        if self.remote and not self.published:
+            import shutil
+
+            upload_dir(self.local, self.url)
+            shutil.rmtree(self.local, ignore_errors=True)
+        self.published = True
+        return self.url
+
+    def discard(self) -> None:
+        if self.remote and not self.published:
+            import shutil
+
+            shutil.rmtree(self.local, ignore_errors=True)
+
+    def __enter__(self) -> ArtifactDir:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.publish()
+        else:
+            self.discard()
+
+
+def report_dir() -> ArtifactDir | Path:
+    """The cross-task report's directory: ``$DAGSTER_HOME/reports`` locally, ``<base>/reports`` remote."""
+    if is_remote(artifacts_base_url()):
+        return ArtifactDir("reports")
+    return reports_dir()
+
+
+# -- checkpoints: trained in one step, served in others ------------------------------------------
+def publish_checkpoint(local_dir: Path | str, *parts: str) -> str:
+    """Where later steps find a checkpoint trained into ``local_dir``: the directory itself on a
+    local base; on a remote base it is uploaded to ``<base>/checkpoints/<parts>`` and the local copy
+    removed (a serving step never relies on the training step's disk)."""
+    import shutil
+
+    url = artifact_url("checkpoints", *parts)
+    if not is_remote(url):
+        return str(Path(local_dir))
+    upload_dir(local_dir, url)
+    shutil.rmtree(local_dir, ignore_errors=True)
+    return url
+
+
+def local_checkpoint(location: str, *, what: str = "checkpoint") -> Path:
+    """A local directory holding the checkpoint at ``location`` (a path, or a URL fetched once into
+    ``$DAGSTER_HOME/cache/checkpoints/``). Raises FileNotFoundError naming ``what`` if it is gone."""
+    import hashlib
+    import shutil
+
+    if not is_remote(location):
+        path = Path(location)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path}: no checkpoint (config.json missing); re-materialise {what}")
+        return path
+    cache = _sub("cache", "checkpoints") / hashlib.sha256(location.encode()).hexdigest()[:20]
+    marker = cache.with_name(cache.name + ".complete")  # beside the tree: the checkpoint stays as trained
+    if marker.exists() and (cache / "config.json").exists():
+        return cache
+    partial = cache.with_name(cache.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        download_dir(location, partial)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{location}: no checkpoint at this URL; re-materialise {what}") from exc
+    if not (partial / "config.json").exists():
+        raise FileNotFoundError(f"{location}: no config.json in the fetched checkpoint; re-materialise {what}")
+    shutil.rmtree(cache, ignore_errors=True)
+    partial.rename(cache)
+    marker.write_text(location, encoding="utf-8")
+    return cache

@@ -58,6 +58,7 @@ from typing import Any
 
 STAGE_STUDENT_EVAL = "student_eval"
 STAGE_BASELINES = "baseline_evals"
+STAGE_FRONTIER = "frontier_evals"
 DEFAULT_DAILY_REQUESTS = 1_000_000.0
 DEFAULT_MARGIN = 0.02  # used when the task states no margin
 DEFAULT_FOLDS = 2
@@ -623,7 +624,8 @@ def gather_routing_inputs(store: Any, spec: Any, *, daily_requests: float = DEFA
     for row in table:
         if row.get("role") == "student":
             continue
-        rows = rows_of(STAGE_BASELINES, row) if row.get("n_items") else []
+        # Self-hosted comparisons answer in baseline_evals, API models in frontier_evals.
+        rows = (rows_of(STAGE_BASELINES, row) or rows_of(STAGE_FRONTIER, row)) if row.get("n_items") else []
         if not rows:
             unevaluated.append(row["model"])
             continue

@@ -32,9 +32,12 @@ def test_rows(spec: TaskSpec) -> list[dict]:
 
 def plant_task(store: ResultsStore, spec: TaskSpec, tmp_path: Path, *, student_correct: int = 10,
                api_models: dict[str, int] | None = None, sustained_rps: float = 222.0,
-               hardware_key: str = "h100", max_achieved_rps: float | None = None) -> dict:
+               hardware_key: str = "h100", max_achieved_rps: float | None = None,
+               api_stage: str = "baseline_evals", api_run: str = "baseline-run") -> dict:
     """Plant one task: seed set, student eval, baseline evals (API models with usage + zero-shot base),
-    a bf16 throughput profile. ``api_models``: model -> number of items it gets right (2 repeats)."""
+    a bf16 throughput profile. ``api_models``: model -> number of items it gets right (2 repeats).
+    ``api_stage``/``api_run``: where the API rows go (``frontier_evals``: the asset that asks APIs
+    today; ``baseline_evals``: stores written before it existed)."""
     task = spec.name
     rows = test_rows(spec)
     ids = [r["id"] for r in rows]
@@ -53,14 +56,14 @@ def plant_task(store: ResultsStore, spec: TaskSpec, tmp_path: Path, *, student_c
     for model, correct in api_models.items():
         for rep in range(2):
             for k, i in enumerate(ids):
-                pred.append(dict(run_id="baseline-run", task=task, stage="baseline_evals", model=model,
+                pred.append(dict(run_id=api_run, task=task, stage=api_stage, model=model,
                                  variant=tiers[model], item_id=i, repeat=rep, score=float(k < correct),
                                  prompt_tokens=PROMPT, completion_tokens=COMPLETION))
-                reqs.append(dict(run_id="baseline-run", task=task, stage="baseline_evals", model=model,
+                reqs.append(dict(run_id=api_run, task=task, stage=api_stage, model=model,
                                  prompt_tokens=PROMPT, completion_tokens=COMPLETION, cached_prompt_tokens=CACHED,
                                  error=None))
         # A failed request is not a usage sample.
-        reqs.append(dict(run_id="baseline-run", task=task, stage="baseline_evals", model=model,
+        reqs.append(dict(run_id=api_run, task=task, stage=api_stage, model=model,
                          prompt_tokens=0, completion_tokens=0, cached_prompt_tokens=0, error="HTTP 500"))
     base = spec.student_base("local")
     pred += [dict(run_id="baseline-run", task=task, stage="baseline_evals", model=f"{base} (zero-shot)",

@@ -464,3 +464,40 @@ def test_monthly_refresh_that_falls_back_says_so_in_metadata(monkeypatch):
     assert any("network unreachable" in w and "fell back" in w for w in md["warnings"].value)
     assert set(md["unpriced_models"].value) == {"xai/grok-4", "xai/grok-4-1-fast-reasoning"}
     assert "litellm bundled map" in md["model_prices"].value
+
+
+def _comparable(rows):
+    drop = {"eval_run_id", "table_id", "snapshot_as_of"}
+    return sorted(({k: v for k, v in r.items() if k not in drop} for r in rows), key=lambda r: (r["model"], r["variant"]))
+
+
+def test_api_rows_from_frontier_evals_price_exactly_like_the_legacy_layout(tmp_path):
+    """API models answer in <task>_frontier_evals (stage frontier_evals) today; stores written before
+    that asset hold them under baseline_evals. The cost table is the same either way."""
+    spec = get_task("text2sql")
+    snapshot = build_snapshot()
+    tables = {}
+    for layout, kw in {"legacy": {}, "split": {"api_stage": "frontier_evals", "api_run": "frontier-run"}}.items():
+        (tmp_path / layout).mkdir()
+        store = ResultsStore(f"sqlite:///{tmp_path / layout / 'results.db'}")
+        plant_task(store, spec, tmp_path / layout, **kw)
+        tables[layout] = build_cost_table(gather_cost_inputs(store, spec), snapshot)
+    assert {r["model"] for r in tables["split"]} >= {HAIKU, FLASH_LITE}
+    assert _by_model(tables["split"])[HAIKU]["eval_run_id"] == "frontier-run"
+    assert _comparable(tables["split"]) == _comparable(tables["legacy"])
+
+
+def test_a_later_zero_shot_run_keeps_the_frontier_models(tmp_path):
+    """Re-running only <task>_baseline_evals (a new run of stage baseline_evals) must not drop the API
+    models measured by an earlier <task>_frontier_evals run, nor the other way round."""
+    store = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
+    spec = get_task("text2sql")
+    plant_task(store, spec, tmp_path, api_stage="frontier_evals", api_run="frontier-run")
+    base = f"{spec.student_base('local')} (zero-shot)"
+    store.insert(predictions, [dict(run_id="baseline-run-2", task="text2sql", stage="baseline_evals", model=base,
+                                    variant="zero_shot", item_id=r["id"], repeat=0, score=1.0)
+                               for r in fixture_rows(spec)])
+    by = _by_model(build_cost_table(gather_cost_inputs(store, spec), build_snapshot()))
+    assert by[base]["eval_run_id"] == "baseline-run-2" and by[base]["accuracy"] == 1.0
+    assert by[HAIKU]["eval_run_id"] == "frontier-run" and by[HAIKU]["accuracy"] == pytest.approx(10 / 12)
+    assert by[FLASH_LITE]["usd_per_million_requests"] is not None

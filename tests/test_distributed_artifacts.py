@@ -101,3 +101,62 @@ def test_bad_storage_options_name_the_variable(bucket_url, monkeypatch):
     monkeypatch.setenv(paths.STORAGE_OPTIONS_ENV, "[1]")
     with pytest.raises(ValueError, match=paths.STORAGE_OPTIONS_ENV):
         paths.write_bytes(paths.artifact_url("x.bin"), b"1")
+
+
+def test_publish_and_fetch_checkpoint_through_the_store(bucket_url, tmp_path, monkeypatch):
+    """What the student step and the serving steps do: the trained tree goes to the store and leaves
+    the training disk; a serving step gets a local copy, fetched once, byte-identical, config.json
+    checked, with no marker file inside the served tree."""
+    bucket, client = bucket_url
+    ckpt = tmp_path / "train" / "ckpt"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.json").write_bytes(b'{"model_type": "qwen3"}')
+    (ckpt / "model.safetensors").write_bytes(bytes(range(256)) * 16)
+    url = paths.publish_checkpoint(ckpt, "text2sql", "run1")
+    assert url == f"s3://{bucket}/team-a/checkpoints/text2sql/run1"
+    assert not ckpt.exists()  # nothing on the training machine's disk is relied upon
+    assert "team-a/checkpoints/text2sql/run1/config.json" in _keys(client, bucket)
+    local = paths.local_checkpoint(url, what="text2sql_student")
+    assert sorted(p.name for p in local.iterdir()) == ["config.json", "model.safetensors"]
+    assert (local / "model.safetensors").read_bytes() == bytes(range(256)) * 16
+    # Fetched once: a second call reuses the copy (the object is gone from the store, the copy is not).
+    client.delete_object(Bucket=bucket, Key="team-a/checkpoints/text2sql/run1/model.safetensors")
+    assert paths.local_checkpoint(url) == local and (local / "model.safetensors").exists()
+    with pytest.raises(FileNotFoundError, match="re-materialise text2sql_student"):
+        paths.local_checkpoint(paths.artifact_url("checkpoints", "text2sql", "gone"), what="text2sql_student")
+
+
+def test_local_checkpoint_on_a_local_base_is_the_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv(paths.ARTIFACTS_URL_ENV, raising=False)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    assert paths.publish_checkpoint(ckpt, "text2sql", "run1") == str(ckpt) and ckpt.is_dir()
+    with pytest.raises(FileNotFoundError, match="config.json missing"):
+        paths.local_checkpoint(str(ckpt), what="text2sql_student")
+    (ckpt / "config.json").write_text("{}")
+    assert paths.local_checkpoint(str(ckpt)) == ckpt
+
+
+def test_artifact_dir_publishes_on_success_and_drops_scratch_on_failure(bucket_url):
+    bucket, client = bucket_url
+    with paths.ArtifactDir("text2sql", "cost_table", "t1") as out:
+        scratch = out.local
+        (out.local / "cost_table.csv").write_text("model,usd\nstudent,3\n")
+        assert out.url_for(out.local / "cost_table.csv") == f"s3://{bucket}/team-a/text2sql/cost_table/t1/cost_table.csv"
+    assert not scratch.exists()
+    assert paths.read_bytes(f"s3://{bucket}/team-a/text2sql/cost_table/t1/cost_table.csv").startswith(b"model,usd")
+    with pytest.raises(RuntimeError), paths.ArtifactDir("text2sql", "cost_table", "t2") as out:
+        scratch = out.local
+        (out.local / "cost_table.csv").write_text("partial")
+        raise RuntimeError("the step failed")
+    assert not scratch.exists()
+    assert not any(k.startswith("team-a/text2sql/cost_table/t2") for k in _keys(client, bucket))  # nothing half-written
+
+
+def test_artifact_dir_on_a_local_base_writes_in_place(monkeypatch):
+    monkeypatch.delenv(paths.ARTIFACTS_URL_ENV, raising=False)
+    with paths.ArtifactDir("text2sql", "routing", "r1") as out:
+        (out.local / "policies.csv").write_text("x")
+    assert out.local == paths.artifacts_dir("text2sql", "routing", "r1")
+    assert out.url_for(out.local / "policies.csv") == str(out.local / "policies.csv")
+    assert (out.local / "policies.csv").read_text() == "x"  # not removed by publishing

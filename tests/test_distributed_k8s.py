@@ -18,7 +18,8 @@ pytest.importorskip("dagster_k8s")
 
 from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import construct_dagster_k8s_job, get_user_defined_k8s_config
-from distil_platform.assets.deployment import GPU_POOL, K8S_CONFIG_TAG
+from distil_platform.assets.deployment import FRONTIER_API_POOL, GPU_POOL, K8S_CONFIG_TAG
+from distil_platform.taskspec import load_tasks
 from kubernetes.client import ApiClient
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,7 @@ def _launcher_config() -> dict:
         "dagster_home": "/opt/dagster/dagster_home",
         "job_namespace": "distil",
         "env_secrets": [s["name"] for s in launcher["envSecrets"]],
+        "env_vars": launcher["envVars"],
         "volumes": launcher["volumes"],
         "volume_mounts": [
             {"name": m["name"], "mount_path": m["mountPath"], "sub_path": m["subPath"]}
@@ -126,6 +128,10 @@ def test_every_gpu_pool_asset_and_only_those_carry_the_gpu_pod_config(monkeypatc
         )
     for key, tags in other:
         assert K8S_CONFIG_TAG not in tags, f"{key} is not in the gpu pool but would hold a GPU node"
+    # Frontier-API calls wait on the network in their own pool, never holding a GPU slot or node.
+    api = {k for k, node in _nodes(defs) if node.assets_def.op.pool == FRONTIER_API_POOL}
+    assert api == {f"{task}_frontier_evals" for task in load_tasks()}
+    assert "text2sql_baseline_evals" in {k for k, _ in gpu}  # the zero-shot base is served on the GPU
 
 
 def test_gpu_step_job_spec_requests_a_gpu_on_gpu_nodes_in_the_gpu_image(monkeypatch, launcher):
@@ -145,11 +151,13 @@ def test_gpu_step_job_spec_requests_a_gpu_on_gpu_nodes_in_the_gpu_image(monkeypa
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert container["args"] == ["dagster", "api", "execute_step"]
-    # From the run launcher (Helm values): secrets as env, the shared artefact volume, the namespace.
+    # From the run launcher (Helm values): secrets as env, artefacts on the object store (no shared
+    # artefact volume: steps share nothing on disk), the base-model cache volume, the namespace.
     assert {"secretRef": {"name": "distil-platform-env"}} in container["envFrom"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["DISTIL_ARTIFACTS_URL"].startswith("s3://")
     mounts = {m["mountPath"]: m["subPath"] for m in container["volumeMounts"] if m["name"] == "distil-data"}
-    for sub in ("artifacts", "checkpoints", "storage"):  # what steps hand to each other
-        assert mounts[f"/opt/dagster/dagster_home/{sub}"] == sub
+    assert mounts == {"/mnt/distil/models": "models"}
     assert spec["metadata"]["name"] == "dagster-step-test"
 
     # A CPU step (the seed set, pricing) stays on the orchestrator image with no GPU and no GPU placement.

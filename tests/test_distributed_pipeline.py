@@ -22,7 +22,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from distributed_services import postgres_server
+from distributed_services import postgres_server, s3_server
 
 from distil_platform.paths import PACKAGE_DIR
 
@@ -56,6 +56,29 @@ def pg_home(pg, tmp_path, monkeypatch):
     for key in API_KEYS:
         monkeypatch.delenv(key, raising=False)
     return env
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's S3 server (DISTIL_TEST_S3_ENDPOINT, else one started for this module)."""
+    yield from s3_server()
+
+
+@pytest.fixture
+def s3_artifacts(s3_endpoint, monkeypatch):
+    """Artefacts on the S3-API server: a fresh bucket, DISTIL_ARTIFACTS_URL and the standard AWS
+    variables (what s3fs reads on a real deployment too). Returns (bucket, boto3 client)."""
+    pytest.importorskip("s3fs")
+    import boto3
+
+    for key, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test",
+                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"distil-{uuid.uuid4().hex[:8]}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    monkeypatch.setenv("DISTIL_ARTIFACTS_URL", f"s3://{bucket}/team")
+    return bucket, client
 
 
 def _dagster(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
@@ -148,7 +171,9 @@ def test_two_concurrent_runs_are_serialised_by_the_gpu_pool(pg_home):
 
 
 @pytest.mark.slow
-def test_text2sql_graph_repricing_and_automation_tick_on_postgres(pg_home, tmp_path, monkeypatch):
+def test_text2sql_graph_repricing_and_automation_tick_on_postgres(pg_home, s3_artifacts, tmp_path, monkeypatch):
+    """Instance and results store on PostgreSQL, artefacts (seed splits, teacher data, checkpoint,
+    load-test reports, cost table, routing, report) on the S3-API server."""
     from distil_platform.sensors import repricing_keys
     from sqlalchemy import func, select
 
@@ -175,6 +200,7 @@ def test_text2sql_graph_repricing_and_automation_tick_on_postgres(pg_home, tmp_p
             "text2sql_student",
             "text2sql_student_eval",
             "text2sql_baseline_evals",
+            "text2sql_frontier_evals",
             "text2sql_throughput",
             "text2sql_cost_table",
             "pricing",
@@ -186,6 +212,36 @@ def test_text2sql_graph_repricing_and_automation_tick_on_postgres(pg_home, tmp_p
         # The multiprocess executor ran the steps in their own processes, all writing one event log.
         starts = _step_events(instance, run.run_id, dg.DagsterEventType.STEP_START)
         assert len({r.dagster_event.pid for r in starts}) == len(starts) >= len(stages)
+
+        # Artefacts: on the object store, not on the steps' shared disk.
+        bucket, client = s3_artifacts
+        home = Path(pg_home["DAGSTER_HOME"])
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, MaxKeys=1000).get("Contents", [])}
+        prefix = "team/text2sql"
+        for expected in (f"{prefix}/seed_set/{run.run_id}/seed.parquet", f"{prefix}/seed_set/{run.run_id}/test.parquet",
+                         f"{prefix}/teacher_data/{run.run_id}/accepted.parquet",
+                         f"team/checkpoints/text2sql/{run.run_id}/config.json",
+                         f"team/checkpoints/text2sql/{run.run_id}/model.safetensors",
+                         f"{prefix}/throughput/{run.run_id}/latency_vs_load.png", "team/reports/benchmark_report.md"):
+            assert expected in keys, f"{expected} not on the object store: {sorted(keys)[:40]}"
+        assert any(k.startswith(f"{prefix}/cost_table/") and k.endswith("cost_table.parquet") for k in keys)
+        # The values steps hand each other: Dagster's FilesystemIOManager on the store's universal path.
+        assert {"team/storage/text2sql", "team/storage/text2sql_student", "team/storage/text2sql_student_eval"} <= keys
+        assert not (home / "storage" / "text2sql_student").exists()
+        assert any(k.startswith(f"{prefix}/routing/") and k.endswith(".parquet") for k in keys)
+        assert not list(home.glob("artifacts/**/*.parquet")), "artefacts written to local disk"
+        assert not list((home / "checkpoints").rglob("config.json")), "the trained checkpoint stayed on local disk"
+        student_md = instance.get_latest_materialization_event(
+            dg.AssetKey("text2sql_student")).asset_materialization.metadata
+        assert student_md["checkpoint_path"].value == f"s3://{bucket}/team/checkpoints/text2sql/{run.run_id}"
+        from distil_platform.store import student_lineage
+
+        # The serving steps fetched the checkpoint from the store, byte-identical to what was trained.
+        lineage = store.select(student_lineage, run_id=run.run_id)
+        assert {r["stage"] for r in lineage} >= {"student_eval", "throughput"}
+        trained = student_md["checkpoint_fingerprint"].value
+        assert all(len(r["checkpoint_fingerprint"]) == 64 and r["checkpoint_fingerprint"].startswith(trained)
+                   for r in lineage), (trained, lineage)
 
         eval_md = instance.get_latest_materialization_event(
             dg.AssetKey("text2sql_student_eval")
@@ -268,7 +324,8 @@ def test_repricing_run_and_automation_tick_on_postgres_from_planted_results(pg_h
     store = ResultsStore(pg_home["DISTIL_DB_URL"])
     info = plant_task(store, get_task("text2sql"), tmp_path)  # student: 222 req/s on one h100
     with dg.DagsterInstance.get() as instance:  # what the runs that measured those results leave
-        for stage in ("", "_teacher_data", "_student", "_student_eval", "_baseline_evals", "_throughput"):
+        for stage in ("", "_teacher_data", "_student", "_student_eval", "_baseline_evals", "_frontier_evals",
+                      "_throughput"):
             instance.report_runless_asset_event(dg.AssetMaterialization(f"text2sql{stage}"))
     _dagster(
         "asset",
@@ -295,7 +352,7 @@ def test_repricing_run_and_automation_tick_on_postgres_from_planted_results(pg_h
         assert not any(
             k.startswith("text2sql_")
             and k.split("_", 1)[1]
-            in ("teacher_data", "student", "student_eval", "baseline_evals", "throughput")
+            in ("teacher_data", "student", "student_eval", "baseline_evals", "frontier_evals", "throughput")
             for k in requested
         )
         # What the monthly schedule would select on this instance: only what was materialised.

@@ -179,7 +179,7 @@ def test_rebuilding_a_seed_set_never_starts_training(settled):
     settled.materialise("text2sql")
     requested = settled.tick()
     assert not requested & {"text2sql_teacher_data", "text2sql_student", "text2sql_student_eval",
-                            "text2sql_baseline_evals", "text2sql_throughput"}
+                            "text2sql_baseline_evals", "text2sql_frontier_evals", "text2sql_throughput"}
 
 
 def test_schedule_requests_pricing_refresh_materialised_tasks_and_report(settled):

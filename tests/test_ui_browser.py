@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TASK = "text2sql"
-STAGES = ["", "_teacher_data", "_student", "_student_eval", "_baseline_evals", "_throughput", "_cost_table"]
+STAGES = ["", "_teacher_data", "_student", "_student_eval", "_baseline_evals", "_frontier_evals", "_throughput",
+          "_cost_table"]
 
 pytestmark = pytest.mark.slow
 
