@@ -2,23 +2,20 @@
 
 # No `from __future__ import annotations`: Dagster reads the config/resource annotations at runtime.
 
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from distil_platform.resources.models import ModelStoreResource
+from distil_platform.resources.trainer import TrainerResource, launcher_from_env
 
 from distil_platform import paths
 from distil_platform.profiles import Profile, get_profile
 from distil_platform.prompts import rendering_label
 from distil_platform.taskspec import TaskSpec
 
-from .common import (
-    _read_rows,
-)
+from .common import _read_rows
 from .deployment import gpu_op_tags
 from .keys import task_key
-from .metadata import location_metadata, png_markdown
+from .metadata import location_metadata
 
 
 class StudentConfig(dg.Config):
@@ -50,8 +47,10 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
         group_name=task,
         ins={"seed_set": dg.AssetIn(seed_key), "teacher_data": dg.AssetIn(teacher_key)},
         kinds={"pytorch"},
-        pool="gpu",
-        op_tags=gpu_op_tags(),  # GPU request / placement of the step pod on Kubernetes
+        pool="gpu",  # held while the job trains, wherever it runs
+        # GPU request / placement of the step pod on Kubernetes; with DISTIL_TRAIN_LAUNCHER=k8s the step
+        # only orchestrates (Pipes) and the training pod requests the GPU instead.
+        op_tags={} if launcher_from_env() == "k8s" else gpu_op_tags(),
         description=f"The `{task}` student: SFT (LoRA merged, or full) of the profile's base model on seeds + "
         "accepted synthetic rows; checkpoint under $DAGSTER_HOME/checkpoints/<task>/<run id>/ (uploaded to "
         "<DISTIL_ARTIFACTS_URL>/checkpoints/<task>/<run id>/ when artefacts are on an object store).",
@@ -61,72 +60,60 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
         config: StudentConfig,
         seed_set: dict,
         teacher_data: dict,
-        model_store: ModelStoreResource,
+        trainer: TrainerResource,
     ) -> dg.Output[dict]:
-        from distil_platform.training import TrainConfig, train_student
+        import polars as pl
+
+        from distil_platform.train_job import training_params
+        from distil_platform.training import TrainConfig
 
         base_name = spec.student_base(profile.name)
-        base_dir = model_store.resolve(base_name)
         seeds = _read_rows(seed_set["seed_path"])
         synthetic = _read_rows(teacher_data["path"]) if config.use_synthetic else []
-        rows = [{k: r[k] for k in ("id", "question", "answer", "context")} for r in seeds + synthetic]
+        rows = [{k: str(r[k] or "") for k in ("id", "question", "answer", "context")} for r in seeds + synthetic]
         train_cfg = TrainConfig.for_task(
             spec, profile, max_steps=config.max_steps, learning_rate=config.learning_rate,
             batch_size=config.batch_size, max_length=config.max_length, use_lora=config.use_lora, seed=config.seed,
         )
-        out_dir = paths.checkpoints_dir(task, context.run_id)
+        # The exact rows trained on, beside the other artefacts (the training job reads them from here).
+        rows_url = paths.write_parquet(pl.DataFrame(rows, schema={c: pl.String for c in rows[0]} if rows else None),
+                                       paths.artifact_url(task, "student", context.run_id, "train_rows.parquet"))
         context.log.info(f"{task}: training {base_name} on {len(seeds)} seeds + {len(synthetic)} synthetic rows "
-                         f"({'LoRA' if train_cfg.use_lora else 'full'}, {train_cfg.steps_for(len(rows))} steps)")
-
-        def progress(event: dict) -> None:
-            if "step" in event:
-                context.log.info(f"{task} train step {event['step']}/{event['total_steps']} loss {event['loss']:.4f} "
-                                 f"lr {event['learning_rate']:.2e} elapsed {event['elapsed_s']:.0f}s "
-                                 f"ETA {event['eta_s']:.0f}s")
-            elif event.get("event") == "warning":
-                context.log.warning(f"{task}: {event['message']}")
-            elif event.get("event") == "start":
-                context.log.info(f"{task}: {event['steps']} steps x {event['batch_size']} rows, max_length "
-                                 f"{event['max_length']} (longest row {event['longest_row']} tokens), "
-                                 f"{event['threads']} threads")
-            else:
-                context.log.info(f"{task}: {event}")
-
-        result = train_student(spec, rows, base_dir, out_dir, train_cfg, base_model_name=base_name,
-                               progress=progress)
+                         f"({'LoRA' if train_cfg.use_lora else 'full'}, {train_cfg.steps_for(len(rows))} steps; "
+                         f"job launcher: {trainer.launcher})")
+        job = trainer.train(context, training_params(spec, rows_url=rows_url, test_url=seed_set.get("test_path"),
+                                                     base_model=base_name, train_config=train_cfg,
+                                                     run_id=context.run_id))
+        result = job["summary"]
+        checkpoint = job["checkpoint"]
+        fingerprint = job["fingerprint"]
+        max_model_len = job["max_model_len"]
         served_name = f"{task}-student-{context.run_id[:8]}"
-        plan = result.length_plan
-        max_model_len = _eval_context_length(spec, seed_set, result.checkpoint_dir, result.max_length)
-        loss_curve_md = png_markdown(result.loss_curve_png, "loss curve") if result.loss_curve_png else None
-        from distil_platform.costs import checkpoint_fingerprint
-
-        fingerprint = checkpoint_fingerprint(result.checkpoint_dir)
-        # Local base: the directory itself. Object store: uploaded, and the local copy removed, so the
-        # serving steps fetch it from the store (they may run on another machine).
-        checkpoint = paths.publish_checkpoint(result.checkpoint_dir, task, context.run_id)
-        if checkpoint != str(result.checkpoint_dir):
-            context.log.info(f"{task}: checkpoint uploaded to {checkpoint}")
+        plan = result["length_plan"]
         value = {"checkpoint_path": checkpoint, "checkpoint_fingerprint": fingerprint, "base_model": base_name,
                  "served_name": served_name, "run_id": context.run_id, "use_synthetic": config.use_synthetic,
                  # Training sequence length (longest rendered row unless fixed) and the context an eval
                  # server needs: the longest test prompt + max_answer_tokens, at least max_length.
-                 "max_length": result.max_length, "max_model_len": max_model_len}
+                 "max_length": result["max_length"], "max_model_len": max_model_len}
+        final_loss = result["final_loss"]
         metadata: dict[str, Any] = {
             "checkpoint_path": location_metadata(checkpoint),
             "checkpoint_fingerprint": fingerprint[:16],
+            "train_rows_path": location_metadata(rows_url),
+            "training_launcher": trainer.launcher,
             "base_model": base_name,
             "method": "lora (merged)" if train_cfg.use_lora else "full fine-tune",
-            "trainable_params": result.trainable_params,
-            "total_params": result.total_params,
-            "train_examples": result.train_examples,
+            "trainable_params": result["trainable_params"],
+            "total_params": result["total_params"],
+            "train_examples": result["train_examples"],
             "seed_examples": len(seeds),
             "synthetic_examples": len(synthetic),
-            "steps": result.steps,
-            "wall_time_s": result.wall_time_s,
-            "tokens_per_s": result.tokens_per_s,
-            "final_loss": float(result.final_loss) if result.final_loss is not None else float("nan"),
-            "truncated_examples": result.truncated_examples,
-            "max_length": result.max_length,
+            "steps": result["steps"],
+            "wall_time_s": result["wall_time_s"],
+            "tokens_per_s": result["tokens_per_s"],
+            "final_loss": float(final_loss) if final_loss is not None else float("nan"),
+            "truncated_examples": result["truncated_examples"],
+            "max_length": result["max_length"],
             "max_length_source": f"{plan['source']} (ceiling {plan['ceiling']})" if plan["source"] == "derived"
             else "fixed (task YAML / run config)",
             "max_model_len": max_model_len,
@@ -134,27 +121,16 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
             "train_row_tokens_p90": plan["p90"],
             "train_row_tokens_max": plan["longest"],
             "train_row_tokens_min": plan["shortest"],
-            "batch_size": result.batch_size,
+            "batch_size": result["batch_size"],
             "tokens_per_step": train_cfg.tokens_per_step or 0,
             "prompt_rendering": rendering_label(spec),
-            "config": dg.MetadataValue.json({k: (list(v) if isinstance(v, tuple) else v)
-                                             for k, v in result.config.items()}),
+            "config": dg.MetadataValue.json(result["config"]),
         }
-        if loss_curve_md is not None:
-            metadata["loss_curve"] = loss_curve_md
-            metadata["loss_curve_path"] = location_metadata(
-                f"{checkpoint}/{Path(result.loss_curve_png).relative_to(result.checkpoint_dir).as_posix()}")
+        if job.get("loss_curve"):
+            curve = job["loss_curve"]
+            metadata["loss_curve"] = dg.MetadataValue.md(
+                f"![loss curve](data:image/png;base64,{curve['png_base64']})")
+            metadata["loss_curve_path"] = location_metadata(f"{checkpoint}/{curve['name']}")
         return dg.Output(value, metadata=metadata)
 
     return [student]
-
-
-def _eval_context_length(spec: TaskSpec, seed_set: dict, checkpoint_dir, train_max_length: int) -> int:
-    """``training.serving_context_length`` over the seed set's test split, with the student's tokenizer."""
-    from transformers import AutoTokenizer
-
-    from distil_platform.training import serving_context_length
-
-    test_rows = _read_rows(seed_set["test_path"]) if seed_set.get("test_path") else []
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
-    return serving_context_length(spec, test_rows, tokenizer, train_max_length)

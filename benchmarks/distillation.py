@@ -116,11 +116,13 @@ def local_resources(profile) -> dict:
         ResultsStoreResource,
         ServingResource,
         TeacherEndpointResource,
+        TrainerResource,
     )
+    from distil_platform.resources.trainer import launcher_from_env
 
     return {"llm": LLMResource(), "serving": ServingResource(backend=profile.serving_backend),
             "model_store": ModelStoreResource(), "results_store": ResultsStoreResource(),
-            "teacher_endpoint": TeacherEndpointResource()}
+            "teacher_endpoint": TeacherEndpointResource(), "trainer": TrainerResource(launcher=launcher_from_env())}
 
 
 def run_task(task: str, literal_swap: bool, teacher_target: int | None, grounding_ablation: bool = False,

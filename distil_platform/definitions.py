@@ -24,7 +24,9 @@ from distil_platform.resources import (
     ResultsStoreResource,
     ServingResource,
     TeacherEndpointResource,
+    TrainerResource,
 )
+from distil_platform.resources.trainer import launcher_from_env
 from distil_platform.sensors import build_sensors_and_schedules
 from distil_platform.taskspec import load_tasks
 
@@ -54,6 +56,8 @@ def build_definitions() -> dg.Definitions:
             "llm": LLMResource(results_store=results_store),
             "serving": ServingResource(backend=profile.serving_backend),
             "model_store": ModelStoreResource(),
+            # Where the training job runs (DISTIL_TRAIN_LAUNCHER: subprocess via Dagster Pipes by default).
+            "trainer": TrainerResource(launcher=launcher_from_env()),
             "results_store": results_store,
             "teacher_endpoint": TeacherEndpointResource(api_base=_env_setting("DISTIL_TEACHER_API_BASE"),
                                                         api_key=_env_setting("DISTIL_TEACHER_API_KEY")),

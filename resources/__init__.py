@@ -14,6 +14,7 @@ _EXPORTS = {
     "ServingResource": "models",
     "ResultsStoreResource": "store",
     "TeacherEndpointResource": "teacher",
+    "TrainerResource": "trainer",
 }
 __all__ = list(_EXPORTS)
 

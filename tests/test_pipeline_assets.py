@@ -22,6 +22,7 @@ from distil_platform.resources import (
     ResultsStoreResource,
     ServingResource,
     TeacherEndpointResource,
+    TrainerResource,
 )
 from distil_platform.store import ResultsStore, llm_requests, predictions
 from distil_platform.taskspec import get_task
@@ -43,6 +44,7 @@ def _resources():
         "model_store": ModelStoreResource(),
         "results_store": ResultsStoreResource(),
         "teacher_endpoint": TeacherEndpointResource(),
+        "trainer": TrainerResource(),  # the training job under Dagster Pipes, as deployed
     }
 
 
@@ -141,6 +143,8 @@ def test_text2sql_graph_end_to_end_and_cached_baseline_rerun(test_profile, tmp_p
                     "tokens_per_s", "final_loss", "loss_curve"):
             assert key in student, key
         assert student["base_model"] == "tiny-qwen3" and student["steps"] == get_profile("test").max_steps
+        assert student["training_launcher"] == "subprocess"  # the job ran under Dagster Pipes
+        assert pl.read_parquet(student["train_rows_path"]).height == student["train_examples"]
         assert student["train_examples"] == student["seed_examples"] + student["synthetic_examples"]
         assert "data:image/png;base64," in student["loss_curve"]
 
