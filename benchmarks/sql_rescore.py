@@ -47,7 +47,7 @@ def _test_rows(task: str, test_path: str | None = None) -> dict[str, dict]:
 
 def rescore(task: str = "text2sql", student_run: str | None = None, baseline_run: str | None = None,
             test_path: str | None = None) -> dict:
-    from distil_platform.scoring import _schema_for
+    from distil_platform.scoring import sql_schema_for
     from distil_platform.scoring.sql import sql_match_details
     from distil_platform.store import ResultsStore, predictions
 
@@ -70,7 +70,7 @@ def rescore(task: str = "text2sql", student_run: str | None = None, baseline_run
                 test = tests.get(str(r["item_id"]))
                 if test is None:
                     raise SystemExit(f"{task}: item {r['item_id']} of run {run_id} is not in the test split")
-                schema = _schema_for(test)
+                schema = sql_schema_for(test)
                 start = time.perf_counter()
                 old = sql_match_details(r["prediction"], r["reference"], schema, suite=False)
                 t_before += time.perf_counter() - start

@@ -84,7 +84,8 @@ class ItemScore:
     detail: str = ""
 
 
-def _schema_for(row: dict[str, Any]) -> str:
+def sql_schema_for(row: dict[str, Any]) -> str:
+    """The schema a text2sql row is scored against: its `context`, else the `Schema:` part of its question."""
     schema = str(row.get("context") or "").strip()
     if schema:
         return schema
@@ -117,7 +118,7 @@ def score_prediction(
             detail = f"staged={tool_call_staged(prediction, reference, tools):g}"
         return ItemScore(score, strict, parsed, detail)
     if metric == "sql_execution_match":
-        result = sql_match_details(prediction, reference, _schema_for(row))
+        result = sql_match_details(prediction, reference, sql_schema_for(row))
         return ItemScore(result.score, None, result.parse_ok, result.reason)
     if metric == "llm_judge":
         if judge is None:
