@@ -10,6 +10,8 @@ from typing import Any
 import dagster as dg
 from distil_platform.resources.models import LLMResource, ServingResource
 
+# Stage names of the results store, defined once in the core (re-exported for the asset modules).
+from distil_platform.costs import STAGE_BASELINES, STAGE_FRONTIER, STAGE_STUDENT_EVAL  # noqa: F401
 from distil_platform.modelstore import chat_token_counter
 from distil_platform.profiles import Profile
 from distil_platform.taskspec import ModelRef, TaskSpec
@@ -17,9 +19,6 @@ from distil_platform.taskspec import ModelRef, TaskSpec
 from .metadata import markdown_table
 
 STAGE_TEACHER = "teacher_data"
-STAGE_STUDENT_EVAL = "student_eval"
-STAGE_BASELINES = "baseline_evals"
-STAGE_FRONTIER = "frontier_evals"
 
 
 # -- helpers -----------------------------------------------------------------------------------

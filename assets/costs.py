@@ -185,14 +185,10 @@ def build_shared_cost_assets(task_names: list[str]) -> list:
     def benchmark_report(context: dg.AssetExecutionContext, results_store: ResultsStoreResource) -> dg.MaterializeResult:
         from distil_platform.report import write_report
 
-        where = paths.report_dir()  # $DAGSTER_HOME/reports, or <DISTIL_ARTIFACTS_URL>/reports
-        if isinstance(where, paths.ArtifactDir):
-            with where:
-                report = write_report(results_store.store(), task_names, where.local)
-                report_path = where.url_for(report.path)
-        else:
-            report = write_report(results_store.store(), task_names, where)
-            report_path = str(report.path)
+        # $DAGSTER_HOME/reports, or <DISTIL_ARTIFACTS_URL>/reports
+        with paths.ArtifactDir("reports", local_dir=paths.reports_dir()) as out:
+            report = write_report(results_store.store(), task_names, out.local)
+            report_path = out.url_for(report.path)
         context.log.info(report.headline)
         metadata = {
             "headline": report.headline,

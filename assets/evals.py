@@ -4,7 +4,6 @@
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import dagster as dg

@@ -89,5 +89,9 @@ def location_metadata(location: str | Path) -> dg.MetadataValue:
 
 def png_markdown(path: str | Path, alt: str = "plot") -> dg.MetadataValue:
     """Embed a PNG in markdown metadata (inline, so it survives moving DAGSTER_HOME)."""
-    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return png_base64_markdown(base64.b64encode(Path(path).read_bytes()).decode(), alt)
+
+
+def png_base64_markdown(data: str, alt: str = "plot") -> dg.MetadataValue:
+    """``png_markdown`` for a PNG already base64-encoded (e.g. reported by a Pipes job)."""
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")

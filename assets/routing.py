@@ -72,54 +72,54 @@ def compute_task_routing(spec: TaskSpec, store, run_id: str, *, daily_requests: 
 
     inputs = gather_routing_inputs(store, spec, daily_requests=daily_requests, folds=folds, seed=seed, margin=margin)
     result = compute_routing(inputs)
-    out = paths.ArtifactDir(spec.name, "routing", run_id)  # local dir, or scratch published to the store
-    parquet, csv = write_policies(result, out.local)
-    plot = plot_routing(result, out.local / f"{spec.name}_routing.png")
-    store_routing(store, result, run_id)
-    summary = result.summary()
-    content_hash = hashlib.sha256(json.dumps([p.row() for p in result.policies + result.sweep] + [summary],
-                                             sort_keys=True, default=str).encode()).hexdigest()
-    rec = result.recommendation
+    # Local dir, or scratch published to the object store when the block ends.
+    with paths.ArtifactDir(spec.name, "routing", run_id) as out:
+        parquet, csv = write_policies(result, out.local)
+        plot = plot_routing(result, out.local / f"{spec.name}_routing.png")
+        store_routing(store, result, run_id)
+        summary = result.summary()
+        content_hash = hashlib.sha256(json.dumps([p.row() for p in result.policies + result.sweep] + [summary],
+                                                 sort_keys=True, default=str).encode()).hexdigest()
+        rec = result.recommendation
 
-    def num(v: Any) -> Any:
-        return None if v is None or (isinstance(v, float) and (math.isnan(v) or math.isinf(v))) else v
+        def num(v: Any) -> Any:
+            return None if v is None or (isinstance(v, float) and (math.isnan(v) or math.isinf(v))) else v
 
-    metadata: dict[str, Any] = {
-        "recommendation": dg.MetadataValue.md(result.sentence),
-        "recommended_policy": summary["recommended"] or "none",
-        "route": summary["route"] or "none",
-        "n_items": result.n_items,
-        "daily_requests": dg.MetadataValue.float(float(result.daily_requests)),
-        "margin": dg.MetadataValue.float(float(result.margin)),
-        "margin_source": result.margin_source,
-        "confidence_available": dg.MetadataValue.bool(result.confidence_available),
-        "confidence_rule": CONFIDENCE_RULES.get(spec.type, ""),
-        "best_single_model": result.best_single or "none",
-        "comparison_models": dg.MetadataValue.json([m.label for m in inputs.models]),
-        "policies": dg.MetadataValue.md(policy_markdown(result)),
-        "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result.notes) or "_none_"),
-        "cost_table_id": result.cost_table_id,
-        "snapshot_hash": result.snapshot_hash[:16],
-        "parquet_path": location_metadata(out.url_for(parquet)),
-        "csv_path": location_metadata(out.url_for(csv)),
-        "model_calls": 0,
-    }
-    if rec is not None:
-        for key in ("accuracy", "escalation_rate", "usd_per_million_requests", "savings_vs_best_single"):
-            value = num(summary.get(key))
-            if value is not None:
-                metadata[f"recommended_{key}"] = dg.MetadataValue.float(float(value))
-        if rec.kind == "cascade" and num(rec.tau) is not None:
-            metadata["recommended_tau"] = dg.MetadataValue.float(float(rec.tau))
-    if result.sweep:
-        metadata["sweep"] = dg.MetadataValue.md(markdown_table(
-            [{"policy": p.name, "accuracy": f"{p.accuracy:.3f}", "escalated": f"{p.escalation_rate:.0%}",
-              "$/M requests": "–" if p.usd_per_million_requests is None else f"{p.usd_per_million_requests:.4g}"}
-             for p in result.sweep]))
-    if plot is not None:
-        metadata["pareto_plot"] = png_markdown(plot, f"{spec.name} routing: cost vs accuracy")
-    value = {"run_id": run_id, "summary": summary, "parquet_path": out.url_for(parquet), "csv_path": out.url_for(csv),
-             "plot_path": out.url_for(plot) if plot else None}
-    out.publish()
+        metadata: dict[str, Any] = {
+            "recommendation": dg.MetadataValue.md(result.sentence),
+            "recommended_policy": summary["recommended"] or "none",
+            "route": summary["route"] or "none",
+            "n_items": result.n_items,
+            "daily_requests": dg.MetadataValue.float(float(result.daily_requests)),
+            "margin": dg.MetadataValue.float(float(result.margin)),
+            "margin_source": result.margin_source,
+            "confidence_available": dg.MetadataValue.bool(result.confidence_available),
+            "confidence_rule": CONFIDENCE_RULES.get(spec.type, ""),
+            "best_single_model": result.best_single or "none",
+            "comparison_models": dg.MetadataValue.json([m.label for m in inputs.models]),
+            "policies": dg.MetadataValue.md(policy_markdown(result)),
+            "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result.notes) or "_none_"),
+            "cost_table_id": result.cost_table_id,
+            "snapshot_hash": result.snapshot_hash[:16],
+            "parquet_path": location_metadata(out.url_for(parquet)),
+            "csv_path": location_metadata(out.url_for(csv)),
+            "model_calls": 0,
+        }
+        if rec is not None:
+            for key in ("accuracy", "escalation_rate", "usd_per_million_requests", "savings_vs_best_single"):
+                value = num(summary.get(key))
+                if value is not None:
+                    metadata[f"recommended_{key}"] = dg.MetadataValue.float(float(value))
+            if rec.kind == "cascade" and num(rec.tau) is not None:
+                metadata["recommended_tau"] = dg.MetadataValue.float(float(rec.tau))
+        if result.sweep:
+            metadata["sweep"] = dg.MetadataValue.md(markdown_table(
+                [{"policy": p.name, "accuracy": f"{p.accuracy:.3f}", "escalated": f"{p.escalation_rate:.0%}",
+                  "$/M requests": "–" if p.usd_per_million_requests is None else f"{p.usd_per_million_requests:.4g}"}
+                 for p in result.sweep]))
+        if plot is not None:
+            metadata["pareto_plot"] = png_markdown(plot, f"{spec.name} routing: cost vs accuracy")
+        value = {"run_id": run_id, "summary": summary, "parquet_path": out.url_for(parquet), "csv_path": out.url_for(csv),
+                 "plot_path": out.url_for(plot) if plot else None}
     return {"value": value, "metadata": metadata, "content_hash": content_hash, "sentence": result.sentence,
             "notes": result.notes, "result": result}

@@ -15,7 +15,7 @@ from distil_platform.taskspec import TaskSpec
 from .common import _read_rows
 from .deployment import gpu_op_tags
 from .keys import task_key
-from .metadata import location_metadata
+from .metadata import location_metadata, png_base64_markdown
 
 
 class StudentConfig(dg.Config):
@@ -128,8 +128,7 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
         }
         if job.get("loss_curve"):
             curve = job["loss_curve"]
-            metadata["loss_curve"] = dg.MetadataValue.md(
-                f"![loss curve](data:image/png;base64,{curve['png_base64']})")
+            metadata["loss_curve"] = png_base64_markdown(curve["png_base64"], "loss curve")
             metadata["loss_curve_path"] = location_metadata(f"{checkpoint}/{curve['name']}")
         return dg.Output(value, metadata=metadata)
 

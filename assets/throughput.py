@@ -13,6 +13,7 @@ from distil_platform import paths
 from distil_platform.profiles import Profile, get_profile
 from distil_platform.taskspec import TaskSpec
 
+from .common import _read_rows
 from .deployment import gpu_op_tags
 from .keys import task_key, throughput_key
 from .metadata import location_metadata, png_markdown
@@ -37,12 +38,6 @@ class ThroughputConfig(dg.Config):
     # engine's compute core (on 2 cores it otherwise competes with the engine it measures).
     pin_load_generator: bool = True
     seed: int = 0
-
-
-
-
-def _read_rows(path: str) -> list[dict[str, Any]]:
-    return paths.read_rows(path, what="the seed set")
 
 
 def build_throughput_asset(spec: TaskSpec, profile: Profile | None = None) -> list:

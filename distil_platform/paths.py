@@ -186,12 +186,13 @@ def download_dir(url: str, local_dir: Path | str) -> Path:
 class ArtifactDir:
     """Where a step writes one artefact directory (``<base>/<parts>``).
 
-    Local base: ``local`` *is* the destination and ``publish()`` does nothing. Remote base: ``local``
-    is a scratch directory of this process; ``publish()`` uploads it to ``url`` and removes it, so
-    the next step (maybe on another machine) reads the artefact from the object store only.
-    As a context manager it publishes on success and always drops the scratch directory."""
+    Local base: ``local`` *is* the destination (``local_dir`` when given, e.g. ``$DAGSTER_HOME/
+    checkpoints/...``, else ``<base>/<parts>``), ``url`` is its path and ``publish()`` does nothing.
+    Remote base: ``local`` is a scratch directory of this process; ``publish()`` uploads it to ``url``
+    and removes it, so the next step (maybe on another machine) reads the artefact from the object
+    store only. As a context manager it publishes on success and always drops the scratch directory."""
 
-    def __init__(self, *parts: str) -> None:
+    def __init__(self, *parts: str, local_dir: Path | str | None = None) -> None:
         import tempfile
 
         self.url = artifact_url(*parts)
@@ -199,8 +200,9 @@ class ArtifactDir:
         if self.remote:
             self.local = Path(tempfile.mkdtemp(prefix="distil-artefact-"))
         else:
-            self.local = Path(self.url)
+            self.local = Path(local_dir) if local_dir is not None else Path(self.url)
             self.local.mkdir(parents=True, exist_ok=True)
+            self.url = str(self.local)
         self.published = False
 
     def url_for(self, path: Path | str) -> str:
@@ -233,26 +235,13 @@ class ArtifactDir:
             self.discard()
 
 
-def report_dir() -> ArtifactDir | Path:
-    """The cross-task report's directory: ``$DAGSTER_HOME/reports`` locally, ``<base>/reports`` remote."""
-    if is_remote(artifacts_base_url()):
-        return ArtifactDir("reports")
-    return reports_dir()
-
-
 # -- checkpoints: trained in one step, served in others ------------------------------------------
-def publish_checkpoint(local_dir: Path | str, *parts: str) -> str:
-    """Where later steps find a checkpoint trained into ``local_dir``: the directory itself on a
-    local base; on a remote base it is uploaded to ``<base>/checkpoints/<parts>`` and the local copy
-    removed (a serving step never relies on the training step's disk)."""
-    import shutil
-
-    url = artifact_url("checkpoints", *parts)
-    if not is_remote(url):
-        return str(Path(local_dir))
-    upload_dir(local_dir, url)
-    shutil.rmtree(local_dir, ignore_errors=True)
-    return url
+def checkpoint_artifact(*parts: str) -> ArtifactDir:
+    """Where a step trains a checkpoint: ``$DAGSTER_HOME/checkpoints/<parts>`` on a local base; on a
+    remote one a scratch directory uploaded to ``<base>/checkpoints/<parts>`` and removed when the
+    step publishes it (a serving step never relies on the training step's disk)."""
+    return ArtifactDir("checkpoints", *parts, local_dir=None if is_remote(artifacts_base_url())
+                       else checkpoints_dir(*parts))
 
 
 def local_checkpoint(location: str, *, what: str = "checkpoint") -> Path:

@@ -56,9 +56,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-STAGE_STUDENT_EVAL = "student_eval"
-STAGE_BASELINES = "baseline_evals"
-STAGE_FRONTIER = "frontier_evals"
+from distil_platform.costs import STAGE_BASELINES, STAGE_FRONTIER, STAGE_STUDENT_EVAL
+
 DEFAULT_DAILY_REQUESTS = 1_000_000.0
 DEFAULT_MARGIN = 0.02  # used when the task states no margin
 DEFAULT_FOLDS = 2

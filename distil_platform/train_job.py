@@ -7,8 +7,8 @@
 
 The job reads everything from its parameters (Pipes extras; JSON): the task spec, the training rows
 and test split by URL (local path or object store), the base model name, the training config, the run
-id. It trains, publishes the checkpoint (``paths.publish_checkpoint``: on an object store it is
-uploaded and the local copy removed), and returns / reports one JSON message with what the asset
+id. It trains into ``paths.checkpoint_artifact`` and publishes the checkpoint (on an object store it
+is uploaded and the local copy removed), and returns / reports one JSON message with what the asset
 records. Progress goes to Dagster's log line by line (``format_progress``).
 """
 
@@ -60,25 +60,24 @@ def run_training(params: dict[str, Any], log: LogFn) -> dict[str, Any]:
     config = TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in params["train_config"].items()})
     rows = paths.read_rows(params["rows_url"], what=f"{task}_student (its training rows)")
     base_dir = resolve_model(params["base_model"])
-    out_dir = paths.checkpoints_dir(task, params["run_id"])
-
-    result = train_student(spec, rows, base_dir, out_dir, config, base_model_name=params["base_model"],
-                           progress=lambda event: log(*format_progress(task, event)))
+    test_rows = paths.read_rows(params.get("test_url"), what=task)
 
     from transformers import AutoTokenizer
 
-    test_rows = paths.read_rows(params.get("test_url"), what=task)
-    # The context an eval server needs: the longest test prompt + max_answer_tokens, at least max_length.
-    max_model_len = serving_context_length(spec, test_rows, AutoTokenizer.from_pretrained(result.checkpoint_dir),
-                                           result.max_length)
-    png = Path(result.loss_curve_png) if result.loss_curve_png else None
-    loss_curve = None
-    if png is not None and png.exists():
-        loss_curve = {"name": png.relative_to(result.checkpoint_dir).as_posix(),
-                      "png_base64": base64.b64encode(png.read_bytes()).decode()}
-    fingerprint = checkpoint_fingerprint(result.checkpoint_dir)
-    checkpoint = paths.publish_checkpoint(result.checkpoint_dir, task, params["run_id"])
-    if checkpoint != str(result.checkpoint_dir):
+    with paths.checkpoint_artifact(task, params["run_id"]) as out:  # published when the block ends
+        result = train_student(spec, rows, base_dir, out.local, config, base_model_name=params["base_model"],
+                               progress=lambda event: log(*format_progress(task, event)))
+        # The context an eval server needs: the longest test prompt + max_answer_tokens, at least max_length.
+        max_model_len = serving_context_length(spec, test_rows, AutoTokenizer.from_pretrained(result.checkpoint_dir),
+                                               result.max_length)
+        png = Path(result.loss_curve_png) if result.loss_curve_png else None
+        loss_curve = None
+        if png is not None and png.exists():
+            loss_curve = {"name": png.relative_to(result.checkpoint_dir).as_posix(),
+                          "png_base64": base64.b64encode(png.read_bytes()).decode()}
+        fingerprint = checkpoint_fingerprint(result.checkpoint_dir)
+    checkpoint = out.url
+    if out.remote:
         log("info", f"{task}: checkpoint uploaded to {checkpoint}")
     summary = result.summary()
     summary["final_loss"] = None if result.final_loss is None else float(result.final_loss)

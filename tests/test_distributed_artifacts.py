@@ -108,11 +108,11 @@ def test_publish_and_fetch_checkpoint_through_the_store(bucket_url, tmp_path, mo
     the training disk; a serving step gets a local copy, fetched once, byte-identical, config.json
     checked, with no marker file inside the served tree."""
     bucket, client = bucket_url
-    ckpt = tmp_path / "train" / "ckpt"
-    ckpt.mkdir(parents=True)
-    (ckpt / "config.json").write_bytes(b'{"model_type": "qwen3"}')
-    (ckpt / "model.safetensors").write_bytes(bytes(range(256)) * 16)
-    url = paths.publish_checkpoint(ckpt, "text2sql", "run1")
+    with paths.checkpoint_artifact("text2sql", "run1") as out:  # where the training job writes
+        ckpt = out.local
+        (ckpt / "config.json").write_bytes(b'{"model_type": "qwen3"}')
+        (ckpt / "model.safetensors").write_bytes(bytes(range(256)) * 16)
+    url = out.url
     assert url == f"s3://{bucket}/team-a/checkpoints/text2sql/run1"
     assert not ckpt.exists()  # nothing on the training machine's disk is relied upon
     assert "team-a/checkpoints/text2sql/run1/config.json" in _keys(client, bucket)
@@ -128,9 +128,9 @@ def test_publish_and_fetch_checkpoint_through_the_store(bucket_url, tmp_path, mo
 
 def test_local_checkpoint_on_a_local_base_is_the_directory(monkeypatch, tmp_path):
     monkeypatch.delenv(paths.ARTIFACTS_URL_ENV, raising=False)
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    assert paths.publish_checkpoint(ckpt, "text2sql", "run1") == str(ckpt) and ckpt.is_dir()
+    with paths.checkpoint_artifact("text2sql", "run1") as out:
+        ckpt = out.local
+    assert out.url == str(ckpt) == str(paths.checkpoints_dir("text2sql", "run1")) and ckpt.is_dir()
     with pytest.raises(FileNotFoundError, match="config.json missing"):
         paths.local_checkpoint(str(ckpt), what="text2sql_student")
     (ckpt / "config.json").write_text("{}")

@@ -6,7 +6,6 @@
 import json
 
 import dagster as dg
-import polars as pl
 import pytest
 from distil_platform.resources.trainer import TrainerResource, k8s_pod_settings, launcher_from_env
 
