@@ -5,6 +5,7 @@
 import contextlib
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -56,6 +57,10 @@ class TeacherDataConfig(dg.Config):
     recorded_max_rows: int | None = None
     # Override the task YAML's synthesis.filters.answer_agreement switch.
     answer_agreement: bool | None = None
+    # self_training: the model that labels the messages, served locally. A checkpoint (a directory
+    # or artefact URL, e.g. the `checkpoint_path` of an earlier seed-only `<task>_student` run) or a
+    # model-store name; None = the profile's teacher.
+    labeller: str | None = None
 
 
 TEACHER_API_KEY_ENV = "DISTIL_TEACHER_API_KEY"
@@ -103,6 +108,18 @@ def check_teacher_answered(task: str, model: str, report, errors: list[str]) -> 
             f"{TEACHER_API_KEY_ENV}, or the task YAML's teacher) or the local model; a student trained on the "
             "seeds alone is not a distilled one.",
         )
+
+
+def resolve_labeller(labeller: str, model_store: ModelStoreResource) -> tuple[ModelRef, Path]:
+    """``(ref, local_dir)`` of a self-training labeller: a checkpoint directory or artefact URL
+    (fetched once, like the serving stages do) or a model-store name. Served locally, never with a key."""
+    looks_like_checkpoint = paths.is_remote(labeller) or labeller.startswith(("/", ".", "~"))
+    if looks_like_checkpoint:
+        local = paths.local_checkpoint(str(Path(labeller).expanduser()) if not paths.is_remote(labeller) else labeller,
+                                       what="the labeller checkpoint (run config `labeller`)")
+    else:
+        local = model_store.resolve(labeller)
+    return ModelRef(model=labeller, tier="teacher"), local
 
 
 def teacher_source(spec: TaskSpec, profile: Profile, override: str | None) -> str:
@@ -183,7 +200,16 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
             if target < len(texts):
                 texts = random.Random(config.seed).sample(texts, max(0, target))
         needs_model = (source in ("teacher", "self_training") and target > 0) or filters.answer_agreement
-        teacher = resolve_teacher(spec, profile, teacher_endpoint) if needs_model else spec.teacher_for(profile.name)
+        labeller_dir = None
+        if config.labeller:
+            if source != "self_training":
+                raise ValueError(f"{task}: run config `labeller` applies to source self_training, not {source}")
+            teacher, labeller_dir = resolve_labeller(config.labeller, model_store)
+            teacher_label = teacher.model
+        elif needs_model:
+            teacher = resolve_teacher(spec, profile, teacher_endpoint)
+        else:
+            teacher = spec.teacher_for(profile.name)
         served: dict[str, Any] = {"structured_output": False}
         errors: list[str] = []
 
@@ -258,7 +284,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
         else:
             with _teacher_client(context, llm, serving, model_store, teacher, api_key=teacher_endpoint.api_key
                                  if teacher.api_key_env == TEACHER_API_KEY_ENV else None, task=task,
-                                 concurrency=config.concurrency) as (client, local_backend):
+                                 concurrency=config.concurrency, model_dir=labeller_dir) as (client, local_backend):
                 structured = use_structured_output(teacher.response_format, served_locally=local_backend is not None,
                                                    backend=local_backend)
                 served["structured_output"] = structured
@@ -403,11 +429,12 @@ def check_distribution(spec: TaskSpec, teacher_data: dict) -> dg.AssetCheckResul
 
 @contextlib.contextmanager
 def _teacher_client(context, llm: LLMResource, serving: ServingResource, model_store: ModelStoreResource,
-                    teacher: ModelRef, *, task: str, concurrency: int, api_key: str | None = None):
-    """``(client, local_backend)``: a local server of a model-store teacher (backend "vllm" /
-    "transformers"), or a client of the teacher's endpoint (backend None)."""
-    if _is_store_model(teacher):
-        model_dir = model_store.resolve(teacher.model)
+                    teacher: ModelRef, *, task: str, concurrency: int, api_key: str | None = None,
+                    model_dir: Path | None = None):
+    """``(client, local_backend)``: a local server of a model-store teacher or of ``model_dir``
+    (backend "vllm" / "transformers"), or a client of the teacher's endpoint (backend None)."""
+    if model_dir is not None or _is_store_model(teacher):
+        model_dir = model_dir or model_store.resolve(teacher.model)
         with _local_client(context, llm, serving, model_dir, stage=STAGE_TEACHER, task=task,
                            concurrency=concurrency) as (client, server):
             yield client, getattr(server, "backend", None) or "transformers"

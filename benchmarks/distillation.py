@@ -24,6 +24,13 @@ of test questions are removed by the stage's dedup and decontamination):
     DAGSTER_HOME=/tmp/bench_home .venv/bin/python benchmarks/distillation.py --tasks git_assistant \
         --recorded ../shared/benchmark/related/rampallishyam__distil-gitara/finetuning/synthetic-data/train.jsonl \
         --recorded-max-rows 600 --max-steps 150 --no-baselines
+
+Self-training (banking77: the seed-only student labels the 1,000 real unlabelled messages, greedy with
+token logprobs; labels below the task's min_confidence are dropped; a second student trains on seeds +
+kept rows and is paired with the seed-only one):
+
+    DAGSTER_HOME=/tmp/bench_home .venv/bin/python benchmarks/distillation.py --tasks banking77 \
+        --teacher-source self_training --teacher-target 1000 --no-baselines
 """
 
 from __future__ import annotations
@@ -128,7 +135,8 @@ def local_resources(profile) -> dict:
 def run_task(task: str, literal_swap: bool, teacher_target: int | None, grounding_ablation: bool = False,
              *, teacher_source: str | None = None, recorded_path: str | None = None,
              recorded_max_rows: int | None = None, max_steps: int | None = None,
-             baselines: bool = True, seed_only_mode: str = "auto", truncated_ablation: bool = False) -> dict:
+             baselines: bool = True, seed_only_mode: str = "auto", truncated_ablation: bool = False,
+             labeller: str | None = None) -> dict:
     import dagster as dg
     from distil_platform.assets import build_task_pipeline_assets
     from distil_platform.assets.seed import build_seed_set_asset
@@ -157,6 +165,21 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
                                 run_config={"ops": ops_config})
         return result, round(time.monotonic() - start, 1)
 
+    # Self-training labelled by the seed-only student: that student is trained (and evaluated) first,
+    # on the seeds alone, and its checkpoint labels the task's unlabelled messages.
+    seed_first = teacher_source == "self_training" and labeller == "seed_only"
+    seed_only = None
+    seed_only_wall = 0.0
+    if seed_first:
+        seed_only, seed_only_wall = timed(
+            [task, f"{task}_teacher_data", f"{task}_student", f"{task}_student_eval"],
+            {f"{task}_teacher_data": {"config": {"source": "teacher", "target": 0}},
+             f"{task}_student": {"config": {**student_cfg, "use_synthetic": False}}})
+        teacher_cfg["labeller"] = _md(seed_only, f"{task}_student")["checkpoint_path"]
+        print(f"{task}: seed-only student trained; labelling with {teacher_cfg['labeller']}", flush=True)
+    elif labeller is not None:
+        teacher_cfg["labeller"] = labeller
+
     full_selection = None if baselines else [task, f"{task}_teacher_data", f"{task}_student", f"{task}_student_eval"]
     full, full_wall = timed(full_selection, {f"{task}_teacher_data": {"config": teacher_cfg},
                                              f"{task}_student": {"config": student_cfg}})
@@ -168,8 +191,11 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
 
     # "auto": no seed-only retraining when the student trained on no synthetic row: its training set
     # *is* the seed set (seeded training reproduces it; measured: the same predictions on 50/50 items).
-    run_seed_only = seed_only_mode == "always" or (seed_only_mode == "auto" and student["synthetic_examples"] > 0)
-    if run_seed_only:
+    run_seed_only = not seed_first and (
+        seed_only_mode == "always" or (seed_only_mode == "auto" and student["synthetic_examples"] > 0))
+    if seed_first:
+        seed_student, seed_eval = _md(seed_only, f"{task}_student"), _md(seed_only, f"{task}_student_eval")
+    elif run_seed_only:
         seed_only, seed_only_wall = timed([f"{task}_student", f"{task}_student_eval"],
                                           {f"{task}_student": {"config": {**student_cfg, "use_synthetic": False}}})
         seed_student = _md(seed_only, f"{task}_student")
@@ -243,6 +269,9 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
         "grounding_ablation": grounding,
         "skipped": baseline_md.get("skipped"),
         "teacher_source": teacher.get("source"),
+        "labeller": teacher_cfg.get("labeller"),
+        "labelled_messages": teacher.get("labelled_messages"),
+        "confidence_available": teacher.get("confidence_available"),
         "prompt_sample": _prompt_sample(spec),
         "loadavg": {"before": load_before, "after": _load()},
         "wall_s": {"full_graph": full_wall, "seed_only": seed_only_wall,
@@ -268,8 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-target", type=int, default=None)
     parser.add_argument("--grounding-ablation", action="store_true",
                         help="also train on teacher data with ground_in_unstructured flipped (tasks with unstructured text)")
-    parser.add_argument("--teacher-source", choices=["teacher", "recorded"], default=None,
+    parser.add_argument("--teacher-source", choices=["teacher", "recorded", "self_training"], default=None,
                         help="teacher data source (default: the task YAML's synthesis.source for the profile)")
+    parser.add_argument("--labeller", default=None,
+                        help="self_training: 'seed_only' (default: train the seed-only student first and label with "
+                             "it), a checkpoint directory/URL or a model-store name")
     parser.add_argument("--recorded", default=None, help="recorded teacher file (jsonl/csv/parquet, public layout)")
     parser.add_argument("--recorded-max-rows", type=int, default=None, help="random sample of the recorded file")
     parser.add_argument("--max-steps", type=int, default=None, help="training steps of both students")
@@ -296,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                        teacher_source=args.teacher_source or ("recorded" if args.recorded else None),
                        recorded_path=args.recorded, recorded_max_rows=args.recorded_max_rows,
                        max_steps=args.max_steps, baselines=not args.no_baselines, seed_only_mode=args.seed_only,
-                       truncated_ablation=args.truncated_ablation)
+                       truncated_ablation=args.truncated_ablation,
+                       labeller=args.labeller or ("seed_only" if args.teacher_source == "self_training" else None))
         print(json.dumps(res, indent=1, default=str), flush=True)
         results.append(res)
         out = Path(args.out)

@@ -57,6 +57,32 @@ def test_distillation_benchmark_runs_ablations_on_the_shipped_sample(monkeypatch
 
 
 @pytest.mark.slow
+def test_self_training_benchmark_labels_with_the_seed_only_student(monkeypatch):
+    """--teacher-source self_training: the seed-only student is trained first, its own checkpoint labels
+    the unlabelled messages, and the second student is paired against it on the same items."""
+    monkeypatch.setenv("DISTIL_PROFILE", "test")
+    for key in API_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("DISTIL_DATA_BANKING77", raising=False)
+    bench = _load_benchmark()
+    import dagster as dg
+
+    with dg.instance_for_test(temp_dir=os.environ["DAGSTER_HOME"]) as instance:
+        res = bench.run_task("banking77", literal_swap=False, teacher_target=12, teacher_source="self_training",
+                             labeller="seed_only", baselines=False)
+        seed_run = instance.get_runs(limit=2)[-1]  # runs come newest first: the seed-only one is older
+    assert res["teacher_source"] == "self_training"
+    assert res["seed_only_student"]["train_examples"] == res["n_seed"]
+    # The labeller is the seed-only student's checkpoint (trained in the first run), not the base model.
+    assert res["labeller"] and seed_run.run_id in res["labeller"]
+    assert res["teacher"]["teacher"] == res["labeller"]
+    assert res["labelled_messages"] == 12
+    assert res["student"]["train_examples"] == res["n_seed"] + res["teacher"]["accepted"]
+    assert res["student_vs_seed_only"]["n"] == res["n_test"]
+    assert res["wall_s"]["seed_only"] > 0
+
+
+@pytest.mark.slow
 def test_teacher_yield_benchmark_reports_accepted_rows_per_request(monkeypatch):
     """benchmarks/teacher_yield.py tabulates what the teacher stage itself reported."""
     monkeypatch.setenv("DISTIL_PROFILE", "test")

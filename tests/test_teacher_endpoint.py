@@ -6,6 +6,7 @@ goes out as the bearer token, and a teacher that answers nothing fails the stage
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -154,3 +155,52 @@ def test_self_training_labels_real_messages_and_keeps_confident_labels(test_prof
     assert md["rejected_by_min_confidence"].value == n - confident  # p = exp(-2.3) = 0.10 < 0.5
     assert md["distribution"].value == ({"transaction_charged_twice": md["accepted"].value} if md["accepted"].value else {})
     assert 0 < md["accepted"].value <= confident
+
+
+def test_self_training_labeller_checkpoint_is_the_model_served(test_profile, tmp_path, monkeypatch):
+    """Run config ``labeller`` (e.g. a seed-only student's checkpoint) is what the stage serves and
+    labels with: the served directory is that checkpoint, the rows name it as their labeller, and
+    the teacher key never reaches that local server."""
+    import contextlib
+    import shutil
+    from types import SimpleNamespace
+
+    from distil_platform.modelstore import TINY_QWEN3, resolve_model
+
+    checkpoint = tmp_path / "seed_only_student"
+    shutil.copytree(resolve_model(TINY_QWEN3), checkpoint)  # any HF-format directory with a tokenizer
+    served: list = []
+
+    def respond(body):
+        assert body["model"] == "labeller" and body["temperature"] == 0.0
+        return "transaction_charged_twice", [{"token": "transaction_charged_twice", "logprob": -0.01}]
+
+    with _Endpoint(respond=respond) as endpoint:
+        @contextlib.contextmanager
+        def fake_serve(self, model_dir, **overrides):
+            served.append(Path(model_dir))
+            yield SimpleNamespace(base_url=endpoint.base, litellm_model="openai/labeller", model="labeller",
+                                  backend="vllm", identity={"served_model": "labeller", "checkpoint_hash": "x"})
+
+        monkeypatch.setattr(ServingResource, "serve", fake_serve)
+        spec = _spec_with_teacher(tmp_path, endpoint.base, "auto", task="banking77")
+        result = _materialize(spec, target=6, source="self_training", labeller=str(checkpoint))
+    assert result.success
+    assert served == [checkpoint]
+    assert len(endpoint.bodies) == 6 and set(endpoint.auth) == {None}  # no key to a local server
+    md = result.asset_materializations_for_node("banking77_teacher_data")[-1].metadata
+    assert md["teacher"].value == str(checkpoint) and md["labelled_messages"].value == 6
+    assert md["accepted"].value >= 1 and md["distribution"].value == {"transaction_charged_twice": md["accepted"].value}
+
+
+def test_labeller_is_rejected_outside_self_training_and_must_exist(test_profile, tmp_path):
+    with _Endpoint() as endpoint:
+        spec = _spec_with_teacher(tmp_path, endpoint.base, "auto", task="banking77")
+        wrong_source = _materialize(spec, target=2, source="teacher", labeller="tiny-qwen3")
+        missing = _materialize(spec, target=2, source="self_training", labeller=str(tmp_path / "gone"))
+    for result, needle in ((wrong_source, "applies to source self_training"),
+                           (missing, "the labeller checkpoint (run config `labeller`)")):
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+        assert needle in str(failure.event_specific_data.error)
+    assert endpoint.bodies == []
