@@ -1,6 +1,6 @@
 """Dagster wiring of the asset graph. One factory builds every task's pipeline from its TaskSpec;
 each stage has its own module (``seed``, ``teacher``, ``student``, ``evals``, ``throughput``,
-``costs``, ``routing``). Automation conditions, tags, owners and kinds that every task shares are
+``costs``, ``routing``; ``student_serving`` runs the student eval and throughput on one server). Automation conditions, tags, owners and kinds that every task shares are
 applied here, in one place (``assets/automation.py`` says what each condition does)."""
 
 from __future__ import annotations
@@ -72,21 +72,24 @@ def build_task_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
     from .routing import build_routing_asset
     from .seed import build_seed_set_asset
     from .student import build_student_asset
+    from .student_serving import build_student_serving_asset
     from .teacher import build_teacher_assets
-    from .throughput import build_throughput_asset
 
     profile = profile or get_profile()
     assets = (build_seed_set_asset(spec) + build_teacher_assets(spec, profile) + build_student_asset(spec, profile)
-              + build_eval_assets(spec, profile) + build_throughput_asset(spec, profile) + build_task_cost_assets(spec)
-              + build_routing_asset(spec))
+              + build_student_serving_asset(spec, profile) + build_eval_assets(spec, profile)
+              + build_task_cost_assets(spec) + build_routing_asset(spec))
     return task_asset_attributes(spec, assets) + build_task_checks(spec)
 
 
 def build_task_pipeline_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
-    """The distillation stages without the seed set and cost stages: teacher data, student, evals."""
+    """The distillation stages without the seed set and cost stages: teacher data, student, student
+    eval + throughput (one subsettable multi-asset: select the keys you want), baseline and frontier evals."""
     from .evals import build_eval_assets
     from .student import build_student_asset
+    from .student_serving import build_student_serving_asset
     from .teacher import build_teacher_assets
 
     profile = profile or get_profile()
-    return build_teacher_assets(spec, profile) + build_student_asset(spec, profile) + build_eval_assets(spec, profile)
+    return (build_teacher_assets(spec, profile) + build_student_asset(spec, profile)
+            + build_student_serving_asset(spec, profile) + build_eval_assets(spec, profile))

@@ -96,13 +96,19 @@ def _local_client(context, llm: LLMResource, serving: ServingResource, model_dir
     The per-request timeout is long: a CPU server answering several long generations at once
     (the teacher) legitimately takes minutes per request."""
     with serving.serve(model_dir, served_model_name=served_name, log=context.log.info) as server:
-        client = llm.client(
-            model=server.litellm_model, api_base=server.base_url, run_id=context.run_id, task=task,
-            stage=stage, concurrency=concurrency, log=context.log.info,
-            token_counter=chat_token_counter(model_dir), timeout_s=timeout_s,
-            identity=getattr(server, "identity", None),  # checkpoint/backend/dtype: part of the cache key
-        )
-        yield client, server
+        yield server_client(context, llm, server, model_dir, stage=stage, task=task, concurrency=concurrency,
+                            timeout_s=timeout_s), server
+
+
+def server_client(context, llm: LLMResource, server, model_dir: Path, *, stage: str, task: str, concurrency: int,
+                  timeout_s: float = 600.0):
+    """An LLM client of a running local ``server`` of ``model_dir``, its answers cached per server identity."""
+    return llm.client(
+        model=server.litellm_model, api_base=server.base_url, run_id=context.run_id, task=task,
+        stage=stage, concurrency=concurrency, log=context.log.info,
+        token_counter=chat_token_counter(model_dir), timeout_s=timeout_s,
+        identity=getattr(server, "identity", None),  # checkpoint/backend/dtype: part of the cache key
+    )
 
 
 def _api_client(context, llm: LLMResource, ref: ModelRef, *, stage: str, task: str, concurrency: int,

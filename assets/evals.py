@@ -30,6 +30,7 @@ from .common import (
     _read_rows,
     _summary_metadata,
     answer_token_cap,
+    server_client,
     serving_identity_for,
     serving_model_string,
 )
@@ -55,84 +56,15 @@ class BaselineConfig(EvalConfig):
 
 
 def build_eval_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
-    """``<task>_student_eval``, ``<task>_baseline_evals`` (self-hosted, ``gpu`` pool) and
-    ``<task>_frontier_evals`` (API models, ``frontier_api`` pool)."""
+    """``<task>_baseline_evals`` (self-hosted, ``gpu`` pool) and ``<task>_frontier_evals`` (API models,
+    ``frontier_api`` pool). ``<task>_student_eval`` is computed with the throughput profile on one
+    server of the student (``assets/student_serving.py``); its body is :func:`evaluate_student`."""
     profile = profile or get_profile()  # resolved once, when the Definitions are built
     task = spec.name
     seed_key = dg.AssetKey(task)
-    student_key = task_key(task, "student")
     student_eval_key = task_key(task, "student_eval")
     baselines_key = task_key(task, "baseline_evals")
     frontier_key = task_key(task, "frontier_evals")
-
-    @dg.asset(
-        key=student_eval_key,
-        group_name=task,
-        ins={"seed_set": dg.AssetIn(seed_key), "student": dg.AssetIn(student_key)},
-        pool=GPU_POOL,
-        op_tags=gpu_op_tags(),  # GPU request / placement of the step pod on Kubernetes
-        description=f"The `{task}` student answering every test row at temperature 0, scored with "
-        f"`{spec.metric_name}`; per-item rows in the results store (stage {STAGE_STUDENT_EVAL}).",
-    )
-    def student_eval(
-        context: dg.AssetExecutionContext,
-        config: EvalConfig,
-        seed_set: dict,
-        student: dict,
-        llm: LLMResource,
-        serving: ServingResource,
-        results_store: ResultsStoreResource,
-    ) -> dg.Output[dict]:
-        from distil_platform.evaluation import evaluate, prediction_rows, summarize
-        from distil_platform.store import predictions
-
-        test = _read_rows(seed_set["test_path"])
-        from distil_platform.paths import local_checkpoint
-
-        ckpt = local_checkpoint(student["checkpoint_path"], what=f"{task}_student")  # fetched if on an object store
-        judge = _judge(spec, llm, context)
-        start = time.monotonic()
-        concurrency = _eval_concurrency(config, serving, profile)
-        with _local_client(context, llm, serving, ckpt, stage=STAGE_STUDENT_EVAL, task=task,
-                           concurrency=concurrency, served_name=student["served_name"]) as (client, server):
-            # Token logprobs give each answer a confidence (routing cascades escalate the unsure ones);
-            # a backend that returns none (transformers serve ignores the field) leaves it None.
-            from distil_platform.routing import confidence_fn
-
-            results = evaluate(spec, test, client_answer_fn(client, 0.0, answer_token_cap(profile, spec.max_answer_tokens),
-                                                     [str(r["id"]) for r in test], extra={"logprobs": True},
-                                                     confidence=confidence_fn(spec.type)), repeats=1, judge=judge)
-            peak = _peak_memory(server)
-            backend = getattr(server, "backend", None)
-        wall = time.monotonic() - start
-        model_name = student["served_name"]
-        store = results_store.store()
-        store.insert(predictions, prediction_rows(results, task=task, stage=STAGE_STUDENT_EVAL, model=model_name,
-                                                  run_id=context.run_id, variant="student"))
-        from distil_platform.costs import record_student_lineage  # the checkpoint these scores belong to
-
-        record_student_lineage(store, task=task, stage=STAGE_STUDENT_EVAL, run_id=context.run_id, model=model_name,
-                               student=student, local_dir=ckpt)
-        summary = summarize(results)
-        value = {"score": summary.score, "ci": [summary.ci_low, summary.ci_high], "n": summary.n,
-                 "model": model_name, "run_id": context.run_id, "base_model": student["base_model"],
-                 "parse_failures": summary.parse_failures}
-        metadata = _summary_metadata(summary, results, config.worst_items)
-        metadata.update({"model": model_name, "metric": spec.metric_name, "wall_time_s": round(wall, 1),
-                         "serving_backend": str(backend), "eval_concurrency": concurrency,
-                         "checkpoint_path": location_metadata(student["checkpoint_path"])})
-        confident = [r.confidence for r in results if r.confidence is not None]
-        metadata["confidence_items"] = len(confident)  # answers with a logprob confidence (for routing)
-        if confident:
-            metadata["mean_confidence"] = round(sum(confident) / len(confident), 4)
-        else:
-            context.log.warning(f"{task}: the {server.backend} server returned no token logprobs: no confidence "
-                                f"recorded, {task}_routing will skip cascades")
-        if peak is not None:
-            metadata["server_peak_memory_gb"] = round(peak, 2)
-        context.log.info(f"{task}: student {spec.metric_name} {summary.score:.3f} "
-                         f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}] n={summary.n}")
-        return dg.Output(value, metadata=metadata)
 
     comparison_ins = {"seed_set": dg.AssetIn(seed_key), "student_eval": dg.AssetIn(student_eval_key)}
 
@@ -186,7 +118,59 @@ def build_eval_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
         return _compare(context, spec, profile, config, [e for e in plan if not e["local"]], skipped, seed_set,
                         student_eval, llm, results_store, stage=STAGE_FRONTIER)
 
-    return [student_eval, baseline_evals, frontier_evals]
+    return [baseline_evals, frontier_evals]
+
+
+def evaluate_student(context, spec: TaskSpec, profile: Profile, config: "EvalConfig", test: list[dict],
+                     student: dict, ckpt, server, llm: LLMResource, serving: ServingResource,
+                     results_store: ResultsStoreResource) -> tuple[dict, dict[str, Any]]:
+    """The body of ``<task>_student_eval``: the student (served by ``server`` from ``ckpt``) answers every
+    test row at temperature 0; per-item rows go to the results store. Returns ``(value, metadata)``."""
+    from distil_platform.evaluation import evaluate, prediction_rows, summarize
+    from distil_platform.routing import confidence_fn
+    from distil_platform.store import predictions
+
+    task = spec.name
+    judge = _judge(spec, llm, context)
+    start = time.monotonic()
+    concurrency = _eval_concurrency(config, serving, profile)
+    client = server_client(context, llm, server, ckpt, stage=STAGE_STUDENT_EVAL, task=task, concurrency=concurrency)
+    # Token logprobs give each answer a confidence (routing cascades escalate the unsure ones);
+    # a backend that returns none (transformers serve ignores the field) leaves it None.
+    results = evaluate(spec, test, client_answer_fn(client, 0.0, answer_token_cap(profile, spec.max_answer_tokens),
+                                             [str(r["id"]) for r in test], extra={"logprobs": True},
+                                             confidence=confidence_fn(spec.type)), repeats=1, judge=judge)
+    peak = _peak_memory(server)
+    backend = getattr(server, "backend", None)
+    wall = time.monotonic() - start
+    model_name = student["served_name"]
+    store = results_store.store()
+    store.insert(predictions, prediction_rows(results, task=task, stage=STAGE_STUDENT_EVAL, model=model_name,
+                                              run_id=context.run_id, variant="student"))
+    from distil_platform.costs import record_student_lineage  # the checkpoint these scores belong to
+
+    record_student_lineage(store, task=task, stage=STAGE_STUDENT_EVAL, run_id=context.run_id, model=model_name,
+                           student=student, local_dir=ckpt)
+    summary = summarize(results)
+    value = {"score": summary.score, "ci": [summary.ci_low, summary.ci_high], "n": summary.n,
+             "model": model_name, "run_id": context.run_id, "base_model": student["base_model"],
+             "parse_failures": summary.parse_failures}
+    metadata = _summary_metadata(summary, results, config.worst_items)
+    metadata.update({"model": model_name, "metric": spec.metric_name, "wall_time_s": round(wall, 1),
+                     "serving_backend": str(backend), "eval_concurrency": concurrency,
+                     "checkpoint_path": location_metadata(student["checkpoint_path"])})
+    confident = [r.confidence for r in results if r.confidence is not None]
+    metadata["confidence_items"] = len(confident)  # answers with a logprob confidence (for routing)
+    if confident:
+        metadata["mean_confidence"] = round(sum(confident) / len(confident), 4)
+    else:
+        context.log.warning(f"{task}: the {backend} server returned no token logprobs: no confidence "
+                            f"recorded, {task}_routing will skip cascades")
+    if peak is not None:
+        metadata["server_peak_memory_gb"] = round(peak, 2)
+    context.log.info(f"{task}: student {spec.metric_name} {summary.score:.3f} "
+                     f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}] n={summary.n}")
+    return value, metadata
 
 
 def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig", plan: list[dict[str, Any]],

@@ -95,3 +95,14 @@ def png_markdown(path: str | Path, alt: str = "plot") -> dg.MetadataValue:
 def png_base64_markdown(data: str, alt: str = "plot") -> dg.MetadataValue:
     """``png_markdown`` for a PNG already base64-encoded (e.g. reported by a Pipes job)."""
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")
+
+
+def materializations_of(result, key: str) -> list:
+    """The ``AssetMaterialization``s of asset ``key`` in an in-process run result, whatever step
+    produced them (``asset_materializations_for_node`` takes a step name, and a multi-asset such as
+    ``<task>_student_serving`` is one step for several assets)."""
+    import dagster as dg
+
+    asset_key = dg.AssetKey.from_user_string(key)
+    return [e.event_specific_data.materialization for e in result.get_asset_materialization_events()
+            if e.asset_key == asset_key]

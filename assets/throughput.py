@@ -1,4 +1,5 @@
-"""``<task>_throughput``: guidellm load test of the served student (bf16, and fp8 where supported)."""
+"""``<task>_throughput``'s body: guidellm load test of the served student (bf16, bf16 without prefix
+caching, fp8 where supported). The asset itself is wired in ``assets/student_serving.py``."""
 
 import json
 import time
@@ -10,12 +11,9 @@ from distil_platform.resources.models import LLMResource, ServingResource
 from distil_platform.resources.store import ResultsStoreResource
 
 from distil_platform import paths
-from distil_platform.profiles import Profile, get_profile
+from distil_platform.profiles import Profile
 from distil_platform.taskspec import TaskSpec
 
-from .common import _read_rows
-from .deployment import gpu_op_tags
-from .keys import task_key, throughput_key
 from .metadata import location_metadata, png_markdown
 
 
@@ -40,132 +38,121 @@ class ThroughputConfig(dg.Config):
     seed: int = 0
 
 
-def build_throughput_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
-    profile = profile or get_profile()  # resolved once, when the Definitions are built
-    task = spec.name
-    seed_key = dg.AssetKey(task)
-    student_key = task_key(task, "student")
+BF16_SERVE = {"dtype": "bfloat16"}  # the bf16 variant's server (the student eval shares it)
 
-    @dg.asset(
-        key=throughput_key(task),
-        group_name=task,
-        ins={"seed_set": dg.AssetIn(seed_key), "student": dg.AssetIn(student_key)},
-        pool="gpu",
-        op_tags=gpu_op_tags(),  # GPU request / placement of the step pod on Kubernetes
-        kinds={"guidellm"},
-        description=f"Serving profile of the `{task}` student: guidellm load test with the task's real test "
-        f"prompts at rising Poisson rates; sustained RPS (arrivals consistent with the offered rate, >= 97% "
-        f"completed, p95 <= the profile's SLO: {spec.latency_slo_by_profile or {}} else {spec.latency_slo_s:g} s), "
-        "max throughput, latency/TTFT percentiles, memory (process peak; vLLM: weights, KV cache reserved vs "
-        "used, prefix-cache hit rate); bf16, bf16 without prefix caching (vLLM), fp8 (vLLM on fp8 GPUs).",
-    )
-    def throughput(
-        context: dg.AssetExecutionContext,
-        config: ThroughputConfig,
-        seed_set: dict,
-        student: dict,
-        serving: ServingResource,
-        llm: LLMResource,
-        results_store: ResultsStoreResource,
-    ) -> dg.Output[dict]:
+
+class StudentProfiler:
+    """The body of ``<task>_throughput``: guidellm against the student, one variant per server —
+    ``bf16`` (on a server the caller may share with the student eval), then bf16 without prefix
+    caching (vLLM) and fp8 (vLLM on fp8 GPUs), each on its own server. ``result()`` is the
+    asset's ``(value, metadata)``."""
+
+    def __init__(self, context, spec: TaskSpec, profile: Profile, config: ThroughputConfig, test: list[dict],
+                 student: dict, ckpt: Path, serving: ServingResource, llm: LLMResource,
+                 results_store: ResultsStoreResource):
+        self.context, self.spec, self.config, self.test = context, spec, config, test
+        self.student, self.ckpt, self.serving, self.llm = student, ckpt, serving, llm
+        self.slo = spec.latency_slo(profile.name)
+        self.rates = config.rates if config.rates is not None else profile.throughput_rates
+        self.duration = config.duration_s or profile.throughput_duration_s
+        # Load-test reports, plot and summary: published at <artefacts>/<task>/throughput/<run id>/.
+        self.out = paths.ArtifactDir(spec.name, "throughput", context.run_id)
+        self.store = results_store.store()
+        self.variants: dict[str, dict[str, Any]] = {}
+        self.series: dict[str, Any] = {}
+        self.notes: list[str] = []
+
+    def serve(self, **serve_kw: Any):
+        """A server of the student (``with profiler.serve(**BF16_SERVE) as server``)."""
+        return self.serving.serve(self.ckpt, served_model_name=self.student["served_name"],
+                                  log=self.context.log.info, **serve_kw)
+
+    def measure(self, variant: str, server) -> None:
+        """Load-test ``server`` (already serving the student with this variant's settings)."""
+        from distil_platform.costs import (  # which checkpoint this measured
+            STAGE_THROUGHPUT,
+            record_student_lineage,
+        )
         from distil_platform.pricing import pricing_hardware_key
         from distil_platform.store import throughput_points, throughput_profiles
-        from distil_platform.throughput import (
-            analyse,
-            fp8_supported,
-            load_test,
-            plot_latency_vs_load,
-            point_rows,
-            points_markdown,
+        from distil_platform.throughput import analyse, load_test, point_rows, points_markdown
+
+        context, spec, config, task, student = self.context, self.spec, self.config, self.spec.name, self.student
+        started = time.monotonic()
+        binding = server.engine_cpus() if config.pin_load_generator and hasattr(server, "engine_cpus") else None
+        affinity = binding[1] if binding and binding[1] else None
+        if affinity:
+            context.log.info(f"{task} {variant}: vLLM computes on cores {sorted(binding[0])}; the load "
+                             f"generator runs on {sorted(affinity)}")
+        points, report = load_test(
+            spec, self.test, base_url=server.base_url, model=server.model, tokenizer=str(self.ckpt), rates=self.rates,
+            duration_s=self.duration, workdir=self.out.local / variant, seed=config.seed,
+            max_concurrency=config.max_concurrency, worker_processes=config.worker_processes,
+            cpu_affinity=affinity,
         )
+        summary = analyse(points, self.slo)
+        accuracy = None
+        if variant == "fp8":
+            accuracy = _evaluate_fp8(context, spec, self.llm, server, self.ckpt, self.test, self.store)
+        peak = server.peak_memory_gb()
+        memory = server.memory_report() if hasattr(server, "memory_report") else {}
+        settings = dict(getattr(server, "settings", {}) or {})
+        backend = server.backend
+        on_gpu = bool(getattr(server, "on_gpu", False))
+        hardware = server.hardware_description
+        hw_key = pricing_hardware_key(server.hardware_key, hardware)
+        common = dict(run_id=context.run_id, task=task, model=student["served_name"], variant=variant,
+                      backend=backend, hardware=hardware)
+        self.store.insert(throughput_points, point_rows(points, peak_memory_gb=peak, **common))
+        self.store.insert(throughput_profiles, [dict(common, hardware_key=hw_key, sustained_rps=summary.sustained_rps,
+                                                     max_achieved_rps=summary.max_achieved_rps,
+                                                     slo_s=summary.slo_s, peak_memory_gb=peak, accuracy=accuracy)])
+        record_student_lineage(self.store, task=task, stage=STAGE_THROUGHPUT, run_id=context.run_id,
+                               model=student["served_name"], student=student, variant=variant, local_dir=self.ckpt)
+        self.series[variant] = points
+        self.variants[variant] = {
+            "sustained_rps": summary.sustained_rps, "max_achieved_rps": summary.max_achieved_rps,
+            "peak_memory_gb": peak, "accuracy": accuracy, "backend": backend, "hardware": hardware,
+            "hardware_key": hw_key, "report": self.out.url_for(report), "wall_s": round(time.monotonic() - started, 1),
+            "memory": memory, "settings": settings, "on_gpu": on_gpu,
+            "short_arrival_rates": summary.short_arrival_rates,
+            "load_generator_cpus": sorted(affinity) if affinity else None, "points_md": points_markdown(points, self.slo)}
+        if summary.short_arrival_rates:
+            context.log.warning(f"{task} {variant}: arrivals fell short of the offered rate at "
+                                f"{summary.short_arrival_rates} req/s (load generator behind or capped); "
+                                "those rates are not counted as sustained")
+        context.log.info(f"{task} {variant}: sustained {summary.sustained_rps:g} req/s, max achieved "
+                         f"{summary.max_achieved_rps:.3g} req/s, peak memory {peak:.2f} GiB")
 
-        slo = spec.latency_slo(profile.name)
-        rates = config.rates if config.rates is not None else profile.throughput_rates
-        duration = config.duration_s or profile.throughput_duration_s
-        test = _read_rows(seed_set["test_path"])
-        ckpt = paths.local_checkpoint(student["checkpoint_path"], what=f"{task}_student")  # fetched if remote
-        # Load-test reports, plot and summary: published at <artefacts>/<task>/throughput/<run id>/.
-        out = paths.ArtifactDir(task, "throughput", context.run_id)
-        out_dir = out.local
-        store = results_store.store()
+    def measure_served(self, variant: str, **serve_kw: Any) -> None:
+        with self.serve(**serve_kw) as server:
+            self.measure(variant, server)
 
-        variants: dict[str, dict[str, Any]] = {}
-        series = {}
-        fp8_note = ""
+    def measure_other_variants(self) -> None:
+        """After ``bf16`` (and with its server stopped): no prefix caching (vLLM), fp8 (where supported)."""
+        from distil_platform.throughput import fp8_supported
 
-        def measure(variant: str, **serve_kw: Any) -> None:
-            with serving.serve(ckpt, served_model_name=student["served_name"], log=context.log.info,
-                               **serve_kw) as server:
-                started = time.monotonic()
-                binding = server.engine_cpus() if config.pin_load_generator and hasattr(server, "engine_cpus") else None
-                affinity = binding[1] if binding and binding[1] else None
-                if affinity:
-                    context.log.info(f"{task} {variant}: vLLM computes on cores {sorted(binding[0])}; the load "
-                                     f"generator runs on {sorted(affinity)}")
-                points, report = load_test(
-                    spec, test, base_url=server.base_url, model=server.model, tokenizer=str(ckpt), rates=rates,
-                    duration_s=duration, workdir=out_dir / variant, seed=config.seed,
-                    max_concurrency=config.max_concurrency, worker_processes=config.worker_processes,
-                    cpu_affinity=affinity,
-                )
-                summary = analyse(points, slo)
-                accuracy = None
-                if variant == "fp8":
-                    accuracy = _evaluate_fp8(context, spec, llm, server, ckpt, test, store)
-                peak = server.peak_memory_gb()
-                memory = server.memory_report() if hasattr(server, "memory_report") else {}
-                settings = dict(getattr(server, "settings", {}) or {})
-                backend = server.backend
-                on_gpu = bool(getattr(server, "on_gpu", False))
-                hardware = server.hardware_description
-                hw_key = pricing_hardware_key(server.hardware_key, hardware)
-            common = dict(run_id=context.run_id, task=task, model=student["served_name"], variant=variant,
-                          backend=backend, hardware=hardware)
-            store.insert(throughput_points, point_rows(points, peak_memory_gb=peak, **common))
-            store.insert(throughput_profiles, [dict(common, hardware_key=hw_key, sustained_rps=summary.sustained_rps,
-                                                    max_achieved_rps=summary.max_achieved_rps,
-                                                    slo_s=summary.slo_s, peak_memory_gb=peak, accuracy=accuracy)])
-            from distil_platform.costs import (  # which checkpoint this measured
-                STAGE_THROUGHPUT,
-                record_student_lineage,
-            )
-
-            record_student_lineage(store, task=task, stage=STAGE_THROUGHPUT, run_id=context.run_id,
-                                   model=student["served_name"], student=student, variant=variant, local_dir=ckpt)
-            series[variant] = points
-            variants[variant] = {"sustained_rps": summary.sustained_rps, "max_achieved_rps": summary.max_achieved_rps,
-                                 "peak_memory_gb": peak, "accuracy": accuracy, "backend": backend,
-                                 "hardware": hardware, "hardware_key": hw_key, "report": out.url_for(report),
-                                 "wall_s": round(time.monotonic() - started, 1), "memory": memory,
-                                 "settings": settings, "on_gpu": on_gpu,
-                                 "short_arrival_rates": summary.short_arrival_rates,
-                                 "load_generator_cpus": sorted(affinity) if affinity else None,
-                                 "points_md": points_markdown(points, slo)}
-            if summary.short_arrival_rates:
-                context.log.warning(f"{task} {variant}: arrivals fell short of the offered rate at "
-                                    f"{summary.short_arrival_rates} req/s (load generator behind or capped); "
-                                    "those rates are not counted as sustained")
-            context.log.info(f"{task} {variant}: sustained {summary.sustained_rps:g} req/s, max achieved "
-                             f"{summary.max_achieved_rps:.3g} req/s, peak memory {peak:.2f} GiB")
-
-        measure("bf16", dtype="bfloat16")
-        backend = variants["bf16"]["backend"]
-        notes: list[str] = []
-        if backend == "vllm" and config.prefix_caching_off:
-            measure(NO_PREFIX_CACHE, dtype="bfloat16", enable_prefix_caching=False)
-        if config.fp8:
-            ok, why = fp8_supported(backend, variants["bf16"]["on_gpu"])
+        bf16 = self.variants["bf16"]
+        if bf16["backend"] == "vllm" and self.config.prefix_caching_off:
+            self.measure_served(NO_PREFIX_CACHE, **BF16_SERVE, enable_prefix_caching=False)
+        if self.config.fp8:
+            ok, why = fp8_supported(bf16["backend"], bf16["on_gpu"])
             if ok:
-                measure("fp8", dtype="bfloat16", quantization="fp8")
+                self.measure_served("fp8", **BF16_SERVE, quantization="fp8")
             else:
-                fp8_note = f"fp8 not measured: {why}"
-                context.log.info(fp8_note)
-                notes.append(fp8_note)
+                note = f"fp8 not measured: {why}"
+                self.context.log.info(note)
+                self.notes.append(note)
 
-        plot = plot_latency_vs_load(series, slo, out_dir / "latency_vs_load.png",
-                                    title=f"{task} student: latency vs offered load ({backend})")
-        (out_dir / "summary.json").write_text(json.dumps(variants, indent=1, default=str), encoding="utf-8")
+    def result(self, *, shared_with_eval: bool = False) -> tuple[dict, dict[str, Any]]:
+        from distil_platform.throughput import plot_latency_vs_load
+
+        variants, slo, out, task = self.variants, self.slo, self.out, self.spec.name
         bf16 = variants["bf16"]
+        backend = bf16["backend"]
+        plot = plot_latency_vs_load(self.series, slo, out.local / "latency_vs_load.png",
+                                    title=f"{task} student: latency vs offered load ({backend})")
+        (out.local / "summary.json").write_text(json.dumps(variants, indent=1, default=str), encoding="utf-8")
         variant_md = ["| variant | sustained req/s | max achieved req/s | peak memory GiB | accuracy |",
                       "|---|---|---|---|---|"]
         for name, v in variants.items():
@@ -185,6 +172,10 @@ def build_throughput_asset(spec: TaskSpec, profile: Profile | None = None) -> li
                               f"{off['max_achieved_rps']:.3g} req/s (x{bf16['max_achieved_rps'] / max(off['max_achieved_rps'], 1e-9):.2f}), "
                               f"sustained {bf16['sustained_rps']:g} vs {off['sustained_rps']:g} req/s; prefix-cache hit "
                               f"rate {_pct((bf16['memory'] or {}).get('prefix_cache_hit_rate'))}")
+        notes = list(self.notes)
+        if shared_with_eval:
+            notes.append("bf16 was measured on the server that answered the student eval just before (one start "
+                         "for both; its prefix cache was warm with the test prompts the load test replays)")
         metadata: dict[str, Any] = {
             "sustained_rps": bf16["sustained_rps"],
             "max_achieved_rps": round(bf16["max_achieved_rps"], 4),
@@ -196,6 +187,7 @@ def build_throughput_asset(spec: TaskSpec, profile: Profile | None = None) -> li
             "short_arrival_rates": dg.MetadataValue.json(bf16["short_arrival_rates"]),
             "hardware": bf16["hardware"],
             "hardware_key": bf16["hardware_key"],
+            "bf16_server_shared_with_eval": shared_with_eval,
             "load_generator": "guidellm (Poisson arrivals, 1 worker process"
             + (f", pinned to cores {bf16['load_generator_cpus']})" if bf16.get("load_generator_cpus") else ")"),
             "variants": dg.MetadataValue.md("\n".join(variant_md) + "".join(f"\n\n{n}" for n in notes)),
@@ -206,11 +198,9 @@ def build_throughput_asset(spec: TaskSpec, profile: Profile | None = None) -> li
         out.publish()  # object store: the reports, plot and summary leave this machine
         metadata["plot_path"] = location_metadata(plot_url)
         metadata["artifacts"] = location_metadata(out.url)
-        value = {"run_id": context.run_id, "variants": {k: {kk: vv for kk, vv in v.items() if kk != "points_md"}
-                                                        for k, v in variants.items()}, "plot": plot_url}
-        return dg.Output(value, metadata=metadata)
-
-    return [throughput]
+        value = {"run_id": self.context.run_id, "plot": plot_url,
+                 "variants": {k: {kk: vv for kk, vv in v.items() if kk != "points_md"} for k, v in variants.items()}}
+        return value, metadata
 
 
 NO_PREFIX_CACHE = "bf16_no_prefix_cache"

@@ -73,7 +73,9 @@ def _step_times(instance, run_id: str) -> dict[str, float]:
 
 
 def _md(result, key: str) -> dict:
-    mat = result.asset_materializations_for_node(key)[-1]
+    from distil_platform.assets.metadata import materializations_of
+
+    mat = materializations_of(result, key)[-1]
     return {k: v.value if hasattr(v, "value") else v for k, v in mat.metadata.items()}
 
 
@@ -180,7 +182,9 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
     elif labeller is not None:
         teacher_cfg["labeller"] = labeller
 
-    full_selection = None if baselines else [task, f"{task}_teacher_data", f"{task}_student", f"{task}_student_eval"]
+    # Not the throughput profile (it shares a step with the student eval, but is selected apart).
+    full_selection = [task, f"{task}_teacher_data", f"{task}_student", f"{task}_student_eval",
+                      *([f"{task}_baseline_evals", f"{task}_frontier_evals"] if baselines else [])]
     full, full_wall = timed(full_selection, {f"{task}_teacher_data": {"config": teacher_cfg},
                                              f"{task}_student": {"config": student_cfg}})
     teacher = _md(full, f"{task}_teacher_data")

@@ -119,7 +119,7 @@ def _run(kind: str, services: tuple[str, str], models_dir: Path, index: int, sel
     start = time.monotonic()
     # One 30 s load-test rate (as tests/test_distributed_pipeline.py): the profile's 3 s windows can
     # end before a fresh server's first request completes on a shared machine.
-    config = {"ops": {"text2sql_throughput": {"config": {"rates": [0.5], "duration_s": 30}}}}
+    config = {"ops": {"text2sql_student_serving": {"config": {"rates": [0.5], "duration_s": 30}}}}
     cmd = [
         DAGSTER,
         "asset",

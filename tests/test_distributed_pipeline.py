@@ -184,7 +184,7 @@ def test_text2sql_graph_repricing_and_automation_tick_on_postgres(pg_home, s3_ar
 
     # One long load-test rate instead of the profile's two 3-second ones: on a shared 2-core machine a
     # 3 s window can end before the first request of a freshly started server completes.
-    throughput = {"ops": {"text2sql_throughput": {"config": {"rates": [0.5], "duration_s": 30}}}}
+    throughput = {"ops": {"text2sql_student_serving": {"config": {"rates": [0.5], "duration_s": 30}}}}
     _dagster("asset", "materialize", "-m", "distil_platform.definitions", "--select", "pricing,text2sql*",
              "--config-json", json.dumps(throughput))
 

@@ -57,7 +57,7 @@ def setup(monkeypatch, tmp_path):
 
 
 def _run(spec, seed_set, student_eval):
-    frontier_evals = build_eval_assets(spec, get_profile("test"))[2]
+    frontier_evals = build_eval_assets(spec, get_profile("test"))[1]
     assert frontier_evals.key == dg.AssetKey("banking77_frontier_evals")
     assert frontier_evals.op.pool == "frontier_api"
     context = dg.build_asset_context()

