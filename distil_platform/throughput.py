@@ -13,6 +13,9 @@ Two guidellm 0.8.1 behaviours this works around, both measured here:
   One worker process gives true Poisson arrivals (and keeps the load generator from competing with
   a CPU server for cores); :data:`DEFAULT_WORKER_PROCESSES`.
 - A run stops when the prompt file is exhausted, so prompts are cycled to cover rate x duration.
+- The Poisson strategy releases its worker before it sets the arrival clock (a race): a worker that
+  wins it sends its first arrivals in one burst. guidellm runs through
+  :mod:`distil_platform.guidellm_cli`, which sets the clock first.
 
 Rates are estimated from request timestamps, not from counts over the window: requests still in
 flight when the window closes are cancelled, and counting would charge that edge (rate x latency)
@@ -236,7 +239,9 @@ def run_guidellm(
     env = server_env({"GUIDELLM__MAX_WORKER_PROCESSES": str(int(worker_processes))})
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cmd = [sys.executable, "-m", "guidellm", "run", "-c", str(scenario_path), "--disable-console-interactive"]
+    # guidellm through distil_platform.guidellm_cli: its CLI with the Poisson start race fixed.
+    cmd = [sys.executable, "-m", "distil_platform.guidellm_cli", "run", "-c", str(scenario_path),
+           "--disable-console-interactive"]
     try:
         with log_path.open("w", encoding="utf-8") as log:
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout_s,

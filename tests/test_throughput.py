@@ -348,3 +348,41 @@ def test_vllm_cpu_binding_is_read_from_the_log_and_pins_the_load_generator():
     out = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
                          capture_output=True, text=True, check=True, preexec_fn=_affinity_setter({one}))
     assert out.stdout.strip() == f"[{one}]"
+
+
+def test_guidellm_poisson_start_sets_the_arrival_clock_before_releasing_the_worker():
+    """guidellm 0.8.1 releases the worker (sets the event) while the Poisson offset is still -1.0, so a
+    worker that wakes first schedules arrivals in 1970 and bursts them; the patched start sets the
+    offset first. The first arrival the strategy hands out is then after the start time."""
+    import asyncio
+    import multiprocessing
+    import time
+
+    from guidellm.scheduler.strategies import AsyncPoissonStrategy
+
+    from distil_platform.guidellm_cli import fix_poisson_start
+
+    def offset_when_released(strategy):
+        strategy.init_processes_timings(worker_count=1, max_concurrency=1, mp_context=multiprocessing.get_context())
+        event, seen = strategy._processes_init_event, []
+        release = event.set
+
+        def recording_set():
+            seen.append(strategy._offset.value)
+            release()
+
+        event.set = recording_set
+        start = time.time()
+        strategy.init_processes_start(start)
+        return start, seen
+
+    original = AsyncPoissonStrategy.init_processes_start
+    try:
+        assert fix_poisson_start()
+        strategy = AsyncPoissonStrategy(rate=2.0, random_seed=1)
+        start, seen = offset_when_released(strategy)
+        assert seen == [start]  # the clock is set when the worker is released
+        first = asyncio.run(strategy.next_request_time(0))
+        assert start < first < start + 30  # an arrival after the start, not a 1970 one
+    finally:
+        AsyncPoissonStrategy.init_processes_start = original
