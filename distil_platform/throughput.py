@@ -113,6 +113,18 @@ class LoadPoint:
         return p is not None and p < ARRIVAL_ALPHA
 
     @property
+    def arrivals_burst(self) -> bool:
+        """More requests were sent than the configured rate accounts for (beyond Poisson noise): a
+        load generator that fired a backlog at once (guidellm's start race, see
+        :mod:`distil_platform.guidellm_cli`). Neither that rate nor its completion rate (completions
+        of a burst over a short span) says anything about the server at the configured rate."""
+        if not self.offered_rps or self.duration_s <= 0:
+            return False
+        from scipy.stats import poisson
+
+        return float(poisson.sf(self.requests - 1, self.offered_rps * self.duration_s)) < ARRIVAL_ALPHA
+
+    @property
     def error_share(self) -> float:
         done = self.successful + self.errors
         return self.errors / done if done else 1.0
@@ -120,7 +132,8 @@ class LoadPoint:
     def sustained(self, slo_s: float, min_ratio: float = MIN_ACHIEVED_RATIO) -> bool:
         """The configured rate was offered (arrivals not short of it) and kept up with (throughput
         >= ``min_ratio`` x arrivals, few errors) within the p95 latency SLO."""
-        if self.offered_rps is None or self.successful < 2 or self.p95_s is None or self.arrivals_short:
+        if (self.offered_rps is None or self.successful < 2 or self.p95_s is None or self.arrivals_short
+                or self.arrivals_burst):
             return False
         ratio = self.achieved_ratio
         return (ratio is not None and ratio >= min_ratio and self.p95_s <= slo_s
@@ -135,11 +148,13 @@ class ThroughputSummary:
     points: list[LoadPoint]
     # Configured rates whose arrivals fell short of them (never counted as sustained).
     short_arrival_rates: list[float] = field(default_factory=list)
+    # Configured rates whose arrivals came as a burst (never sustained, never in max_achieved_rps).
+    burst_arrival_rates: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"sustained_rps": self.sustained_rps, "max_achieved_rps": self.max_achieved_rps,
                 "slo_s": self.slo_s, "short_arrival_rates": self.short_arrival_rates,
-                "points": [asdict(p) for p in self.points]}
+                "burst_arrival_rates": self.burst_arrival_rates, "points": [asdict(p) for p in self.points]}
 
 
 # -- prompts -----------------------------------------------------------------------------------
@@ -368,10 +383,11 @@ def analyse(points: Sequence[LoadPoint], slo_s: float, min_ratio: float = MIN_AC
     sustained = [p.offered_rps for p in points if p.sustained(slo_s, min_ratio) and p.offered_rps is not None]
     return ThroughputSummary(
         sustained_rps=max(sustained) if sustained else 0.0,
-        max_achieved_rps=max((p.achieved_rps for p in points if p.successful), default=0.0),
+        max_achieved_rps=max((p.achieved_rps for p in points if p.successful and not p.arrivals_burst), default=0.0),
         slo_s=float(slo_s),
         points=list(points),
         short_arrival_rates=[p.offered_rps for p in points if p.arrivals_short and p.offered_rps is not None],
+        burst_arrival_rates=[p.offered_rps for p in points if p.arrivals_burst],
     )
 
 
@@ -461,7 +477,8 @@ def points_markdown(points: Sequence[LoadPoint], slo_s: float) -> str:
               "| TTFT p50 s | out tok/s | ok | err | incomplete | sustained |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
-        verdict = "no (arrivals short)" if p.arrivals_short else ("yes" if p.sustained(slo_s) else "no")
+        verdict = ("no (arrivals short)" if p.arrivals_short else "no (arrivals in a burst)" if p.arrivals_burst
+                   else "yes" if p.sustained(slo_s) else "no")
         lines.append(
             f"| {p.strategy} | {f(p.offered_rps)} | {f(p.arrival_rps)} | {f(p.achieved_rps)} "
             f"| {f(p.achieved_vs_offered)} | {f(p.p50_s)} "

@@ -386,3 +386,24 @@ def test_guidellm_poisson_start_sets_the_arrival_clock_before_releasing_the_work
         assert start < first < start + 30  # an arrival after the start, not a 1970 one
     finally:
         AsyncPoissonStrategy.init_processes_start = original
+
+
+def test_a_rate_whose_arrivals_came_in_a_burst_is_flagged_and_not_counted(recorded):
+    """The mirror image: far more requests than the configured rate allows (a backlog fired at once,
+    as guidellm's start race did). Neither the rate nor its completion rate may count: here the
+    fastest benchmark is relabelled 2 req/s, so its ~25 req/s of completions would otherwise have
+    become the student's max throughput (and priced an *estimated* cost ~10x too low)."""
+    points = parse_guidellm_report(recorded)
+    assert not any(p.arrivals_burst for p in points)  # the real runs are fine
+    fastest = max(range(len(points)), key=lambda i: points[i].achieved_rps)
+    data = copy.deepcopy(recorded)
+    data["benchmarks"][fastest]["config"]["strategy"]["rate"] = 2.0
+    points = parse_guidellm_report(data)
+    burst = points[fastest]
+    assert burst.offered_rps == 2.0 and burst.arrivals_burst and not burst.arrivals_short
+    assert not burst.sustained(slo_s=100.0)
+    summary = analyse(points, slo_s=100.0)
+    assert summary.burst_arrival_rates == [2.0]
+    assert summary.max_achieved_rps == max(p.achieved_rps for i, p in enumerate(points) if i != fastest)
+    assert summary.max_achieved_rps < burst.achieved_rps
+    assert "no (arrivals in a burst)" in points_markdown(points, 100.0)
