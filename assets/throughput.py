@@ -116,11 +116,11 @@ class StudentProfiler:
             "hardware_key": hw_key, "report": self.out.url_for(report), "wall_s": round(time.monotonic() - started, 1),
             "memory": memory, "settings": settings, "on_gpu": on_gpu,
             "short_arrival_rates": summary.short_arrival_rates,
-            "burst_arrival_rates": summary.burst_arrival_rates,
+            "unreliable_rates": summary.unreliable_rates,
             "load_generator_cpus": sorted(affinity) if affinity else None, "points_md": points_markdown(points, self.slo)}
-        if summary.burst_arrival_rates:
-            context.log.warning(f"{task} {variant}: arrivals came in a burst at {summary.burst_arrival_rates} req/s "
-                                "(more than the offered rate allows); those rates are not counted")
+        if summary.unreliable_rates:
+            context.log.warning(f"{task} {variant}: unreliable measurement at {summary.unreliable_rates} req/s "
+                                "(arrivals in a burst, or completions compressed); those rates are not counted")
         if summary.short_arrival_rates:
             context.log.warning(f"{task} {variant}: arrivals fell short of the offered rate at "
                                 f"{summary.short_arrival_rates} req/s (load generator behind or capped); "
@@ -189,7 +189,7 @@ class StudentProfiler:
             "serving_settings": dg.MetadataValue.json(_jsonable(bf16["settings"])),
             "memory": dg.MetadataValue.md(memory_markdown(variants)),
             "short_arrival_rates": dg.MetadataValue.json(bf16["short_arrival_rates"]),
-            "burst_arrival_rates": dg.MetadataValue.json(bf16["burst_arrival_rates"]),
+            "unreliable_rates": dg.MetadataValue.json(bf16["unreliable_rates"]),
             "hardware": bf16["hardware"],
             "hardware_key": bf16["hardware_key"],
             "bf16_server_shared_with_eval": shared_with_eval,

@@ -125,6 +125,18 @@ class LoadPoint:
         return float(poisson.sf(self.requests - 1, self.offered_rps * self.duration_s)) < ARRIVAL_ALPHA
 
     @property
+    def completions_compressed(self) -> bool:
+        """Completions over their span came out at more than twice the rate requests arrived: a
+        server cannot keep that up, so the span is an artefact (a backlog drained at once, a window
+        cut short), not a capacity."""
+        return bool(self.arrival_rps and self.achieved_rps > 2.0 * self.arrival_rps)
+
+    @property
+    def unreliable(self) -> bool:
+        """A measurement that says nothing about the configured rate (see the two properties)."""
+        return self.arrivals_burst or self.completions_compressed
+
+    @property
     def error_share(self) -> float:
         done = self.successful + self.errors
         return self.errors / done if done else 1.0
@@ -133,7 +145,7 @@ class LoadPoint:
         """The configured rate was offered (arrivals not short of it) and kept up with (throughput
         >= ``min_ratio`` x arrivals, few errors) within the p95 latency SLO."""
         if (self.offered_rps is None or self.successful < 2 or self.p95_s is None or self.arrivals_short
-                or self.arrivals_burst):
+                or self.unreliable):
             return False
         ratio = self.achieved_ratio
         return (ratio is not None and ratio >= min_ratio and self.p95_s <= slo_s
@@ -148,13 +160,14 @@ class ThroughputSummary:
     points: list[LoadPoint]
     # Configured rates whose arrivals fell short of them (never counted as sustained).
     short_arrival_rates: list[float] = field(default_factory=list)
-    # Configured rates whose arrivals came as a burst (never sustained, never in max_achieved_rps).
-    burst_arrival_rates: list[float] = field(default_factory=list)
+    # Configured rates measured unreliably: arrivals in a burst, or completions compressed into a
+    # span too short for the arrivals (never sustained, never in max_achieved_rps).
+    unreliable_rates: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"sustained_rps": self.sustained_rps, "max_achieved_rps": self.max_achieved_rps,
                 "slo_s": self.slo_s, "short_arrival_rates": self.short_arrival_rates,
-                "burst_arrival_rates": self.burst_arrival_rates, "points": [asdict(p) for p in self.points]}
+                "unreliable_rates": self.unreliable_rates, "points": [asdict(p) for p in self.points]}
 
 
 # -- prompts -----------------------------------------------------------------------------------
@@ -383,11 +396,11 @@ def analyse(points: Sequence[LoadPoint], slo_s: float, min_ratio: float = MIN_AC
     sustained = [p.offered_rps for p in points if p.sustained(slo_s, min_ratio) and p.offered_rps is not None]
     return ThroughputSummary(
         sustained_rps=max(sustained) if sustained else 0.0,
-        max_achieved_rps=max((p.achieved_rps for p in points if p.successful and not p.arrivals_burst), default=0.0),
+        max_achieved_rps=max((p.achieved_rps for p in points if p.successful and not p.unreliable), default=0.0),
         slo_s=float(slo_s),
         points=list(points),
         short_arrival_rates=[p.offered_rps for p in points if p.arrivals_short and p.offered_rps is not None],
-        burst_arrival_rates=[p.offered_rps for p in points if p.arrivals_burst],
+        unreliable_rates=[p.offered_rps for p in points if p.unreliable and p.offered_rps is not None],
     )
 
 
@@ -478,6 +491,7 @@ def points_markdown(points: Sequence[LoadPoint], slo_s: float) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
         verdict = ("no (arrivals short)" if p.arrivals_short else "no (arrivals in a burst)" if p.arrivals_burst
+                   else "no (completions compressed)" if p.completions_compressed
                    else "yes" if p.sustained(slo_s) else "no")
         lines.append(
             f"| {p.strategy} | {f(p.offered_rps)} | {f(p.arrival_rps)} | {f(p.achieved_rps)} "

@@ -403,7 +403,27 @@ def test_a_rate_whose_arrivals_came_in_a_burst_is_flagged_and_not_counted(record
     assert burst.offered_rps == 2.0 and burst.arrivals_burst and not burst.arrivals_short
     assert not burst.sustained(slo_s=100.0)
     summary = analyse(points, slo_s=100.0)
-    assert summary.burst_arrival_rates == [2.0]
+    assert summary.unreliable_rates == [2.0]
     assert summary.max_achieved_rps == max(p.achieved_rps for i, p in enumerate(points) if i != fastest)
     assert summary.max_achieved_rps < burst.achieved_rps
     assert "no (arrivals in a burst)" in points_markdown(points, 100.0)
+
+
+def test_completions_compressed_into_a_short_span_are_not_a_capacity():
+    """From the make run of 2026-12-01 21:30 (before the race fix): at an offered 4 req/s, 76 requests
+    arrived at 3.76 req/s but their completions spanned so little time that "achieved" read 92 req/s.
+    That point is unreliable: not sustained, and not the variant's max throughput."""
+    from distil_platform.throughput import LoadPoint
+
+    def point(offered, requests, arrival, achieved, p95):
+        return LoadPoint(strategy="poisson", offered_rps=offered, arrival_rps=arrival, achieved_rps=achieved,
+                         p50_s=p95 / 2, p95_s=p95, p99_s=p95, ttft_p50_s=None, ttft_p95_s=None, ttft_p99_s=None,
+                         output_tokens_per_s=None, requests=requests, successful=requests, errors=0, incomplete=0,
+                         duration_s=requests / offered)
+
+    good, compressed = point(2.0, 33, 1.62, 1.65, 2.0), point(4.0, 76, 3.76, 92.18, 2.5)
+    assert compressed.completions_compressed and compressed.unreliable and not compressed.arrivals_burst
+    assert not good.unreliable
+    summary = analyse([good, compressed], slo_s=3.0)
+    assert summary.max_achieved_rps == 1.65 and summary.unreliable_rates == [4.0] and summary.sustained_rps == 2.0
+    assert "no (completions compressed)" in points_markdown([good, compressed], 3.0)
