@@ -38,10 +38,7 @@ THROUGHPUT_OUTPUT = "throughput"
 class StudentServingConfig(ThroughputConfig):
     """Run config of ``<task>_student_serving`` (the throughput fields as in ``ThroughputConfig``)."""
 
-    # Eval requests in flight. None: 16 on vLLM (CPU or GPU; see common.VLLM_EVAL_CONCURRENCY),
-    # 1 for CPU `transformers serve` (its batched bf16 greedy decoding depends on batch
-    # composition, so one-at-a-time is what makes scores reproducible there), 16 on a GPU.
-    eval_concurrency: int | None = None
+    eval_concurrency: int | None = None  # EvalConfig.concurrency: eval requests in flight (None: per backend)
     worst_items: int = 10
 
 

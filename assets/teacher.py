@@ -113,10 +113,8 @@ def check_teacher_answered(task: str, model: str, report, errors: list[str]) -> 
 def resolve_labeller(labeller: str, model_store: ModelStoreResource) -> tuple[ModelRef, Path]:
     """``(ref, local_dir)`` of a self-training labeller: a checkpoint directory or artefact URL
     (fetched once, like the serving stages do) or a model-store name. Served locally, never with a key."""
-    looks_like_checkpoint = paths.is_remote(labeller) or labeller.startswith(("/", ".", "~"))
-    if looks_like_checkpoint:
-        local = paths.local_checkpoint(str(Path(labeller).expanduser()) if not paths.is_remote(labeller) else labeller,
-                                       what="the labeller checkpoint (run config `labeller`)")
+    if paths.is_remote(labeller) or labeller.startswith(("/", ".", "~")):  # local_checkpoint takes both
+        local = paths.local_checkpoint(os.path.expanduser(labeller), what="the labeller checkpoint (run config `labeller`)")
     else:
         local = model_store.resolve(labeller)
     return ModelRef(model=labeller, tier="teacher"), local

@@ -98,13 +98,20 @@ class LoadPoint:
         return self.achieved_rps / self.offered_rps if self.offered_rps else None
 
     @property
+    def expected_arrivals(self) -> float | None:
+        """Requests Poisson arrivals at the configured rate bring over the window (None: no rate)."""
+        if not self.offered_rps or self.duration_s <= 0:
+            return None
+        return self.offered_rps * self.duration_s
+
+    @property
     def arrivals_p_value(self) -> float | None:
         """P(at most ``requests`` arrivals | Poisson at the configured rate over the window)."""
-        if not self.offered_rps or self.duration_s <= 0:
+        if (expected := self.expected_arrivals) is None:
             return None
         from scipy.stats import poisson
 
-        return float(poisson.cdf(self.requests, self.offered_rps * self.duration_s))
+        return float(poisson.cdf(self.requests, expected))
 
     @property
     def arrivals_short(self) -> bool:
@@ -118,11 +125,11 @@ class LoadPoint:
         load generator that fired a backlog at once (guidellm's start race, see
         :mod:`distil_platform.guidellm_cli`). Neither that rate nor its completion rate (completions
         of a burst over a short span) says anything about the server at the configured rate."""
-        if not self.offered_rps or self.duration_s <= 0:
+        if (expected := self.expected_arrivals) is None:
             return False
         from scipy.stats import poisson
 
-        return float(poisson.sf(self.requests - 1, self.offered_rps * self.duration_s)) < ARRIVAL_ALPHA
+        return float(poisson.sf(self.requests - 1, expected)) < ARRIVAL_ALPHA
 
     @property
     def completions_compressed(self) -> bool:

@@ -8,6 +8,7 @@ import copy
 import gzip
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -221,7 +222,7 @@ def test_throughput_asset_live_on_tiny_qwen3(tmp_path, monkeypatch):
     assert [m.asset_key.path[-1] for m in result.asset_materializations_for_node("text2sql_student_serving")] == [
         "text2sql_throughput"]
     value, metadata = _output(result, spec, "throughput")
-    out = type("Out", (), {"value": value, "metadata": metadata})
+    out = SimpleNamespace(value=value, metadata=metadata)  # the assertions below read out.value / out.metadata
     assert metadata["bf16_server_shared_with_eval"].value is False
     assert ResultsStore().select(predictions, task="text2sql") == []
     bf16 = out.value["variants"]["bf16"]
@@ -305,7 +306,7 @@ def test_throughput_asset_on_vllm_cpu(tmp_path, monkeypatch):
     assert eval_md["serving_backend"].value == "vllm"
     assert len(ResultsStore().select(predictions, task="text2sql", stage="student_eval")) == 10
     value, metadata = _output(result, spec, "throughput")
-    out = type("Out", (), {"value": value, "metadata": metadata})
+    out = SimpleNamespace(value=value, metadata=metadata)  # the assertions below read out.value / out.metadata
     assert metadata["bf16_server_shared_with_eval"].value is True
     variants = out.value["variants"]
     assert set(variants) == {"bf16", NO_PREFIX_CACHE}  # no fp8 on a CPU
