@@ -134,6 +134,11 @@ def test_two_concurrent_runs_are_serialised_by_the_gpu_pool(pg_home):
         "--tags",
         f'{{"distil/test-group": "{group}"}}',
     ]
+    # Dagster creates a pool's default-limit row lazily, on its first claim: two runs claiming at
+    # once on a fresh database can both insert it (a unique violation, seen once in CI). Create it
+    # first, from the configured default, as the first run would.
+    with dg.DagsterInstance.get() as instance:
+        instance.event_log_storage.initialize_concurrency_limit_to_default("gpu")
     procs = [
         subprocess.Popen(
             cmd,
