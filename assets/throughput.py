@@ -24,6 +24,9 @@ class ThroughputConfig(dg.Config):
     # guidellm's adaptive sweep (synchronous, max throughput, rates in between).
     rates: list[float] | None = None
     duration_s: float | None = None
+    # Each rate's window holds at least this many expected arrivals (slow rates get longer windows,
+    # run as their own guidellm run). None: the profile's (local 30); 0: the duration alone.
+    min_requests_per_rate: int | None = None
     # bf16 always; fp8 additionally where vLLM runs on an fp8-capable GPU.
     fp8: bool = True
     # vLLM: also measure bf16 with automatic prefix caching off (the shared system prompt is what
@@ -55,6 +58,8 @@ class StudentProfiler:
         self.slo = spec.latency_slo(profile.name)
         self.rates = config.rates if config.rates is not None else profile.throughput_rates
         self.duration = config.duration_s or profile.throughput_duration_s
+        self.min_requests = (config.min_requests_per_rate if config.min_requests_per_rate is not None
+                             else profile.throughput_min_requests)
         # Load-test reports, plot and summary: published at <artefacts>/<task>/throughput/<run id>/.
         self.out = paths.ArtifactDir(spec.name, "throughput", context.run_id)
         self.store = results_store.store()
@@ -88,7 +93,7 @@ class StudentProfiler:
             spec, self.test, base_url=server.base_url, model=server.model, tokenizer=str(self.ckpt), rates=self.rates,
             duration_s=self.duration, workdir=self.out.local / variant, seed=config.seed,
             max_concurrency=config.max_concurrency, worker_processes=config.worker_processes,
-            cpu_affinity=affinity,
+            cpu_affinity=affinity, min_requests=self.min_requests, log=context.log.info,
         )
         summary = analyse(points, self.slo)
         accuracy = None
@@ -184,6 +189,7 @@ class StudentProfiler:
             "sustained_rps": bf16["sustained_rps"],
             "max_achieved_rps": round(bf16["max_achieved_rps"], 4),
             "slo_p95_s": slo,
+            "min_requests_per_rate": self.min_requests,
             "peak_memory_gb": round(bf16["peak_memory_gb"], 3),
             "backend": backend,
             "serving_settings": dg.MetadataValue.json(_jsonable(bf16["settings"])),

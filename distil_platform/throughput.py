@@ -443,6 +443,45 @@ def window_seconds(duration_s: float, rates: Sequence[float] | None, idle_latenc
     return max(duration_s, 4.0 * idle_latency_s, 3.0 / slowest if slowest else 0.0)
 
 
+def rate_windows(rates: Sequence[float], duration_s: float, idle_latency_s: float,
+                 min_requests: int = 0) -> list[tuple[float, list[float]]]:
+    """``(window_s, rates)`` groups, slowest rates first: each rate's window is
+    :func:`window_seconds` for that rate, lengthened to hold ``min_requests`` expected arrivals, so
+    that a low rate's p95 comes from enough requests to be a tail estimate (at 0.5 req/s a 20 s
+    window holds ~10, and their p95 is in effect the slowest one). guidellm 0.8.1 has one duration
+    for all rates of a run, so each group is its own run."""
+    groups: dict[float, list[float]] = {}
+    for rate in sorted(float(r) for r in rates):
+        window = window_seconds(duration_s, [rate], idle_latency_s)
+        if min_requests > 0:
+            window = max(window, math.ceil(min_requests / rate))
+        groups.setdefault(float(window), []).append(rate)
+    return sorted(groups.items(), key=lambda item: min(item[1]))
+
+
+def _over_saturated(report: Path) -> bool:
+    """Whether guidellm's over-saturation constraint stopped a benchmark of this report."""
+    data = json.loads(Path(report).read_text(encoding="utf-8"))
+    return any("over_saturation" in ((b.get("scheduler_state") or {}).get("end_processing_constraints") or {})
+               for b in data.get("benchmarks") or [])
+
+
+def merge_reports(reports: Sequence[Path], path: Path) -> Path:
+    """One guidellm report of several runs' benchmarks, in run order (the first run's other fields)."""
+    merged: dict[str, Any] | None = None
+    for report in reports:
+        data = json.loads(Path(report).read_text(encoding="utf-8"))
+        if merged is None:
+            merged = dict(data)
+            merged["benchmarks"] = list(data.get("benchmarks") or [])
+        else:
+            merged["benchmarks"].extend(data.get("benchmarks") or [])
+    if merged is None:
+        raise ThroughputError("no guidellm report to merge")
+    Path(path).write_text(json.dumps(merged), encoding="utf-8")
+    return Path(path)
+
+
 def load_test(
     spec: TaskSpec,
     rows: Sequence[Mapping[str, Any]],
@@ -458,23 +497,46 @@ def load_test(
     max_concurrency: int | None = None,
     worker_processes: int = DEFAULT_WORKER_PROCESSES,
     cpu_affinity: set[int] | None = None,
+    min_requests: int = 0,
+    log=None,
 ) -> tuple[list[LoadPoint], Path]:
     """Load-test a running OpenAI-compatible server with ``spec``'s test prompts. Returns the points
-    and the guidellm JSON report path."""
+    and the guidellm JSON report path (one report, whatever the number of guidellm runs).
+
+    With fixed ``rates``, rates whose windows differ (``min_requests``, :func:`rate_windows`) run as
+    separate guidellm runs, slowest first; once a run stops on over-saturation the faster rates are
+    not run (as guidellm itself does within a run)."""
     workdir = Path(workdir)
-    idle_latency = warm_up(base_url, model, [build_messages(spec, dict(r)) for r in rows[:2]],
-                           max_tokens or spec.max_answer_tokens)
-    duration_s = window_seconds(duration_s, rates, idle_latency)
-    prompts = write_prompt_file(spec, rows, workdir / "prompts.jsonl", requests_needed(rates, duration_s))
+    max_tokens = max_tokens or spec.max_answer_tokens
+    idle_latency = warm_up(base_url, model, [build_messages(spec, dict(r)) for r in rows[:2]], max_tokens)
+    if not rates:
+        groups: list[tuple[float, list[float] | None]] = [(window_seconds(duration_s, None, idle_latency), None)]
+    else:
+        groups = list(rate_windows(rates, duration_s, idle_latency, min_requests))
     report_path = workdir / "guidellm_report.json"
-    scenario = guidellm_scenario(
-        target=base_url, model=model, prompts_path=prompts, tokenizer=tokenizer, rates=rates,
-        duration_s=duration_s, max_tokens=max_tokens or spec.max_answer_tokens, report_path=report_path,
-        seed=seed, max_concurrency=max_concurrency,
-    )
-    n_benchmarks = len(rates) if rates else 8
-    timeout = n_benchmarks * (duration_s + 60) + 180  # + guidellm start-up and server drain
-    run_guidellm(scenario, workdir, timeout_s=timeout, worker_processes=worker_processes, cpu_affinity=cpu_affinity)
+    reports: list[Path] = []
+    for i, (window, group) in enumerate(groups):
+        run_dir = workdir if len(groups) == 1 else workdir / f"run{i}"
+        prompts = write_prompt_file(spec, rows, run_dir / "prompts.jsonl", requests_needed(group, window))
+        run_report = report_path if len(groups) == 1 else run_dir / "guidellm_report.json"
+        scenario = guidellm_scenario(
+            target=base_url, model=model, prompts_path=prompts, tokenizer=tokenizer, rates=group,
+            duration_s=window, max_tokens=max_tokens, report_path=run_report, seed=seed,
+            max_concurrency=max_concurrency,
+        )
+        if log is not None and len(groups) > 1:
+            log(f"guidellm run {i + 1}/{len(groups)}: {group} req/s, {window:g} s each")
+        n_benchmarks = len(group) if group else 8
+        timeout = n_benchmarks * (window + 60) + 180  # + guidellm start-up and server drain
+        run_guidellm(scenario, run_dir, timeout_s=timeout, worker_processes=worker_processes,
+                     cpu_affinity=cpu_affinity)
+        reports.append(run_report)
+        if len(groups) > 1 and _over_saturated(run_report):
+            if log is not None and i + 1 < len(groups):
+                log(f"over-saturated at {group} req/s: the faster rates are not run")
+            break
+    if len(reports) > 1:
+        merge_reports(reports, report_path)
     return parse_guidellm_report(report_path), report_path
 
 
@@ -494,8 +556,8 @@ def points_markdown(points: Sequence[LoadPoint], slo_s: float) -> str:
         return "–" if v is None else f"{v:.{nd}f}"
 
     lines = [("| strategy | offered rps | arrivals rps | achieved rps | achieved / offered | p50 s | p95 s | p99 s "
-              "| TTFT p50 s | out tok/s | ok | err | incomplete | sustained |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| TTFT p50 s | out tok/s | ok | err | incomplete | window s | sustained |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
         verdict = ("no (arrivals short)" if p.arrivals_short else "no (arrivals in a burst)" if p.arrivals_burst
                    else "no (completions compressed)" if p.completions_compressed
@@ -504,7 +566,7 @@ def points_markdown(points: Sequence[LoadPoint], slo_s: float) -> str:
             f"| {p.strategy} | {f(p.offered_rps)} | {f(p.arrival_rps)} | {f(p.achieved_rps)} "
             f"| {f(p.achieved_vs_offered)} | {f(p.p50_s)} "
             f"| {f(p.p95_s)} | {f(p.p99_s)} | {f(p.ttft_p50_s, 3)} | {f(p.output_tokens_per_s, 1)} "
-            f"| {p.successful} | {p.errors} | {p.incomplete} | {verdict} |"
+            f"| {p.successful} | {p.errors} | {p.incomplete} | {f(p.duration_s, 0)} | {verdict} |"
         )
     return "\n".join(lines)
 

@@ -18,9 +18,11 @@ from distil_platform.throughput import (
     ThroughputError,
     analyse,
     guidellm_scenario,
+    load_test,
     parse_guidellm_report,
     plot_latency_vs_load,
     points_markdown,
+    rate_windows,
     requests_needed,
     window_seconds,
     write_prompt_file,
@@ -138,6 +140,68 @@ def test_measurement_window_covers_slow_servers_and_low_rates():
     assert window_seconds(6.0, [0.25, 1.0], 0.5) == 12.0  # 3 arrivals at the slowest rate
     assert window_seconds(6.0, [1.0, 4.0], 8.0) == 32.0  # several idle service times
     assert window_seconds(60.0, None, 0.1) == 60.0
+
+
+def test_slow_rates_get_windows_long_enough_for_a_tail_estimate():
+    # The local profile: 0.5 req/s for 20 s would hold ~10 requests, whose p95 is in effect the slowest.
+    assert rate_windows([4.0, 0.5, 2.0, 1.0], 20.0, 0.5, min_requests=30) == [
+        (60.0, [0.5]), (30.0, [1.0]), (20.0, [2.0, 4.0])]
+    assert rate_windows([0.5, 1.0, 2.0, 4.0], 20.0, 0.5) == [(20.0, [0.5, 1.0, 2.0, 4.0])]
+    assert rate_windows([0.25, 1.0], 6.0, 0.5) == [(12.0, [0.25]), (6.0, [1.0])]  # 3 arrivals each
+    assert rate_windows([1.5], 20.0, 0.5, min_requests=31) == [(21.0, [1.5])]  # whole seconds, rounded up
+
+
+def _fake_guidellm(recorded, calls, saturate_at=None):
+    """Stands in for ``run_guidellm``: records each scenario and writes a report with one benchmark
+    per configured rate (the recorded report's first benchmark, re-labelled)."""
+    def run(scenario, workdir, *, timeout_s, worker_processes=1, cpu_affinity=None):
+        spec = scenario["spec"]
+        window = next(c["seconds"] for c in spec["constraints"] if c["kind"] == "max_duration")
+        calls.append((spec["profile"]["rate"], window, Path(workdir)))
+        benches = []
+        for rate in spec["profile"]["rate"]:
+            bench = copy.deepcopy(recorded["benchmarks"][0])
+            bench["config"]["strategy"]["rate"] = rate
+            if rate == saturate_at:
+                bench["scheduler_state"]["end_processing_constraints"] = {"over_saturation": {}}
+            benches.append(bench)
+        report = Path(spec["outputs"][0]["path"])
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(dict(recorded, benchmarks=benches)))
+        return report
+    return run
+
+
+def test_load_test_runs_each_window_as_its_own_guidellm_run_and_merges_the_reports(recorded, tmp_path, monkeypatch):
+    import distil_platform.throughput as tp
+
+    calls: list = []
+    monkeypatch.setattr(tp, "warm_up", lambda *a, **k: 0.5)
+    monkeypatch.setattr(tp, "run_guidellm", _fake_guidellm(recorded, calls))
+    spec = get_task("text2sql")
+    rows = [{"id": "a", "question": "How many?", "answer": "SELECT 1", "context": "CREATE TABLE t (x INT);"}]
+    points, report = load_test(spec, rows, base_url="http://h:1/v1", model="m", tokenizer="/t",
+                               rates=[0.5, 1.0, 2.0, 4.0], duration_s=20.0, workdir=tmp_path, min_requests=30)
+    assert [(r, w) for r, w, _ in calls] == [([0.5], 60.0), ([1.0], 30.0), ([2.0, 4.0], 20.0)]
+    assert len({d for _, _, d in calls}) == 3  # each run in its own directory
+    # One report for the asset to publish, every rate in order: what the analysis reads.
+    assert report == tmp_path / "guidellm_report.json"
+    assert [p.offered_rps for p in parse_guidellm_report(report)] == [0.5, 1.0, 2.0, 4.0]
+    assert [p.offered_rps for p in points] == [0.5, 1.0, 2.0, 4.0]
+
+    # Over-saturated at 1 req/s: the faster rates are not run (as guidellm does within one run).
+    calls.clear()
+    monkeypatch.setattr(tp, "run_guidellm", _fake_guidellm(recorded, calls, saturate_at=1.0))
+    points, _ = load_test(spec, rows, base_url="http://h:1/v1", model="m", tokenizer="/t",
+                          rates=[0.5, 1.0, 2.0, 4.0], duration_s=20.0, workdir=tmp_path / "s", min_requests=30)
+    assert [r for r, _, _ in calls] == [[0.5], [1.0]] and [p.offered_rps for p in points] == [0.5, 1.0]
+
+    # No minimum: one run, as before.
+    calls.clear()
+    monkeypatch.setattr(tp, "run_guidellm", _fake_guidellm(recorded, calls))
+    load_test(spec, rows, base_url="http://h:1/v1", model="m", tokenizer="/t", rates=[0.5, 1.0, 2.0, 4.0],
+              duration_s=20.0, workdir=tmp_path / "one")
+    assert [(r, w) for r, w, _ in calls] == [([0.5, 1.0, 2.0, 4.0], 20.0)]
 
 
 def test_plot(recorded, tmp_path):
