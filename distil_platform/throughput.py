@@ -399,10 +399,17 @@ def parse_guidellm_report(report: Path | str | Mapping[str, Any]) -> list[LoadPo
 
 
 def analyse(points: Sequence[LoadPoint], slo_s: float, min_ratio: float = MIN_ACHIEVED_RATIO) -> ThroughputSummary:
-    """Sustained RPS = highest offered rate kept up with within the p95 latency SLO."""
-    sustained = [p.offered_rps for p in points if p.sustained(slo_s, min_ratio) and p.offered_rps is not None]
+    """Sustained RPS = highest offered rate kept up with within the p95 latency SLO **at which every
+    lower offered rate was too**: a rate that misses the SLO caps the claim, even if a higher one
+    then passes (a p95 from a few dozen requests is noisy; a capacity claim above a measured miss
+    is not one a user can rely on)."""
+    sustained = 0.0
+    for point in sorted((p for p in points if p.offered_rps is not None), key=lambda p: p.offered_rps):
+        if not point.sustained(slo_s, min_ratio):
+            break
+        sustained = point.offered_rps
     return ThroughputSummary(
-        sustained_rps=max(sustained) if sustained else 0.0,
+        sustained_rps=sustained,
         max_achieved_rps=max((p.achieved_rps for p in points if p.successful and not p.unreliable), default=0.0),
         slo_s=float(slo_s),
         points=list(points),

@@ -492,3 +492,22 @@ def test_completions_compressed_into_a_short_span_are_not_a_capacity():
     summary = analyse([good, compressed], slo_s=3.0)
     assert summary.max_achieved_rps == 1.65 and summary.unreliable_rates == [4.0] and summary.sustained_rps == 2.0
     assert "no (completions compressed)" in points_markdown([good, compressed], 3.0)
+
+
+def test_a_rate_that_misses_the_slo_caps_the_sustained_rate():
+    """From the re-measured text2sql student (2026-12-02 01:37, bf16, SLO 5 s): 1 req/s missed the
+    SLO (p95 7.0 s over 27 requests) and 2 req/s then met it. The claim stops below the miss."""
+    from distil_platform.throughput import LoadPoint
+
+    def point(offered, requests, arrival, achieved, p95):
+        return LoadPoint(strategy="poisson", offered_rps=offered, arrival_rps=arrival, achieved_rps=achieved,
+                         p50_s=p95 / 2, p95_s=p95, p99_s=p95, ttft_p50_s=None, ttft_p95_s=None, ttft_p99_s=None,
+                         output_tokens_per_s=None, requests=requests, successful=requests, errors=0, incomplete=0,
+                         duration_s=requests / offered)
+
+    half, one, two, four = (point(0.5, 27, 0.435, 0.435, 3.29), point(1.0, 27, 0.87, 0.846, 7.02),
+                            point(2.0, 33, 1.615, 1.575, 3.72), point(4.0, 75, 3.75, 3.431, 3.67))
+    assert half.sustained(5.0) and not one.sustained(5.0) and two.sustained(5.0) and not four.sustained(5.0)
+    assert analyse([four, two, one, half], slo_s=5.0).sustained_rps == 0.5  # order of the points does not matter
+    assert analyse([half, two, four], slo_s=5.0).sustained_rps == 2.0
+    assert analyse([one, two], slo_s=5.0).sustained_rps == 0.0
