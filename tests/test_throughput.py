@@ -511,3 +511,6 @@ def test_a_rate_that_misses_the_slo_caps_the_sustained_rate():
     assert analyse([four, two, one, half], slo_s=5.0).sustained_rps == 0.5  # order of the points does not matter
     assert analyse([half, two, four], slo_s=5.0).sustained_rps == 2.0
     assert analyse([one, two], slo_s=5.0).sustained_rps == 0.0
+    table = points_markdown([half, one, two, four], 5.0).splitlines()
+    assert table[2].endswith("| yes |") and table[4].endswith("| met, not claimed (a lower rate missed) |")
+    assert table[3].endswith("| no |") and table[5].endswith("| no |")
