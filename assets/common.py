@@ -3,7 +3,9 @@
 # No `from __future__ import annotations`: Dagster reads the config/resource annotations at runtime.
 
 import contextlib
+import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +65,22 @@ def _eval_concurrency(cfg, serving: ServingResource, profile: Profile) -> int:
     return 16 if _has_cuda() else 1
 
 
-def teacher_max_tokens(spec: TaskSpec, profile: Profile) -> int:
-    """Room for ``examples_per_request`` examples (a question plus an answer each). On the CPU
-    ``local`` profile the budget per example is compact (a 135M teacher fills whatever it is given,
-    and every token costs ~50 ms there); capable teachers get the task's full answer length."""
+def teacher_max_tokens(spec: TaskSpec, profile: Profile, seeds: Sequence[Mapping[str, Any]] = ()) -> int:
+    """Room for ``examples_per_request`` examples (a question plus an answer each, plus a context
+    where the teacher writes one: generation tasks whose seeds carry one, e.g. docstring's code,
+    sized from the seeds' contexts at ~3 characters per token). On the CPU ``local`` profile the
+    budget per example is compact (a 135M teacher fills whatever it is given, and every token costs
+    ~50 ms there); capable teachers get the task's full answer length."""
+    from distil_platform.teacher_schemas import writes_context
+
     per_request = spec.synthesis.examples_per_request
+    context = 0
+    if writes_context(spec, seeds):
+        lengths = [len(str(s.get("context") or "")) for s in seeds]
+        context = min(512, math.ceil(sum(lengths) / max(1, len(lengths)) / 3))
     if profile.name == "local":
-        return per_request * (min(spec.max_answer_tokens, 64) + 48)
-    return answer_token_cap(profile, min(4096, per_request * (spec.max_answer_tokens + 64)))
+        return per_request * (min(spec.max_answer_tokens, 64) + 48 + context)
+    return answer_token_cap(profile, min(4096, per_request * (spec.max_answer_tokens + 64 + context)))
 
 
 def answer_token_cap(profile: Profile, max_tokens: int) -> int:

@@ -57,6 +57,8 @@ class TeacherDataConfig(dg.Config):
     recorded_max_rows: int | None = None
     # Override the task YAML's synthesis.filters.answer_agreement switch.
     answer_agreement: bool | None = None
+    # Override the task YAML's synthesis.frequency_penalty (OpenAI semantics, -2..2).
+    frequency_penalty: float | None = None
     # self_training: the model that labels the messages, served locally. A checkpoint (a directory
     # or artefact URL, e.g. the `checkpoint_path` of an earlier seed-only `<task>_student` run) or a
     # model-store name; None = the profile's teacher.
@@ -159,7 +161,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
         from distil_platform.recorded_teacher import load_recorded, recorded_path
         from distil_platform.synthesis import answer_distribution, sample_rows, synthesize
         from distil_platform.taskspec import RecordedTeacher
-        from distil_platform.teacher_schemas import response_format, use_structured_output
+        from distil_platform.teacher_schemas import response_format, sql_subset_for, use_structured_output
 
         if (observation := prompt_observation(spec)) is not None:
             context.log_event(observation)  # the <task>_prompt version this run distils from
@@ -171,7 +173,9 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
         filters = spec.synthesis.filters
         if config.answer_agreement is not None:
             filters = filters.model_copy(update={"answer_agreement": config.answer_agreement})
-        max_tokens = config.max_tokens or teacher_max_tokens(spec, profile)
+        max_tokens = config.max_tokens or teacher_max_tokens(spec, profile, seeds)
+        penalty = spec.synthesis.frequency_penalty if config.frequency_penalty is None else config.frequency_penalty
+        sampling = {"frequency_penalty": penalty} if penalty else {}
         start = time.monotonic()
 
         recorded = None
@@ -211,13 +215,15 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
         served: dict[str, Any] = {"structured_output": False}
         errors: list[str] = []
 
-        def generate_with(client, fmt):
-            def generate(batch):
+        def generate_with(client):
+            def generate(batch, formats=None):
                 from distil_platform.llm import LLMError
 
-                extra = {"response_format": fmt} if fmt else {}
+                formats = formats or [None] * len(batch)
                 requests = [ChatRequest(messages=m, temperature=spec.synthesis.temperature, max_tokens=max_tokens,
-                                        item_id=f"teacher-{i}", extra=dict(extra)) for i, m in enumerate(batch)]
+                                        item_id=f"teacher-{i}",
+                                        extra={**sampling, **({"response_format": f} if f else {})})
+                            for i, (m, f) in enumerate(zip(batch, formats))]
                 try:
                     results = client.chat_batch(requests)
                 except LLMError as exc:
@@ -242,12 +248,12 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                 return [r.text for r in client.chat_batch(requests)]
             return answer
 
-        def run(generate, second=None):
+        def run(generate, second=None, reply_format=None):
             return synthesize(
                 spec, seeds, test, generate, target=target, teacher_model=teacher_label,
                 unstructured=unstructured, ground_in_unstructured=config.ground_in_unstructured,
                 literal_swap=config.literal_swap, rng_seed=config.seed, log=context.log.info,
-                recorded=recorded, second_answer=second, filters=filters,
+                recorded=recorded, second_answer=second, filters=filters, reply_format=reply_format,
             )
 
         def label_with(client, send_logprobs):
@@ -286,7 +292,17 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                 structured = use_structured_output(teacher.response_format, served_locally=local_backend is not None,
                                                    backend=local_backend)
                 served["structured_output"] = structured
-                fmt = response_format(spec, seeds) if structured else None
+                # Each request's own schema: an open-book QA answer is a span of that request's passage.
+                sql_subset = sql_subset_for(spec, profile.name)
+                served["sql_subset"] = structured and sql_subset
+
+                def reply_format(req):
+                    fmt = response_format(spec, seeds, context=req.context, sql_subset=sql_subset)
+                    served.setdefault("reply_schema", fmt["json_schema"]["schema"])  # the first, for the UI
+                    return fmt
+
+                if not structured:
+                    reply_format = None
                 second = second_answer_with(client) if filters.answer_agreement else None
                 if source == "self_training":
                     # transformers serve returns no logprobs; vLLM and OpenAI-style endpoints do.
@@ -296,7 +312,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                         rng_seed=config.seed, log=context.log.info, recorded=labelled, second_answer=second,
                         filters=filters, source_name="self_training")
                 else:
-                    report = run(generate_with(client, fmt), second)
+                    report = run(generate_with(client), second, reply_format)
         if source == "teacher":
             check_teacher_answered(task, teacher.model, report, errors)
         wall = time.monotonic() - start
@@ -315,6 +331,8 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
             "teacher": teacher_label,
             "source": source,
             "structured_output": served["structured_output"],
+            **({"reply_schema": dg.MetadataValue.json(served["reply_schema"]),
+                "sql_subset": served["sql_subset"]} if served.get("reply_schema") else {}),
             **({"labelled_messages": served.get("labelled", 0),
                 "confidence_available": served.get("confidence_available", False)} if source == "self_training" else {}),
             "requested": summary["requested"],
@@ -347,6 +365,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
             "decontaminated_on": summary["decontaminated_on"],
             "failed_requests": summary["failed_requests"],
             "literal_swap": config.literal_swap,
+            "frequency_penalty": float(penalty),
             "wall_time_s": round(wall, 1),
             "accepted_path": location_metadata(out_path),
             "sample": table_metadata(sample_rows(report, 10),

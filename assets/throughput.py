@@ -122,7 +122,7 @@ class StudentProfiler:
             "memory": memory, "settings": settings, "on_gpu": on_gpu,
             "short_arrival_rates": summary.short_arrival_rates,
             "unreliable_rates": summary.unreliable_rates,
-            "load_generator_cpus": sorted(affinity) if affinity else None, "points_md": points_markdown(points, self.slo)}
+            "load_generator_cpus": sorted(affinity) if affinity else None, "points_md": points_markdown(points, self.slo, summary.sustained_rps)}
         if summary.unreliable_rates:
             context.log.warning(f"{task} {variant}: unreliable measurement at {summary.unreliable_rates} req/s "
                                 "(arrivals in a burst, or completions compressed); those rates are not counted")

@@ -105,16 +105,14 @@ def _load() -> list[float]:
 
 def _paired(store, task: str, student_run: str, seed_run: str, margin: float) -> dict:
     """Distilled vs seed-only student on the same test items: difference, CI, exact McNemar."""
-    from distil_platform.evaluation import paired_comparison, results_from_store_rows
+    from distil_platform.evaluation import PAIRED_KEYS, paired_comparison, results_from_store_rows
     from distil_platform.store import predictions
 
     def results(run_id):
         return results_from_store_rows(store.select(predictions, run_id=run_id, task=task, stage="student_eval"))
 
     cmp = paired_comparison(results(student_run), results(seed_run), margin=margin)
-    keep = ("n", "diff", "ci_low", "ci_high", "mcnemar_p", "test", "verdict", "margin", "item_wins", "item_ties",
-            "item_losses")
-    return {k: cmp.get(k) for k in keep if k in cmp}
+    return {k: cmp.get(k) for k in PAIRED_KEYS if k in cmp}
 
 
 def local_resources(profile) -> dict:

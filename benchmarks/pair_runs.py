@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from distil_platform.evaluation import paired_comparison, results_from_store_rows
+from distil_platform.evaluation import PAIRED_KEYS, paired_comparison, results_from_store_rows
 from distil_platform.stats import DEFAULT_MARGIN, wilson_interval
 from distil_platform.store import ResultsStore, predictions
 
@@ -58,10 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     a, a_info = load_side(args.a, args.task, args.stage)
     b, b_info = load_side(args.b, args.task, args.stage)
     cmp = paired_comparison(a, b, margin=args.margin)
-    keep = ("n", "diff", "ci_low", "ci_high", "mcnemar_p", "test", "verdict", "margin", "item_wins", "item_ties",
-            "item_losses")
     out = {"task": args.task, "stage": args.stage, args.a_label: a_info, args.b_label: b_info,
-           "paired": {k: cmp.get(k) for k in keep if k in cmp}}
+           "paired": {k: cmp.get(k) for k in PAIRED_KEYS if k in cmp}}
     text = json.dumps(out, indent=1, default=str)
     print(text)
     if args.out:

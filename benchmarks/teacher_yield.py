@@ -28,7 +28,8 @@ def _md(result, key: str) -> dict:
     return {k: v.value if hasattr(v, "value") else v for k, v in mat.metadata.items()}
 
 
-def task_yield(task: str, target: int | None = None) -> dict:
+def task_yield(task: str, target: int | None = None, frequency_penalty: float | None = None,
+               answer_agreement: bool | None = None) -> dict:
     import dagster as dg
     from distil_platform.assets.seed import build_seed_set_asset
     from distil_platform.assets.teacher import build_teacher_assets
@@ -44,12 +45,17 @@ def task_yield(task: str, target: int | None = None) -> dict:
     assets = build_seed_set_asset(spec) + build_teacher_assets(spec, profile)
     resources = local_resources(profile)
     config = {} if target is None else {"target": target}
+    if frequency_penalty is not None:
+        config["frequency_penalty"] = frequency_penalty
+    if answer_agreement is not None:
+        config["answer_agreement"] = answer_agreement
     start = time.monotonic()
     result = dg.materialize(assets, resources=resources, instance=dg.DagsterInstance.get(),
                             selection=[task, f"{task}_teacher_data"],
                             run_config={"ops": {f"{task}_teacher_data": {"config": config}}})
     wall = round(time.monotonic() - start, 1)
     md = _md(result, f"{task}_teacher_data")
+    summary = result.output_for_node(f"{task}_teacher_data")["summary"]
     requests = md.get("teacher_requests") or 0
     reasons = md.get("rejections_by_reason") or {}
     top = sorted(reasons.items(), key=lambda kv: -kv[1])[:3]
@@ -57,13 +63,21 @@ def task_yield(task: str, target: int | None = None) -> dict:
             "teacher_requests": requests, "requested": md.get("requested"), "generated": md.get("generated"),
             "schema_valid": md.get("schema_valid"), "accepted": md.get("accepted"),
             "teacher_accepted": md.get("teacher_accepted"), "accepted_per_request": md.get("accepted_per_request"),
-            "top_rejections": dict(top), "wall_s": wall}
+            "top_rejections": dict(top), "funnel": summary.get("funnel"),
+            "frequency_penalty": md.get("frequency_penalty"),
+            "answer_agreement": "answer_agreement" in (summary.get("filters") or {}),
+            "rejected_by_filter": {name: st["rejected"] for name, st in (summary.get("filters") or {}).items()},
+            "wall_s": wall}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=None, help="comma-separated (default: every task YAML)")
     parser.add_argument("--target", type=int, default=None, help="examples asked per task (default: the profile's)")
+    parser.add_argument("--frequency-penalty", type=float, default=None,
+                        help="the teacher's frequency penalty (default: each task YAML's)")
+    parser.add_argument("--answer-agreement", choices=["on", "off"], default=None,
+                        help="override every task's round-trip agreement filter (default: each task YAML's)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "teacher_yield.json"))
     args = parser.parse_args(argv)
     os.environ.setdefault("DISTIL_PROFILE", "local")
@@ -75,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for task in tasks:
         print(f"== {task}", file=sys.stderr, flush=True)
-        rows.append(task_yield(task, args.target))
+        agreement = None if args.answer_agreement is None else args.answer_agreement == "on"
+        rows.append(task_yield(task, args.target, args.frequency_penalty, agreement))
         Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1) + "\n")
     print("| task | requests | generated | schema-valid | accepted | accepted / request | top rejections |")
     print("|---|---|---|---|---|---|---|")

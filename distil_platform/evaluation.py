@@ -264,6 +264,11 @@ def item_metrics(results: Sequence[ItemResult]) -> dict[str, str | None]:
     return {k: next(iter(v)) if len(v) == 1 else None for k, v in seen.items()}
 
 
+# The fields of a paired comparison a report keeps (benchmarks' JSON, cross-run pairings).
+PAIRED_KEYS = ("n", "diff", "ci_low", "ci_high", "mcnemar_p", "test", "verdict", "margin", "item_wins",
+               "item_ties", "item_losses")
+
+
 def paired_comparison(student: Sequence[ItemResult], baseline: Sequence[ItemResult],
                       **compare_kwargs: Any) -> dict[str, Any]:
     """Student vs baseline on the items both scored **by the same metric** (repeats averaged per

@@ -32,7 +32,8 @@ from distil_platform.prompts import build_training_messages, system_prompt
 from distil_platform.taskspec import TaskSpec
 
 Messages = list[dict[str, str]]
-GenerateFn = Callable[[list[Messages]], list["str | None"]]
+# generate(messages) -> replies; with `reply_format`, generate(messages, formats) -> replies.
+GenerateFn = Callable[..., list["str | None"]]
 
 # Task types whose examples are about one given context (a schema, a passage): each request fixes
 # one context taken from a seed (or an unstructured row) and the teacher writes question + answer.
@@ -668,6 +669,7 @@ def synthesize(
     second_answer: SecondAnswerFn | None = None,
     filters: Any = None,
     source_name: str = "recorded",
+    reply_format: Callable[[TeacherRequest], dict[str, Any] | None] | None = None,
 ) -> SynthesisReport:
     """Ask the teacher for ``target`` examples and keep the valid, sane, agreed, new, uncontaminated ones.
 
@@ -676,6 +678,8 @@ def synthesize(
     no teacher is asked: those rows are the candidates and pass the same steps. ``literal_swap`` adds
     :func:`literal_swap_augment` rows (origin ``literal_swap``); they are counted apart.
     ``second_answer`` answers rows independently for the agreement filter (when it is on).
+    ``reply_format`` gives each teacher request its constrained-output format (a request's schema
+    can depend on its context); ``generate`` is then called as ``generate(messages, formats)``.
     Steps: parse → validate (schema) → quality filters → dedup → decontaminate.
     """
     cfg = spec.synthesis
@@ -697,7 +701,13 @@ def synthesize(
         requests = build_teacher_requests(
             spec, seeds, n_requests, unstructured=unstructured, ground_in_unstructured=grounded, rng_seed=rng_seed
         )
-        texts = generate([r.messages for r in requests]) if requests else []
+        messages = [r.messages for r in requests]
+        if not requests:
+            texts = []
+        elif reply_format is not None:
+            texts = generate(messages, [reply_format(r) for r in requests])
+        else:
+            texts = generate(messages)
         if len(texts) != len(requests):
             raise RuntimeError(f"teacher returned {len(texts)} replies for {len(requests)} requests")
         for req, text in zip(requests, texts):

@@ -172,13 +172,23 @@ class SynthesisConfig(_Strict):
     target: PerProfile = Field(default_factory=PerProfile)
     seeds_per_request: int = 4
     examples_per_request: int = 4
+    # The fewest examples a constrained reply may hold (JSON schema `minItems`). Default: exactly
+    # `examples_per_request`, so a teacher under structured outputs cannot stop after one row.
+    min_examples_per_request: int | None = None
     topics: list[str] = Field(default_factory=list)
+    # text2sql, per profile: "subset" holds a constrained teacher's SQL to a pattern over the
+    # request's schema (teacher_schemas.sql_answer_pattern: no subqueries/CTEs, real names only);
+    # "free" (the default) any string.
+    constrain_sql: PerProfile = Field(default_factory=PerProfile)
     ground_in_unstructured: bool = False
     near_duplicate_threshold: float = 0.9
     decontamination_ngram: int = 8
     decontamination_threshold: float = 0.5
     min_accepted: PerProfile = Field(default_factory=PerProfile)
     temperature: float = 0.8
+    # The teacher's frequency penalty (OpenAI semantics): > 0 discourages a reply from repeating
+    # its own tokens, i.e. the same example twice in one array. 0 = not sent.
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     filters: QualityFilters = Field(default_factory=QualityFilters)
     # Per profile: "teacher" (a model writes the rows; the default), "recorded" (read `recorded`) or
     # "self_training" (the teacher labels the task's unlabelled messages, data.unstructured_file).
@@ -187,7 +197,16 @@ class SynthesisConfig(_Strict):
 
     @model_validator(mode="after")
     def _sources(self) -> SynthesisConfig:
+        if self.examples_per_request < 1:
+            raise ValueError(f"examples_per_request must be >= 1, got {self.examples_per_request}")
+        low = self.min_examples_per_request
+        if low is not None and not 1 <= low <= self.examples_per_request:
+            raise ValueError(f"min_examples_per_request must be between 1 and examples_per_request "
+                             f"({self.examples_per_request}), got {low}")
         for profile in ("local", "gpu", "test"):
+            if self.constrain_sql.for_profile(profile) not in (None, "free", "subset"):
+                raise ValueError(f"constrain_sql.{profile} must be free or subset, "
+                                 f"got {self.constrain_sql.for_profile(profile)!r}")
             value = self.source.for_profile(profile)
             if value not in (None, "teacher", "recorded", "self_training"):
                 raise ValueError(f"source.{profile} must be teacher, recorded or self_training, got {value!r}")

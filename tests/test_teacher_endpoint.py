@@ -24,6 +24,7 @@ from distil_platform.resources import (
 )
 
 from distil_platform.taskspec import load_task_file, tasks_dir
+from distil_platform.validation import normalise_text
 
 REPLY = [
     {"question": "push the release branch to upstream",
@@ -204,3 +205,29 @@ def test_labeller_is_rejected_outside_self_training_and_must_exist(test_profile,
         failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
         assert needle in str(failure.event_specific_data.error)
     assert endpoint.bodies == []
+
+
+def test_each_request_gets_its_passage_schema_and_the_configured_sampling(test_profile, tmp_path):
+    """hotpotqa: every request's ``response_format`` offers the spans of that request's own passage
+    (the context shown in its prompt), the run's frequency penalty goes out with it, and the stage
+    shows the first request's schema in its metadata."""
+    def respond(body):
+        enum = body["response_format"]["json_schema"]["schema"]["items"]["properties"]["answer"]["enum"]
+        reply = [{"question": f"Which name appears in the passage, number {i}?", "answer": enum[-1 - i]}
+                 for i in range(4)]
+        return json.dumps(reply), None
+
+    with _Endpoint(respond=respond) as endpoint:
+        result = _materialize(_spec_with_teacher(tmp_path, endpoint.base, "json_schema", task="hotpotqa"),
+                              frequency_penalty=0.4, answer_agreement=False)
+    assert result.success
+    assert len(endpoint.bodies) == 2
+    for body in endpoint.bodies:
+        enum = body["response_format"]["json_schema"]["schema"]["items"]["properties"]["answer"]["enum"]
+        prompt = normalise_text(body["messages"][-1]["content"])
+        assert enum[:2] == ["yes", "no"] and all(normalise_text(span) in prompt for span in enum[2:])  # its passage
+        assert body["frequency_penalty"] == 0.4
+    md = result.asset_materializations_for_node("hotpotqa_teacher_data")[-1].metadata
+    assert md["rejections_by_reason"].value.get("answer_not_in_context", 0) == 0
+    assert md["schema_valid"].value == 8 and md["frequency_penalty"].value == 0.4
+    assert md["reply_schema"].value["minItems"] == 4 and md["sql_subset"].value is False

@@ -38,19 +38,48 @@ def _validator(spec, seeds=()):
     return Draft202012Validator(schema)
 
 
+def _full(spec, item):
+    """A reply that fills the request: ``examples_per_request`` copies of ``item``."""
+    return [item] * spec.synthesis.examples_per_request
+
+
 # -- schemas -------------------------------------------------------------------------------------
 def test_classification_schema_is_the_label_enum_in_a_top_level_array():
     spec, seeds, _ = _sample("banking77")
     v = _validator(spec)
     label = next(iter(spec.labels))
-    assert v.is_valid([{"question": "my card payment had a fee", "answer": label}])
-    assert not v.is_valid([{"question": "q", "answer": "not_a_label"}])
-    assert not v.is_valid({"examples": [{"question": "q", "answer": label}]})  # an object root is not read
+    n = spec.synthesis.examples_per_request
+    assert v.is_valid([{"question": "my card payment had a fee", "answer": label}] * n)
+    assert not v.is_valid([{"question": "q", "answer": "not_a_label"}] * n)
+    assert not v.is_valid({"examples": [{"question": "q", "answer": label}] * n})  # an object root is not read
     assert not v.is_valid([])  # at least one example
     too_many = [{"question": "q", "answer": label}] * (spec.synthesis.examples_per_request + 1)
     assert not v.is_valid(too_many)
     # every shipped seed, written as the teacher would, fits
     assert v.is_valid([{"question": s["question"], "answer": s["answer"]} for s in seeds[:4]])
+
+
+def test_reply_must_fill_the_request_unless_the_task_allows_fewer():
+    spec, _, _ = _sample("banking77")
+    n = spec.synthesis.examples_per_request
+    label = next(iter(spec.labels))
+    row = {"question": "my card payment had a fee", "answer": label}
+    v = _validator(spec)
+    assert v.is_valid([row] * n)
+    assert not v.is_valid([row] * (n - 1))  # default: minItems = examples_per_request
+    lenient = spec.model_copy(update={"synthesis": spec.synthesis.model_copy(update={"min_examples_per_request": 1})})
+    assert _validator(lenient).is_valid([row])
+    assert reply_schema(spec, max_items=2)["minItems"] == 2  # never above the maximum
+
+
+@pytest.mark.parametrize("low", [0, 5])
+def test_min_examples_per_request_outside_one_to_n_is_a_clear_error(low):
+    from pydantic import ValidationError
+
+    from distil_platform.taskspec import SynthesisConfig
+
+    with pytest.raises(ValidationError, match="min_examples_per_request must be between 1 and"):
+        SynthesisConfig(examples_per_request=4, min_examples_per_request=low)
 
 
 @pytest.mark.parametrize("task", ["git_assistant", "smart_home"])
@@ -60,18 +89,18 @@ def test_tool_schema_has_one_branch_per_tool_with_name_const_and_the_tools_param
     branches = reply_schema(spec)["items"]["properties"]["answer"]["anyOf"]
     assert [b["properties"]["name"]["const"] for b in branches] == spec.tool_names
     for s in seeds:  # each seed's call validates against its tool's branch
-        assert v.is_valid([{"question": s["question"], "answer": json.loads(s["answer"])}]), s["id"]
+        assert v.is_valid(_full(spec, {"question": s["question"], "answer": json.loads(s["answer"])})), s["id"]
     call = json.loads(seeds[0]["answer"])
-    assert not v.is_valid([{"question": "q", "answer": {"name": "no_such_tool", "parameters": {}}}])
-    assert not v.is_valid([{"question": "q", "answer": {**call, "parameters": {**call["parameters"], "bogus": 1}}}])
+    assert not v.is_valid(_full(spec, {"question": "q", "answer": {"name": "no_such_tool", "parameters": {}}}))
+    assert not v.is_valid(_full(spec, {"question": "q", "answer": {**call, "parameters": {**call["parameters"], "bogus": 1}}}))
 
 
 def test_git_schema_rejects_arguments_the_tool_schema_forbids():
     spec = get_task("git_assistant")
     v = _validator(spec)
-    assert v.is_valid([{"question": "hard reset", "answer": {"name": "git_reset", "parameters": {"mode": "hard"}}}])
-    assert not v.is_valid([{"question": "q", "answer": {"name": "git_reset", "parameters": {"mode": "sideways"}}}])
-    assert not v.is_valid([{"question": "q", "answer": {"name": "git_reset", "parameters": {}}}])  # mode required
+    assert v.is_valid(_full(spec, {"question": "hard reset", "answer": {"name": "git_reset", "parameters": {"mode": "hard"}}}))
+    assert not v.is_valid(_full(spec, {"question": "q", "answer": {"name": "git_reset", "parameters": {"mode": "sideways"}}}))
+    assert not v.is_valid(_full(spec, {"question": "q", "answer": {"name": "git_reset", "parameters": {}}}))  # mode required
 
 
 def test_sql_qa_and_generation_schemas_are_strings_and_context_only_where_the_reply_carries_it():
@@ -79,8 +108,8 @@ def test_sql_qa_and_generation_schemas_are_strings_and_context_only_where_the_re
     schema = reply_schema(sql)["items"]
     assert schema["properties"]["answer"]["type"] == "string"
     assert "context" not in schema["properties"]  # the schema DDL is fixed by the request
-    assert _validator(sql).is_valid([{"question": "How many?", "answer": "SELECT COUNT(*) FROM t"}])
-    assert not _validator(sql).is_valid([{"question": "How many?", "answer": {"sql": "SELECT 1"}}])
+    assert _validator(sql).is_valid(_full(sql, {"question": "How many?", "answer": "SELECT COUNT(*) FROM t"}))
+    assert not _validator(sql).is_valid(_full(sql, {"question": "How many?", "answer": {"sql": "SELECT 1"}}))
 
     doc, doc_seeds, _ = _sample("docstring")
     item = reply_schema(doc, doc_seeds)["items"]
@@ -89,6 +118,53 @@ def test_sql_qa_and_generation_schemas_are_strings_and_context_only_where_the_re
     assert "context" not in reply_schema(pii, pii_seeds)["items"]["properties"]
     qa = get_task("hotpotqa")
     assert reply_schema(qa)["items"]["properties"]["answer"] == {"type": "string", "minLength": 1}
+
+
+def test_open_book_answers_are_constrained_to_spans_of_the_request_passage():
+    """Unconstrained, the CPU teacher's 16 hotpotqa answers were all ``answer_not_in_context``: the
+    reply schema now offers only what the validator accepts, plus yes/no."""
+    from distil_platform.teacher_schemas import answer_spans
+
+    spec, seeds, test = _sample("hotpotqa")
+    context = seeds[0]["context"]
+    item = reply_schema(spec, seeds, context=context)["items"]
+    spans = item["properties"]["answer"]["enum"]
+    assert spans[:2] == ["yes", "no"] and len(spans) == len(set(spans)) > 10
+    assert "The" not in spans and "It" not in spans  # sentence openers are not answers
+    assert not any(s.endswith(" J.") for s in spans)  # nor does a span end on an initial
+    for span in spans:  # everything the schema allows, the validator accepts
+        assert validate_row(spec, {"question": "Who wrote it?", "answer": span, "context": context}) is None, span
+    covered = sum(r["answer"] in answer_spans(r["context"]) or r["answer"].lower() in ("yes", "no")
+                  for r in seeds + test)
+    assert covered >= 0.75 * len(seeds + test)  # the gold answers are mostly among the spans
+    # Without a request context (the stage-wide schema) the answer stays a free string.
+    assert reply_schema(spec)["items"]["properties"]["answer"] == {"type": "string", "minLength": 1}
+    assert answer_spans("Kenya; Uganda.", limit=3) == ["yes", "no", "Kenya"]
+
+
+def test_each_teacher_request_gets_the_schema_of_its_own_passage():
+    spec, seeds, test = _sample("hotpotqa")
+    seen: list[tuple[str, list[str]]] = []
+
+    def generate(batch, formats):
+        assert len(formats) == len(batch)
+        out = []
+        for messages, fmt in zip(batch, formats):
+            enum = fmt["json_schema"]["schema"]["items"]["properties"]["answer"]["enum"]
+            seen.append((messages[-1]["content"], enum))
+            out.append(json.dumps([{"question": "Which one is named in the passage?", "answer": enum[-1]}]))
+        return out
+
+    assert spec.synthesis.filters.answer_agreement  # hotpotqa's YAML turns round-trip agreement on
+
+    def second_answer(rows):  # the round trip: right for the first row only
+        return [r["answer"] if i == 0 else "yes" for i, r in enumerate(rows)]
+
+    report = synthesize(spec, seeds, test, generate, target=8, teacher_model="t", second_answer=second_answer,
+                        reply_format=lambda req: response_format(spec, seeds, context=req.context))
+    assert len(seen) == 2 and all(enum[-1] in prompt for prompt, enum in seen)  # each request's own passage
+    assert report.rejections.get("answer_not_in_context", 0) == 0 and report.schema_valid == 2
+    assert report.filter_stats["answer_agreement"].rejected == {"disagrees": 1} and len(report.accepted) == 1
 
 
 def test_response_format_and_who_gets_it():
@@ -107,11 +183,12 @@ def test_response_format_and_who_gets_it():
 
 def test_a_constrained_reply_parses_into_valid_rows_and_an_object_wrapper_too():
     spec = get_task("git_assistant")
-    reply = [{"question": "push to upstream", "answer": {"name": "git_push", "parameters": {"remote": "upstream"}}}]
+    reply = _full(spec, {"question": "push to upstream",
+                         "answer": {"name": "git_push", "parameters": {"remote": "upstream"}}})
     assert _validator(spec).is_valid(reply)
     for text in (json.dumps(reply), json.dumps({"examples": reply})):
         rows, dropped = parse_teacher_output(spec, text)
-        assert not dropped and len(rows) == 1
+        assert not dropped and len(rows) == len(reply)
         assert validate_row(spec, rows[0]) is None
 
 
@@ -377,3 +454,72 @@ def test_self_training_rows_map_labels_and_carry_confidence():
     assert [r["answer"] for r in report.accepted] == ["transaction_charged_twice"]
     with pytest.raises(ValueError, match="self-training applies"):
         label_rows(get_task("text2sql"), texts, answers)
+
+
+def test_teacher_budget_has_room_for_the_code_a_docstring_teacher_writes():
+    """Docstring examples carry their code: 4 of them did not fit the answer-sized budget (2 of 4
+    local replies were cut off mid-array, ``no_json_in_response``)."""
+    from assets.common import teacher_max_tokens
+    from distil_platform.profiles import get_profile
+
+    local = get_profile("local")
+    doc, doc_seeds, _ = _sample("docstring")
+    sql, sql_seeds, _ = _sample("text2sql")
+    per_request = doc.synthesis.examples_per_request
+    mean_context_chars = sum(len(s["context"]) for s in doc_seeds) / len(doc_seeds)
+    assert teacher_max_tokens(doc, local, doc_seeds) >= teacher_max_tokens(doc, local) + per_request * mean_context_chars / 3
+    # A context the request fixes (text2sql's schema) is not written by the teacher: no extra room.
+    assert teacher_max_tokens(sql, local, sql_seeds) == teacher_max_tokens(sql, local)
+
+
+def test_sql_subset_pattern_holds_the_teacher_to_the_request_schema():
+    import re
+
+    from distil_platform.teacher_schemas import schema_names, sql_answer_pattern, sql_subset_for
+
+    spec, seeds, test = _sample("text2sql")
+    rows = seeds + test
+    # The subset covers what the task asks: nearly every shipped gold query matches its own schema.
+    matched = sum(bool(re.fullmatch(sql_answer_pattern(r["context"]), r["answer"].strip())) for r in rows)
+    assert matched >= 0.95 * len(rows)
+    ddl = seeds[0]["context"]
+    tables, columns = schema_names(ddl)
+    assert "employees" in tables and "salary" in columns
+    pattern = sql_answer_pattern(ddl)
+    assert re.fullmatch(pattern, "SELECT AVG(e.salary) FROM employees e WHERE e.is_manager = 1;")
+    assert not re.fullmatch(pattern, "SELECT AVG(wage) FROM employees;")  # no such column
+    assert not re.fullmatch(pattern, "SELECT budget FROM employees;")  # a column of another table
+    assert re.fullmatch(pattern, "SELECT d.budget FROM employees e JOIN departments d ON e.department_id = d.id;")
+    assert not re.fullmatch(pattern, "SELECT * FROM staff;")  # no such table
+    assert not re.fullmatch(pattern, "DELETE FROM employees;")
+    assert not re.fullmatch(pattern, "SELECT salary FROM employees; DROP TABLE employees;")
+    assert sql_answer_pattern("not sql at all") is None
+    # Per profile: the local teacher is held to it, gpu writes free SQL; the schema says so.
+    assert sql_subset_for(spec, "local") and not sql_subset_for(spec, "gpu")
+    local = reply_schema(spec, seeds, context=ddl, sql_subset=True)["items"]["properties"]["answer"]
+    assert local == {"type": "string", "pattern": pattern}
+    assert "pattern" not in reply_schema(spec, seeds, context=ddl)["items"]["properties"]["answer"]
+    v = Draft202012Validator(reply_schema(spec, seeds, context=ddl, sql_subset=True))
+    good = {"question": "What is the average manager salary?", "answer": "SELECT AVG(salary) FROM employees;"}
+    assert v.is_valid(_full(spec, good))
+    assert not v.is_valid(_full(spec, {**good, "answer": "SELECT DISTINCT DISTINCT salary FROM employees"}))
+
+
+def test_constrain_sql_accepts_only_free_or_subset():
+    from pydantic import ValidationError
+
+    from distil_platform.taskspec import SynthesisConfig
+
+    with pytest.raises(ValidationError, match="constrain_sql.local must be free or subset"):
+        SynthesisConfig(constrain_sql={"local": "strict"})
+
+
+def test_a_fixed_instruction_is_a_constant_question_in_the_teacher_schema():
+    """docstring's seeds all ask one instruction: 4 of 9 teacher rows rewrote it and were dropped
+    (``not_the_fixed_instruction``). The schema now fixes it; the teacher writes the code."""
+    doc, doc_seeds, _ = _sample("docstring")
+    (instruction,) = {s["question"] for s in doc_seeds}
+    item = reply_schema(doc, doc_seeds)["items"]
+    assert item["properties"]["question"] == {"type": "string", "const": instruction}
+    trec, trec_seeds, _ = _sample("trec")
+    assert reply_schema(trec, trec_seeds)["items"]["properties"]["question"] == {"type": "string", "minLength": 1}
