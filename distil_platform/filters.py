@@ -6,7 +6,8 @@ make a row *right*. These filters judge content, each returning a short reason (
 switchable per task (``synthesis.filters`` in the task YAML, :class:`~distil_platform.taskspec.QualityFilters`):
 
 - :class:`QuestionSanity`: the question is a real sentence of the seeds' script and length range,
-  not a prompt scaffold (``"Question:"``), not the task instruction, not a repetition loop;
+  not a prompt scaffold (``"Question:"``), not the task instruction, not a tool or label name
+  (``"git_commit"``), not a repetition loop;
 - :func:`sql_nonempty`: the SQL runs in the scoring sandbox (time limit, read-only authorizer,
   row/byte caps) and returns rows on at least one generated database;
 - :func:`ungrounded_arguments`: every string/number argument of a tool call appears in the
@@ -121,6 +122,9 @@ class QuestionSanity:
     fixed_instruction: str | None
     instruction_lines: tuple[str, ...]
     prefixes: tuple[str, ...]
+    # The answer vocabulary (tool names, label names), normalised: a question that is one of them
+    # ("git_commit") restates an answer instead of asking anything.
+    answer_names: frozenset[str] = frozenset()
 
     @classmethod
     def from_seeds(cls, spec: TaskSpec, seeds: Sequence[dict[str, Any]], cfg: QualityFilters | None = None) -> QuestionSanity:
@@ -142,6 +146,8 @@ class QuestionSanity:
             fixed_instruction=fixed,
             instruction_lines=tuple(line for line in lines if len(line.split()) >= 4),
             prefixes=tuple(p for p in {prefix.casefold()} if p),
+            answer_names=frozenset(form for name in [*(spec.tool_names if spec.tools else []), *(spec.labels or {})]
+                                   for form in (_norm(name), _norm(str(name).replace("_", " ")))),
         )
 
     def check(self, row: dict[str, Any]) -> str | None:
@@ -155,6 +161,8 @@ class QuestionSanity:
             return "scaffold"
         if any(text.casefold().startswith(p) for p in self.prefixes):
             return "scaffold"
+        if norm in self.answer_names or norm.replace("_", " ") in self.answer_names:
+            return "names_an_answer"
         if len(norm.split()) >= 4 and any(norm == line or (len(norm) >= 30 and norm in line)
                                           for line in self.instruction_lines):
             return "copies_instruction"

@@ -394,6 +394,27 @@ def test_vllm_serves_chat_and_structured_output(tiny_qwen3_for_vllm, monkeypatch
         assert choice["finish_reason"] == "stop", choice
         jsonschema.validate(json.loads(choice["message"]["content"]), schema)
 
+        # The teacher's per-request schemas: the engine takes the text2sql subset's regular expression
+        # (a `pattern` of ~10-20 KB) and a passage's span enum.
+        from distil_platform.taskspec import get_task
+        from distil_platform.teacher_schemas import response_format
+
+        sql = get_task("text2sql")
+        ddl = "CREATE TABLE employees (id INTEGER PRIMARY KEY, name TEXT, salary REAL);"
+        for fmt in (response_format(sql, context=ddl, sql_subset=True),
+                    response_format(get_task("hotpotqa"), context="The Hobbit was published in 1937.")):
+            response = httpx.post(f"{server.base_url}/chat/completions", timeout=120, json={
+                "model": server.model, "messages": [{"role": "user", "content": "Write examples"}],
+                "max_tokens": 24, "temperature": 0.8, "response_format": fmt})
+            assert response.status_code == 200, response.text
+        # A per-request seed makes sampling at temperature > 0 repeatable (the teacher's rows).
+        def sample(seed):
+            response = httpx.post(f"{server.base_url}/chat/completions", timeout=120, json={
+                "model": server.model, "messages": [{"role": "user", "content": "anything"}],
+                "max_tokens": 8, "temperature": 1.0, "seed": seed})
+            return response.json()["choices"][0]["message"]["content"]
+        assert sample(7) == sample(7) and sample(7) != sample(8)
+
         memory = server.memory_report()
         assert memory["kv_reserved_gib"] == 1.0  # VLLM_CPU_KVCACHE_SPACE reached the engine
         assert 0 <= memory["kv_usage_peak"] < 1 and memory["kv_used_peak_gib"] < 1.0  # sampled every 0.5 s

@@ -211,6 +211,21 @@ def test_question_sanity_drops_scaffolds_instructions_junk_and_keeps_real_questi
     assert all(check(r) is None for r in seeds + test)  # the real data passes
 
 
+def test_a_question_that_is_a_tool_or_label_name_is_dropped():
+    """The CPU teacher, made to fill 4 examples, wrote the question "git_commit" for a git_commit
+    call; banking77 questions that are a label name say as little."""
+    git, git_seeds, _ = _sample("git_assistant")
+    check = qf.QuestionSanity.from_seeds(git, git_seeds).check
+    assert check({"question": "git_commit"}) == "names_an_answer"
+    assert check({"question": "Git commit"}) == "names_an_answer"
+    assert check({"question": "commit my changes with the message 'fix typo'"}) is None
+    bank, bank_seeds, _ = _sample("banking77")
+    label = next(iter(bank.labels))
+    assert qf.QuestionSanity.from_seeds(bank, bank_seeds).check({"question": label}) == "names_an_answer"
+    _, _, git_test = _sample("git_assistant")
+    assert all(check(r) is None for r in git_seeds + git_test)  # the real data passes
+
+
 def test_question_sanity_reads_the_last_user_turn_of_a_chat_history():
     spec, seeds, _ = _sample("smart_home")
     check = qf.QuestionSanity.from_seeds(spec, seeds).check
