@@ -215,19 +215,15 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
         served: dict[str, Any] = {"structured_output": False}
         errors: list[str] = []
 
-        def generate_with(client, seeded: bool):
+        def generate_with(client):
             def generate(batch, formats=None):
                 from distil_platform.llm import LLMError
 
                 formats = formats or [None] * len(batch)
-                # A vLLM teacher samples each request from its own seed, so a rerun writes the same rows
-                # whatever the batch composition (engine-wide seeding depends on it: the same run
-                # drew 6 and then 1 accepted text2sql rows). Endpoints get no seed (not every provider
-                # takes one).
+                # No per-request seed: with one, the vLLM-CPU teacher server died mid-batch on
+                # docstring (4 concurrent constrained requests; benchmarks/README.md, teacher yield).
                 requests = [ChatRequest(messages=m, temperature=spec.synthesis.temperature, max_tokens=max_tokens,
-                                        item_id=f"teacher-{i}",
-                                        extra={**sampling, **({"seed": config.seed * 100_000 + i} if seeded else {}),
-                                               **({"response_format": f} if f else {})})
+                                        item_id=f"teacher-{i}", extra={**sampling, **({"response_format": f} if f else {})})
                             for i, (m, f) in enumerate(zip(batch, formats))]
                 try:
                     results = client.chat_batch(requests)
@@ -317,7 +313,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                         rng_seed=config.seed, log=context.log.info, recorded=labelled, second_answer=second,
                         filters=filters, source_name="self_training")
                 else:
-                    report = run(generate_with(client, seeded=local_backend == "vllm"), second, reply_format)
+                    report = run(generate_with(client), second, reply_format)
         if source == "teacher":
             check_teacher_answered(task, teacher.model, report, errors)
         wall = time.monotonic() - start

@@ -407,13 +407,6 @@ def test_vllm_serves_chat_and_structured_output(tiny_qwen3_for_vllm, monkeypatch
                 "model": server.model, "messages": [{"role": "user", "content": "Write examples"}],
                 "max_tokens": 24, "temperature": 0.8, "response_format": fmt})
             assert response.status_code == 200, response.text
-        # A per-request seed makes sampling at temperature > 0 repeatable (the teacher's rows).
-        def sample(seed):
-            response = httpx.post(f"{server.base_url}/chat/completions", timeout=120, json={
-                "model": server.model, "messages": [{"role": "user", "content": "anything"}],
-                "max_tokens": 8, "temperature": 1.0, "seed": seed})
-            return response.json()["choices"][0]["message"]["content"]
-        assert sample(7) == sample(7) and sample(7) != sample(8)
 
         memory = server.memory_report()
         assert memory["kv_reserved_gib"] == 1.0  # VLLM_CPU_KVCACHE_SPACE reached the engine
