@@ -61,8 +61,9 @@ def build_student_serving_asset(spec: TaskSpec, profile: Profile | None = None) 
             THROUGHPUT_OUTPUT: dg.AssetOut(
                 key=throughput_key(task), is_required=False, kinds={"guidellm"},
                 description=f"Serving profile of the `{task}` student: guidellm load test with the task's real "
-                f"test prompts at rising Poisson rates; sustained RPS (arrivals consistent with the offered rate, "
-                f">= 97% completed, p95 <= the profile's SLO: {slo} else {spec.latency_slo_s:g} s), max "
+                f"test prompts at rising Poisson rates; sustained RPS (the highest offered rate, with every lower "
+                f"one, whose arrivals matched it, whose backlog at the window's close was no more than a server "
+                f"keeping up leaves, and whose p95 met the profile's SLO: {slo} else {spec.latency_slo_s:g} s), max "
                 "throughput, latency/TTFT percentiles, memory (process peak; vLLM: weights, KV cache reserved vs "
                 "used, prefix-cache hit rate); bf16, bf16 without prefix caching (vLLM), fp8 (vLLM on fp8 GPUs)."),
         },

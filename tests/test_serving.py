@@ -280,6 +280,24 @@ def test_server_is_stopped_after_an_exception():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("caller_raises", [False, True])
+def test_a_server_dying_in_use_fails_with_its_log_tail(caller_raises):
+    # A teacher batch that lost its server mid-way keeps what completed and returns normally; its
+    # connection errors alone would not say why. Either way the caller gets the exit code and the log.
+    model_dir = resolve_model("tiny-qwen3")
+    with pytest.raises(ServingError, match=r"exited with code -9 while in use") as info, serve(
+            model_dir, backend="transformers", continuous_batching=False) as server:
+        pid = server.pid
+        os.killpg(pid, signal.SIGKILL)
+        time.sleep(1.0)
+        if caller_raises:
+            raise RuntimeError("connection refused")
+    assert "log tail" in str(info.value) and str(info.value).count("\n") >= 2  # the log's lines are in it
+    assert isinstance(info.value.__cause__, RuntimeError) == caller_raises
+    assert _gone(pid)
+
+
+@pytest.mark.slow
 def test_startup_failure_shows_the_log_tail(tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -164,7 +164,7 @@ def test_synthesize_counts_every_drop_reason(sql_spec):
     }
     calls = []
 
-    def generate(batch):
+    def generate(batch, formats):
         calls.append(len(batch))
         out = []
         for messages in batch:
@@ -191,7 +191,7 @@ def test_synthesize_counts_every_drop_reason(sql_spec):
 
 
 def test_synthesize_literal_swap_is_counted_separately(sql_spec):
-    report = synthesize(sql_spec, SQL_SEEDS, SQL_TEST, lambda b: [None] * len(b), target=4,
+    report = synthesize(sql_spec, SQL_SEEDS, SQL_TEST, lambda b, f: [None] * len(b), target=4,
                         teacher_model="t", literal_swap=True)
     s = report.summary()
     assert s["failed_requests"] == 1 and s["teacher_accepted"] == 0

@@ -229,3 +229,16 @@ def test_margin_repeats_and_judge_family(tmp_path):
                   judge_same_family_ok=True)
     assert ok.judge.model == "anthropic/claude-sonnet-4-6"
     assert TaskSpec(**base, comparison_models=judged, judge={"model": "mistral/mistral-large-2512"}).judge
+
+
+def test_every_task_has_the_local_slo_its_latency_measurement_gives(specs):
+    # A 1 s GPU SLO would leave every CPU student "estimated": each task's `local` SLO comes from
+    # benchmarks/local_slo.py (recorded in its results), so a YAML edit without a re-measure shows here.
+    measured = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "local_slo.json").read_text())
+    proposed = {row["task"]: row["proposed_local_slo_s"] for row in measured["tasks"]}
+    assert set(proposed) == set(specs)
+    for name, spec in specs.items():
+        assert spec.latency_slo("local") == proposed[name], name
+        assert spec.latency_slo("gpu") == spec.latency_slo_s  # the GPU benchmark's own SLO is untouched
+        p95 = next(r["p95_s"] for r in measured["tasks"] if r["task"] == name)
+        assert spec.latency_slo("local") >= 2 * p95  # met one request at a time, with room for queueing

@@ -142,6 +142,32 @@ def test_open_book_answers_are_constrained_to_spans_of_the_request_passage():
     assert answer_spans("Kenya; Uganda.", limit=3) == ["yes", "no", "Kenya"]
 
 
+
+def test_the_second_answer_is_held_to_the_answer_space_of_the_first():
+    """Free text, the 135M teacher's re-answers agreed with none of 16 span answers; the agreement
+    filter's second answer now chooses from the same spans (or labels), and is unwrapped for scoring."""
+    from distil_platform.teacher_schemas import answer_spans, second_answer_format, unwrap_second_answer
+
+    spec, seeds, _ = _sample("hotpotqa")
+    row = {"question": "Which team?", "answer": "x", "context": seeds[0]["context"]}
+    fmt = second_answer_format(spec, row)
+    schema = fmt["json_schema"]["schema"]
+    assert fmt["type"] == "json_schema" and schema["type"] == "object"  # an object root, as OpenAI requires
+    assert schema["properties"]["answer"]["enum"] == answer_spans(row["context"])
+    validator = Draft202012Validator(schema)
+    span = answer_spans(row["context"])[5]
+    assert validator.is_valid({"answer": span}) and not validator.is_valid({"answer": "Brasilia"})
+    assert unwrap_second_answer(json.dumps({"answer": span})) == span
+    assert unwrap_second_answer("Brasilia") == "Brasilia" and unwrap_second_answer(None) is None
+    assert unwrap_second_answer('{"label": "x"}') == '{"label": "x"}'  # not this schema's reply: left as is
+    # A passage-less row and a free-form task have no answer space to hold to.
+    assert second_answer_format(spec, {**row, "context": " "}) is None
+    sql, sql_seeds, _ = _sample("text2sql")
+    assert second_answer_format(sql, sql_seeds[0]) is None
+    bank, bank_seeds, _ = _sample("banking77")
+    labels = second_answer_format(bank, bank_seeds[0])["json_schema"]["schema"]["properties"]["answer"]["enum"]
+    assert labels == list(bank.labels) and bank_seeds[0]["answer"] in labels
+
 def test_each_teacher_request_gets_the_schema_of_its_own_passage():
     spec, seeds, test = _sample("hotpotqa")
     seen: list[tuple[str, list[str]]] = []
@@ -350,7 +376,7 @@ def test_docstring_copy_of_a_test_function_is_dropped_and_a_new_function_kept():
     new = {"question": instruction, "answer": "Add tax to a price.\n\nArgs:\n    price: Net price.\n    rate: Tax rate.\n\n"
            "Returns:\n    The gross price.\n\nRaises:\n    ValueError: If rate is negative.", "context": new_code}
     reply = json.dumps([copy, new])
-    report = synthesize(spec, seeds, test, lambda batch: [reply] * len(batch), target=1, teacher_model="t")
+    report = synthesize(spec, seeds, test, lambda batch, formats: [reply] * len(batch), target=1, teacher_model="t")
     assert report.decontaminated == 1
     assert [r["context"] for r in report.accepted] == [new_code]
     assert report.summary()["decontaminated_on"] == "context"
@@ -360,7 +386,7 @@ def test_docstring_copy_of_a_test_function_is_dropped_and_a_new_function_kept():
 def _git_recorded_report(path):
     spec, seeds, test = _sample("git_assistant")
     rows = load_recorded(spec, path, teacher_model="fixture-teacher")
-    return synthesize(spec, seeds, test, lambda batch: pytest.fail("no model is asked"), target=0,
+    return synthesize(spec, seeds, test, lambda batch, formats: pytest.fail("no model is asked"), target=0,
                       teacher_model="fixture-teacher", recorded=rows)
 
 
@@ -394,7 +420,7 @@ def test_recorded_parquet_and_csv_and_sampling(tmp_path):
 
     bank, seeds, test = _sample("banking77")
     rows = load_recorded(bank, DATA / "recorded_banking77.csv")
-    report = synthesize(bank, seeds, test, lambda b: [], target=0, teacher_model="r", recorded=rows)
+    report = synthesize(bank, seeds, test, lambda b, f: [], target=0, teacher_model="r", recorded=rows)
     assert report.summary()["rejections_by_reason"] == {"label_not_in_set": 1, "question_sanity: scaffold": 1}
     assert [r["answer"] for r in report.accepted] == ["cash_withdrawal_charge"]
 
@@ -461,7 +487,7 @@ def test_self_training_rows_map_labels_and_carry_confidence():
     answers = ["`Transaction_Charged_Twice`.", "declined_cash_withdrawal", "no idea"]
     rows = label_rows(spec, texts, answers, [0.9, 0.2, None], labeller="m")
     assert [r["answer"] for r in rows] == ["transaction_charged_twice", "declined_cash_withdrawal", "no idea"]
-    report = synthesize(spec, seeds, test, lambda b: [], target=0, teacher_model="m", recorded=rows,
+    report = synthesize(spec, seeds, test, lambda b, f: [], target=0, teacher_model="m", recorded=rows,
                         source_name="self_training")
     s = report.summary()
     assert s["source"] == "self_training"
@@ -490,7 +516,7 @@ def test_teacher_budget_has_room_for_the_code_a_docstring_teacher_writes():
 def test_sql_subset_pattern_holds_the_teacher_to_the_request_schema():
     import re
 
-    from distil_platform.teacher_schemas import schema_names, sql_answer_pattern, sql_subset_for
+    from distil_platform.teacher_schemas import schema_columns, sql_answer_pattern, sql_subset_for
 
     spec, seeds, test = _sample("text2sql")
     rows = seeds + test
@@ -498,8 +524,8 @@ def test_sql_subset_pattern_holds_the_teacher_to_the_request_schema():
     matched = sum(bool(re.fullmatch(sql_answer_pattern(r["context"]), r["answer"].strip())) for r in rows)
     assert matched >= 0.95 * len(rows)
     ddl = seeds[0]["context"]
-    tables, columns = schema_names(ddl)
-    assert "employees" in tables and "salary" in columns
+    by_table = schema_columns(ddl)
+    assert "salary" in by_table["employees"] and "budget" not in by_table["employees"]
     pattern = sql_answer_pattern(ddl)
     assert re.fullmatch(pattern, "SELECT AVG(e.salary) FROM employees e WHERE e.is_manager = 1;")
     assert not re.fullmatch(pattern, "SELECT AVG(wage) FROM employees;")  # no such column
