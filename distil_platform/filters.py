@@ -45,6 +45,9 @@ _SCAFFOLD_RE = re.compile(
 _PLACEHOLDER_RE = re.compile(r"\{question\}|\{context\}|<question>|<answer>|\[question\]|<your question>", re.IGNORECASE)
 
 
+QUESTION_MARK_SHARE = 0.9
+
+
 def _norm(text: Any) -> str:
     text = unicodedata.normalize("NFKC", "" if text is None else str(text)).casefold()
     return _WS_RE.sub(" ", _NON_WORD_RE.sub(" ", text)).strip()
@@ -137,6 +140,9 @@ class QuestionSanity:
     # The answer vocabulary (tool names, label names), normalised: a question that is one of them
     # ("git_commit") restates an answer instead of asking anything.
     answer_names: frozenset[str] = frozenset()
+    # Every seed question ends with "?" (>= QUESTION_MARK_SHARE of them: HotpotQA, TREC): a teacher's
+    # "question" that does not is a statement or a ramble cut off mid-sentence.
+    asks: bool = False
 
     @classmethod
     def from_seeds(cls, spec: TaskSpec, seeds: Sequence[dict[str, Any]], cfg: QualityFilters | None = None) -> QuestionSanity:
@@ -157,6 +163,7 @@ class QuestionSanity:
             fixed_instruction=_norm(fixed) if fixed is not None else None,
             instruction_lines=tuple(line for line in lines if len(line.split()) >= 4),
             prefixes=tuple(p for p in {prefix.casefold()} if p),
+            asks=len(texts) >= 2 and sum(t.strip().endswith(("?", "？")) for t in texts) >= QUESTION_MARK_SHARE * len(texts),
             answer_names=frozenset(form for name in [*(spec.tool_names if spec.tools else []), *(spec.labels or {})]
                                    for form in (_norm(name), _norm(str(name).replace("_", " ")))),
         )
@@ -177,6 +184,8 @@ class QuestionSanity:
         if len(norm.split()) >= 4 and any(norm == line or (len(norm) >= 30 and norm in line)
                                           for line in self.instruction_lines):
             return "copies_instruction"
+        if self.asks and not text.endswith(("?", "？")):
+            return "not_a_question"
         if len(text) < self.min_chars:
             return "too_short"
         if len(text) > self.max_chars:

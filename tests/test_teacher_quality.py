@@ -252,6 +252,22 @@ def test_a_question_that_is_a_tool_or_label_name_is_dropped():
     assert all(check(r) is None for r in git_seeds + git_test)  # the real data passes
 
 
+def test_where_every_seed_asks_a_question_a_statement_is_not_one():
+    """Two hotpotqa rows the CPU teacher wrote passed every other check: a question cut off at a
+    comma and a ramble ending "So I just answer you."; every seed there ends with "?"."""
+    spec, seeds, test = _sample("hotpotqa")
+    check = qf.QuestionSanity.from_seeds(spec, seeds).check
+    assert check({"question": "Who is the first person to die in the Louisiana Purchase,"}) == "not_a_question"
+    assert check({"question": "The answer has been provided to the question. So I just answer you."}) == "not_a_question"
+    assert check({"question": "Which city hosts the company founded by Steve Jobs?"}) is None
+    assert all(check(r) is None for r in seeds + test)
+    # Where seeds are commands or a mix (smart_home, text2sql), no question mark is required.
+    home, home_seeds, _ = _sample("smart_home")
+    assert qf.QuestionSanity.from_seeds(home, home_seeds).check({"question": "Turn off the kitchen lights"}) is None
+    sql, sql_seeds, _ = _sample("text2sql")
+    assert qf.QuestionSanity.from_seeds(sql, sql_seeds).check({"question": "List every customer in Paris"}) is None
+
+
 def test_question_sanity_reads_the_last_user_turn_of_a_chat_history():
     spec, seeds, _ = _sample("smart_home")
     check = qf.QuestionSanity.from_seeds(spec, seeds).check
