@@ -32,7 +32,6 @@ from typing import Any
 from distil_platform.filters import fixed_instruction
 from distil_platform.taskspec import TaskSpec
 
-
 # A span candidate for open-book QA answers: clause-bounded, starting and ending with an
 # entity-like word (capitalised or a number), at most this many words.
 MAX_SPAN_WORDS = 6

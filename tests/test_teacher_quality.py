@@ -517,6 +517,7 @@ def test_teacher_budget_has_room_for_the_code_a_docstring_teacher_writes():
     """Docstring examples carry their code: 4 of them did not fit the answer-sized budget (2 of 4
     local replies were cut off mid-array, ``no_json_in_response``)."""
     from distil_platform.assets.common import teacher_max_tokens
+
     from distil_platform.profiles import get_profile
 
     local = get_profile("local")
