@@ -216,7 +216,8 @@ def response_format(spec: TaskSpec, seeds: Sequence[dict[str, Any]] = (), max_it
 def second_answer_format(spec: TaskSpec, row: dict[str, Any]) -> dict[str, Any] | None:
     """The ``response_format`` of the agreement filter's second answer to ``row``: the answer space
     the teacher's own answer was held to, so the two can agree only on a choice both made from it.
-    Open-book QA: the spans of the row's passage (or yes/no); classification: the labels. The
+    Open-book QA: the spans of the row's passage (or yes/no); classification: the labels; tool
+    calling: a call of one of the tools with arguments valid for its schema. The
     answer sits in an object (``{"answer": ...}``; OpenAI-style endpoints want an object at the
     root): :func:`unwrap_second_answer` takes it out. None where the second answer is free text."""
     context = str(row.get("context") or "")
@@ -224,6 +225,8 @@ def second_answer_format(spec: TaskSpec, row: dict[str, Any]) -> dict[str, Any] 
         answer: dict[str, Any] = {"type": "string", "enum": answer_spans(context)}
     elif spec.type == "classification" and spec.labels:
         answer = {"type": "string", "enum": list(spec.labels)}
+    elif spec.type == "tool_calling" and spec.tools:
+        answer = answer_schema(spec)  # one call of one of the tools, its arguments as the tool's schema
     else:
         return None
     schema = {"type": "object", "properties": {"answer": answer}, "required": ["answer"],
@@ -241,6 +244,8 @@ def unwrap_second_answer(text: str | None) -> str | None:
         return text
     if isinstance(value, dict) and isinstance(value.get("answer"), str):
         return value["answer"]
+    if isinstance(value, dict) and isinstance(value.get("answer"), dict):  # a tool call, as the student writes it
+        return json.dumps(value["answer"], separators=(", ", ": "))
     return text
 
 

@@ -167,6 +167,16 @@ def test_the_second_answer_is_held_to_the_answer_space_of_the_first():
     bank, bank_seeds, _ = _sample("banking77")
     labels = second_answer_format(bank, bank_seeds[0])["json_schema"]["schema"]["properties"]["answer"]["enum"]
     assert labels == list(bank.labels) and bank_seeds[0]["answer"] in labels
+    # Tool calling: a call of one of the tools, unwrapped to the JSON the student writes and scored as one.
+    home, home_seeds, _ = _sample("smart_home")
+    call_schema = Draft202012Validator(second_answer_format(home, home_seeds[0])["json_schema"]["schema"])
+    seed_call = json.loads(home_seeds[0]["answer"]) if isinstance(home_seeds[0]["answer"], str) else home_seeds[0]["answer"]
+    assert call_schema.is_valid({"answer": seed_call})
+    assert not call_schema.is_valid({"answer": {"name": "open_garage", "parameters": {}}})
+    reply = unwrap_second_answer(json.dumps({"answer": seed_call}))
+    assert qf.answers_agree(home, home_seeds[0], reply)
+    assert not qf.answers_agree(home, home_seeds[0], unwrap_second_answer(json.dumps(
+        {"answer": {"name": "get_device_status", "parameters": {"device_type": "thermostat"}}})))
 
 def test_each_teacher_request_gets_the_schema_of_its_own_passage():
     spec, seeds, test = _sample("hotpotqa")
