@@ -247,7 +247,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
         def second_answer_with(client, structured):
             # The agreement filter's independent answer: the teacher re-asked at temperature 0 with the
             # student's own prompt (system + user), no demonstrations; with structured outputs, held to
-            # the answer space its first answer was (a passage's spans, the labels).
+            # the answer space its first answer was (teacher_schemas.second_answer_format).
             def answer(rows):
                 formats = [second_answer_format(spec, r) if structured else None for r in rows]
                 requests = [ChatRequest(messages=m, temperature=0.0,

@@ -102,6 +102,24 @@ class CpuWatch:
         return False
 
 
+CONTENDED_SHARE = 0.10
+
+
+def contended_flag(other_share: float) -> str:
+    """" (contended)" when other processes took more than CONTENDED_SHARE of the CPU in a measurement."""
+    return " (contended)" if other_share > CONTENDED_SHARE else ""
+
+
+def write_record(path, record: dict) -> None:
+    """A benchmark's raw JSON (``default=str`` for paths and settings), parents created."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+
+
 # -- the contenders ---------------------------------------------------------------------------------
 
 

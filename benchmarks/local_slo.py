@@ -25,7 +25,6 @@ other processes during each task's measurement and flags shares above 10% as con
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -41,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from client_throughput import CpuWatch  # after the path set-up
+from client_throughput import CpuWatch, contended_flag, write_record  # after the path set-up
 
 ALL_TASKS = ("text2sql", "smart_home", "git_assistant", "banking77", "ecommerce", "trec", "hotpotqa",
              "docstring", "pii_redaction")
@@ -128,12 +127,11 @@ def main() -> None:
                 raise RuntimeError(f"{task}: the server did not honour min_tokens/max_tokens "
                                    f"({[o[1] for o in out]} vs {forced})")
             p95 = _pctl(latencies, 0.95)
-            spec = get_task(task)
             row = {"task": task, "requests": len(out), "p50_s": round(statistics.median(latencies), 3),
                    "p95_s": round(p95, 3), "max_s": round(max(latencies), 3),
                    "prompt_tokens_median": int(statistics.median(r["prompt_tokens"] for r in reqs)),
                    "answer_tokens_median": int(statistics.median(forced)), "answer_tokens_max": max(forced),
-                   "proposed_local_slo_s": proposed_slo(p95), "configured_local_slo_s": spec.latency_slo("local"),
+                   "proposed_local_slo_s": proposed_slo(p95), "configured_local_slo_s": get_task(task).latency_slo("local"),
                    "other_cpu_share": round(watch.other_share, 3)}
             results.append(row)
             print(f"{task}: p50 {row['p50_s']} s, p95 {row['p95_s']} s (prompt ~{row['prompt_tokens_median']} tok, "
@@ -146,14 +144,12 @@ def main() -> None:
               "loadavg_before": [round(x, 2) for x in load_before],
               "loadavg_after": [round(x, 2) for x in os.getloadavg()], "server_settings": settings,
               "tasks": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+    write_record(args.out, record)
     print("\n| task | prompt tokens (median) | answer tokens (median / max) | p50 s | p95 s | proposed `local` SLO s | other CPU |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
-        flag = " (contended)" if r["other_cpu_share"] > 0.10 else ""
         print(f"| {r['task']} | {r['prompt_tokens_median']} | {r['answer_tokens_median']} / {r['answer_tokens_max']} | "
-              f"{r['p50_s']} | {r['p95_s']} | {r['proposed_local_slo_s']} | {r['other_cpu_share']:.0%}{flag} |")
+              f"{r['p50_s']} | {r['p95_s']} | {r['proposed_local_slo_s']} | {r['other_cpu_share']:.0%}{contended_flag(r['other_cpu_share'])} |")
     print(f"load {record['loadavg_before']} -> {record['loadavg_after']}; wrote {args.out}")
 
 

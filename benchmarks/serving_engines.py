@@ -17,7 +17,6 @@ this process) and flags rows above 10% as contended.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -33,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from client_throughput import CpuWatch  # after the path set-up
+from client_throughput import CpuWatch, contended_flag, write_record  # after the path set-up
 
 
 def _pctl(values: list[float], q: float) -> float:
@@ -139,15 +138,13 @@ def main() -> None:
         "table": table, "identical_greedy_answers_at_c1": f"{same}/{len(messages)}",
         "engines": {k: {kk: vv for kk, vv in v.items() if kk != "answers"} for k, v in results.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+    write_record(args.out, record)
     print("\n| concurrency | vLLM req/s (p50 / p95 s) | transformers serve req/s (p50 / p95 s) | ratio | other CPU |")
     print("|---|---|---|---|---|")
     for r in table:
-        flag = " (contended)" if r["other_cpu_share_max"] > 0.10 else ""
         print(f"| {r['concurrency']} | {r['vllm_rps']} ({r['vllm_p50_s']} / {r['vllm_p95_s']}) | {r['transformers_rps']} "
               f"({r['transformers_p50_s']} / {r['transformers_p95_s']}) | {r['ratio']}x | "
-              f"{r['other_cpu_share_max']:.0%}{flag} |")
+              f"{r['other_cpu_share_max']:.0%}{contended_flag(r['other_cpu_share_max'])} |")
     print(f"identical greedy answers at c={c1}: {same}/{len(messages)}; load {load_before} -> {load_after}")
     print(f"wrote {args.out}")
 
@@ -174,8 +171,7 @@ def compare_threads_bind(model_dir: Path, messages: list, args, load_before) -> 
               "loadavg_after": [round(x, 2) for x in os.getloadavg()], "table": table,
               "identical_greedy_answers_at_c1": f"{same}/{len(messages)}",
               "runs": {k: {kk: vv for kk, vv in v.items() if kk != "answers"} for k, v in runs.items()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+    write_record(args.out, record)
     print(f"\n| concurrency | auto req/s (p50 / p95 s) | bind {args.threads_bind} req/s (p50 / p95 s) | ratio | other CPU |")
     print("|---|---|---|---|---|")
     for r in table:

@@ -46,6 +46,7 @@ _PLACEHOLDER_RE = re.compile(r"\{question\}|\{context\}|<question>|<answer>|\[qu
 
 
 QUESTION_MARK_SHARE = 0.9
+_QUESTION_ENDS = ("?", "？")
 
 
 def _norm(text: Any) -> str:
@@ -163,7 +164,7 @@ class QuestionSanity:
             fixed_instruction=_norm(fixed) if fixed is not None else None,
             instruction_lines=tuple(line for line in lines if len(line.split()) >= 4),
             prefixes=tuple(p for p in {prefix.casefold()} if p),
-            asks=len(texts) >= 2 and sum(t.strip().endswith(("?", "？")) for t in texts) >= QUESTION_MARK_SHARE * len(texts),
+            asks=len(texts) >= 2 and sum(t.strip().endswith(_QUESTION_ENDS) for t in texts) >= QUESTION_MARK_SHARE * len(texts),
             answer_names=frozenset(form for name in [*(spec.tool_names if spec.tools else []), *(spec.labels or {})]
                                    for form in (_norm(name), _norm(str(name).replace("_", " ")))),
         )
@@ -184,7 +185,7 @@ class QuestionSanity:
         if len(norm.split()) >= 4 and any(norm == line or (len(norm) >= 30 and norm in line)
                                           for line in self.instruction_lines):
             return "copies_instruction"
-        if self.asks and not text.endswith(("?", "？")):
+        if self.asks and not text.endswith(_QUESTION_ENDS):
             return "not_a_question"
         if len(text) < self.min_chars:
             return "too_short"
