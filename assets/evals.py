@@ -253,7 +253,8 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
                       _fmt(summary.mean_completion_tokens), "parse fails": summary.parse_failures,
                       "student − model": _fmt(comparison.get("diff", comparison.get("mean_diff"))),
                       "McNemar p": _fmt(comparison.get("mcnemar_p", comparison.get("p_value"))),
-                      "verdict": verdict_label(comparison.get("verdict"), spec.margin)
+                      "verdict": (verdict_label(comparison.get("verdict"), spec.margin)
+                                  + (f" ({comparison['verdict_note']})" if comparison.get("verdict_note") else ""))
                       if comparison.get("verdict") else "–"})
         context.log.info(f"{task}: {label} {spec.metric_name} {summary.score:.3f} "
                          f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}] over {repeats} repeat(s)")

@@ -265,8 +265,8 @@ def item_metrics(results: Sequence[ItemResult]) -> dict[str, str | None]:
 
 
 # The fields of a paired comparison a report keeps (benchmarks' JSON, cross-run pairings).
-PAIRED_KEYS = ("n", "diff", "ci_low", "ci_high", "mcnemar_p", "test", "verdict", "margin", "item_wins",
-               "item_ties", "item_losses")
+PAIRED_KEYS = ("n", "diff", "ci_low", "ci_high", "mcnemar_p", "test", "verdict", "verdict_note", "margin",
+               "item_wins", "item_ties", "item_losses")
 
 
 def paired_comparison(student: Sequence[ItemResult], baseline: Sequence[ItemResult],

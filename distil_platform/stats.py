@@ -307,6 +307,8 @@ def compare(
     above −``margin`` (the student is at most ``margin`` worse, at one-sided level
     (1 − confidence)/2); else ``loss`` (significantly worse); else ``inconclusive`` (the data cannot
     tell, including no items). ``mcnemar_p`` is the McNemar p-value for 0/1 scores, else None.
+    ``verdict_note`` names both where the exact test and the interval disagree on 0 (e.g. 1 vs 7
+    discordant pairs on 50 items: interval below 0, p = 0.070, verdict inconclusive), else None.
     """
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"margin must be in [0, 1) (a score difference), got {margin}")
@@ -327,6 +329,19 @@ def compare(
         better = bool(n and ci.low > 0)
         worse = bool(n and ci.high < 0)
         test = TEST_BOOTSTRAP
+    note = None
+    if binary and (ci.low > 0 or ci.high < 0) != significant:
+        # The two can disagree: the exact conditional test is conservative where discordant pairs
+        # are few, Newcombe's interval holds its nominal level. The verdict follows the test (a
+        # claim of superiority needs it), and says so.
+        discordant = f"{mcnemar.a_only} vs {mcnemar.b_only} discordant pairs"
+        if significant:
+            note = (f"exact McNemar rejects (p = {mcnemar.p_value:.3g}, {discordant}) but the "
+                    f"{confidence:.0%} interval [{ci.low:.3f}, {ci.high:.3f}] includes 0")
+        else:
+            side = "above" if ci.low > 0 else "below"
+            note = (f"the {confidence:.0%} interval [{ci.low:.3f}, {ci.high:.3f}] lies {side} 0 but exact "
+                    f"McNemar does not reject (p = {mcnemar.p_value:.3g}, {discordant}): not claimed")
     if n == 0:
         verdict = INCONCLUSIVE
     elif better:
@@ -352,4 +367,6 @@ def compare(
         "test": test if n else "none",
         "mcnemar_p": mcnemar.p_value if mcnemar is not None else None,
         "discordant": (mcnemar.a_only, mcnemar.b_only) if mcnemar is not None else None,
+        # Set where the exact test and the interval disagree on whether the difference is 0.
+        "verdict_note": note,
     }

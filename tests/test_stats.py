@@ -150,6 +150,24 @@ def test_sparse_binary_wins_need_mcnemar_significance():
     assert six["verdict"] == "win" and six["mcnemar_p"] == pytest.approx(2 / 64)
 
 
+def test_a_verdict_names_both_where_the_exact_test_and_the_interval_disagree():
+    """smart_home's constrained-teacher student vs seed-only (2026-12-02): 34/50 vs 40/50, 1 item
+    better and 7 worse. Newcombe's interval lies below 0, exact McNemar gives p = 0.070: the verdict
+    stays with the test (inconclusive) and says that the interval disagrees."""
+    student = [1.0] * 1 + [0.0] * 7 + [1.0] * 33 + [0.0] * 9
+    seed_only = [0.0] * 1 + [1.0] * 7 + [1.0] * 33 + [0.0] * 9
+    result = compare(student, seed_only)
+    assert result["discordant"] == (1, 7) and result["mcnemar_p"] == pytest.approx(18 / 256)
+    assert result["ci_high"] < 0 and result["verdict"] == "inconclusive"
+    assert "lies below 0" in result["verdict_note"] and "p = 0.0703" in result["verdict_note"]
+    # Where the two agree there is no note: a clear loss, a clear win, a tie.
+    assert compare(seed_only[:8] * 3 + seed_only[8:], student[:8] * 3 + student[8:])["verdict_note"] is None
+    assert compare([0.0] * 30 + [1.0] * 20, [1.0] * 40 + [0.0] * 10)["verdict_note"] is None
+    assert compare(student, student)["verdict_note"] is None
+    # Non-binary scores use the bootstrap for both: never a note.
+    assert compare([0.5] * 10, [0.4] * 10)["verdict_note"] is None
+
+
 def test_ten_points_worse_is_never_a_match():
     # 50 items, the student 10 points worse (5 discordant pairs, all against it): McNemar p = 0.0625,
     # so not a significant loss — but certainly not "matches" either.
