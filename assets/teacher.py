@@ -63,6 +63,11 @@ class TeacherDataConfig(dg.Config):
     # or artefact URL, e.g. the `checkpoint_path` of an earlier seed-only `<task>_student` run) or a
     # model-store name; None = the profile's teacher.
     labeller: str | None = None
+    # The agreement filter's second answerer, served locally: a checkpoint (a directory or artefact
+    # URL, e.g. the `checkpoint_path` of a seed-only `<task>_student` run, which answers with the
+    # student's own prompt, greedy, as its eval does) or a model-store name; turns the filter on.
+    # None = the teacher re-asked without demonstrations.
+    agreement_model: str | None = None
 
 
 TEACHER_API_KEY_ENV = "DISTIL_TEACHER_API_KEY"
@@ -112,14 +117,15 @@ def check_teacher_answered(task: str, model: str, report, errors: list[str]) -> 
         )
 
 
-def resolve_labeller(labeller: str, model_store: ModelStoreResource) -> tuple[ModelRef, Path]:
-    """``(ref, local_dir)`` of a self-training labeller: a checkpoint directory or artefact URL
-    (fetched once, like the serving stages do) or a model-store name. Served locally, never with a key."""
-    if paths.is_remote(labeller) or labeller.startswith(("/", ".", "~")):  # local_checkpoint takes both
-        local = paths.local_checkpoint(os.path.expanduser(labeller), what="the labeller checkpoint (run config `labeller`)")
+def resolve_local_model(name: str, model_store: ModelStoreResource, field: str) -> tuple[ModelRef, Path]:
+    """``(ref, local_dir)`` of a model the stage serves itself (the self-training labeller, the
+    agreement model): a checkpoint directory or artefact URL (fetched once, like the serving stages
+    do) or a model-store name. Served locally, never with a key."""
+    if paths.is_remote(name) or name.startswith(("/", ".", "~")):  # local_checkpoint takes both
+        local = paths.local_checkpoint(os.path.expanduser(name), what=f"the checkpoint of run config `{field}`")
     else:
-        local = model_store.resolve(labeller)
-    return ModelRef(model=labeller, tier="teacher"), local
+        local = model_store.resolve(name)
+    return ModelRef(model=name, tier="teacher"), local
 
 
 def teacher_source(spec: TaskSpec, profile: Profile, override: str | None) -> str:
@@ -179,6 +185,11 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
         filters = spec.synthesis.filters
         if config.answer_agreement is not None:
             filters = filters.model_copy(update={"answer_agreement": config.answer_agreement})
+        if config.agreement_model:
+            if config.answer_agreement is False:
+                raise ValueError(f"{task}: run config `agreement_model` gives the agreement filter's second answer, "
+                                 "but `answer_agreement` is false")
+            filters = filters.model_copy(update={"answer_agreement": True})
         max_tokens = config.max_tokens or teacher_max_tokens(spec, profile, seeds)
         penalty = spec.synthesis.frequency_penalty if config.frequency_penalty is None else config.frequency_penalty
         sampling = {"frequency_penalty": penalty} if penalty else {}
@@ -207,12 +218,13 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                                    f"{spec.source_file}); the seed set has none")
             if target < len(texts):
                 texts = random.Random(config.seed).sample(texts, max(0, target))
-        needs_model = (source in ("teacher", "self_training") and target > 0) or filters.answer_agreement
+        needs_model = ((source in ("teacher", "self_training") and target > 0)
+                       or (filters.answer_agreement and not config.agreement_model))
         labeller_dir = None
         if config.labeller:
             if source != "self_training":
                 raise ValueError(f"{task}: run config `labeller` applies to source self_training, not {source}")
-            teacher, labeller_dir = resolve_labeller(config.labeller, model_store)
+            teacher, labeller_dir = resolve_local_model(config.labeller, model_store, "labeller")
             teacher_label = teacher.model
         elif needs_model:
             teacher = resolve_teacher(spec, profile, teacher_endpoint)
@@ -258,6 +270,36 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                         for r, f in zip(client.chat_batch(requests), formats)]
             return answer
 
+        def second_answer_by(ref, model_dir):
+            # The agreement filter's second answer from another model (e.g. the seed-only student),
+            # served for this one batch: the student's prompt, greedy, its own output format.
+            def answer(rows):
+                from distil_platform.llm import LLMError
+
+                requests = [ChatRequest(messages=m, temperature=0.0, item_id=f"agree-{i}",
+                                        max_tokens=answer_token_cap(profile, spec.max_answer_tokens))
+                            for i, m in enumerate(eval_messages(spec, rows))]
+                with _teacher_client(context, llm, serving, model_store, ref, task=task,
+                                     concurrency=config.concurrency, model_dir=model_dir) as (client, _):
+                    try:
+                        results = client.chat_batch(requests)
+                    except LLMError as exc:
+                        raise dg.Failure(description=f"{task}: the agreement model {ref.model} stopped answering: "
+                                         f"{str(exc)[:300]}") from exc
+                texts = [r.text for r in results]
+                if texts and all(t is None for t in texts):
+                    first = next((r.error for r in results if r.error), "no reply")
+                    raise dg.Failure(description=f"{task}: the agreement model {ref.model} answered none of "
+                                     f"{len(texts)} rows (first error: {str(first)[:300]})")
+                served["agreement_answered"] = sum(t is not None for t in texts)
+                return texts
+            return answer
+
+        judge_second = None
+        if config.agreement_model:
+            judge_ref, judge_dir = resolve_local_model(config.agreement_model, model_store, "agreement_model")
+            judge_second = second_answer_by(judge_ref, judge_dir)
+
         def run(generate, second=None, reply_format=None):
             return synthesize(
                 spec, seeds, test, generate, target=target, teacher_model=teacher_label,
@@ -294,7 +336,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                               [answer_confidence(r.logprobs) if r else None for r in got], labeller=teacher.model)
 
         if not needs_model:
-            report = run(lambda batch, formats: [])
+            report = run(lambda batch, formats: [], judge_second)
         else:
             with _teacher_client(context, llm, serving, model_store, teacher, api_key=teacher_endpoint.api_key
                                  if teacher.api_key_env == TEACHER_API_KEY_ENV else None, task=task,
@@ -313,7 +355,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
 
                 if not structured:
                     reply_format = None
-                second = second_answer_with(client, structured) if filters.answer_agreement else None
+                second = judge_second or (second_answer_with(client, structured) if filters.answer_agreement else None)
                 if source == "self_training":
                     # transformers serve returns no logprobs; vLLM and OpenAI-style endpoints do.
                     labelled = label_with(client, send_logprobs=local_backend != "transformers")
@@ -341,6 +383,9 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
             "teacher": teacher_label,
             "source": source,
             "structured_output": served["structured_output"],
+            # Who gave the agreement filter's second answer (None: the filter is off).
+            "agreement_answerer": (config.agreement_model or "teacher (re-asked, no demonstrations)")
+            if filters.answer_agreement else "none (filter off)",
             **({"reply_schema": dg.MetadataValue.json(served["reply_schema"]),
                 "sql_subset": served["sql_subset"]} if served.get("reply_schema") else {}),
             **({"labelled_messages": served.get("labelled", 0),

@@ -25,6 +25,12 @@ of test questions are removed by the stage's dedup and decontamination):
         --recorded ../shared/benchmark/related/rampallishyam__distil-gitara/finetuning/synthetic-data/train.jsonl \
         --recorded-max-rows 600 --max-steps 150 --no-baselines
 
+The seed-only student as the agreement filter's second answerer (it is trained first; a teacher row is
+kept only where that student, asked the row's question with its own prompt, gives the same answer):
+
+    DAGSTER_HOME=/tmp/bench_home .venv/bin/python benchmarks/distillation.py --tasks smart_home \
+        --teacher-target 64 --agreement-model seed_only --no-baselines
+
 Self-training (banking77: the seed-only student labels the 1,000 real unlabelled messages, greedy with
 token logprobs; labels below the task's min_confidence are dropped; a second student trains on seeds +
 kept rows and is paired with the seed-only one):
@@ -93,7 +99,7 @@ def _teacher_counts(teacher: dict) -> dict:
                                        "schema_valid", "passed_filters", "accepted", "teacher_accepted",
                                        "augmented_accepted", "rejected", "rejections_by_reason",
                                        "exact_duplicates", "near_duplicates", "decontaminated",
-                                       "decontaminated_on", "distribution", "wall_time_s")}
+                                       "decontaminated_on", "distribution", "wall_time_s", "agreement_answerer")}
     for key in ("funnel", "filters"):
         out[key] = _records(teacher.get(key))
     return out
@@ -136,7 +142,7 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
              *, teacher_source: str | None = None, recorded_path: str | None = None,
              recorded_max_rows: int | None = None, max_steps: int | None = None,
              baselines: bool = True, seed_only_mode: str = "auto", truncated_ablation: bool = False,
-             labeller: str | None = None) -> dict:
+             labeller: str | None = None, agreement_model: str | None = None) -> dict:
     import dagster as dg
     from distil_platform.assets import build_task_pipeline_assets
     from distil_platform.assets.seed import build_seed_set_asset
@@ -167,18 +173,26 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
 
     # Self-training labelled by the seed-only student: that student is trained (and evaluated) first,
     # on the seeds alone, and its checkpoint labels the task's unlabelled messages.
-    seed_first = teacher_source == "self_training" and labeller == "seed_only"
+    # The same when the seed-only student is the agreement filter's second answerer.
+    seed_first = (teacher_source == "self_training" and labeller == "seed_only") or agreement_model == "seed_only"
     seed_only = None
     seed_only_wall = 0.0
     if seed_first:
         seed_only, seed_only_wall = timed(
             [task, f"{task}_teacher_data", f"{task}_student", f"{task}_student_eval"],
-            {f"{task}_teacher_data": {"config": {"source": "teacher", "target": 0}},
+            {f"{task}_teacher_data": {"config": {"source": "teacher", "target": 0, "answer_agreement": False}},
              f"{task}_student": {"config": {**student_cfg, "use_synthetic": False}}})
-        teacher_cfg["labeller"] = _md(seed_only, f"{task}_student")["checkpoint_path"]
-        print(f"{task}: seed-only student trained; labelling with {teacher_cfg['labeller']}", flush=True)
-    elif labeller is not None:
+        checkpoint = _md(seed_only, f"{task}_student")["checkpoint_path"]
+        if agreement_model == "seed_only":
+            teacher_cfg["agreement_model"] = checkpoint
+            print(f"{task}: seed-only student trained; it answers the agreement filter ({checkpoint})", flush=True)
+        else:
+            teacher_cfg["labeller"] = checkpoint
+            print(f"{task}: seed-only student trained; labelling with {checkpoint}", flush=True)
+    if labeller is not None and labeller != "seed_only":
         teacher_cfg["labeller"] = labeller
+    if agreement_model is not None and agreement_model != "seed_only":
+        teacher_cfg["agreement_model"] = agreement_model
 
     # Not the throughput profile (it shares a step with the student eval, but is selected apart).
     full_selection = [task, f"{task}_teacher_data", f"{task}_student", f"{task}_student_eval",
@@ -272,6 +286,7 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
         "skipped": baseline_md.get("skipped"),
         "teacher_source": teacher.get("source"),
         "labeller": teacher_cfg.get("labeller"),
+        "agreement_model": teacher_cfg.get("agreement_model"),
         "labelled_messages": teacher.get("labelled_messages"),
         "confidence_available": teacher.get("confidence_available"),
         "prompt_sample": _prompt_sample(spec),
@@ -304,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labeller", default=None,
                         help="self_training: 'seed_only' (default: train the seed-only student first and label with "
                              "it), a checkpoint directory/URL or a model-store name")
+    parser.add_argument("--agreement-model", default=None,
+                        help="the agreement filter's second answerer: 'seed_only' (train the seed-only student first "
+                             "and let it answer each teacher question), a checkpoint directory/URL or a model-store "
+                             "name; turns the filter on")
     parser.add_argument("--recorded", default=None, help="recorded teacher file (jsonl/csv/parquet, public layout)")
     parser.add_argument("--recorded-max-rows", type=int, default=None, help="random sample of the recorded file")
     parser.add_argument("--max-steps", type=int, default=None, help="training steps of both students")
@@ -331,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                        recorded_path=args.recorded, recorded_max_rows=args.recorded_max_rows,
                        max_steps=args.max_steps, baselines=not args.no_baselines, seed_only_mode=args.seed_only,
                        truncated_ablation=args.truncated_ablation,
-                       labeller=args.labeller or ("seed_only" if args.teacher_source == "self_training" else None))
+                       labeller=args.labeller or ("seed_only" if args.teacher_source == "self_training" else None),
+                       agreement_model=args.agreement_model)
         print(json.dumps(res, indent=1, default=str), flush=True)
         results.append(res)
         out = Path(args.out)

@@ -11,7 +11,8 @@ switchable per task (``synthesis.filters`` in the task YAML, :class:`~distil_pla
 - :func:`sql_nonempty`: the SQL runs in the scoring sandbox (time limit, read-only authorizer,
   row/byte caps) and returns rows on at least one generated database;
 - :func:`ungrounded_arguments`: every string/number argument of a tool call appears in the
-  question (or equals the parameter's default);
+  question (or equals the parameter's default); :func:`contradicted_enums`: no enum argument is
+  one value where the question names only others;
 - :func:`answers_agree`: an independent second answer scores as correct against the row's answer
   (the task's own metric), so a mislabelled row is dropped.
 
@@ -81,8 +82,9 @@ def question_text(question: str) -> str:
     return question
 
 
-def _history_text(question: str) -> str:
-    """Everything said in a chat history (user turns and earlier calls), else the question."""
+def _history_text(question: str, user_only: bool = False) -> str:
+    """Everything said in a chat history (user turns and earlier calls; only the latest user turn
+    with ``user_only``), else the question."""
     stripped = question.strip()
     if stripped.startswith("["):
         try:
@@ -91,6 +93,9 @@ def _history_text(question: str) -> str:
             return question
         if isinstance(history, list):
             parts = []
+            if user_only:
+                users = [m for m in history if isinstance(m, dict) and m.get("role") == "user"]
+                return str(users[-1].get("content") or "") if users else ""
             for m in history:
                 if isinstance(m, dict):
                     parts.append(str(m.get("content") or ""))
@@ -287,6 +292,32 @@ def ungrounded_arguments(spec: TaskSpec, row: dict[str, Any]) -> list[str]:
             continue
         values = value if isinstance(value, list) else [value]
         if any(not _grounded(v, text_raw, text_norm) for v in values if not isinstance(v, bool)):
+            bad.append(name)
+    return bad
+
+
+def contradicted_enums(spec: TaskSpec, row: dict[str, Any]) -> list[str]:
+    """Names of the call's enum arguments whose value the question contradicts: the question names
+    one or more of that parameter's values (as words: ``living_room`` as "living room") and not the
+    one chosen ("unlock the back door" with ``door: "front"``). An enum value the question does not
+    name at all is not judged here ("switch on" grounds ``state: "on"``, "lights out" grounds
+    ``"off"`` only by meaning)."""
+    from distil_platform.validation import _parse_tool_call, tool_parameters_schema
+
+    call = _parse_tool_call(str(row.get("answer") or ""))
+    if call is None:
+        return []
+    props = (tool_parameters_schema(spec, call["name"]) or {}).get("properties") or {}
+    # The request being answered: earlier turns name the values of earlier calls ("unlock the front
+    # door", then "what's the status of everything?" is device_type "all", not "door").
+    text = f" {_norm(_history_text(str(row.get('question') or ''), user_only=True)).replace('_', ' ')} "
+    bad = []
+    for name, value in call["parameters"].items():
+        enum = (props.get(name) or {}).get("enum") or []
+        if not isinstance(value, str) or value not in enum:
+            continue
+        named = [e for e in enum if isinstance(e, str) and _norm(e) and f" {_norm(e).replace('_', ' ')} " in text]
+        if named and value not in named:
             bad.append(name)
     return bad
 

@@ -475,7 +475,8 @@ def literal_swap_augment(
 
 
 # -- the whole stage ---------------------------------------------------------------------------
-FILTER_ORDER = ("min_confidence", "question_sanity", "sql_nonempty", "grounded_arguments", "answer_agreement")
+FILTER_ORDER = ("min_confidence", "question_sanity", "sql_nonempty", "grounded_arguments", "enum_consistency",
+                "answer_agreement")
 # Rows a model (or a recorded model) wrote, as opposed to deterministic augmentation of the seeds.
 MODEL_ORIGINS = ("teacher", "recorded", "self_training")
 # A second answer per row (the rows' questions answered independently): rows -> texts.
@@ -504,6 +505,8 @@ def active_filters(spec: TaskSpec, filters: Any = None) -> list[str]:
         out.append("sql_nonempty")
     if cfg.grounded_arguments and spec.type == "tool_calling":
         out.append("grounded_arguments")
+    if cfg.enum_consistency and spec.type == "tool_calling":
+        out.append("enum_consistency")
     if cfg.answer_agreement:
         out.append("answer_agreement")
     return out
@@ -563,6 +566,11 @@ def apply_filters(
             bad = qf.ungrounded_arguments(spec, row)
             return f"ungrounded_argument ({', '.join(sorted(bad))})" if bad else None
         run("grounded_arguments", grounded)
+    if "enum_consistency" in names:
+        def consistent(row: dict[str, Any]) -> str | None:
+            bad = qf.contradicted_enums(spec, row)
+            return f"contradicted_enum ({', '.join(sorted(bad))})" if bad else None
+        run("enum_consistency", consistent)
     if "answer_agreement" in names:
         if second_answer is None:
             raise ValueError(f"{spec.name}: synthesis.filters.answer_agreement is on but no second answerer was given")

@@ -146,6 +146,10 @@ class QualityFilters(_Strict):
     sql_nonempty: bool = True
     # tool calling: string/number argument values must appear in the question (or be the default).
     grounded_arguments: bool = True
+    # tool calling: no enum argument may be a value where the latest request names only other values
+    # of it ("unlock the back door" with door: front; filters.contradicted_enums). On gold rows it
+    # rejects ~1% (values that are common words: "lock it back up", "remove it from the list").
+    enum_consistency: bool = True
     # Rows that carry a confidence (self-training: the labeller's answer probability from token
     # logprobs) are kept only at or above this; None = no confidence filter.
     min_confidence: float | None = 0.5

@@ -83,6 +83,31 @@ def test_self_training_benchmark_labels_with_the_seed_only_student(monkeypatch):
 
 
 @pytest.mark.slow
+def test_agreement_benchmark_serves_the_seed_only_student_as_second_answerer(monkeypatch):
+    """--agreement-model seed_only: the seed-only student is trained first and its checkpoint, served
+    for real, answers every teacher row that reaches the agreement filter."""
+    monkeypatch.setenv("DISTIL_PROFILE", "test")
+    for key in API_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("DISTIL_DATA_GIT_ASSISTANT", raising=False)
+    bench = _load_benchmark()
+    import dagster as dg
+
+    # Recorded rows reach the filter (the test profile's random tiny teacher writes none that parse).
+    with dg.instance_for_test(temp_dir=os.environ["DAGSTER_HOME"]) as instance:
+        res = bench.run_task("git_assistant", literal_swap=False, teacher_target=None, teacher_source="recorded",
+                             recorded_path=str(REPO_ROOT / "tests" / "data" / "recorded_git_assistant.jsonl"),
+                             agreement_model="seed_only", baselines=False)
+        seed_run = instance.get_runs(limit=2)[-1]
+    assert res["agreement_model"] and seed_run.run_id in res["agreement_model"] and res["labeller"] is None
+    funnel = {f["filter"]: f for f in res["teacher"]["filters"]}
+    checked = funnel["answer_agreement"]["checked"]
+    assert checked > 0 and funnel["answer_agreement"]["passed"] + funnel["answer_agreement"]["rejected"] == checked
+    assert res["student"]["train_examples"] == res["n_seed"] + res["teacher"]["accepted"]
+    assert res["student_vs_seed_only"]["n"] == res["n_test"]
+
+
+@pytest.mark.slow
 def test_teacher_yield_benchmark_reports_accepted_rows_per_request(monkeypatch):
     """benchmarks/teacher_yield.py tabulates what the teacher stage itself reported."""
     monkeypatch.setenv("DISTIL_PROFILE", "test")

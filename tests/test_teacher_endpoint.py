@@ -200,11 +200,71 @@ def test_labeller_is_rejected_outside_self_training_and_must_exist(test_profile,
         wrong_source = _materialize(spec, target=2, source="teacher", labeller="tiny-qwen3")
         missing = _materialize(spec, target=2, source="self_training", labeller=str(tmp_path / "gone"))
     for result, needle in ((wrong_source, "applies to source self_training"),
-                           (missing, "the labeller checkpoint (run config `labeller`)")):
+                           (missing, "the checkpoint of run config `labeller`")):
         assert not result.success
         failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
         assert needle in str(failure.event_specific_data.error)
     assert endpoint.bodies == []
+
+
+def test_agreement_model_gives_the_second_answer_and_drops_the_rows_it_disagrees_with(test_profile, tmp_path,
+                                                                                    monkeypatch):
+    """Run config ``agreement_model`` (e.g. the seed-only student's checkpoint): the stage serves that
+    checkpoint for the agreement filter, asks it each teacher question with the student's own prompt
+    (greedy, no schema, no key), and keeps exactly the rows whose label it gives too; the teacher
+    endpoint only writes rows."""
+    import contextlib
+    import itertools
+    import shutil
+    from types import SimpleNamespace
+
+    from distil_platform.modelstore import TINY_QWEN3, resolve_model
+
+    checkpoint = tmp_path / "seed_only_student"
+    shutil.copytree(resolve_model(TINY_QWEN3), checkpoint)
+    truth = {"I was charged twice for the same coffee this morning, why?": "transaction_charged_twice",
+             "The ATM at the station would not give me any cash today.": "declined_cash_withdrawal",
+             "Why is there an extra fee on the shoes I bought with my card?": "card_payment_fee_charged",
+             "My cheque from Monday still is not in my balance.": "balance_not_updated_after_cheque_or_cash_deposit"}
+    batches = itertools.count()
+
+    def teacher(body):
+        # Two requests: the first labels all four right, the second swaps two labels.
+        rows = [{"question": q, "answer": a} for q, a in truth.items()]
+        if next(batches) == 1:
+            rows = [{"question": q + " Please help.", "answer": a} for q, a in truth.items()]
+            rows[0]["answer"], rows[1]["answer"] = rows[1]["answer"], rows[0]["answer"]
+        return json.dumps(rows), None
+
+    def judge(body):
+        question = body["messages"][-1]["content"]
+        return next(label for q, label in truth.items() if q in question), None
+
+    served: list = []
+    with _Endpoint(respond=teacher) as endpoint, _Endpoint(respond=judge) as judge_endpoint:
+        @contextlib.contextmanager
+        def fake_serve(self, model_dir, **overrides):
+            served.append(Path(model_dir))
+            yield SimpleNamespace(base_url=judge_endpoint.base, litellm_model="openai/judge", model="judge",
+                                  backend="vllm", identity={"served_model": "judge", "checkpoint_hash": "x"})
+
+        monkeypatch.setattr(ServingResource, "serve", fake_serve)
+        spec = _spec_with_teacher(tmp_path, endpoint.base, "auto", task="banking77")
+        result = _materialize(spec, target=8, agreement_model=str(checkpoint))
+        conflicting = _materialize(spec, target=8, agreement_model=str(checkpoint), answer_agreement=False)
+    assert result.success and served == [checkpoint]
+    assert len(endpoint.bodies) == 2  # the teacher: generation requests only
+    assert len(judge_endpoint.bodies) == 8 and set(judge_endpoint.auth) == {None}
+    for body in judge_endpoint.bodies:
+        assert body["temperature"] == 0.0 and "response_format" not in body
+        assert body["messages"][0]["role"] == "system"  # the student's prompt, not the teacher's
+    md = result.asset_materializations_for_node("banking77_teacher_data")[-1].metadata
+    assert md["agreement_answerer"].value == str(checkpoint)
+    assert md["rejections_by_reason"].value.get("answer_agreement: disagrees") == 2
+    assert md["accepted"].value == 6 - md["near_duplicates"].value - md["exact_duplicates"].value
+    assert not conflicting.success
+    failure = next(e for e in conflicting.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "`answer_agreement` is false" in str(failure.event_specific_data.error)
 
 
 def test_each_request_gets_its_passage_schema_and_the_configured_sampling(test_profile, tmp_path):

@@ -357,6 +357,40 @@ def test_grounding_in_a_chat_history_uses_earlier_turns():
     assert qf.ungrounded_arguments(spec, bad) == ["room"]
 
 
+def test_an_enum_value_the_request_contradicts_is_rejected_and_one_it_does_not_name_is_left_alone():
+    spec = get_task("smart_home")
+    assert qf.contradicted_enums(spec, {"question": "Unlock the back door please",
+                                        "answer": _call("lock_door", door="front", state="unlock")}) == ["door"]
+    assert qf.contradicted_enums(spec, {"question": "Unlock the back door please",
+                                        "answer": _call("lock_door", door="back", state="lock")}) == ["state"]
+    # "living_room" is named as "living room"; naming several values keeps any of them.
+    assert qf.contradicted_enums(spec, {"question": "Lights off in the living room and on in the office",
+                                        "answer": _call("toggle_lights", room="living_room", state="off")}) == []
+    assert qf.contradicted_enums(spec, {"question": "Turn on the living room lights",
+                                        "answer": _call("toggle_lights", room="kitchen", state="on")}) == ["room"]
+    # A value the request does not name at all ("lights out" means off) is not judged here.
+    assert qf.contradicted_enums(spec, {"question": "Lights out in the kitchen",
+                                        "answer": _call("toggle_lights", room="kitchen", state="off")}) == []
+    # In a chat history only the latest request counts: earlier turns name earlier calls' values.
+    history = json.dumps([
+        {"role": "user", "content": "I'm home, unlock the front door"},
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+            "name": "lock_door", "arguments": {"door": "front", "state": "unlock"}}}]},
+        {"role": "user", "content": "What's the status of everything?"}])
+    assert qf.contradicted_enums(spec, {"question": history, "answer": _call("get_device_status", device_type="all")}) == []
+    # Through the stage's filters: its own reason, after grounding.
+    from distil_platform.synthesis import apply_filters
+
+    rows = [{"question": "Please unlock the back door for me now", "answer": _call("lock_door", door="front", state="unlock"),
+             "origin": "teacher"},
+            {"question": "Please unlock the back door for me now", "answer": _call("lock_door", door="back", state="unlock"),
+             "origin": "teacher"}]
+    kept, rejected, stats = apply_filters(spec, rows, _sample("smart_home")[1])
+    assert [json.loads(r["answer"])["parameters"]["door"] for r in kept] == ["back"]
+    assert rejected[0]["rejected_by"] == "enum_consistency: contradicted_enum (door)"
+    assert dict(stats["enum_consistency"].rejected) == {"contradicted_enum (door)": 1}
+
+
 # -- answer agreement ----------------------------------------------------------------------------
 def test_agreement_filter_drops_the_mislabelled_row():
     spec, seeds, _ = _sample("banking77")
@@ -421,7 +455,8 @@ def test_recorded_jsonl_goes_through_validation_filters_dedup_and_decontaminatio
     s = report.summary()
     assert s["source"] == "recorded" and s["teacher_requests"] == 0
     assert s["funnel"] == {"requested": 10, "generated": 10, "schema_valid": 8, "passed_question_sanity": 7,
-                           "passed_grounded_arguments": 6, "deduplicated": 4, "decontaminated": 3, "accepted": 3}
+                           "passed_grounded_arguments": 6, "passed_enum_consistency": 6, "deduplicated": 4,
+                           "decontaminated": 3, "accepted": 3}
     assert s["rejections_by_reason"] == {"unknown_tool": 1, "empty_answer": 1, "question_sanity: scaffold": 1,
                                          "grounded_arguments: ungrounded_argument (message)": 1}
     assert s["duplicates_of_seeds"] == 1 and s["exact_duplicates"] == 2
