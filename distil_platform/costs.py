@@ -52,7 +52,7 @@ COLUMNS = [
     "mean_completion_tokens", "mean_cached_prompt_tokens", "input_usd_per_mtok", "output_usd_per_mtok",
     "cached_input_usd_per_mtok", "price_origin", "price_source", "price_as_of", "hardware_key", "usd_per_hour",
     "sustained_rps", "student_result", "diff_vs_student", "diff_ci_low", "diff_ci_high", "mcnemar_p",
-    "verdict_test", "n_paired", "margin", "verdicts", "cost_ratio_vs_student", "break_even_requests_per_day",
+    "verdict_test", "verdict_note", "n_paired", "margin", "verdicts", "cost_ratio_vs_student", "break_even_requests_per_day",
     "eval_run_id", "student_run_id", "checkpoint_fingerprint", "lineage", "judge",
     "snapshot_hash", "snapshot_as_of", "table_id",
 ]
@@ -500,7 +500,7 @@ def compare_models(student: EvaluatedModel, other: EvaluatedModel, margin: float
 
 def _verdict_entry(result: Mapping[str, Any]) -> dict[str, Any]:
     return {k: result[k] for k in ("verdict", "diff", "ci_low", "ci_high", "test", "mcnemar_p", "n", "margin",
-                                   "n_metric_mismatch")}
+                                   "n_metric_mismatch", "verdict_note")}
 
 
 def _versus(reference: EvaluatedModel, other: EvaluatedModel, students: Sequence[EvaluatedModel],
@@ -519,7 +519,8 @@ def _versus(reference: EvaluatedModel, other: EvaluatedModel, students: Sequence
         if student is reference:
             out.update(student_result=result["verdict"], diff_vs_student=result["diff"],
                        diff_ci_low=result["ci_low"], diff_ci_high=result["ci_high"],
-                       mcnemar_p=result["mcnemar_p"], verdict_test=result["test"], n_paired=result["n"])
+                       mcnemar_p=result["mcnemar_p"], verdict_test=result["test"], n_paired=result["n"],
+                       verdict_note=result["verdict_note"])
     out["verdicts"] = verdicts
     return out
 
@@ -662,7 +663,7 @@ def write_cost_table(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> tuple[
 
 _TEXT_COLUMNS = {"task", "model", "role", "variant", "ci_method", "metric", "cost_source", "cost_basis", "cost_note",
                  "price_origin", "price_source", "price_as_of", "hardware_key", "student_result", "verdict_test",
-                 "verdicts", "eval_run_id", "student_run_id", "checkpoint_fingerprint", "lineage", "judge",
+                 "verdict_note", "verdicts", "eval_run_id", "student_run_id", "checkpoint_fingerprint", "lineage", "judge",
                  "snapshot_hash", "snapshot_as_of", "table_id"}
 _INT_COLUMNS = {"n_items", "repeats", "n_paired"}
 
@@ -702,6 +703,8 @@ def cost_table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         verdict = verdict_label(r.get("student_result"), r.get("margin"))
         if r.get("student_result"):
             verdict += f" ({r.get('verdict_test')}, n={r.get('n_paired')})"
+            if r.get("verdict_note"):
+                verdict += f"; {r['verdict_note']}"
         lines.append(f"| {r['model']} | {r['role']}{'/' + r['variant'] if r['role'] == 'student' else ''} | {acc} "
                      f"| {std} | {fmt_usd(r.get('usd_per_million_requests'))} | {_source_cell(r)} "
                      f"| {verdict} | {ratio} | {fmt_volume(r.get('break_even_requests_per_day'))} |")

@@ -50,6 +50,7 @@ class TaskSummary:
     margin: float | None = None
     verdict_test: str | None = None
     diff: tuple[float, float, float] | None = None  # (student − model, CI low, CI high)
+    verdict_note: str | None = None  # where exact McNemar and the interval disagree (stats.compare)
     # The same mid-tier model run at temperature 0 (TaskSpec.frontier_temperature_0), when measured.
     mid_tier_t0: Mapping[str, Any] | None = None
     verdict_t0: str | None = None
@@ -104,7 +105,7 @@ def _verdict_of(student: Mapping[str, Any], reference: Mapping[str, Any], other:
             return None
         return {"verdict": other.get("student_result"), "test": other.get("verdict_test"),
                 "diff": other.get("diff_vs_student"), "ci_low": other.get("diff_ci_low"),
-                "ci_high": other.get("diff_ci_high")}
+                "ci_high": other.get("diff_ci_high"), "verdict_note": other.get("verdict_note")}
     return (other.get("verdicts") or {}).get(student.get("variant"))
 
 
@@ -135,6 +136,7 @@ def summarise_task(task: str, rows: Sequence[Mapping[str, Any]]) -> TaskSummary:
         cost_ratio=(m_cost / s_cost) if s_cost and m_cost is not None else None,
         snapshot_hash=rows[0].get("snapshot_hash") if rows else None,
         margin=margin, verdict_test=result.get("test") if result else None,
+        verdict_note=result.get("verdict_note") if result else None,
         diff=(result["diff"], result["ci_low"], result["ci_high"]) if result and result.get("diff") is not None else None,
         mid_tier_t0=mid_t0, verdict_t0=result_t0["verdict"] if result_t0 else None,
         unpriced=[r["model"] for r in rows if r.get("cost_basis") == "api"
@@ -174,7 +176,7 @@ def summary_row(s: TaskSummary) -> dict[str, str]:
     verdict = verdict_label(s.verdict, s.margin)
     if s.verdict is not None:
         detail = f"{s.verdict_test}" + (f"; Δ {s.diff[0]:+.3f} [{s.diff[1]:+.3f}, {s.diff[2]:+.3f}]" if s.diff else "")
-        verdict += f" ({detail})"
+        verdict += f" ({detail}" + (f"; {s.verdict_note}" if s.verdict_note else "") + ")"
     row = {
         "task": s.task,
         "student (variant)": f"{st['model']} ({st['variant']})" if st else "–",

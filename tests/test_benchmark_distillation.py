@@ -12,6 +12,15 @@ from conftest import REPO_ROOT
 API_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
 
 
+def _offline_test_profile(monkeypatch, *data_overrides: str):
+    """The test profile, no API keys, and the shipped samples (not the public data) for these tasks."""
+    monkeypatch.setenv("DISTIL_PROFILE", "test")
+    for key in API_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    for task in data_overrides:
+        monkeypatch.delenv(f"DISTIL_DATA_{task.upper()}", raising=False)
+
+
 def _load_benchmark():
     spec = importlib.util.spec_from_file_location("distillation_benchmark", REPO_ROOT / "benchmarks" / "distillation.py")
     module = importlib.util.module_from_spec(spec)
@@ -60,10 +69,7 @@ def test_distillation_benchmark_runs_ablations_on_the_shipped_sample(monkeypatch
 def test_self_training_benchmark_labels_with_the_seed_only_student(monkeypatch):
     """--teacher-source self_training: the seed-only student is trained first, its own checkpoint labels
     the unlabelled messages, and the second student is paired against it on the same items."""
-    monkeypatch.setenv("DISTIL_PROFILE", "test")
-    for key in API_KEYS:
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.delenv("DISTIL_DATA_BANKING77", raising=False)
+    _offline_test_profile(monkeypatch, "banking77")
     bench = _load_benchmark()
     import dagster as dg
 
@@ -86,10 +92,7 @@ def test_self_training_benchmark_labels_with_the_seed_only_student(monkeypatch):
 def test_agreement_benchmark_serves_the_seed_only_student_as_second_answerer(monkeypatch):
     """--agreement-model seed_only: the seed-only student is trained first and its checkpoint, served
     for real, answers every teacher row that reaches the agreement filter."""
-    monkeypatch.setenv("DISTIL_PROFILE", "test")
-    for key in API_KEYS:
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.delenv("DISTIL_DATA_GIT_ASSISTANT", raising=False)
+    _offline_test_profile(monkeypatch, "git_assistant")
     bench = _load_benchmark()
     import dagster as dg
 

@@ -501,3 +501,18 @@ def test_a_later_zero_shot_run_keeps_the_frontier_models(tmp_path):
     assert by[base]["eval_run_id"] == "baseline-run-2" and by[base]["accuracy"] == 1.0
     assert by[HAIKU]["eval_run_id"] == "frontier-run" and by[HAIKU]["accuracy"] == pytest.approx(10 / 12)
     assert by[FLASH_LITE]["usd_per_million_requests"] is not None
+
+
+def test_a_verdict_where_the_exact_test_and_the_interval_disagree_says_so_in_the_table(tmp_path):
+    """10/12 vs 6/12 on the same items: 4 discordant pairs, all for the student. Exact McNemar
+    p = 0.125 (no win), Newcombe's interval above 0 (non-inferior): the row and its markdown name both."""
+    from distil_platform.costs import cost_table_markdown
+
+    store, spec = ResultsStore(), get_task("text2sql")
+    plant_task(store, spec, tmp_path, api_models={HAIKU: 6})
+    snapshot = build_snapshot(models_needed=[r.model for r in spec.comparison_models])
+    haiku = _by_model(build_cost_table(gather_cost_inputs(store, spec), snapshot))[HAIKU]
+    assert haiku["student_result"] == "non_inferior" and haiku["mcnemar_p"] == pytest.approx(0.125)
+    assert haiku["diff_ci_low"] > 0 and "lies above 0 but exact McNemar does not reject" in haiku["verdict_note"]
+    assert haiku["verdicts"]["bf16"]["verdict_note"] == haiku["verdict_note"]
+    assert haiku["verdict_note"] in cost_table_markdown([haiku])

@@ -125,3 +125,19 @@ def test_temperature_0_run_is_reported_beside_the_benchmark_setting():
     # The headline comparison stays at the benchmark's own setting; the greedy run sits beside it.
     assert s.mid_tier is mid and s.verdict == "win"
     assert s.mid_tier_t0 is mid_t0 and s.verdict_t0 == "loss"
+
+
+def test_the_report_names_both_where_the_exact_test_and_the_interval_disagree(tmp_path):
+    """The student 10/12 vs flash-lite 6/12: 4 discordant pairs, all the student's. No win (exact
+    McNemar p = 0.125) though the interval lies above 0: the summary cell says both."""
+    from distil_platform.report import summary_row
+
+    store = ResultsStore()
+    store_snapshot(store, build_snapshot(), "prices")
+    plant_task(store, get_task("text2sql"), tmp_path, api_models={"gemini/gemini-2.5-flash-lite": 6})
+    compute_cost_table(get_task("text2sql"), store, "t2s-table")
+    report = write_report(store, ["text2sql"], reports_dir())
+    s = report.summaries[0]
+    assert s.verdict == "non_inferior" and "exact McNemar does not reject (p = 0.125" in s.verdict_note
+    assert s.verdict_note in summary_row(s)["student vs mid-tier (test)"]
+    assert s.verdict_note in report.path.read_text()

@@ -98,6 +98,35 @@ def _materialize(spec, target: int = 8, **config):
                           raise_on_error=False)
 
 
+def _serve_locally_at(monkeypatch, endpoint: "_Endpoint", name: str) -> list[Path]:
+    """``ServingResource.serve`` answered by ``endpoint`` (a stand-in for a local server of the
+    checkpoint the stage asked for); returns the list of directories it was asked to serve."""
+    import contextlib
+    from types import SimpleNamespace
+
+    served: list[Path] = []
+
+    @contextlib.contextmanager
+    def fake_serve(self, model_dir, **overrides):
+        served.append(Path(model_dir))
+        yield SimpleNamespace(base_url=endpoint.base, litellm_model=f"openai/{name}", model=name,
+                              backend="vllm", identity={"served_model": name, "checkpoint_hash": "x"})
+
+    monkeypatch.setattr(ServingResource, "serve", fake_serve)
+    return served
+
+
+def _checkpoint(tmp_path) -> Path:
+    """Any HF-format directory with a tokenizer, standing for a seed-only student's checkpoint."""
+    import shutil
+
+    from distil_platform.modelstore import TINY_QWEN3, resolve_model
+
+    checkpoint = tmp_path / "seed_only_student"
+    shutil.copytree(resolve_model(TINY_QWEN3), checkpoint)
+    return checkpoint
+
+
 @pytest.fixture
 def test_profile(monkeypatch):
     monkeypatch.setenv("DISTIL_PROFILE", "test")
@@ -162,28 +191,14 @@ def test_self_training_labeller_checkpoint_is_the_model_served(test_profile, tmp
     """Run config ``labeller`` (e.g. a seed-only student's checkpoint) is what the stage serves and
     labels with: the served directory is that checkpoint, the rows name it as their labeller, and
     the teacher key never reaches that local server."""
-    import contextlib
-    import shutil
-    from types import SimpleNamespace
-
-    from distil_platform.modelstore import TINY_QWEN3, resolve_model
-
-    checkpoint = tmp_path / "seed_only_student"
-    shutil.copytree(resolve_model(TINY_QWEN3), checkpoint)  # any HF-format directory with a tokenizer
-    served: list = []
+    checkpoint = _checkpoint(tmp_path)
 
     def respond(body):
         assert body["model"] == "labeller" and body["temperature"] == 0.0
         return "transaction_charged_twice", [{"token": "transaction_charged_twice", "logprob": -0.01}]
 
     with _Endpoint(respond=respond) as endpoint:
-        @contextlib.contextmanager
-        def fake_serve(self, model_dir, **overrides):
-            served.append(Path(model_dir))
-            yield SimpleNamespace(base_url=endpoint.base, litellm_model="openai/labeller", model="labeller",
-                                  backend="vllm", identity={"served_model": "labeller", "checkpoint_hash": "x"})
-
-        monkeypatch.setattr(ServingResource, "serve", fake_serve)
+        served = _serve_locally_at(monkeypatch, endpoint, "labeller")
         spec = _spec_with_teacher(tmp_path, endpoint.base, "auto", task="banking77")
         result = _materialize(spec, target=6, source="self_training", labeller=str(checkpoint))
     assert result.success
@@ -213,15 +228,9 @@ def test_agreement_model_gives_the_second_answer_and_drops_the_rows_it_disagrees
     checkpoint for the agreement filter, asks it each teacher question with the student's own prompt
     (greedy, no schema, no key), and keeps exactly the rows whose label it gives too; the teacher
     endpoint only writes rows."""
-    import contextlib
     import itertools
-    import shutil
-    from types import SimpleNamespace
 
-    from distil_platform.modelstore import TINY_QWEN3, resolve_model
-
-    checkpoint = tmp_path / "seed_only_student"
-    shutil.copytree(resolve_model(TINY_QWEN3), checkpoint)
+    checkpoint = _checkpoint(tmp_path)
     truth = {"I was charged twice for the same coffee this morning, why?": "transaction_charged_twice",
              "The ATM at the station would not give me any cash today.": "declined_cash_withdrawal",
              "Why is there an extra fee on the shoes I bought with my card?": "card_payment_fee_charged",
@@ -240,15 +249,8 @@ def test_agreement_model_gives_the_second_answer_and_drops_the_rows_it_disagrees
         question = body["messages"][-1]["content"]
         return next(label for q, label in truth.items() if q in question), None
 
-    served: list = []
     with _Endpoint(respond=teacher) as endpoint, _Endpoint(respond=judge) as judge_endpoint:
-        @contextlib.contextmanager
-        def fake_serve(self, model_dir, **overrides):
-            served.append(Path(model_dir))
-            yield SimpleNamespace(base_url=judge_endpoint.base, litellm_model="openai/judge", model="judge",
-                                  backend="vllm", identity={"served_model": "judge", "checkpoint_hash": "x"})
-
-        monkeypatch.setattr(ServingResource, "serve", fake_serve)
+        served = _serve_locally_at(monkeypatch, judge_endpoint, "judge")
         spec = _spec_with_teacher(tmp_path, endpoint.base, "auto", task="banking77")
         result = _materialize(spec, target=8, agreement_model=str(checkpoint))
         conflicting = _materialize(spec, target=8, agreement_model=str(checkpoint), answer_agreement=False)
