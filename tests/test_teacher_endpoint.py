@@ -6,9 +6,9 @@ goes out as the bearer token, and a teacher that answers nothing fails the stage
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -98,7 +98,7 @@ def _materialize(spec, target: int = 8, **config):
                           raise_on_error=False)
 
 
-def _serve_locally_at(monkeypatch, endpoint: "_Endpoint", name: str) -> list[Path]:
+def _serve_locally_at(monkeypatch, endpoint: _Endpoint, name: str) -> list[Path]:
     """``ServingResource.serve`` answered by ``endpoint`` (a stand-in for a local server of the
     checkpoint the stage asked for); returns the list of directories it was asked to serve."""
     import contextlib
