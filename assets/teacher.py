@@ -270,12 +270,15 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                         for r, f in zip(client.chat_batch(requests), formats)]
             return answer
 
-        def second_answer_by(ref, model_dir):
+        def second_answer_by(ref, model_dir, release_teacher=lambda: None):
             # The agreement filter's second answer from another model (e.g. the seed-only student),
-            # served for this one batch: the student's prompt, greedy, its own output format.
+            # served for this one batch: the student's prompt, greedy, its own output format. The
+            # filter runs after generation, so the teacher's own server is released first: one local
+            # server at a time (two vLLM servers would not both fit one GPU's memory share).
             def answer(rows):
                 from distil_platform.llm import LLMError
 
+                release_teacher()
                 requests = [ChatRequest(messages=m, temperature=0.0, item_id=f"agree-{i}",
                                         max_tokens=answer_token_cap(profile, spec.max_answer_tokens))
                             for i, m in enumerate(eval_messages(spec, rows))]
@@ -295,10 +298,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                 return texts
             return answer
 
-        judge_second = None
-        if config.agreement_model:
-            judge_ref, judge_dir = resolve_local_model(config.agreement_model, model_store, "agreement_model")
-            judge_second = second_answer_by(judge_ref, judge_dir)
+        judge = resolve_local_model(config.agreement_model, model_store, "agreement_model") if config.agreement_model else None
 
         def run(generate, second=None, reply_format=None):
             return synthesize(
@@ -336,11 +336,13 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                               [answer_confidence(r.logprobs) if r else None for r in got], labeller=teacher.model)
 
         if not needs_model:
-            report = run(lambda batch, formats: [], judge_second)
+            report = run(lambda batch, formats: [], second_answer_by(*judge) if judge else None)
         else:
-            with _teacher_client(context, llm, serving, model_store, teacher, api_key=teacher_endpoint.api_key
-                                 if teacher.api_key_env == TEACHER_API_KEY_ENV else None, task=task,
-                                 concurrency=config.concurrency, model_dir=labeller_dir) as (client, local_backend):
+            with contextlib.ExitStack() as teacher_stack:
+                client, local_backend = teacher_stack.enter_context(_teacher_client(
+                    context, llm, serving, model_store, teacher, api_key=teacher_endpoint.api_key
+                    if teacher.api_key_env == TEACHER_API_KEY_ENV else None, task=task,
+                    concurrency=config.concurrency, model_dir=labeller_dir))
                 structured = use_structured_output(teacher.response_format, served_locally=local_backend is not None,
                                                    backend=local_backend)
                 served["structured_output"] = structured
@@ -355,7 +357,10 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
 
                 if not structured:
                     reply_format = None
-                second = judge_second or (second_answer_with(client, structured) if filters.answer_agreement else None)
+                if judge:
+                    second = second_answer_by(*judge, release_teacher=teacher_stack.close)
+                else:
+                    second = second_answer_with(client, structured) if filters.answer_agreement else None
                 if source == "self_training":
                     # transformers serve returns no logprobs; vLLM and OpenAI-style endpoints do.
                     labelled = label_with(client, send_logprobs=local_backend != "transformers")
@@ -386,6 +391,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
             # Who gave the agreement filter's second answer (None: the filter is off).
             "agreement_answerer": (config.agreement_model or "teacher (re-asked, no demonstrations)")
             if filters.answer_agreement else "none (filter off)",
+            **({"agreement_answered": served.get("agreement_answered", 0)} if judge else {}),
             **({"reply_schema": dg.MetadataValue.json(served["reply_schema"]),
                 "sql_subset": served["sql_subset"]} if served.get("reply_schema") else {}),
             **({"labelled_messages": served.get("labelled", 0),

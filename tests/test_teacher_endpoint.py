@@ -269,6 +269,42 @@ def test_agreement_model_gives_the_second_answer_and_drops_the_rows_it_disagrees
     assert "`answer_agreement` is false" in str(failure.event_specific_data.error)
 
 
+def test_a_local_teacher_is_released_before_the_agreement_model_is_served(test_profile, tmp_path, monkeypatch):
+    """Both served locally (a model-store teacher and a checkpoint judge): the teacher's server stops
+    before the judge's starts, so the two never hold memory (one GPU's share) at the same time."""
+    import contextlib
+    from types import SimpleNamespace
+
+    checkpoint = _checkpoint(tmp_path)
+    events: list[tuple[str, str]] = []
+
+    def judge(body):
+        return "transaction_charged_twice", None
+
+    with _Endpoint() as teacher_endpoint, _Endpoint(respond=judge) as judge_endpoint:
+        @contextlib.contextmanager
+        def fake_serve(self, model_dir, **overrides):
+            who = "judge" if Path(model_dir) == checkpoint else "teacher"
+            endpoint = judge_endpoint if who == "judge" else teacher_endpoint
+            events.append(("start", who))
+            yield SimpleNamespace(base_url=endpoint.base, litellm_model=f"openai/{who}", model=who, backend="vllm",
+                                  identity={"served_model": who, "checkpoint_hash": "x"})
+            events.append(("stop", who))
+
+        monkeypatch.setattr(ServingResource, "serve", fake_serve)
+        raw = yaml.safe_load((tasks_dir() / "git_assistant.yaml").read_text())
+        raw["teacher"] = {"test": {"model": "tiny-qwen3", "tier": "teacher"}}  # a model-store name: served here
+        path = tmp_path / "git_assistant.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        result = _materialize(load_task_file(path), agreement_model=str(checkpoint))
+    assert result.success
+    assert events == [("start", "teacher"), ("stop", "teacher"), ("start", "judge"), ("stop", "judge")]
+    assert len(teacher_endpoint.bodies) == 2 and judge_endpoint.bodies  # rows reached the filter
+    md = result.asset_materializations_for_node("git_assistant_teacher_data")[-1].metadata
+    # Both requests wrote the same push row: two rows answered, one HTTP request (the client's cache).
+    assert md["agreement_answered"].value == 2 and len(judge_endpoint.bodies) == 1
+
+
 def test_each_request_gets_its_passage_schema_and_the_configured_sampling(test_profile, tmp_path):
     """hotpotqa: every request's ``response_format`` offers the spans of that request's own passage
     (the context shown in its prompt), the run's frequency penalty goes out with it, and the stage
