@@ -256,16 +256,19 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                 return [r.text for r in results]
             return generate
 
+        def agreement_requests(rows, formats):
+            # Each row's question with the student's own prompt (system + user), greedy.
+            return [ChatRequest(messages=m, temperature=0.0, max_tokens=answer_token_cap(profile, spec.max_answer_tokens),
+                                item_id=f"agree-{i}", extra={"response_format": f} if f else {})
+                    for i, (m, f) in enumerate(zip(eval_messages(spec, rows), formats))]
+
         def second_answer_with(client, structured):
-            # The agreement filter's independent answer: the teacher re-asked at temperature 0 with the
-            # student's own prompt (system + user), no demonstrations; with structured outputs, held to
-            # the answer space its first answer was (teacher_schemas.second_answer_format).
+            # The agreement filter's independent answer: the teacher re-asked, no demonstrations; with
+            # structured outputs, held to the answer space its first answer was
+            # (teacher_schemas.second_answer_format).
             def answer(rows):
                 formats = [second_answer_format(spec, r) if structured else None for r in rows]
-                requests = [ChatRequest(messages=m, temperature=0.0,
-                                        max_tokens=answer_token_cap(profile, spec.max_answer_tokens),
-                                        item_id=f"agree-{i}", extra={"response_format": f} if f else {})
-                            for i, (m, f) in enumerate(zip(eval_messages(spec, rows), formats))]
+                requests = agreement_requests(rows, formats)
                 return [unwrap_second_answer(r.text) if f else r.text
                         for r, f in zip(client.chat_batch(requests), formats)]
             return answer
@@ -279,9 +282,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                 from distil_platform.llm import LLMError
 
                 release_teacher()
-                requests = [ChatRequest(messages=m, temperature=0.0, item_id=f"agree-{i}",
-                                        max_tokens=answer_token_cap(profile, spec.max_answer_tokens))
-                            for i, m in enumerate(eval_messages(spec, rows))]
+                requests = agreement_requests(rows, [None] * len(rows))
                 with _teacher_client(context, llm, serving, model_store, ref, task=task,
                                      concurrency=config.concurrency, model_dir=model_dir) as (client, _):
                     try:

@@ -82,9 +82,8 @@ def question_text(question: str) -> str:
     return question
 
 
-def _history_text(question: str, user_only: bool = False) -> str:
-    """Everything said in a chat history (user turns and earlier calls; only the latest user turn
-    with ``user_only``), else the question."""
+def _history_text(question: str) -> str:
+    """Everything said in a chat history (user turns and earlier calls), else the question."""
     stripped = question.strip()
     if stripped.startswith("["):
         try:
@@ -93,9 +92,6 @@ def _history_text(question: str, user_only: bool = False) -> str:
             return question
         if isinstance(history, list):
             parts = []
-            if user_only:
-                users = [m for m in history if isinstance(m, dict) and m.get("role") == "user"]
-                return str(users[-1].get("content") or "") if users else ""
             for m in history:
                 if isinstance(m, dict):
                     parts.append(str(m.get("content") or ""))
@@ -310,7 +306,7 @@ def contradicted_enums(spec: TaskSpec, row: dict[str, Any]) -> list[str]:
     props = (tool_parameters_schema(spec, call["name"]) or {}).get("properties") or {}
     # The request being answered: earlier turns name the values of earlier calls ("unlock the front
     # door", then "what's the status of everything?" is device_type "all", not "door").
-    text = f" {_norm(_history_text(str(row.get('question') or ''), user_only=True)).replace('_', ' ')} "
+    text = f" {_norm(question_text(str(row.get('question') or ''))).replace('_', ' ')} "
     bad = []
     for name, value in call["parameters"].items():
         enum = (props.get(name) or {}).get("enum") or []

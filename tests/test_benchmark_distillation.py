@@ -30,10 +30,7 @@ def _load_benchmark():
 
 @pytest.mark.slow
 def test_distillation_benchmark_runs_ablations_on_the_shipped_sample(monkeypatch):
-    monkeypatch.setenv("DISTIL_PROFILE", "test")
-    for key in API_KEYS:
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.delenv("DISTIL_DATA_BANKING77", raising=False)  # the shipped sample, with unstructured rows
+    _offline_test_profile(monkeypatch, "banking77")  # the shipped sample, with unstructured rows
     bench = _load_benchmark()
     import dagster as dg
 
@@ -113,9 +110,7 @@ def test_agreement_benchmark_serves_the_seed_only_student_as_second_answerer(mon
 @pytest.mark.slow
 def test_teacher_yield_benchmark_reports_accepted_rows_per_request(monkeypatch):
     """benchmarks/teacher_yield.py tabulates what the teacher stage itself reported."""
-    monkeypatch.setenv("DISTIL_PROFILE", "test")
-    for key in API_KEYS:
-        monkeypatch.delenv(key, raising=False)
+    _offline_test_profile(monkeypatch)
     spec = importlib.util.spec_from_file_location("teacher_yield", REPO_ROOT / "benchmarks" / "teacher_yield.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
