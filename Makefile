@@ -75,6 +75,7 @@ run test: export DISTIL_VLLM_PYTHON ?= $(abspath $(VENV_VLLM))/bin/python
 
 run: venv serving-venv $(HOME_CONFIG)
 	$(VENV)/bin/dagster asset materialize -m distil_platform.definitions --select 'text2sql*'
+	@$(PY) -m distil_platform.run_summary text2sql
 
 test: venv serving-venv $(HOME_CONFIG)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -149,15 +149,23 @@ def evaluate_student(context, spec: TaskSpec, profile: Profile, config: "EvalCon
                                               run_id=context.run_id, variant="student"))
     from distil_platform.costs import record_student_lineage  # the checkpoint these scores belong to
 
+    # The variant is the precision that ran (bf16 / fp16 / fp32): the cost table prices the student
+    # with the throughput profile of the same variant.
+    variant = getattr(server, "precision_label", None) or "bf16"
     record_student_lineage(store, task=task, stage=STAGE_STUDENT_EVAL, run_id=context.run_id, model=model_name,
-                           student=student, local_dir=ckpt)
+                           student=student, local_dir=ckpt, variant=variant)
     summary = summarize(results)
     value = {"score": summary.score, "ci": [summary.ci_low, summary.ci_high], "n": summary.n,
              "model": model_name, "run_id": context.run_id, "base_model": student["base_model"],
              "parse_failures": summary.parse_failures}
     metadata = _summary_metadata(summary, results, config.worst_items)
+    precision = getattr(server, "precision", None)
+    value["variant"] = variant
     metadata.update({"model": model_name, "metric": spec.metric_name, "wall_time_s": round(wall, 1),
                      "serving_backend": str(backend), "eval_concurrency": concurrency,
+                     "variant": variant,
+                     "compute_dtype": precision.dtype if precision else "unknown",
+                     "compute_dtype_reason": precision.reason if precision else "not reported by the server",
                      "checkpoint_path": location_metadata(student["checkpoint_path"])})
     confident = [r.confidence for r in results if r.confidence is not None]
     metadata["confidence_items"] = len(confident)  # answers with a logprob confidence (for routing)
@@ -234,8 +242,10 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
         else:
             client = _api_client(context, llm, ref, stage=stage, task=task,
                                  concurrency=config.concurrency or 8)
+            # An API model's empty reply (its reasoning spent the budget we set, a safety block) is no
+            # answer it gave: unscorable and counted, never a silent 0 (distil_platform.evaluation).
             results = evaluate(spec, test, client_answer_fn(client, **answer_kwargs, item_ids=item_ids),
-                               repeats=repeats, judge=judge)
+                               repeats=repeats, judge=judge, empty_reply="unscorable")
             new_calls += client.http_calls
         wall = time.monotonic() - start
         label = entry["label"]
@@ -251,6 +261,7 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
                       "mean±std over repeats": f"{summary.repeat_mean:.3f} ± {summary.repeat_std:.3f}",
                       "prompt tok": _fmt(summary.mean_prompt_tokens), "completion tok":
                       _fmt(summary.mean_completion_tokens), "parse fails": summary.parse_failures,
+                      "truncated / empty": f"{summary.truncated} / {summary.empty}",
                       "student − model": _fmt(comparison.get("diff", comparison.get("mean_diff"))),
                       "McNemar p": _fmt(comparison.get("mcnemar_p", comparison.get("p_value"))),
                       "verdict": (verdict_label(comparison.get("verdict"), spec.margin)

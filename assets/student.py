@@ -30,6 +30,9 @@ class StudentConfig(dg.Config):
     use_lora: bool | None = None
     # False trains on the seeds alone (the "seed-only" ablation of the benchmark).
     use_synthetic: bool = True
+    # Seconds the training loop may take (None: the task's / profile's, local 240; 0: no limit): the
+    # step count is what it affords at the step time measured on this machine, at most max_steps.
+    time_budget_s: float | None = None
     seed: int = 0
 
 
@@ -74,12 +77,14 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
         train_cfg = TrainConfig.for_task(
             spec, profile, max_steps=config.max_steps, learning_rate=config.learning_rate,
             batch_size=config.batch_size, max_length=config.max_length, use_lora=config.use_lora, seed=config.seed,
+            time_budget_s=config.time_budget_s,
         )
         # The exact rows trained on, beside the other artefacts (the training job reads them from here).
-        rows_url = paths.write_parquet(pl.DataFrame(rows, schema={c: pl.String for c in rows[0]} if rows else None),
+        rows_url = paths.write_parquet(pl.DataFrame(rows, schema=dict.fromkeys(rows[0], pl.String) if rows else None),
                                        paths.artifact_url(task, "student", context.run_id, "train_rows.parquet"))
         context.log.info(f"{task}: training {base_name} on {len(seeds)} seeds + {len(synthetic)} synthetic rows "
-                         f"({'LoRA' if train_cfg.use_lora else 'full'}, {train_cfg.steps_for(len(rows))} steps; "
+                         f"({'LoRA' if train_cfg.use_lora else 'full'}, {train_cfg.steps_for(len(rows))} steps"
+                         + (f" within {train_cfg.time_budget_s:g} s" if train_cfg.time_budget_s else "") + "; "
                          f"job launcher: {trainer.launcher})")
         job = trainer.train(context, training_params(spec, rows_url=rows_url, test_url=seed_set.get("test_path"),
                                                      base_model=base_name, train_config=train_cfg,
@@ -94,7 +99,8 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
                  "served_name": served_name, "run_id": context.run_id, "use_synthetic": config.use_synthetic,
                  # Training sequence length (longest rendered row unless fixed) and the context an eval
                  # server needs: the longest test prompt + max_answer_tokens, at least max_length.
-                 "max_length": result["max_length"], "max_model_len": max_model_len}
+                 "max_length": result["max_length"], "max_model_len": max_model_len,
+                 "compute_dtype": (result.get("precision") or {}).get("dtype")}
         final_loss = result["final_loss"]
         metadata: dict[str, Any] = {
             "checkpoint_path": location_metadata(checkpoint),
@@ -109,6 +115,10 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
             "seed_examples": len(seeds),
             "synthetic_examples": len(synthetic),
             "steps": result["steps"],
+            # With a time budget: the steps it afforded at the step time measured before training.
+            "steps_planned": (result.get("time_budget") or {}).get("planned_steps", result["steps"]),
+            "time_budget_s": (result.get("time_budget") or {}).get("budget_s") or 0.0,
+            "step_time_probe_s": (result.get("time_budget") or {}).get("probe_s_per_step") or 0.0,
             "wall_time_s": result["wall_time_s"],
             "tokens_per_s": result["tokens_per_s"],
             "final_loss": float(final_loss) if final_loss is not None else float("nan"),
@@ -124,6 +134,9 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
             "batch_size": result["batch_size"],
             "tokens_per_step": train_cfg.tokens_per_step or 0,
             "prompt_rendering": rendering_label(spec),
+            # The compute dtype the job trained in (the hardware's native one unless set) and why.
+            "compute_dtype": (result.get("precision") or {}).get("dtype", "unknown"),
+            "compute_dtype_reason": (result.get("precision") or {}).get("reason", "not reported by the job"),
             "config": dg.MetadataValue.json(result["config"]),
         }
         if job.get("loss_curve"):

@@ -1,10 +1,11 @@
 """``<task>_student_eval`` and ``<task>_throughput``: one step, one server start of the student.
 
-Both stages serve the same checkpoint with the same settings (bf16, prefix caching on). As one
-subsettable multi-asset (``<task>_student_serving``) they share that server: the eval answers the test
-set first, on a fresh server, so its scores do not depend on the load test; then guidellm measures
-the bf16 variant on the same server; the server stops; then bf16 without prefix caching and fp8 get
-servers of their own (their settings differ). Selecting only one of the two assets (the UI, a
+Both stages serve the same checkpoint with the same settings (the hardware's compute dtype, prefix
+caching on). As one subsettable multi-asset (``<task>_student_serving``) they share that server: the
+eval answers the test set first, on a fresh server, so its scores do not depend on the load test;
+then guidellm measures that reference variant (named after its dtype: ``bf16``, ``fp32``, ...) on the
+same server; the server stops; then the variant without prefix caching and fp8 get servers of their
+own (their settings differ). Selecting only one of the two assets (the UI, a
 ``--select``, an automation request) runs only that part. In the graph they stay two assets with
 their own metadata, checks and automation conditions; a fresh server per stage cost one more vLLM
 start (~35 s on the CPU, the model load on a GPU) per distillation run.
@@ -29,7 +30,7 @@ from .common import STAGE_STUDENT_EVAL, _read_rows
 from .deployment import GPU_POOL, gpu_op_tags
 from .evals import EvalConfig, evaluate_student
 from .keys import task_key, throughput_key
-from .throughput import BF16_SERVE, StudentProfiler, ThroughputConfig
+from .throughput import StudentProfiler, ThroughputConfig
 
 EVAL_OUTPUT = "student_eval"
 THROUGHPUT_OUTPUT = "throughput"
@@ -65,12 +66,13 @@ def build_student_serving_asset(spec: TaskSpec, profile: Profile | None = None) 
                 f"one, whose arrivals matched it, whose backlog at the window's close was no more than a server "
                 f"keeping up leaves, and whose p95 met the profile's SLO: {slo} else {spec.latency_slo_s:g} s), max "
                 "throughput, latency/TTFT percentiles, memory (process peak; vLLM: weights, KV cache reserved vs "
-                "used, prefix-cache hit rate); bf16, bf16 without prefix caching (vLLM), fp8 (vLLM on fp8 GPUs)."),
+                "used, prefix-cache hit rate); at the hardware's compute dtype (bf16 / fp16 / fp32, the variant's name), "
+                "without prefix caching (vLLM, run config), fp8 (vLLM on fp8 GPUs)."),
         },
         can_subset=True,
         pool=GPU_POOL,
         op_tags=gpu_op_tags(),  # GPU request / placement of the step pod on Kubernetes
-        description=f"Serves the `{task}` student once for its eval and its bf16 throughput profile.",
+        description=f"Serves the `{task}` student once for its eval and its throughput profile.",
     )
     def student_serving(
         context: dg.AssetExecutionContext,
@@ -87,21 +89,19 @@ def build_student_serving_asset(spec: TaskSpec, profile: Profile | None = None) 
         profiler = (StudentProfiler(context, spec, profile, config, test, student, ckpt, serving, llm, results_store)
                     if THROUGHPUT_OUTPUT in selected else None)
         eval_config = EvalConfig(concurrency=config.eval_concurrency, worst_items=config.worst_items)
-        # One server for both when both are selected and the eval's dtype is the bf16 variant's (the
-        # resource default); otherwise each part starts its own.
-        share = profiler is not None and EVAL_OUTPUT in selected and serving.dtype == BF16_SERVE["dtype"]
+        # One server for both when both are selected (same settings); otherwise each part starts its own.
+        share = profiler is not None and EVAL_OUTPUT in selected
         if EVAL_OUTPUT in selected:
-            with serving.serve(ckpt, served_model_name=student["served_name"], log=context.log.info,
-                               **(BF16_SERVE if share else {})) as server:
+            with serving.serve(ckpt, served_model_name=student["served_name"], log=context.log.info) as server:
                 value, metadata = evaluate_student(context, spec, profile, eval_config, test, student, ckpt, server,
                                                    llm, serving, results_store)
                 metadata["server_shared_with_throughput"] = share
                 yield dg.Output(value, output_name=EVAL_OUTPUT, metadata=metadata)
                 if share:
-                    profiler.measure("bf16", server)
+                    profiler.measure(server)
         if profiler is not None:
             if not share:
-                profiler.measure_served("bf16", **BF16_SERVE)
+                profiler.measure_served()
             profiler.measure_other_variants()
             value, metadata = profiler.result(shared_with_eval=share)
             yield dg.Output(value, output_name=THROUGHPUT_OUTPUT, metadata=metadata)

@@ -1,5 +1,6 @@
-"""``<task>_throughput``'s body: guidellm load test of the served student (bf16, bf16 without prefix
-caching, fp8 where supported). The asset itself is wired in ``assets/student_serving.py``."""
+"""``<task>_throughput``'s body: guidellm load test of the served student at its compute dtype (the
+reference variant, named after that dtype: ``bf16``, ``fp32``, ``fp16``), the same without prefix
+caching, and fp8 where supported. The asset itself is wired in ``assets/student_serving.py``."""
 
 import json
 import time
@@ -27,11 +28,13 @@ class ThroughputConfig(dg.Config):
     # Each rate's window holds at least this many expected arrivals (slow rates get longer windows,
     # run as their own guidellm run). None: the profile's (local 30); 0: the duration alone.
     min_requests_per_rate: int | None = None
-    # bf16 always; fp8 additionally where vLLM runs on an fp8-capable GPU.
+    # The reference variant (the server's compute dtype) always; fp8 additionally where vLLM runs on
+    # an fp8-capable GPU.
     fp8: bool = True
-    # vLLM: also measure bf16 with automatic prefix caching off (the shared system prompt is what
-    # prefix caching saves; the on/off pair shows what it is worth on this task and machine).
-    prefix_caching_off: bool = True
+    # vLLM: also measure the reference variant with automatic prefix caching off (the shared system
+    # prompt is what prefix caching saves; the on/off pair shows what it is worth on this task and
+    # machine). None: the profile's (local: off in `make run`, one run config away).
+    prefix_caching_off: bool | None = None
     max_concurrency: int | None = None
     # guidellm worker processes: 1 keeps arrivals truly Poisson (see distil_platform.throughput).
     worker_processes: int = 1
@@ -41,13 +44,11 @@ class ThroughputConfig(dg.Config):
     seed: int = 0
 
 
-BF16_SERVE = {"dtype": "bfloat16"}  # the bf16 variant's server (the student eval shares it)
-
-
 class StudentProfiler:
     """The body of ``<task>_throughput``: guidellm against the student, one variant per server —
-    ``bf16`` (on a server the caller may share with the student eval), then bf16 without prefix
-    caching (vLLM) and fp8 (vLLM on fp8 GPUs), each on its own server. ``result()`` is the
+    the reference variant at the serving resource's compute dtype (named after it: ``bf16``,
+    ``fp32``, ...; on a server the caller may share with the student eval), then the same without
+    prefix caching (vLLM) and fp8 (vLLM on fp8 GPUs), each on its own server. ``result()`` is the
     asset's ``(value, metadata)``."""
 
     def __init__(self, context, spec: TaskSpec, profile: Profile, config: ThroughputConfig, test: list[dict],
@@ -60,6 +61,9 @@ class StudentProfiler:
         self.duration = config.duration_s or profile.throughput_duration_s
         self.min_requests = (config.min_requests_per_rate if config.min_requests_per_rate is not None
                              else profile.throughput_min_requests)
+        self.prefix_caching_off = (config.prefix_caching_off if config.prefix_caching_off is not None
+                                   else profile.throughput_prefix_caching_off)
+        self.reference: str | None = None  # the first variant measured (the server's dtype)
         # Load-test reports, plot and summary: published at <artefacts>/<task>/throughput/<run id>/.
         self.out = paths.ArtifactDir(spec.name, "throughput", context.run_id)
         self.store = results_store.store()
@@ -68,12 +72,16 @@ class StudentProfiler:
         self.notes: list[str] = []
 
     def serve(self, **serve_kw: Any):
-        """A server of the student (``with profiler.serve(**BF16_SERVE) as server``)."""
+        """A server of the student (``with profiler.serve() as server``)."""
         return self.serving.serve(self.ckpt, served_model_name=self.student["served_name"],
                                   log=self.context.log.info, **serve_kw)
 
-    def measure(self, variant: str, server) -> None:
-        """Load-test ``server`` (already serving the student with this variant's settings)."""
+    def measure(self, server, variant: str | None = None) -> None:
+        """Load-test ``server`` (already serving the student with this variant's settings). The first
+        variant measured is the reference, named after the server's dtype unless ``variant`` says."""
+        variant = variant or server.precision_label
+        if self.reference is None:
+            self.reference = variant
         from distil_platform.costs import (  # which checkpoint this measured
             STAGE_THROUGHPUT,
             record_student_lineage,
@@ -122,7 +130,9 @@ class StudentProfiler:
             "memory": memory, "settings": settings, "on_gpu": on_gpu,
             "short_arrival_rates": summary.short_arrival_rates,
             "unreliable_rates": summary.unreliable_rates,
-            "load_generator_cpus": sorted(affinity) if affinity else None, "points_md": points_markdown(points, self.slo, summary.sustained_rps)}
+            "load_generator_cpus": sorted(affinity) if affinity else None,
+            "precision": server.precision.as_dict() if getattr(server, "precision", None) else None,
+            "points_md": points_markdown(points, self.slo, summary.sustained_rps)}
         if summary.unreliable_rates:
             context.log.warning(f"{task} {variant}: unreliable measurement at {summary.unreliable_rates} req/s "
                                 "(arrivals in a burst, or completions compressed); those rates are not counted")
@@ -133,21 +143,27 @@ class StudentProfiler:
         context.log.info(f"{task} {variant}: sustained {summary.sustained_rps:g} req/s, max achieved "
                          f"{summary.max_achieved_rps:.3g} req/s, peak memory {peak:.2f} GiB")
 
-    def measure_served(self, variant: str, **serve_kw: Any) -> None:
+    def measure_served(self, variant: str | None = None, **serve_kw: Any) -> None:
         with self.serve(**serve_kw) as server:
-            self.measure(variant, server)
+            self.measure(server, variant)
 
     def measure_other_variants(self) -> None:
-        """After ``bf16`` (and with its server stopped): no prefix caching (vLLM), fp8 (where supported)."""
+        """After the reference (and with its server stopped): no prefix caching (vLLM), fp8 (where
+        supported), both at the reference's dtype."""
         from distil_platform.throughput import fp8_supported
 
-        bf16 = self.variants["bf16"]
-        if bf16["backend"] == "vllm" and self.config.prefix_caching_off:
-            self.measure_served(NO_PREFIX_CACHE, **BF16_SERVE, enable_prefix_caching=False)
+        ref = self.variants[self.reference]
+        same_dtype = {"dtype": (ref.get("precision") or {}).get("dtype") or self.serving.dtype}
+        if ref["backend"] == "vllm":
+            if self.prefix_caching_off:
+                self.measure_served(no_prefix_cache_variant(self.reference), **same_dtype, enable_prefix_caching=False)
+            else:
+                self.notes.append("prefix caching off not measured (run config `prefix_caching_off: true` adds it; "
+                                  "the benchmark measures it)")
         if self.config.fp8:
-            ok, why = fp8_supported(bf16["backend"], bf16["on_gpu"])
+            ok, why = fp8_supported(ref["backend"], ref["on_gpu"])
             if ok:
-                self.measure_served("fp8", **BF16_SERVE, quantization="fp8")
+                self.measure_served("fp8", **same_dtype, quantization="fp8")
             else:
                 note = f"fp8 not measured: {why}"
                 self.context.log.info(note)
@@ -157,64 +173,72 @@ class StudentProfiler:
         from distil_platform.throughput import plot_latency_vs_load
 
         variants, slo, out, task = self.variants, self.slo, self.out, self.spec.name
-        bf16 = variants["bf16"]
-        backend = bf16["backend"]
+        name = self.reference
+        ref = variants[name]
+        backend = ref["backend"]
         plot = plot_latency_vs_load(self.series, slo, out.local / "latency_vs_load.png",
-                                    title=f"{task} student: latency vs offered load ({backend})")
+                                    title=f"{task} student: latency vs offered load ({backend}, {name})")
         (out.local / "summary.json").write_text(json.dumps(variants, indent=1, default=str), encoding="utf-8")
         variant_md = ["| variant | sustained req/s | max achieved req/s | peak memory GiB | accuracy |",
                       "|---|---|---|---|---|"]
-        for name, v in variants.items():
+        for vname, v in variants.items():
             acc = "–" if v["accuracy"] is None else f"{v['accuracy']:.3f}"
-            variant_md.append(f"| {name} | {v['sustained_rps']:g} | {v['max_achieved_rps']:.3g} "
+            variant_md.append(f"| {vname} | {v['sustained_rps']:g} | {v['max_achieved_rps']:.3g} "
                               f"| {v['peak_memory_gb']:.2f} | {acc} |")
         if "fp8" in variants:
             # Peak process memory on vLLM is its preallocation (--gpu-memory-utilization): compare
             # what the weights and the KV cache actually used.
-            used = {k: (variants[k]["memory"] or {}).get("weights_plus_kv_used_gib") for k in ("bf16", "fp8")}
-            ratio = f"x{used['fp8'] / used['bf16']:.2f} (weights + KV used)" if used["bf16"] and used["fp8"] else "–"
-            variant_md.append(f"\nfp8 vs bf16: throughput x{variants['fp8']['max_achieved_rps'] / max(bf16['max_achieved_rps'], 1e-9):.2f}, "
+            used = {k: (variants[k]["memory"] or {}).get("weights_plus_kv_used_gib") for k in (name, "fp8")}
+            ratio = f"x{used['fp8'] / used[name]:.2f} (weights + KV used)" if used[name] and used["fp8"] else "–"
+            variant_md.append(f"\nfp8 vs {name}: throughput x{variants['fp8']['max_achieved_rps'] / max(ref['max_achieved_rps'], 1e-9):.2f}, "
                               f"memory {ratio}")
-        if NO_PREFIX_CACHE in variants:
-            off = variants[NO_PREFIX_CACHE]
-            variant_md.append(f"\nprefix caching on vs off: max achieved {bf16['max_achieved_rps']:.3g} vs "
-                              f"{off['max_achieved_rps']:.3g} req/s (x{bf16['max_achieved_rps'] / max(off['max_achieved_rps'], 1e-9):.2f}), "
-                              f"sustained {bf16['sustained_rps']:g} vs {off['sustained_rps']:g} req/s; prefix-cache hit "
-                              f"rate {_pct((bf16['memory'] or {}).get('prefix_cache_hit_rate'))}")
+        off_name = no_prefix_cache_variant(name)
+        if off_name in variants:
+            off = variants[off_name]
+            variant_md.append(f"\nprefix caching on vs off: max achieved {ref['max_achieved_rps']:.3g} vs "
+                              f"{off['max_achieved_rps']:.3g} req/s (x{ref['max_achieved_rps'] / max(off['max_achieved_rps'], 1e-9):.2f}), "
+                              f"sustained {ref['sustained_rps']:g} vs {off['sustained_rps']:g} req/s; prefix-cache hit "
+                              f"rate {_pct((ref['memory'] or {}).get('prefix_cache_hit_rate'))}")
         notes = list(self.notes)
         if shared_with_eval:
-            notes.append("bf16 was measured on the server that answered the student eval just before (one start "
+            notes.append(f"{name} was measured on the server that answered the student eval just before (one start "
                          "for both; its prefix cache was warm with the test prompts the load test replays)")
+        precision = ref.get("precision") or {}
         metadata: dict[str, Any] = {
-            "sustained_rps": bf16["sustained_rps"],
-            "max_achieved_rps": round(bf16["max_achieved_rps"], 4),
+            "sustained_rps": ref["sustained_rps"],
+            "max_achieved_rps": round(ref["max_achieved_rps"], 4),
             "slo_p95_s": slo,
             "min_requests_per_rate": self.min_requests,
-            "peak_memory_gb": round(bf16["peak_memory_gb"], 3),
+            "peak_memory_gb": round(ref["peak_memory_gb"], 3),
             "backend": backend,
-            "serving_settings": dg.MetadataValue.json(_jsonable(bf16["settings"])),
+            "reference_variant": name,
+            "compute_dtype": precision.get("dtype", "unknown"),
+            "compute_dtype_reason": precision.get("reason", "not reported by the server"),
+            "serving_settings": dg.MetadataValue.json(_jsonable(ref["settings"])),
             "memory": dg.MetadataValue.md(memory_markdown(variants)),
-            "short_arrival_rates": dg.MetadataValue.json(bf16["short_arrival_rates"]),
-            "unreliable_rates": dg.MetadataValue.json(bf16["unreliable_rates"]),
-            "hardware": bf16["hardware"],
-            "hardware_key": bf16["hardware_key"],
-            "bf16_server_shared_with_eval": shared_with_eval,
+            "short_arrival_rates": dg.MetadataValue.json(ref["short_arrival_rates"]),
+            "unreliable_rates": dg.MetadataValue.json(ref["unreliable_rates"]),
+            "hardware": ref["hardware"],
+            "hardware_key": ref["hardware_key"],
+            "server_shared_with_eval": shared_with_eval,
             "load_generator": "guidellm (Poisson arrivals, 1 worker process"
-            + (f", pinned to cores {bf16['load_generator_cpus']})" if bf16.get("load_generator_cpus") else ")"),
+            + (f", pinned to cores {ref['load_generator_cpus']})" if ref.get("load_generator_cpus") else ")"),
             "variants": dg.MetadataValue.md("\n".join(variant_md) + "".join(f"\n\n{n}" for n in notes)),
-            "load_points_bf16": dg.MetadataValue.md(bf16["points_md"]),
+            "load_points": dg.MetadataValue.md(f"**{name}**\n\n" + ref["points_md"]),
             "latency_vs_load": png_markdown(plot, "latency vs offered load"),
         }
         plot_url = out.url_for(plot)
         out.publish()  # object store: the reports, plot and summary leave this machine
         metadata["plot_path"] = location_metadata(plot_url)
         metadata["artifacts"] = location_metadata(out.url)
-        value = {"run_id": self.context.run_id, "plot": plot_url,
+        value = {"run_id": self.context.run_id, "plot": plot_url, "reference_variant": name,
                  "variants": {k: {kk: vv for kk, vv in v.items() if kk != "points_md"} for k, v in variants.items()}}
         return value, metadata
 
 
-NO_PREFIX_CACHE = "bf16_no_prefix_cache"
+def no_prefix_cache_variant(reference: str) -> str:
+    """The reference variant without automatic prefix caching, e.g. ``fp32_no_prefix_cache``."""
+    return f"{reference}_no_prefix_cache"
 _MEMORY_COLUMNS = (("process_peak_gib", "process peak GiB"), ("weights_gib", "weights GiB"),
                    ("kv_reserved_gib", "KV reserved GiB"), ("kv_used_peak_gib", "KV used (peak) GiB"),
                    ("kv_usage_peak", "KV used share"), ("prefix_cache_hit_rate", "prefix-cache hit rate"))
@@ -256,7 +280,7 @@ def _evaluate_fp8(context, spec: TaskSpec, llm, server, ckpt: Path, test: list[d
     client = llm.client(model=server.litellm_model, api_base=server.base_url, run_id=context.run_id, task=spec.name,
                         stage=STAGE_FP8_EVAL, concurrency=16, log=context.log.info,
                         token_counter=chat_token_counter(ckpt),
-                        identity=getattr(server, "identity", None))  # fp8 never shares bf16's cache entries
+                        identity=getattr(server, "identity", None))  # fp8 never shares the reference's cache entries
     results = evaluate(spec, test, client_answer_fn(client, 0.0, spec.max_answer_tokens, [str(r["id"]) for r in test]))
     store.insert(predictions, prediction_rows(results, task=spec.name, stage=STAGE_FP8_EVAL, model=server.model,
                                               run_id=context.run_id, variant="fp8"))

@@ -133,7 +133,7 @@ def local_resources(profile) -> dict:
     )
     from distil_platform.resources.trainer import launcher_from_env
 
-    return {"llm": LLMResource(), "serving": ServingResource(backend=profile.serving_backend),
+    return {"llm": LLMResource(), "serving": ServingResource(backend=profile.serving_backend, dtype=profile.dtype),
             "model_store": ModelStoreResource(), "results_store": ResultsStoreResource(),
             "teacher_endpoint": TeacherEndpointResource(), "trainer": TrainerResource(launcher=launcher_from_env())}
 

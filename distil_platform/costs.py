@@ -110,7 +110,7 @@ def checkpoint_fingerprint(checkpoint: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def record_student_lineage(store: Any, *, task: str, stage: str, run_id: str, model: str,
-                           student: Mapping[str, Any], variant: str = "bf16",
+                           student: Mapping[str, Any], variant: str,
                            local_dir: str | Path | None = None) -> dict[str, Any]:
     """Record which checkpoint a stage measured (``student`` is the ``<task>_student`` output:
     checkpoint_path (a directory or an object-store URL), run_id, use_synthetic). The fingerprint
@@ -199,7 +199,7 @@ class EvaluatedModel:
 @dataclass
 class CostInputs:
     task: str
-    students: list[EvaluatedModel]  # bf16 first (the reference), then fp8 if measured
+    students: list[EvaluatedModel]  # the reference (served at its compute dtype) first, then fp8 if measured
     baselines: list[EvaluatedModel]
     usage: dict[str, Usage]  # API models by label (measured) and skipped frontier models (estimated)
     throughput: dict[str, ThroughputProfile]  # by variant; only profiles of the reference checkpoint
@@ -306,7 +306,9 @@ def gather_cost_inputs(store: Any, spec: TaskSpec, *, test_rows: Sequence[Mappin
     student_rows = store.select(predictions, task=task, stage=STAGE_STUDENT_EVAL)
     runs = _runs_latest_first(student_rows)
     if not runs:
-        raise CostTableError(f"{task}: no student evaluation in the results store ({store.url}); "
+        from distil_platform.redact import hide_password
+
+        raise CostTableError(f"{task}: no student evaluation in the results store ({hide_password(store.url)}); "
                              f"materialise {task}_student_eval first")
     by_run: dict[str, list[dict]] = defaultdict(list)
     for r in student_rows:
@@ -321,7 +323,10 @@ def gather_cost_inputs(store: Any, spec: TaskSpec, *, test_rows: Sequence[Mappin
             f"{task}_student with synthetic data and {task}_student_eval")
     run = distilled[0]
     ref_lineage = run_lineage[run]
-    students = [_evaluated(by_run[run][0]["model"], "student", "bf16", run, by_run[run], self_hosted=True,
+    # The eval's variant is the precision it was served in (bf16 / fp16 / fp32; rows written before
+    # the dtype followed the hardware were bf16).
+    eval_variant = (lineage_rows.get((STAGE_STUDENT_EVAL, run, "")) or {}).get("variant") or "bf16"
+    students = [_evaluated(by_run[run][0]["model"], "student", eval_variant, run, by_run[run], self_hosted=True,
                            lineage=ref_lineage)]
 
     throughput: dict[str, ThroughputProfile] = {}
@@ -608,7 +613,7 @@ def build_cost_table(inputs: CostInputs, snapshot: PriceSnapshot) -> list[dict[s
               "table_id": inputs.table_id, "judge": inputs.judge}
     rows: list[dict[str, Any]] = []
     student_cost = None
-    bf16_profile = inputs.throughput.get("bf16") or next(iter(inputs.throughput.values()), None)
+    reference_profile = inputs.throughput.get(reference.variant) or next(iter(inputs.throughput.values()), None)
     for student in inputs.students:
         profile = inputs.throughput.get(student.variant)
         row = {**common, "model": student.label, "role": "student", "variant": student.variant,
@@ -621,7 +626,7 @@ def build_cost_table(inputs: CostInputs, snapshot: PriceSnapshot) -> list[dict[s
         row = {**common, "model": base.label, "role": base.role, "variant": base.variant, **_summary(base),
                **_lineage_columns(base), **_versus(reference, base, inputs.students, margin)}
         if base.self_hosted:
-            cost = _student_cost(bf16_profile, snapshot, inputs.task, inputs.throughput_note)
+            cost = _student_cost(reference_profile, snapshot, inputs.task, inputs.throughput_note)
             if cost.get("usd_per_million_requests") is not None:
                 cost["cost_source"] = "estimated"
                 cost["cost_note"] = ("served like the student (same base architecture and serving stack): "

@@ -54,7 +54,7 @@ def build_definitions() -> dg.Definitions:
         resources={
             # One results store: the LLM client's cache/usage rows land where predictions do.
             "llm": LLMResource(results_store=results_store),
-            "serving": ServingResource(backend=profile.serving_backend),
+            "serving": ServingResource(backend=profile.serving_backend, dtype=profile.dtype),
             "model_store": ModelStoreResource(),
             # Where the training job runs (DISTIL_TRAIN_LAUNCHER: subprocess via Dagster Pipes by default).
             "trainer": TrainerResource(launcher=launcher_from_env()),

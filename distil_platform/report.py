@@ -31,7 +31,8 @@ RULES = (
     "**non-inferior (δ)** when the CI's lower bound is above −δ, the task's margin (default 0.02 = 2 points; "
     "one-sided 2.5% level), and **inconclusive** when the data cannot tell. \"Matches\" in the headline means "
     "non-inferior. Accuracy intervals: Wilson for 0/1 item scores, BCa bootstrap otherwise. Every student "
-    "variant gets its own verdict; the report names bf16, or fp8 when fp8 is non-inferior to bf16 and "
+    "variant gets its own verdict; the report names the reference variant (served at the hardware's compute "
+    "dtype: bf16, fp16 or fp32), or fp8 when fp8 is non-inferior to it and "
     "cheaper per request, and uses that variant's verdict. Students are priced at hardware $/hour ÷ "
     "sustained requests/s of the same checkpoint (a profile of another checkpoint is refused); API models at "
     "measured tokens per request (cached prompt tokens at the cached price) × the price snapshot."
@@ -84,7 +85,7 @@ def _is_t0(row: Mapping[str, Any]) -> bool:
 
 
 def name_student(students: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The variant the report names: the reference (bf16, first) row, or an fp8 row that is
+    """The variant the report names: the reference (the first row, at its compute dtype), or an fp8 row that is
     non-inferior to it (or better) on the same items and cheaper per request."""
     if not students:
         return None

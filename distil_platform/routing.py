@@ -459,7 +459,7 @@ def compute_routing(inputs: RoutingInputs) -> RoutingResult:
             # Two fitting objectives: reach the best single model's accuracy at the lowest escalation
             # (what the recommendation needs), and the most accurate τ (a cascade can beat both models).
             objectives = {
-                f"cascade:{m.label}": lambda subset: target(subset),
+                f"cascade:{m.label}": target,
                 f"cascade:{m.label} (max accuracy)": lambda subset: math.inf,
             }
             seen_taus: list[dict[int, float]] = []
@@ -595,9 +595,12 @@ def gather_routing_inputs(store: Any, spec: Any, *, daily_requests: float = DEFA
     task = spec.name
     table = latest_cost_table(store, task)
     if not table:
-        raise RoutingError(f"{task}: no cost table in the results store ({store.url}); materialise {task}_cost_table")
+        from distil_platform.redact import hide_password
+
+        raise RoutingError(f"{task}: no cost table in the results store ({hide_password(store.url)}); materialise {task}_cost_table")
     students = [r for r in table if r.get("role") == "student"]
-    student_row = next((r for r in students if r.get("variant") == "bf16"), students[0] if students else None)
+    # The reference variant (the precision the eval ran in) is the table's first student row.
+    student_row = students[0] if students else None
     if student_row is None:
         raise RoutingError(f"{task}: the cost table has no student row; re-materialise {task}_cost_table")
 

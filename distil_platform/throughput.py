@@ -333,7 +333,9 @@ def run_guidellm(
     scenario_path.write_text(json.dumps(scenario, indent=1), encoding="utf-8")
     report = Path(scenario["spec"]["outputs"][0]["path"])
     log_path = workdir / "guidellm.log"
-    from distil_platform.serving import server_env
+    import signal
+
+    from distil_platform.serving import parent_death_signal, server_env, stop_process_group
 
     # The load generator talks to a local server: it gets no API keys (server_env's allow-list).
     env = server_env({"GUIDELLM__MAX_WORKER_PROCESSES": str(int(worker_processes))})
@@ -342,17 +344,33 @@ def run_guidellm(
     # guidellm through distil_platform.guidellm_cli: its CLI with the Poisson start race fixed.
     cmd = [sys.executable, "-m", "distil_platform.guidellm_cli", "run", "-c", str(scenario_path),
            "--disable-console-interactive"]
-    try:
-        with log_path.open("w", encoding="utf-8") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout_s,
-                                  cwd=workdir, check=False, preexec_fn=_affinity_setter(cpu_affinity))
-    except subprocess.TimeoutExpired:
-        raise ThroughputError(f"guidellm did not finish within {timeout_s:.0f}s; log: {log_path}") from None
-    if proc.returncode != 0 or not report.is_file():
+    # Its own process group (guidellm starts worker processes): a timeout or an interrupted step stops
+    # the whole group; a SIGKILLed step takes guidellm with it (parent-death signal).
+    pin, on_parent_death = _affinity_setter(cpu_affinity), parent_death_signal(signal.SIGTERM)
+
+    def preexec() -> None:  # between fork and exec: one sched_setaffinity and one prctl call
+        if pin is not None:
+            pin()
+        if on_parent_death is not None:
+            on_parent_death()
+
+    with log_path.open("w", encoding="utf-8") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=workdir, start_new_session=True, preexec_fn=preexec)  # noqa: PLW1509
+        try:
+            returncode = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            stop_process_group(proc)
+            raise ThroughputError(f"guidellm did not finish within {timeout_s:.0f}s; log: {log_path}") from None
+        except BaseException:
+            stop_process_group(proc)
+            raise
+        stop_process_group(proc, timeout_s=1.0)  # worker processes left in the group after guidellm exited
+    if returncode != 0 or not report.is_file():
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
         hint = ("; a measurement window completed no request (window shorter than the server's latency): "
                 "lengthen duration_s" if "No measurement start or end times" in tail else "")
-        raise ThroughputError(f"guidellm exited {proc.returncode} without a report ({report}){hint}; log tail:\n{tail}")
+        raise ThroughputError(f"guidellm exited {returncode} without a report ({report}){hint}; log tail:\n{tail}")
     return report
 
 
@@ -620,8 +638,11 @@ def load_test(
             duration_s=window, max_tokens=max_tokens, report_path=run_report, seed=seed,
             max_concurrency=max_concurrency,
         )
-        if log is not None and len(groups) > 1:
-            log(f"guidellm run {i + 1}/{len(groups)}: {group} req/s, {window:g} s each")
+        if log is not None:
+            # Measurement windows left (this run's and the later ones'), plus ~10 s of start-up per run.
+            left = sum(w * (len(g) if g else 8) + 10 for w, g in groups[i:])
+            log(f"guidellm run {i + 1}/{len(groups)}: {group or 'sweep'} req/s, {window:g} s each; "
+                f"ETA {left:.0f}s for the load test")
         n_benchmarks = len(group) if group else 8
         timeout = n_benchmarks * (window + 60) + 180  # + guidellm start-up and server drain
         run_guidellm(scenario, run_dir, timeout_s=timeout, worker_processes=worker_processes,
@@ -718,7 +739,7 @@ def fp8_supported(backend: str, on_gpu: bool = True) -> tuple[bool, str]:
         return False, f"backend {backend!r} has no fp8 path (vLLM only)"
     if not on_gpu:
         return False, "the server runs on the CPU (vLLM's fp8 weights need a CUDA GPU)"
-    from distil_platform.serving import gpu_compute_capability
+    from distil_platform.precision import gpu_compute_capability
 
     capability = gpu_compute_capability()
     if capability is None:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 LogFn = Callable[[str, str], None]  # (level, message); level "info" or "warning"
 
@@ -29,6 +30,8 @@ def format_progress(task: str, event: dict[str, Any]) -> tuple[str, str]:
                         f"lr {event['learning_rate']:.2e} elapsed {event['elapsed_s']:.0f}s ETA {event['eta_s']:.0f}s")
     if event.get("event") == "warning":
         return "warning", f"{task}: {event['message']}"
+    if event.get("event") == "precision":
+        return "info", f"{task}: compute dtype {event['short']} ({event['reason']})"
     if event.get("event") == "start":
         return "info", (f"{task}: {event['steps']} steps x {event['batch_size']} rows, max_length "
                         f"{event['max_length']} (longest row {event['longest_row']} tokens), {event['threads']} threads")

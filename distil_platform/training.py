@@ -13,8 +13,12 @@ YAML sets ``training.allow_truncation: true``. Rows are never cut silently. With
 (the ``local`` profile) the batch size follows from it: ``tokens_per_step // max_length`` rows
 (at most ``batch_size``), so a step costs about the same however long the task's prompts are.
 
-CPU specifics (measured, see the project's cpu-notes): bf16 weights for LoRA (fp32 weights + bf16
-autocast for full fine-tuning), LoRA dropout 0, and a loss that applies the LM head only to the
+The compute dtype follows the hardware the job runs on (:mod:`distil_platform.precision`): bf16 on
+CPUs with native bf16 and on Ampere+ GPUs, fp16 on older GPUs, fp32 on CPUs without native bf16
+(AVX2-only: bf16 is emulated there, ~24x slower per step). LoRA loads the base in that dtype (PEFT
+keeps the adapters in fp32); full fine-tuning keeps fp32 weights with bf16/fp16 autocast. The
+choice and its reason are in ``TrainResult.precision``. CPU specifics (measured, see the project's
+cpu-notes): LoRA dropout 0, and a loss that applies the LM head only to the
 labelled positions (TRL's default loss computes it over every position and dominates the step time).
 torch, transformers, trl and peft are imported inside functions: importing this module is cheap.
 """
@@ -32,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distil_platform.precision import detect_precision
 from distil_platform.prompts import build_training_messages
 from distil_platform.taskspec import TaskSpec
 
@@ -65,10 +70,15 @@ class TrainConfig:
     lora_target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
     # Epochs instead of steps when set (max_steps then derived from the data size).
     epochs: float | None = None
+    # Seconds the training loop may take (None or 0: no limit). With a budget, the step count is
+    # what the budget affords at the step time measured on this machine before training (at most
+    # max_steps), so the learning-rate schedule is planned for the steps that will run.
+    time_budget_s: float | None = None
     warmup_ratio: float = 0.05
     lr_scheduler: str = "cosine"
     weight_decay: float = 0.0
-    bf16: bool = True
+    # Compute dtype: auto (from the hardware, distil_platform.precision), bf16, fp16 or fp32.
+    dtype: str = "auto"
     seed: int = 0
     # Threads torch may use (None: all cores of this process's CPU affinity).
     num_threads: int | None = None
@@ -95,7 +105,8 @@ class TrainConfig:
             lora_alpha=t.lora_alpha,
             lora_target_modules=tuple(t.lora_target_modules),
             epochs=t.epochs,
-            bf16=profile.bf16,
+            dtype=profile.dtype,
+            time_budget_s=t.time_budget_s if t.time_budget_s is not None else profile.train_time_budget_s,
         )
         for key, value in overrides.items():
             if value is not None:
@@ -216,6 +227,10 @@ class TrainResult:
     max_length: int = 0
     batch_size: int = 0
     length_plan: dict[str, Any] = field(default_factory=dict)
+    # The compute dtype and why (distil_platform.precision.Precision.as_dict()).
+    precision: dict[str, str] = field(default_factory=dict)
+    # With a time budget: {"budget_s", "probe_s_per_step", "planned_steps", "steps"} (steps <= planned).
+    time_budget: dict[str, float] = field(default_factory=dict)
     loss_history: list[dict[str, float]] = field(default_factory=list)
     loss_curve_png: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
@@ -294,11 +309,16 @@ def _progress_callback(total_steps: int, progress: ProgressFn | None, history: l
     class ProgressCallback(TrainerCallback):
         def __init__(self):
             self.start = time.monotonic()
+            self.total_steps = total_steps
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.monotonic()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "loss" not in logs:
                 return
             step = int(state.global_step)
+            total_steps = self.total_steps
             elapsed = time.monotonic() - self.start
             eta = elapsed / max(step, 1) * max(total_steps - step, 0)
             entry = {"step": step, "loss": float(logs["loss"]), "learning_rate": float(logs.get("learning_rate", 0.0)),
@@ -387,8 +407,13 @@ def train_student(
                   "(training.allow_truncation is set)"})
     batch_size = config.batch_size_for(plan.max_length)
     on_cuda = torch.cuda.is_available()
-    # LoRA: bf16 base weights (adapters stay fp32 in PEFT). Full FT: fp32 master weights + bf16 autocast.
-    load_dtype = torch.bfloat16 if (config.bf16 and config.use_lora) else torch.float32
+    precision = detect_precision("cuda" if on_cuda else "cpu", config.dtype, setting_name="training dtype")
+    compute_dtype = getattr(torch, precision.dtype)
+    if progress:
+        progress({"event": "precision", **precision.as_dict()})
+    # LoRA: base weights in the compute dtype (adapters stay fp32 in PEFT). Full FT: fp32 master
+    # weights + bf16/fp16 autocast.
+    load_dtype = compute_dtype if config.use_lora else torch.float32
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=load_dtype)
 
     peft_config = None
@@ -414,8 +439,9 @@ def train_student(
         # keep_end is deprecated in TRL 1.x but is the mode that keeps the answer of an over-long row.
         warnings.filterwarnings("ignore", message=".*keep_end.*", category=FutureWarning)
         sft_args = _sft_config(SFTConfig, config, out_dir, steps, on_cuda, batch_size=batch_size,
-                               max_length=plan.max_length if truncated else None)
+                               max_length=plan.max_length if truncated else None, dtype=precision.dtype)
     history: list[dict[str, float]] = []
+    callback = _progress_callback(steps, progress, history)
     trainer_cls = _trainer_class() if config.labelled_positions_loss else __import__("trl").SFTTrainer
     trainer = trainer_cls(
         model=model,
@@ -423,7 +449,7 @@ def train_student(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[_progress_callback(steps, progress, history)],
+        callbacks=[callback],
     )
     # disable_tqdm makes the Trainer print every log dict to stdout; progress goes through `progress`.
     from transformers.trainer_callback import PrinterCallback
@@ -440,6 +466,21 @@ def train_student(
     trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trained.parameters())
     n_tokens = int(sum(min(n, plan.max_length) for n in lengths))
+    budget: dict[str, float] = {}
+    if config.time_budget_s and not config.epochs:
+        # What the budget affords on this machine (a bf16 step is ~24x slower on a CPU without native
+        # bf16): measured before the schedule is built, since a cut schedule ends at a high rate.
+        per_step = _probe_step_seconds(trainer)
+        affordable = max(1, min(steps, int(config.time_budget_s // per_step)))
+        budget = {"budget_s": float(config.time_budget_s), "probe_s_per_step": round(per_step, 2),
+                  "planned_steps": steps, "steps": affordable}
+        if affordable < steps and progress:
+            progress({"event": "warning", "message": f"time budget {config.time_budget_s:g} s at {per_step:.1f} s per "
+                      f"step (measured here): {affordable} of {steps} steps; raise training.time_budget_s (run config "
+                      "`time_budget_s`) for the full schedule"})
+        steps = affordable
+        trainer.args.max_steps = steps
+        callback.total_steps = steps
     if progress:
         progress({"event": "start", "steps": steps, "examples": len(rows), "threads": threads,
                   "batch_size": batch_size, "max_length": plan.max_length, "longest_row": plan.longest,
@@ -452,7 +493,7 @@ def train_student(
     final = trainer.model
     if config.use_lora:
         final = final.merge_and_unload()
-    final = final.to(torch.bfloat16 if config.bf16 else torch.float32)
+    final = final.to(compute_dtype)
     final.config.use_cache = True
     final.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.padding_side = "left"  # serving batches prompts
@@ -482,6 +523,8 @@ def train_student(
         max_length=plan.max_length,
         batch_size=batch_size,
         length_plan=plan.summary(),
+        precision=precision.as_dict(),
+        time_budget=budget,
         loss_history=history,
         loss_curve_png=png,
         config={**asdict(config), "threads": threads, "effective_batch_size": batch_size,
@@ -495,6 +538,28 @@ def train_student(
     return result
 
 
+def _probe_step_seconds(trainer, repeats: int = 2) -> float:
+    """Seconds of one training step on this machine: forward + backward of the first batch (the
+    faster of ``repeats`` tries: the first pays one-off start-up work), gradients discarded, plus 5%
+    for the optimizer step and collation. The global RNG is restored, so the data order that trains
+    is the one a run without a budget gets."""
+    import torch
+
+    rng = torch.get_rng_state()
+    model = trainer.model
+    model.train()
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    torch.set_rng_state(rng)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        times.append(time.perf_counter() - started)
+        model.zero_grad(set_to_none=True)
+    return min(times) * 1.05
+
+
 def _model_context(model_dir: Path) -> int | None:
     """The base model's context length (``max_position_embeddings``), if its config states one."""
     try:
@@ -506,7 +571,10 @@ def _model_context(model_dir: Path) -> int | None:
 
 
 def _sft_config(SFTConfig, config: TrainConfig, out_dir: Path, steps: int, on_cuda: bool, *, batch_size: int,
-                max_length: int | None):
+                max_length: int | None, dtype: str = "float32"):
+    # Autocast only where the weights are fp32 (full FT; LoRA on a GPU): LoRA base weights already
+    # are in the compute dtype on the CPU.
+    autocast = on_cuda or not config.use_lora
     return SFTConfig(
         output_dir=str(out_dir / "_trainer"),
         max_steps=steps,
@@ -523,8 +591,8 @@ def _sft_config(SFTConfig, config: TrainConfig, out_dir: Path, steps: int, on_cu
         truncation_mode="keep_end",
         assistant_only_loss=True,
         packing=False,
-        # bf16 autocast only where the weights are fp32 (full FT); LoRA weights are already bf16.
-        bf16=bool(config.bf16 and (on_cuda or not config.use_lora)),
+        bf16=bool(dtype == "bfloat16" and autocast),
+        fp16=bool(dtype == "float16" and autocast),
         seed=config.seed,
         data_seed=config.seed,
         logging_steps=config.logging_steps,

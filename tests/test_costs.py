@@ -289,8 +289,8 @@ def test_cost_table_ci_is_the_student_eval_ci():
 T2S_STUDENT = "text2sql-student-abc"  # what plant_task plants (eval run "student-run", throughput "tp-run")
 
 
-def _student(rows):
-    return next(r for r in rows if r["role"] == "student" and r["variant"] == "bf16")
+def _student(rows, variant: str = "bf16"):
+    return next(r for r in rows if r["role"] == "student" and r["variant"] == variant)
 
 
 def test_retrained_student_is_never_priced_with_the_old_checkpoints_throughput(planted):
@@ -324,6 +324,25 @@ def test_recorded_lineage_matches_by_checkpoint_not_by_name(planted):
     student = _student(build_cost_table(gather_cost_inputs(store, spec), build_snapshot()))
     assert student["usd_per_million_requests"] == pytest.approx(2.40 / (3600 * 50) * 1e6)
     assert student["lineage"].startswith("student run train-1, checkpoint ffffffffffff")
+
+
+def test_the_student_row_is_named_and_priced_after_the_precision_that_ran(planted):
+    """On a CPU without native bf16 the eval and the load test ran in fp32: the student row says fp32
+    and is priced with the fp32 profile, never with a profile of another precision."""
+    store, spec, _ = planted
+    same = {"student_run_id": "train-fp32", "checkpoint_fingerprint": "a" * 64, "use_synthetic": True}
+    plant_student_eval(store, spec, "eval-fp32", "served-fp32", 9, lineage={**same, "variant": "fp32"})
+    plant_throughput(store, spec, "tp-bf16", "served-fp32", variants=("bf16",), sustained_rps=80.0, lineage=same)
+    student = _student(build_cost_table(gather_cost_inputs(store, spec), build_snapshot()), "fp32")
+    assert student["usd_per_million_requests"] is None  # only a bf16 profile: not this student's cost
+    plant_throughput(store, spec, "tp-fp32", "served-fp32", variants=("fp32",), sustained_rps=20.0, lineage=same)
+    rows = build_cost_table(gather_cost_inputs(store, spec), build_snapshot())
+    student = _student(rows, "fp32")
+    assert student["sustained_rps"] == 20.0
+    assert student["usd_per_million_requests"] == pytest.approx(2.40 / (3600 * 20) * 1e6)
+    # The zero-shot base, self-hosted like the student, is estimated with the student's own profile.
+    zero = next(r for r in rows if r["variant"] == "zero_shot")
+    assert zero["usd_per_million_requests"] == pytest.approx(student["usd_per_million_requests"])
 
 
 def test_seed_only_ablation_never_becomes_the_student(planted):
@@ -440,15 +459,16 @@ def test_checkpoint_fingerprint_and_lineage_record(tmp_path):
     assert checkpoint_fingerprint(ckpt, chunk=1 << 20) != first
     store = ResultsStore()
     row = record_student_lineage(store, task="t", stage="student_eval", run_id="r1", model="t-student-x",
-                                 student={"checkpoint_path": str(ckpt), "run_id": "train-9", "use_synthetic": False})
+                                 student={"checkpoint_path": str(ckpt), "run_id": "train-9", "use_synthetic": False},
+                                 variant="fp32")
     stored = store.select(student_lineage, run_id="r1")[0]
+    assert stored["variant"] == "fp32"  # the precision that ran, which prices it
     assert stored["checkpoint_fingerprint"] == row["checkpoint_fingerprint"] == checkpoint_fingerprint(ckpt)
     assert stored["student_run_id"] == "train-9" and stored["use_synthetic"] is False
 
 
 def test_monthly_refresh_that_falls_back_says_so_in_metadata(monkeypatch):
     import httpx
-
     from distil_platform.assets.costs import build_shared_cost_assets
     from distil_platform.resources.store import ResultsStoreResource
 

@@ -10,12 +10,10 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-
 from distil_platform.assets import build_task_pipeline_assets
 from distil_platform.assets.evals import plan_baselines
-from distil_platform.assets.teacher import check_accepted_minimum, check_distribution
 from distil_platform.assets.seed import build_seed_set_asset
-from distil_platform.profiles import get_profile
+from distil_platform.assets.teacher import check_accepted_minimum, check_distribution
 from distil_platform.resources import (
     LLMResource,
     ModelStoreResource,
@@ -24,6 +22,8 @@ from distil_platform.resources import (
     TeacherEndpointResource,
     TrainerResource,
 )
+
+from distil_platform.profiles import get_profile
 from distil_platform.store import ResultsStore, llm_requests, predictions
 from distil_platform.taskspec import get_task
 
@@ -40,7 +40,7 @@ def test_profile(monkeypatch):
 def _resources():
     return {
         "llm": LLMResource(),
-        "serving": ServingResource(backend="transformers"),
+        "serving": ServingResource(backend="transformers", dtype=get_profile("test").dtype),  # as the Definitions
         "model_store": ModelStoreResource(),
         "results_store": ResultsStoreResource(),
         "teacher_endpoint": TeacherEndpointResource(),
@@ -149,10 +149,14 @@ def test_text2sql_graph_end_to_end_and_cached_baseline_rerun(test_profile, tmp_p
         assert pl.read_parquet(student["train_rows_path"]).height == student["train_examples"]
         assert student["train_examples"] == student["seed_examples"] + student["synthetic_examples"]
         assert "data:image/png;base64," in student["loss_curve"]
+        # The compute dtype and why: the test profile pins fp32 (a setting), shown on the asset.
+        assert student["compute_dtype"] == "float32" and student["compute_dtype_reason"] == "set by training dtype=float32"
 
         evaluation = _md(result, "text2sql_student_eval")
         for key in ("score", "ci_low", "ci_high", "n", "parse_failures", "worst_items", "model"):
             assert key in evaluation, key
+        # Served in the profile's dtype; the eval's variant is named after it (the cost table's student row).
+        assert evaluation["compute_dtype"] == "float32" and evaluation["variant"] == "fp32"
         n_test = pl.read_parquet(result.output_for_node("text2sql")["test_path"]).height
         assert evaluation["n"] == n_test
         assert evaluation["ci_low"] <= evaluation["score"] <= evaluation["ci_high"]
@@ -167,6 +171,7 @@ def test_text2sql_graph_end_to_end_and_cached_baseline_rerun(test_profile, tmp_p
         lineage = store.select(student_lineage, run_id=run_id, stage="student_eval")
         assert len(lineage) == 1 and lineage[0]["student_run_id"] == run_id and lineage[0]["use_synthetic"] is True
         assert lineage[0]["checkpoint_path"] == str(ckpt) and len(lineage[0]["checkpoint_fingerprint"]) == 64
+        assert lineage[0]["variant"] == "fp32"
 
         baselines = _md(result, "text2sql_baseline_evals")
         assert baselines["models_evaluated"] == 1 and baselines["models_skipped"] == 0

@@ -26,7 +26,9 @@ ROWS = [
 def test_config_layers_profile_task_and_overrides():
     spec = get_task("text2sql")
     local = TrainConfig.for_task(spec, get_profile("local"))
-    assert (local.max_steps, local.batch_size, local.use_lora, local.bf16) == (60, 8, True, True)
+    assert (local.batch_size, local.use_lora, local.dtype) == (8, True, "auto")
+    assert local.time_budget_s == get_profile("local").train_time_budget_s > 0  # `make run` fits its minutes
+    assert TrainConfig.for_task(spec, get_profile("gpu")).time_budget_s is None
     # Sequence length from the data (within the profile's ceiling); rows per step from a token budget.
     assert local.max_length is None and local.max_length_ceiling == 2048 and local.tokens_per_step == 3072
     assert not local.allow_truncation
@@ -148,7 +150,7 @@ def test_planted_over_long_row_fails_before_training(tiny_dir, tmp_path):
     assert prompt < lengths[-1]
     assert serving_context_length(spec, rows, tok, 10) == prompt + spec.max_answer_tokens
     assert serving_context_length(spec, rows, tok, 99_999) == 99_999
-    cfg = TrainConfig(max_steps=1, batch_size=2, bf16=False, max_length_ceiling=max(lengths[:-1]) + 10)
+    cfg = TrainConfig(max_steps=1, batch_size=2, dtype="float32", max_length_ceiling=max(lengths[:-1]) + 10)
     with pytest.raises(TrainingRowTooLongError, match=rf"smart_home: 1 of 5 .*id 'planted-long': {lengths[-1]} tokens"):
         train_student(spec, rows, tiny_dir, tmp_path / "out", cfg)
     assert not (tmp_path / "out" / "model.safetensors").exists()
@@ -157,7 +159,7 @@ def test_planted_over_long_row_fails_before_training(tiny_dir, tmp_path):
 @pytest.mark.slow
 def test_lora_training_writes_a_servable_checkpoint_and_is_seeded(tiny_dir, tmp_path):
     spec = get_task("text2sql")
-    cfg = TrainConfig(max_steps=3, batch_size=4, bf16=False, learning_rate=1e-3, seed=7)
+    cfg = TrainConfig(max_steps=3, batch_size=4, dtype="float32", learning_rate=1e-3, seed=7)
     events = []
     a = train_student(spec, ROWS, tiny_dir, tmp_path / "a", cfg, base_model_name="tiny-qwen3", progress=events.append)
     for name in ("model.safetensors", "config.json", "tokenizer_config.json", "loss_curve.png",
@@ -176,6 +178,9 @@ def test_lora_training_writes_a_servable_checkpoint_and_is_seeded(tiny_dir, tmp_
     assert 0 < a.trainable_params < a.total_params
     steps = [e["step"] for e in events if "step" in e]
     assert steps == [1, 2, 3] and all("eta_s" in e for e in events if "step" in e)
+    # The dtype the job trained in, and why, travel with the result (T_student's metadata).
+    assert (a.precision["dtype"], a.precision["short"], a.precision["source"]) == ("float32", "fp32", "setting")
+    assert next(e for e in events if e.get("event") == "precision")["dtype"] == "float32"
     summary = json.loads((tmp_path / "a" / "train_summary.json").read_text())
     assert summary["base_model"] == "tiny-qwen3" and summary["steps"] == 3
     # same seed, same data -> same losses
@@ -194,13 +199,49 @@ def test_lora_training_writes_a_servable_checkpoint_and_is_seeded(tiny_dir, tmp_
 
 
 @pytest.mark.slow
+def test_time_budget_plans_the_steps_it_affords(tiny_dir, tmp_path):
+    """A budget below one measured step trains one step (and warns); an ample one changes nothing and
+    the data order is the one a run without a budget gets (the probe restores the RNG)."""
+    spec = get_task("text2sql")
+    events = []
+    cut = train_student(spec, ROWS, tiny_dir, tmp_path / "cut",
+                        TrainConfig(max_steps=5, batch_size=4, dtype="fp32", time_budget_s=1e-9),
+                        progress=events.append)
+    assert cut.steps == 1 and cut.time_budget["planned_steps"] == 5 and cut.time_budget["steps"] == 1
+    assert cut.time_budget["probe_s_per_step"] > 0
+    assert any(e.get("event") == "warning" and "1 of 5 steps" in e["message"] for e in events)
+    assert [e["total_steps"] for e in events if "step" in e] == [1]
+    ample = train_student(spec, ROWS, tiny_dir, tmp_path / "ample",
+                          TrainConfig(max_steps=3, batch_size=4, dtype="fp32", time_budget_s=1e6))
+    plain = train_student(spec, ROWS, tiny_dir, tmp_path / "plain", TrainConfig(max_steps=3, batch_size=4, dtype="fp32"))
+    assert ample.steps == plain.steps == 3 and ample.time_budget["steps"] == 3 and plain.time_budget == {}
+    assert [h["loss"] for h in ample.loss_history] == pytest.approx([h["loss"] for h in plain.loss_history], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_checkpoint_is_saved_in_the_chosen_dtype(tiny_dir, tmp_path):
+    """bf16 where chosen (by setting here; by the CPU's flags with dtype auto), fp32 otherwise: the
+    merged checkpoint is written in the dtype that trained, which is what the server then loads."""
+    import torch
+    from safetensors import safe_open
+
+    spec = get_task("text2sql")
+    for dtype, torch_dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        res = train_student(spec, ROWS[:4], tiny_dir, tmp_path / dtype, TrainConfig(max_steps=1, batch_size=2, dtype=dtype))
+        assert res.precision["dtype"] == str(torch_dtype).removeprefix("torch.")
+        with safe_open(str(tmp_path / dtype / "model.safetensors"), "pt") as fh:
+            name = next(iter(fh.keys()))
+            assert fh.get_tensor(name).dtype == torch_dtype
+
+
+@pytest.mark.slow
 def test_full_fine_tune_option(tiny_dir, tmp_path):
     spec = get_task("text2sql")
     # A token budget of two rows at this data's length -> batch 2; allowed truncation at a fixed length.
-    cfg = TrainConfig(max_steps=2, batch_size=4, bf16=False, use_lora=False, learning_rate=1e-4)
+    cfg = TrainConfig(max_steps=2, batch_size=4, dtype="float32", use_lora=False, learning_rate=1e-4)
     res = train_student(spec, ROWS, tiny_dir, tmp_path / "full", cfg)
     assert res.trainable_params == res.total_params
-    budget = TrainConfig(max_steps=1, batch_size=8, tokens_per_step=2 * res.max_length, bf16=False,
+    budget = TrainConfig(max_steps=1, batch_size=8, tokens_per_step=2 * res.max_length, dtype="float32",
                          max_length=res.max_length - 5, allow_truncation=True)
     cut = train_student(spec, ROWS, tiny_dir, tmp_path / "cut", budget)
     assert cut.batch_size == 2 and cut.max_length == res.max_length - 5 and cut.truncated_examples >= 1
