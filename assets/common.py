@@ -94,7 +94,7 @@ def _has_cuda() -> bool:
         import torch
 
         return bool(torch.cuda.is_available())
-    except Exception:
+    except Exception:  # noqa: BLE001 - no usable torch/CUDA here means no CUDA
         return False
 
 
@@ -123,10 +123,15 @@ def server_client(context, llm: LLMResource, server, model_dir: Path, *, stage: 
 
 def _api_client(context, llm: LLMResource, ref: ModelRef, *, stage: str, task: str, concurrency: int,
                 api_key: str | None = None):
-    """A client of an API model; its key is ``api_key`` (from a resource) or ``os.environ[ref.api_key_env]``."""
+    """A client of an API model; its key is ``api_key`` (from a resource) or ``os.environ[ref.api_key_env]``.
+    The model's own settings go with it: ``timeout_s`` (None: derived from each request's max_tokens)
+    and ``reasoning_effort`` (sent with every request, part of the cache key)."""
+    from distil_platform.resources.models import ref_request_extra
+
     api_key = api_key or (os.environ.get(ref.api_key_env) if ref.api_key_env else None)
     return llm.client(model=ref.model, api_base=ref.api_base, api_key=api_key, run_id=context.run_id,
-                      task=task, stage=stage, concurrency=concurrency, log=context.log.info)
+                      task=task, stage=stage, concurrency=concurrency, log=context.log.info,
+                      timeout_s=ref.timeout_s, request_extra=ref_request_extra(ref))
 
 
 def serving_identity_for(serving: ServingResource, model_dir: Path):
@@ -165,19 +170,79 @@ def _judge(spec: TaskSpec, llm: LLMResource, context):
             "scoring falls back to token F1 (ItemScore.detail = fallback:token_f1)"
         )
         return None
-    from distil_platform.llm import ChatRequest
+    client = _api_client(context, llm, ref, stage="judge", task=spec.name, concurrency=llm.concurrency)
+    return BatchJudge(client, ref)
 
-    client = _api_client(context, llm, ref, stage="judge", task=spec.name, concurrency=1)
 
-    def judge(messages):
-        result = client.chat_batch([ChatRequest(messages=messages, temperature=ref.temperature,
-                                                max_tokens=ref.max_tokens)])[0]
-        if result.text is None:
-            raise RuntimeError(f"judge {ref.model} failed: {result.error}")
-        return result.text
+class BatchJudge:
+    """The LLM judge as ``judge(messages) -> verdict text``, answered in batches: ``evaluation.score_answers``
+    calls :meth:`prefetch` with every item's judge prompt first, which sends them through the client
+    as one batch (``concurrency`` requests in flight, cached, retried), and each per-item call then
+    reads its verdict from that batch. A prompt that was not prefetched is asked on its own.
 
-    judge.model = ref.model  # recorded per item as metric "llm_judge:<model>" (evaluation.eval_metric)
-    return judge
+    A judge request that failed (after the client's retries) raises ``RuntimeError`` when its item
+    is scored, as one call at a time did; an empty or truncated (finish_reason length) verdict is
+    no verdict: ``scoring.parse_verdict`` finds none and the item is unscorable, never a silent 0."""
+
+    def __init__(self, client, ref: ModelRef):
+        self.client = client
+        self.ref = ref
+        self.model = ref.model  # recorded per item as metric "llm_judge:<model>" (evaluation.eval_metric)
+        self._answers: dict[str, Any] = {}
+
+    @staticmethod
+    def _key(messages) -> str:
+        import json
+
+        return json.dumps(messages, sort_keys=True, separators=(",", ":"), default=str)
+
+    def _request(self, messages):
+        from distil_platform.llm import ChatRequest
+
+        return ChatRequest(messages=messages, temperature=self.ref.temperature, max_tokens=self.ref.max_tokens)
+
+    def prefetch(self, messages_list) -> None:
+        """Ask every judge prompt in ``messages_list`` not asked yet, as one concurrent batch."""
+        todo: dict[str, Any] = {}
+        for messages in messages_list:
+            key = self._key(messages)
+            if key not in self._answers:
+                todo.setdefault(key, messages)
+        if not todo:
+            return
+        results = self.client.chat_batch([self._request(m) for m in todo.values()])
+        self._answers.update(zip(todo, results))
+
+    def __call__(self, messages) -> str:
+        key = self._key(messages)
+        result = self._answers.get(key)
+        if result is None:
+            result = self._answers[key] = self.client.chat_batch([self._request(messages)])[0]
+        if result.error is not None:
+            raise RuntimeError(f"judge {self.model} failed: {result.error}")
+        if result.truncated:
+            return ""  # a verdict cut off at max_tokens is no verdict (unparseable, the item unscorable)
+        return result.text or ""
+
+
+def reply_outcome_metadata(summary) -> dict[str, Any]:
+    """What a model's replies were besides answers, for an eval's metadata (one model's summary):
+    ``truncated`` (cut off at max_tokens, with or without text: a budget too small for the model),
+    ``empty_replies`` (billed, no text: never scored as an answer; 0 or unscorable by
+    ``evaluation.evaluate``'s ``empty_reply``; a reply can be both), ``timeouts``
+    (timed-out attempts, each possibly billed),
+    ``scoring_errors`` (a scorer raised on the reply: unscorable), the finish reasons seen and the
+    mean reasoning tokens where the provider reports them."""
+    md: dict[str, Any] = {
+        "truncated": summary.truncated,
+        "empty_replies": summary.empty,
+        "timeouts": summary.timeouts,
+        "scoring_errors": summary.scoring_errors,
+        "finish_reasons": dg.MetadataValue.json(dict(summary.finish_reasons)),
+    }
+    if summary.mean_reasoning_tokens is not None:
+        md["mean_reasoning_tokens"] = round(summary.mean_reasoning_tokens, 1)
+    return md
 
 
 def _summary_metadata(summary, results, k: int) -> dict[str, Any]:
@@ -191,6 +256,7 @@ def _summary_metadata(summary, results, k: int) -> dict[str, Any]:
         "parse_failures": summary.parse_failures,
         "request_errors": summary.request_errors,
         "unscorable": summary.unscorable,
+        **reply_outcome_metadata(summary),
     }
     if summary.score_strict is not None:
         md["score_strict"] = round(summary.score_strict, 4)
@@ -213,7 +279,7 @@ def _peak_memory(server) -> float | None:
     fn = getattr(server, "peak_memory_gb", None)
     try:
         return float(fn()) if callable(fn) else None
-    except Exception:
+    except Exception:  # noqa: BLE001 - a memory figure is best effort; None = not measured
         return None
 
 

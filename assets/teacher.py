@@ -29,6 +29,7 @@ from .common import (
     teacher_max_tokens,
 )
 from .config_sources import prompt_observation
+from .deployment import GPU_POOL, gpu_op_tags
 from .keys import prompt_key, task_key
 from .metadata import location_metadata, polars_column_schema, table_metadata
 
@@ -135,12 +136,26 @@ def teacher_source(spec: TaskSpec, profile: Profile, override: str | None) -> st
     return source
 
 
+def teacher_serves_locally(spec: TaskSpec, profile: Profile) -> bool:
+    """Whether ``<task>_teacher_data`` starts a local model server with the task's and profile's own
+    settings: the profile's teacher is a model-store name (no endpoint, no provider) and the stage asks
+    it something - it writes or labels the rows (source ``teacher`` / ``self_training``) or gives the
+    agreement filter's second answer. A remote teacher or a recorded file without that filter: no."""
+    if not _is_store_model(spec.teacher_for(profile.name)):
+        return False
+    return teacher_source(spec, profile, None) != "recorded" or spec.synthesis.filters.answer_agreement
+
+
 def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
     """``<task>_teacher_data`` and its checks."""
     profile = profile or get_profile()  # resolved once, when the Definitions are built
     task = spec.name
     seed_key = dg.AssetKey(task)
     teacher_key = task_key(task, "teacher_data")
+    # A local teacher (or labeller, or agreement model) is a model server: on a GPU it holds the card,
+    # so the step takes a `gpu` pool slot like the student's training and serving steps. Decided here,
+    # from the task and profile; run config `labeller` / `agreement_model` serve a model too (warned).
+    in_gpu_pool = teacher_serves_locally(spec, profile)
 
     @dg.asset(
         key=teacher_key,
@@ -148,6 +163,8 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
         ins={"seed_set": dg.AssetIn(seed_key)},
         deps=[prompt_key(task)],
         kinds={"polars", "parquet"},
+        pool=GPU_POOL if in_gpu_pool else None,
+        op_tags=gpu_op_tags() if in_gpu_pool else None,
         description=f"Synthetic `{task}` training examples written by the teacher (or read from a recorded "
         "teacher's file) from the seeds, schema-validated, passed through the quality filters, deduplicated and "
         "decontaminated against the test set.",
@@ -251,9 +268,10 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                     errors.append(str(exc))
                     done = {id(r.request): r for r in exc.results}
                     errors.extend(r.error for r in exc.results if r.error)
-                    return [done[id(q)].text if id(q) in done else None for q in requests]
+                    return [done.get(id(q)) for q in requests]
                 errors.extend(r.error for r in results if r.error)
-                return [r.text for r in results]
+                # The results themselves: synthesis rejects a truncated or empty reply by its finish reason.
+                return results
             return generate
 
         def agreement_requests(rows, formats):
@@ -267,9 +285,11 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
             # structured outputs, held to the answer space its first answer was
             # (teacher_schemas.second_answer_format).
             def answer(rows):
+                from distil_platform.synthesis import Reply
+
                 formats = [second_answer_format(spec, r) if structured else None for r in rows]
                 requests = agreement_requests(rows, formats)
-                return [unwrap_second_answer(r.text) if f else r.text
+                return [Reply(unwrap_second_answer(r.text) if f else r.text, r.finish_reason, r.error)
                         for r, f in zip(client.chat_batch(requests), formats)]
             return answer
 
@@ -296,10 +316,15 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                     raise dg.Failure(description=f"{task}: the agreement model {ref.model} answered none of "
                                      f"{len(texts)} rows (first error: {str(first)[:300]})")
                 served["agreement_answered"] = sum(t is not None for t in texts)
-                return texts
+                return results  # with their finish reasons: a truncated second answer is no verdict
             return answer
 
         judge = resolve_local_model(config.agreement_model, model_store, "agreement_model") if config.agreement_model else None
+        if not in_gpu_pool and (config.labeller or config.agreement_model):
+            context.log.warning(
+                f"{task}: run config `{'labeller' if config.labeller else 'agreement_model'}` serves a model locally, "
+                f"but this step is not in the `{GPU_POOL}` pool (the {profile.name} profile's teacher is not served "
+                "locally): on a GPU machine its server can start beside another GPU step's")
 
         def run(generate, second=None, reply_format=None):
             return synthesize(
@@ -333,8 +358,11 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                 first = next((e for e in errors if e), "no reply")
                 raise dg.Failure(description=f"{task}: the labeller {teacher.model} answered none of {len(requests)} "
                                  f"messages (first error: {first[:300]})")
+            from distil_platform.synthesis import unusable_reply
+
             return label_rows(spec, texts, [r.text if r else None for r in got],
-                              [answer_confidence(r.logprobs) if r else None for r in got], labeller=teacher.model)
+                              [answer_confidence(r.logprobs) if r else None for r in got], labeller=teacher.model,
+                              unusable=[unusable_reply(r) for r in got])
 
         if not needs_model:
             report = run(lambda batch, formats: [], second_answer_by(*judge) if judge else None)
@@ -371,6 +399,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                         filters=filters, source_name="self_training")
                 else:
                     report = run(generate_with(client), second, reply_format)
+                served["reply_counts"] = client.reply_counts()  # truncated / empty / timeouts of this teacher
         if source == "teacher":
             check_teacher_answered(task, teacher.model, report, errors)
         wall = time.monotonic() - start
@@ -378,7 +407,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
         columns = ["id", "question", "answer", "context", "origin", "teacher_model", "seed_ids", "topic",
                    "prompt_hash", "grounding_ids", "verdicts"]
         frame = pl.DataFrame([{c: str(r.get(c, "") or "") for c in columns} for r in report.accepted],
-                             schema={c: pl.String for c in columns})
+                             schema=dict.fromkeys(columns, pl.String))
         out_path = paths.write_parquet(frame, paths.artifact_url(task, "teacher_data", context.run_id,
                                                                  "accepted.parquet"))
         summary = report.summary()
@@ -426,6 +455,11 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
             "decontaminated": summary["decontaminated"],
             "decontaminated_on": summary["decontaminated_on"],
             "failed_requests": summary["failed_requests"],
+            # Billed replies that are no rows (synthesis module docstring): cut off at max_tokens, or empty.
+            "truncated_replies": summary["rejections_by_reason"].get("truncated_reply", 0),
+            "empty_replies": summary["rejections_by_reason"].get("empty_reply", 0),
+            **({"teacher_reply_counts": dg.MetadataValue.json(served["reply_counts"])}
+               if served.get("reply_counts") else {}),
             "literal_swap": config.literal_swap,
             "frequency_penalty": float(penalty),
             "wall_time_s": round(wall, 1),

@@ -235,33 +235,60 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise DataSourceError(f"{path}: unsupported data file type (use .jsonl or .csv)")
 
 
+def _not_utf8(path: Path) -> DataSourceError:
+    """The error for a data file that is not UTF-8: where the first bad byte is (offset and line)
+    and what to do about it."""
+    offset, line_no = 0, 1
+    with path.open("rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad = raw[exc.start:exc.end]
+                return DataSourceError(
+                    f"{path}: not UTF-8 text: byte {bad.hex(' ')} at byte offset {offset + exc.start} (line "
+                    f"{line_no}) is not valid UTF-8 ({exc.reason}); re-save the file as UTF-8 (e.g. `iconv -f "
+                    f"cp1252 -t utf-8`, with the encoding it was written in)"
+                )
+            offset += len(raw)
+    return DataSourceError(f"{path}: not UTF-8 text (the encoding error could not be located)")
+
+
+def _utf8_lines(path: Path, **open_args: Any) -> Iterator[str]:
+    """The file's lines as UTF-8 (a leading byte-order mark is dropped); a byte that is not UTF-8
+    raises :class:`DataSourceError` naming the file, the byte offset and the line."""
+    with path.open(encoding="utf-8-sig", **open_args) as fh:
+        try:
+            yield from fh
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     row = 0
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            row += 1
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataSourceError(f"{path}: row {row} (line {line_no}): not valid JSON: {exc.msg}") from None
-            if not isinstance(record, dict):
-                raise DataSourceError(f"{path}: row {row} (line {line_no}): expected a JSON object")
-            yield row, record
+    for line_no, line in enumerate(_utf8_lines(path), start=1):
+        if not line.strip():
+            continue
+        row += 1
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataSourceError(f"{path}: row {row} (line {line_no}): not valid JSON: {exc.msg}") from None
+        if not isinstance(record, dict):
+            raise DataSourceError(f"{path}: row {row} (line {line_no}): expected a JSON object")
+        yield row, record
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     # Open-book contexts exceed csv's default 128 KiB field limit.
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames:
-            raise DataSourceError(f"{path}: empty CSV file (no header row)")
-        for row, record in enumerate(reader, start=1):
-            if None in record:
-                raise DataSourceError(f"{path}: row {row}: more values than header columns")
-            yield row, record
+    reader = csv.DictReader(_utf8_lines(path, newline=""))
+    if not reader.fieldnames:
+        raise DataSourceError(f"{path}: empty CSV file (no header row)")
+    for row, record in enumerate(reader, start=1):
+        if None in record:
+            raise DataSourceError(f"{path}: row {row}: more values than header columns")
+        yield row, record
 
 
 def _text(value: Any) -> str:
@@ -317,7 +344,7 @@ def normalise_records(
         out["context"].append(context)
     if not seen_ids:
         raise DataSourceError(f"{origin}: no data rows ({split} split)")
-    return pl.DataFrame(out, schema={c: pl.String for c in COLUMNS})
+    return pl.DataFrame(out, schema=dict.fromkeys(COLUMNS, pl.String))
 
 
 def _load_unstructured(spec: TaskSpec, directory: Path) -> tuple[pl.DataFrame | None, str | None]:

@@ -19,18 +19,16 @@ never see (or corrupt) a half-written model.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-from distil_platform.paths import models_dir
+from distil_platform.paths import file_lock, models_dir
 
 # Bump when what a build writes changes (template, tokenizer, config): cached builds are redone.
 BUILD_VERSION = 2
@@ -133,17 +131,6 @@ def _apply_chatml(tokenizer, model_dir: Path, template: str, generation_config=N
 # Cache plumbing: lock, temp dir, atomic publish
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def _is_complete(path: Path, source: str) -> bool:
     marker = path / MARKER_FILE
     if not marker.is_file():
@@ -161,7 +148,7 @@ def _cached_build(name: str, source: str, build: Callable[[Path], None]) -> Path
     final = root / name
     if _is_complete(final, source):
         return final
-    with _file_lock(root / f".{name}.lock"):
+    with file_lock(root / f".{name}.lock"):
         if _is_complete(final, source):  # another process finished while we waited
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.building-", dir=root))

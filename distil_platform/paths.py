@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -225,7 +231,7 @@ class ArtifactDir:
 
             shutil.rmtree(self.local, ignore_errors=True)
 
-    def __enter__(self) -> ArtifactDir:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -244,9 +250,28 @@ def checkpoint_artifact(*parts: str) -> ArtifactDir:
                        else checkpoints_dir(*parts))
 
 
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing) for the block: processes and threads
+    that lock the same file take turns. The kernel drops it when its holder dies."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:  # one open file description per holder: threads exclude each other too
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def local_checkpoint(location: str, *, what: str = "checkpoint") -> Path:
     """A local directory holding the checkpoint at ``location`` (a path, or a URL fetched once into
-    ``$DAGSTER_HOME/cache/checkpoints/``). Raises FileNotFoundError naming ``what`` if it is gone."""
+    ``$DAGSTER_HOME/cache/checkpoints/``). Raises FileNotFoundError naming ``what`` if it is gone.
+
+    Fetches of one URL are serialised by a lock file beside the cache directory: steps that need the
+    same checkpoint at once download it once, and none reads a half-written copy."""
     import hashlib
     import shutil
 
@@ -259,15 +284,19 @@ def local_checkpoint(location: str, *, what: str = "checkpoint") -> Path:
     marker = cache.with_name(cache.name + ".complete")  # beside the tree: the checkpoint stays as trained
     if marker.exists() and (cache / "config.json").exists():
         return cache
-    partial = cache.with_name(cache.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        download_dir(location, partial)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{location}: no checkpoint at this URL; re-materialise {what}") from exc
-    if not (partial / "config.json").exists():
-        raise FileNotFoundError(f"{location}: no config.json in the fetched checkpoint; re-materialise {what}")
-    shutil.rmtree(cache, ignore_errors=True)
-    partial.rename(cache)
-    marker.write_text(location, encoding="utf-8")
+    with file_lock(cache.with_name(cache.name + ".lock")):
+        if marker.exists() and (cache / "config.json").exists():  # fetched while we waited
+            return cache
+        partial = cache.with_name(cache.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            download_dir(location, partial)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{location}: no checkpoint at this URL; re-materialise {what}") from exc
+        if not (partial / "config.json").exists():
+            raise FileNotFoundError(f"{location}: no config.json in the fetched checkpoint; re-materialise {what}")
+        marker.unlink(missing_ok=True)
+        shutil.rmtree(cache, ignore_errors=True)
+        partial.rename(cache)
+        marker.write_text(location, encoding="utf-8")
     return cache

@@ -368,7 +368,7 @@ def bundled_litellm_price_map() -> dict[str, Any]:
     spec = importlib.util.find_spec("litellm")
     if spec is None or not spec.submodule_search_locations:
         raise PricingError("litellm is not installed: cannot price models missing from the pricing file")
-    path = Path(list(spec.submodule_search_locations)[0]) / "model_prices_and_context_window_backup.json"
+    path = Path(next(iter(spec.submodule_search_locations))) / "model_prices_and_context_window_backup.json"
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -506,13 +506,22 @@ def build_snapshot(
 
 # -- the results store -------------------------------------------------------------------------
 def store_snapshot(store: Any, snapshot: PriceSnapshot, run_id: str | None = None) -> None:
-    """Record ``snapshot`` (once per content hash) and make it the current one."""
+    """Record ``snapshot`` (once per content hash) and make it the current one.
+
+    Two writers of the same snapshot at once (two runs re-pricing) both succeed: the hash is the
+    content's, so the row the other one inserted first is this one's."""
+    from sqlalchemy.exc import IntegrityError
+
     from distil_platform.store import price_snapshot_activations, price_snapshots
 
     if not store.select(price_snapshots, hash=snapshot.hash):
-        store.insert(price_snapshots, [dict(hash=snapshot.hash, as_of=snapshot.as_of or "",
-                                            source=snapshot.source, content=snapshot.content())])
-    store.insert(price_snapshot_activations, [dict(hash=snapshot.hash, run_id=run_id)])
+        try:
+            store.insert(price_snapshots, [{"hash": snapshot.hash, "as_of": snapshot.as_of or "",
+                                            "source": snapshot.source, "content": snapshot.content()}])
+        except IntegrityError:
+            if not store.select(price_snapshots, hash=snapshot.hash):
+                raise  # not the primary key race: another constraint failed
+    store.insert(price_snapshot_activations, [{"hash": snapshot.hash, "run_id": run_id}])
 
 
 def current_snapshot(store: Any) -> PriceSnapshot | None:
@@ -534,7 +543,9 @@ def load_snapshot(store: Any, snapshot_hash: str) -> PriceSnapshot:
 
     rows = store.select(price_snapshots, hash=snapshot_hash)
     if not rows:
-        raise PricingError(f"price snapshot {snapshot_hash!r} is not in the results store ({store.url})")
+        from distil_platform.redact import hide_password
+
+        raise PricingError(f"price snapshot {snapshot_hash!r} is not in the results store ({hide_password(store.url)})")
     return PriceSnapshot.from_content(rows[0]["content"])
 
 

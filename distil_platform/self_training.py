@@ -69,21 +69,35 @@ def label_rows(
     confidences: Sequence[float | None] | None = None,
     *,
     labeller: str = "",
+    unusable: Sequence[str | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Candidate rows from the labeller's ``answers`` to ``texts`` (same order). A label is mapped
     onto the task's label names the way scoring reads it (case, quotes, fences); a tool call is
     re-serialised from the first call in the text. Missing answers become empty rows, which
-    validation counts as ``empty_answer``."""
+    validation counts as ``empty_answer``. ``unusable``: per answer, why the reply is no label
+    (``synthesis.unusable_reply``: ``truncated_reply`` / ``empty_reply``) or None; such a row is
+    rejected with that reason (``reject_reason``), as is one whose answer cannot be parsed at all
+    (``parse_error (<exception>)``)."""
     if spec.type not in SELF_TRAINING_TYPES:
         raise ValueError(f"{spec.name}: self-training applies to {', '.join(SELF_TRAINING_TYPES)} tasks, not {spec.type}")
     if len(answers) != len(texts):
         raise ValueError(f"{len(answers)} answers for {len(texts)} texts")
     confidences = list(confidences) if confidences is not None else [None] * len(texts)
+    unusable = list(unusable) if unusable is not None else [None] * len(texts)
     rows = []
-    for text, answer, confidence in zip(texts, answers, confidences):
-        rows.append({
-            "question": text["question"], "answer": _answer_text(spec, answer or "") if answer else "",
+    for text, answer, confidence, reason in zip(texts, answers, confidences, unusable):
+        label = ""
+        if answer and not reason:
+            try:
+                label = _answer_text(spec, answer)
+            except Exception as exc:  # noqa: BLE001 - a poisonous answer rejects its row, never the stage
+                reason, label = f"parse_error ({type(exc).__name__})", str(answer)[:200]
+        row = {
+            "question": text["question"], "answer": label,
             "context": "", "origin": "self_training", "teacher_model": labeller, "seed_ids": "", "topic": "",
             "prompt_hash": "", "grounding_ids": text.get("id", ""), "confidence": confidence,
-        })
+        }
+        if reason:
+            row["reject_reason"] = reason
+        rows.append(row)
     return rows

@@ -95,6 +95,12 @@ llm_requests = Table(
     Column("cost_usd", Float),
     Column("cache_hit", Boolean, default=False),
     Column("error", Text),
+    # Why generation stopped ("stop", "length" = cut at max_tokens, "content_filter", ...; None: not
+    # sent), reasoning tokens the provider reported (inside completion_tokens), and how many attempts
+    # of the request timed out (each may have been billed). See distil_platform.llm.client.
+    Column("finish_reason", String(32)),
+    Column("reasoning_tokens", Integer),
+    Column("timeouts", Integer),
     _created(),
 )
 
@@ -126,6 +132,10 @@ predictions = Table(
     # The student's confidence in its answer, from token logprobs (routing.answer_confidence); None when
     # the serving backend returned no logprobs, and for comparison models.
     Column("confidence", Float),
+    # The reply's finish_reason ("length": cut at max_tokens) and reasoning tokens. An empty reply
+    # (no text; prediction "" or NULL with no error) is unscorable: score NULL (evaluation module).
+    Column("finish_reason", String(32)),
+    Column("reasoning_tokens", Integer),
     _created(),
 )
 

@@ -12,9 +12,23 @@ the seeds) and decontaminated against the test set on the channel that can leak 
 the code of a docstring task). Every dropped example is counted by reason and kept in an audit
 list with its verdicts.
 
-The model calls are injected (``generate(list_of_messages, formats) -> list_of_texts``, and for the agreement
-filter ``second_answer(rows) -> list_of_texts``) so this module stays free of any client, server or
-Dagster import and every step is unit-testable.
+The model calls are injected (``generate(list_of_messages, formats) -> list_of_replies``, and for the agreement
+filter ``second_answer(rows) -> list_of_replies``) so this module stays free of any client, server or
+Dagster import and every step is unit-testable. A reply is the text (None: the request failed) or an
+object with ``text``, ``finish_reason`` and ``error`` (an ``llm.ChatResult``, or :class:`Reply`).
+
+Two rules make the stage total over whatever a model sends:
+
+- **Billed non-answers are never rows.** A reply cut off at ``max_tokens`` (``finish_reason ==
+  "length"``) is rejected whole as ``truncated_reply`` and one with no text as ``empty_reply``
+  (a teacher reply, a self-training label, or the agreement filter's second answer:
+  ``answer_agreement: second_answer_truncated`` / ``second_answer_empty``). The client cached them
+  with their finish reason, so a rerun pays nothing and rejects them again.
+- **Poison is a rejection, not a crash.** Any exception while parsing a reply, validating or
+  rendering a row, or running a quality filter on it (``RecursionError`` from ``"[" * 2000`` or SQL
+  nested 3,000 parentheses deep included) rejects that reply or row with the reason
+  (``parse_error (RecursionError)``, ``validation_error (RecursionError)``,
+  ``<filter>: filter_error (RecursionError)``); the other rows go on.
 """
 
 from __future__ import annotations
@@ -173,6 +187,51 @@ def build_teacher_requests(
     return requests
 
 
+# -- replies -----------------------------------------------------------------------------------
+TRUNCATED_REPLY, EMPTY_REPLY = "truncated_reply", "empty_reply"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A model reply with what the stage needs to judge it (``llm.ChatResult`` has the same fields)."""
+
+    text: str | None
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+def reply_text(reply: Any) -> str | None:
+    """The text of a reply (a string, None, or an object with ``text``)."""
+    if reply is None or isinstance(reply, str):
+        return reply
+    return getattr(reply, "text", None)
+
+
+def reply_failed(reply: Any) -> bool:
+    """The request got no reply (None, or an object with an ``error``)."""
+    if reply is None or isinstance(reply, str):
+        return reply is None
+    return getattr(reply, "error", None) is not None
+
+
+def unusable_reply(reply: Any) -> str | None:
+    """``truncated_reply`` (cut off at max_tokens) or ``empty_reply`` (answered with no text) for a
+    billed reply that is no answer; None for anything else (failed requests and plain strings,
+    which carry no finish reason, included)."""
+    if reply is None or isinstance(reply, str) or reply_failed(reply):
+        return None
+    if getattr(reply, "finish_reason", None) == "length":
+        return TRUNCATED_REPLY
+    if not (reply_text(reply) or "").strip() and not getattr(reply, "tool_calls", None):
+        return EMPTY_REPLY
+    return None
+
+
+def exception_reason(kind: str, exc: BaseException) -> str:
+    """A countable rejection reason for an exception raised on one reply or row."""
+    return f"{kind} ({type(exc).__name__})"
+
+
 # -- parsing -----------------------------------------------------------------------------------
 _FENCE_RE = re.compile(r"```[a-zA-Z]*\n?")
 
@@ -244,10 +303,16 @@ def parse_teacher_output(spec: TaskSpec, text: str | None, context: str = "") ->
 
 # -- validation --------------------------------------------------------------------------------
 def check_candidate(spec: TaskSpec, row: dict[str, Any]) -> str | None:
-    """Rejection reason for one candidate, or None when it is a valid training example."""
+    """Rejection reason for one candidate, or None when it is a valid training example. A validator
+    that raises on the row (e.g. ``RecursionError`` on deeply nested SQL) is a rejection too."""
     from distil_platform.validation import validate_row
 
-    reason = validate_row(spec, row)
+    if row.get("reject_reason"):  # a billed non-answer or an unparseable label (self-training)
+        return str(row["reject_reason"])
+    try:
+        reason = validate_row(spec, row)
+    except Exception as exc:  # noqa: BLE001 - any failure on one row rejects that row, never the stage
+        return f"{exception_reason('validation_error', exc)}: {str(exc)[:120]}"
     if reason:
         return reason
     try:
@@ -542,7 +607,10 @@ def apply_filters(
                 survivors.append(row)
                 continue
             stats[name].checked += 1
-            reason = verdict_of(row)
+            try:
+                reason = verdict_of(row)
+            except Exception as exc:  # noqa: BLE001 - a filter that raises on one row rejects that row
+                reason = exception_reason("filter_error", exc)
             row["verdicts"][name] = reason or "pass"
             if reason:
                 stats[name].rejected[reason] += 1
@@ -580,10 +648,16 @@ def apply_filters(
             raise RuntimeError(f"second answerer returned {len(answers)} answers for {len(todo)} rows")
         by_id = {id(r): a for r, a in zip(todo, answers)}
         for row in todo:
-            row["second_answer"] = by_id[id(row)]
-        run("answer_agreement",
-            lambda r: None if qf.answers_agree(spec, r, by_id.get(id(r))) else "disagrees",
-            applies=lambda r: id(r) in by_id)
+            row["second_answer"] = reply_text(by_id[id(row)])
+
+        def agreement(row: dict[str, Any]) -> str | None:
+            second = by_id.get(id(row))
+            unusable = unusable_reply(second)
+            if unusable:  # the second answer was cut off or empty: no verdict on the row, not a "yes"
+                return "second_answer_" + unusable.removesuffix("_reply")
+            return None if qf.answers_agree(spec, row, reply_text(second)) else "disagrees"
+
+        run("answer_agreement", agreement, applies=lambda r: id(r) in by_id)
     return kept, rejected, stats
 
 
@@ -714,9 +788,17 @@ def synthesize(
         texts = generate(messages, formats) if requests else []
         if len(texts) != len(requests):
             raise RuntimeError(f"teacher returned {len(texts)} replies for {len(requests)} requests")
-        for req, text in zip(requests, texts):
-            failed += text is None
-            rows, dropped = parse_teacher_output(spec, text, context=req.context)
+        for req, reply in zip(requests, texts):
+            failed += reply_failed(reply)
+            text = reply_text(reply)
+            unusable = unusable_reply(reply)
+            if unusable:  # billed, cached with its finish reason, never a row
+                rows, dropped = [], Counter({unusable: 1})
+            else:
+                try:
+                    rows, dropped = parse_teacher_output(spec, text, context=req.context)
+                except Exception as exc:  # noqa: BLE001 - a poisonous reply is a rejection, never a crash
+                    rows, dropped = [], Counter({exception_reason("parse_error", exc): 1})
             rejections.update(dropped)
             if dropped:
                 audit.append({"origin": "teacher", "question": "", "answer": (text or "")[:200],

@@ -240,7 +240,7 @@ def unwrap_second_answer(text: str | None) -> str | None:
         return None
     try:
         value = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
+    except (json.JSONDecodeError, TypeError, RecursionError):  # RecursionError: nesting past the parser's depth
         return text
     if isinstance(value, dict) and isinstance(value.get("answer"), str):
         return value["answer"]

@@ -9,8 +9,11 @@ Reason codes (field in brackets):
 - ``label_not_in_set`` [answer] (classification)
 - ``tool_call_unparseable`` [answer], ``unknown_tool`` [answer], ``tool_args_invalid`` [answer],
   ``chat_history_invalid`` [question] (tool calling)
-- ``schema_ddl_invalid`` [context], ``sql_unparseable`` [answer], ``sql_not_single_select`` [answer],
-  ``sql_execution_error``, ``sql_timeout`` [answer] (text2sql; run in the scoring sandbox)
+- ``schema_ddl_invalid``, ``schema_ddl_not_allowed`` (a statement other than CREATE TABLE / CREATE
+  INDEX / INSERT), ``schema_ddl_timeout`` (the schema did not load within its deadline),
+  ``schema_ddl_too_large`` (it wrote past the sandbox's database size cap) [context],
+  ``sql_unparseable`` [answer], ``sql_not_single_select`` [answer], ``sql_execution_error``,
+  ``sql_timeout`` [answer] (text2sql; schema and query run in the scoring sandbox)
 - ``answer_not_in_context`` [answer] (open-book QA: the answer must be a span of the passages,
   except yes/no)
 - ``unknown_placeholder`` [answer] (generation with ``answer_placeholders``)
@@ -39,6 +42,9 @@ REASON_FIELD: dict[str, str] = {
     "tool_args_invalid": "answer",
     "chat_history_invalid": "question",
     "schema_ddl_invalid": "context",
+    "schema_ddl_not_allowed": "context",
+    "schema_ddl_timeout": "context",
+    "schema_ddl_too_large": "context",
     "sql_unparseable": "answer",
     "sql_not_single_select": "answer",
     "sql_execution_error": "answer",
@@ -180,10 +186,23 @@ def _check_sql(row: dict[str, Any]) -> str | None:
     # Teacher SQL is untrusted: it runs only in the scoring sandbox (in-memory database filled with
     # generated rows, read-only authorizer, time limit, row and byte caps), so a runaway recursive
     # CTE cannot hang the stage.
-    from distil_platform.scoring.sql import SQLSandboxError, SQLSchemaError, execute_untrusted_sql
+    from distil_platform.scoring.sql import (
+        SQLSandboxError,
+        SQLSchemaError,
+        SQLSchemaNotAllowed,
+        SQLSchemaTimeout,
+        SQLSchemaTooLarge,
+        execute_untrusted_sql,
+    )
 
     try:
         execute_untrusted_sql(ddl, sql, timeout_s=SQL_TIMEOUT_S)
+    except SQLSchemaTimeout:
+        return "schema_ddl_timeout"
+    except SQLSchemaTooLarge:
+        return "schema_ddl_too_large"
+    except SQLSchemaNotAllowed:
+        return "schema_ddl_not_allowed"
     except SQLSchemaError:
         return "schema_ddl_invalid"
     except SQLSandboxError as exc:

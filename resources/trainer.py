@@ -10,13 +10,20 @@
   the pod reads the rows and writes the checkpoint there.
 
 Chosen per deployment by ``DISTIL_TRAIN_LAUNCHER`` (read once, when the Definitions are built).
+
+The ``subprocess`` job gets a scrubbed environment (:func:`training_env`: no API keys, no results-store
+URL), runs in its own process group with a parent-death signal (a SIGKILLed step takes the job with
+it, so the ``gpu`` pool slot is never freed while training still holds the card), and its whole group
+is stopped when the step is interrupted.
 """
 
 # No `from __future__ import annotations`: Dagster reads the resource field annotations at runtime.
 
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
@@ -31,6 +38,53 @@ def launcher_from_env() -> str:
     if value not in LAUNCHERS:
         raise ValueError(f"{LAUNCHER_ENV}={value!r}: expected one of {', '.join(LAUNCHERS)}")
     return value
+
+
+# What the training job reads from its environment besides server_env's allow-list (train_job,
+# training, paths, modelstore, profiles, precision, taskspec): where artefacts, models and task files
+# are, the profile and compute dtype, the hub's endpoint and cache settings.
+_TRAINING_ENV = ("DAGSTER_HOME", "PYTHONPATH", "DISTIL_ARTIFACTS_URL", "DISTIL_MODELS_DIR", "DISTIL_COMPUTE_DTYPE",
+                 "DISTIL_PROFILE", "DISTIL_TASKS_DIR", "HF_ENDPOINT", "HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT",
+                 "HF_HUB_ENABLE_HF_TRANSFER", "HF_XET_HIGH_PERFORMANCE", "LITELLM_LOCAL_MODEL_COST_MAP")
+_TRAINING_ENV_PREFIXES = ("DISTIL_DATA_", "PYTORCH_", "ACCELERATE_")
+# Only when the hub is online: the job may download a gated base model.
+_HUB_TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+# Only when artefacts are on an object store (the job reads its rows there and uploads the checkpoint):
+# the credentials of that store's SDK, by the URL's protocol.
+_OBJECT_STORE_ENV_PREFIXES = {
+    "s3": ("AWS_",), "s3a": ("AWS_",),
+    "gs": ("GOOGLE_", "GCLOUD_", "CLOUDSDK_"), "gcs": ("GOOGLE_", "GCLOUD_", "CLOUDSDK_"),
+    "az": ("AZURE_",), "abfs": ("AZURE_",), "abfss": ("AZURE_",), "adl": ("AZURE_",),
+}
+# SIGTERM to the job's group, then SIGKILL after this many seconds, when the step is interrupted.
+_STOP_TIMEOUT_S = 10.0
+
+
+def training_env(bootstrap: Mapping[str, str], base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of the ``subprocess`` training job: ``base`` (default ``os.environ``) cut to
+    what the job needs - the model servers' allow-list (``serving.server_env``: PATH, locale, CUDA,
+    threads, HF cache ...), ``_TRAINING_ENV`` and ``DISTIL_DATA_*`` / ``PYTORCH_*`` / ``ACCELERATE_*``,
+    the hub token only when the hub is online, the object store's credentials
+    (``DISTIL_ARTIFACTS_STORAGE_OPTIONS`` and the SDK's variables) only when ``DISTIL_ARTIFACTS_URL``
+    is remote - plus the Dagster Pipes ``bootstrap`` variables. API keys, ``DISTIL_DB_URL`` and the
+    teacher endpoint's settings stay in the step."""
+    from distil_platform.serving import server_env
+
+    base = os.environ if base is None else base
+    picked = {k: v for k, v in base.items() if k in _TRAINING_ENV or k.startswith(_TRAINING_ENV_PREFIXES)}
+    offline = base.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    if not offline:
+        picked.update({k: base[k] for k in _HUB_TOKEN_ENV if base.get(k)})
+    artifacts = base.get("DISTIL_ARTIFACTS_URL", "").strip()
+    if artifacts:
+        import fsspec.utils
+
+        protocol = fsspec.utils.get_protocol(artifacts)
+        if protocol not in ("file", "local"):
+            prefixes = _OBJECT_STORE_ENV_PREFIXES.get(protocol, ())
+            picked.update({k: v for k, v in base.items()
+                           if k == "DISTIL_ARTIFACTS_STORAGE_OPTIONS" or (prefixes and k.startswith(prefixes))})
+    return server_env({**picked, **bootstrap}, base=base)
 
 
 class TrainingJobError(RuntimeError):
@@ -82,11 +136,11 @@ class TrainerResource(dg.ConfigurableResource):
             with dg.open_pipes_session(context=context, extras=params,
                                        context_injector=dg.PipesTempFileContextInjector(),
                                        message_reader=dg.PipesTempFileMessageReader()) as session:
-                proc = subprocess.run([sys.executable, "-m", JOB_MODULE], check=False,
-                                      env={**os.environ, **session.get_bootstrap_env_vars()})
+                returncode = _run_job([sys.executable, "-m", JOB_MODULE],
+                                      training_env(session.get_bootstrap_env_vars()))
             messages = session.get_custom_messages()
-            if proc.returncode != 0:
-                raise job_error(messages, f"the training job exited with code {proc.returncode}")
+            if returncode != 0:
+                raise job_error(messages, f"the training job exited with code {returncode}")
             return _result(messages, self.launcher)
         else:
             from distil_platform import paths
@@ -99,6 +153,21 @@ class TrainerResource(dg.ConfigurableResource):
             invocation = PipesK8sClient().run(context=context, extras=params, namespace=self.k8s_namespace,
                                               **k8s_pod_settings())
         return _result(invocation.get_custom_messages(), self.launcher)
+
+
+def _run_job(command: list[str], env: dict[str, str]) -> int:
+    """Runs the job to its end in its own process group, with SIGKILL as its parent-death signal;
+    if the step is interrupted (Dagster's termination, Ctrl-C) the whole group is stopped first."""
+    from distil_platform.serving import parent_death_signal, stop_process_group
+
+    proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+                            # a single pre-resolved prctl call between fork and exec
+                            preexec_fn=parent_death_signal(signal.SIGKILL))  # noqa: PLW1509
+    try:
+        return proc.wait()
+    except BaseException:
+        stop_process_group(proc, _STOP_TIMEOUT_S)
+        raise
 
 
 def _result(messages: list[Any], launcher: str) -> dict[str, Any]:

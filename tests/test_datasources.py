@@ -373,6 +373,41 @@ def test_invalid_json_line_and_empty_file(tmp_path):
         load_seed_and_test(spec)
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_byte_order_mark_is_accepted(tmp_path, fmt):
+    """Files saved by Excel / Notepad start with a UTF-8 BOM: the first column is still `question`."""
+    data_dir = tmp_path / "bom"
+    writer = _write_jsonl if fmt == "jsonl" else _write_csv
+    for name, rows in (("train", [{"question": "Who wrote Hamlet?", "answer": "HUM"}]),
+                       ("test", [{"question": "How far is Mars?", "answer": "NUM"}])):
+        path = writer(data_dir / f"{name}.{fmt}", rows)
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    spec = _spec_with(tmp_path, "trec", {"local_dir": str(data_dir)})
+    data = load_seed_and_test(spec, source="local")
+    assert data.seed["question"].to_list() == ["Who wrote Hamlet?"]
+    assert data.test["answer"].to_list() == ["NUM"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_file_that_is_not_utf8_names_the_file_byte_offset_and_line(tmp_path, fmt):
+    data_dir = tmp_path / "latin1"
+    writer = _write_jsonl if fmt == "jsonl" else _write_csv
+    train = writer(data_dir / f"train.{fmt}", [{"question": "Who wrote Hamlet?", "answer": "HUM"},
+                                              {"question": "Who painted the Mona Lisa?", "answer": "HUM"}])
+    writer(data_dir / f"test.{fmt}", [{"question": "How far is Mars?", "answer": "NUM"}])
+    text = train.read_text(encoding="utf-8")
+    train.write_bytes(text.replace("Mona Lisa", "Joconde, café").encode("cp1252"))  # é is 0xE9 in cp1252
+    offset = text.replace("Mona Lisa", "Joconde, café").encode("utf-8").index("é".encode())
+    line = text[:text.index("Mona Lisa")].count("\n") + 1
+    spec = _spec_with(tmp_path, "trec", {"local_dir": str(data_dir)})
+    with pytest.raises(DataSourceError) as err:
+        load_seed_and_test(spec, source="local")
+    message = str(err.value)
+    assert message.startswith(f"{train}: not UTF-8 text: byte e9 at byte offset {offset} (line {line})"), message
+    assert "re-save the file as UTF-8" in message
+    assert not isinstance(err.value, UnicodeDecodeError)
+
+
 # -- the public benchmark data (../shared, skipped when absent) --------------------------------
 PUBLIC_DIRS = {
     "text2sql": ("distil-labs__distil-text2sql/finetuning/data", 50, 50),

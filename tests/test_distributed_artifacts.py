@@ -160,3 +160,46 @@ def test_artifact_dir_on_a_local_base_writes_in_place(monkeypatch):
     assert out.local == paths.artifacts_dir("text2sql", "routing", "r1")
     assert out.url_for(out.local / "policies.csv") == str(out.local / "policies.csv")
     assert (out.local / "policies.csv").read_text() == "x"  # not removed by publishing
+
+
+def test_concurrent_fetches_of_one_checkpoint_take_turns(tmp_path):
+    """Two serving steps on one machine need the same remote checkpoint at once: the fetch into the
+    shared cache directory is locked, so each step gets the complete tree (before the lock, one step
+    deleted the other's half-written copy or renamed over it)."""
+    import threading
+
+    ckpt = tmp_path / "train" / "ckpt"
+    (ckpt / "shards").mkdir(parents=True)
+    files = {"config.json": b'{"model_type": "qwen3"}'}
+    for i in range(200):  # many files: the fetches overlap for long enough to collide without the lock
+        files[f"shards/part-{i:03d}.bin"] = bytes([i % 256]) * 32_768
+    for name, data in files.items():
+        (ckpt / name).write_bytes(data)
+    url = f"memory://distil-{uuid.uuid4().hex[:8]}/checkpoints/text2sql/run1"
+    paths.upload_dir(ckpt, url)
+
+    steps = 8
+    barrier = threading.Barrier(steps)
+    fetched: list = [None] * steps
+    errors: list[BaseException] = []
+
+    def fetch(i: int) -> None:
+        barrier.wait()
+        try:
+            local = paths.local_checkpoint(url, what="text2sql_student")
+            # What a server would load right away: the whole tree, as trained.
+            fetched[i] = (local, {p.relative_to(local).as_posix(): p.read_bytes()
+                                  for p in local.rglob("*") if p.is_file()})
+        except Exception as exc:  # noqa: BLE001 - collected and reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch, args=(i,)) for i in range(steps)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert len({local for local, _ in fetched}) == 1
+    assert all(tree == files for _, tree in fetched)
+    cache = fetched[0][0]
+    assert not list(cache.parent.glob("*.partial")) and (cache.parent / f"{cache.name}.complete").exists()

@@ -152,7 +152,9 @@ def _answers(rows, good: set[int], partial: set[int] = frozenset()):
 def test_judge_and_fallback_scores_are_never_paired(judged):
     spec, rows = judged
     judge = _judge_good_when_exact
-    judge_with_model = lambda messages: _judge_good_when_exact(messages)
+    def judge_with_model(messages):
+        return _judge_good_when_exact(messages)
+
     judge_with_model.model = "mistral/mistral-large-2512"
     assert eval_metric(spec, None) == "fallback:token_f1" and eval_metric(spec, judge) == "llm_judge"
     assert eval_metric(spec, judge_with_model) == "llm_judge:mistral/mistral-large-2512"

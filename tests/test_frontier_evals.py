@@ -11,9 +11,9 @@ import dagster as dg
 import polars as pl
 import pytest
 from cost_fixtures import test_rows as fixture_rows
-from test_teacher_endpoint import _Endpoint
 from distil_platform.assets.evals import BaselineConfig, build_eval_assets
 from distil_platform.resources import LLMResource, ResultsStoreResource
+from test_teacher_endpoint import _Endpoint
 
 from distil_platform.profiles import get_profile
 from distil_platform.prompts import format_answer

@@ -341,6 +341,44 @@ def test_budget_cap_stops_before_passing_max_usd(stub):
     assert len(store.select(llm_cache)) == len(done)
 
 
+def test_default_per_run_cap_stops_a_batch_priced_above_it(stub):
+    """No max_usd set anywhere: the resource's default per-run cap (50 USD) still stops a batch that
+    would pass it, names the setting to raise, and counts what the run already spent."""
+    from distil_platform.resources.models import DEFAULT_MAX_USD_PER_RUN
+
+    assert LLMResource().max_usd is None and LLMResource().max_usd_per_run == DEFAULT_MAX_USD_PER_RUN == 50.0
+    store = ResultsStore()
+    resource = LLMResource(model="openai/stub-model", api_base=stub.api_base, concurrency=1)
+
+    def expensive(model):  # $1 per input and $2 per output token: each stub answer costs $20
+        return (1.0, 2.0)
+
+    requests = [_req(f"q{i}", max_tokens=5) for i in range(10)]
+    client = resource.client(store=store, run_id="run-1", price_lookup=expensive)
+    with pytest.raises(BudgetExceeded, match=r"max_usd_per_run=\$50") as info:
+        client.chat_batch(requests)
+    assert "raise max_usd_per_run" in str(info.value)
+    assert len(stub.calls) == 2 and client.spent_usd == pytest.approx(40.0)  # a third could pass $50
+    assert len(info.value.results) == 2  # what completed is kept (and cached)
+    # The same run's next client gets what is left ($10): not enough for one more call.
+    again = resource.client(store=store, run_id="run-1", price_lookup=expensive)
+    with pytest.raises(BudgetExceeded, match=r"had spent \$40"):
+        again.chat_batch([_req("q-next", max_tokens=5)])
+    assert len(stub.calls) == 2
+    # Cached answers bill nothing and pass; another run has its own cap; raising the cap on purpose
+    # (or an explicit max_usd) lets the batch through.
+    assert [r.cache_hit for r in again.chat_batch(requests[:2])] == [True, True]
+    other = resource.client(store=store, run_id="run-2", price_lookup=expensive)
+    with pytest.raises(BudgetExceeded):
+        other.chat_batch(requests[2:])
+    assert len(stub.calls) == 4
+    raised = LLMResource(model="openai/stub-model", api_base=stub.api_base, concurrency=1, max_usd_per_run=1000.0)
+    assert len(raised.client(store=store, run_id="run-3", price_lookup=expensive).chat_batch(requests)) == 10
+    # A model with no known price (a local server) is not capped by default, and not an error.
+    free = resource.client(store=store, run_id="run-1", price_lookup=lambda model: None)
+    assert free.max_usd is None and free.chat_batch([_req("local model")])[0].ok
+
+
 def test_budget_needs_a_price(stub):
     client = _client(stub, max_usd=1.0, price_lookup=lambda model: None)
     with pytest.raises(UnknownPriceError, match="openai/stub-model"):

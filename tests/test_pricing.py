@@ -12,6 +12,7 @@ from distil_platform.pricing import (
     ORIGIN_FILE,
     ORIGIN_LITELLM_BUNDLED,
     ORIGIN_LITELLM_HOSTED,
+    PriceSnapshot,
     PricingError,
     build_snapshot,
     bundled_litellm_price_map,
@@ -25,7 +26,7 @@ from distil_platform.pricing import (
     pricing_hardware_key,
     store_snapshot,
 )
-from distil_platform.store import ResultsStore
+from distil_platform.store import ResultsStore, price_snapshot_activations, price_snapshots
 from distil_platform.taskspec import load_tasks
 
 
@@ -244,6 +245,38 @@ def test_store_keeps_previous_snapshot_current_after_invalid_edit_and_revert(tmp
     store_snapshot(store, first, "run3")  # reverted content becomes current again
     restored = current_snapshot(store)
     assert restored.hash == first.hash and restored.hardware_price("h100").usd_per_hour == 2.40
+
+
+def test_concurrent_writers_of_one_snapshot_all_succeed(tmp_path):
+    """Runs re-pricing at once store the same snapshot (its hash is its content's): every writer
+    succeeds, the snapshot is stored once, and each writer's activation is recorded. Before the fix the
+    check-then-insert raced: losers failed with an IntegrityError on the primary key."""
+    import threading
+
+    base = build_snapshot(_write(tmp_path, _base())).content()
+    snapshots = [PriceSnapshot.from_content({**base, "as_of": f"2030-01-{i + 1:02d}"}) for i in range(20)]
+    assert len({s.hash for s in snapshots}) == 20
+    store = ResultsStore()
+    writers = 6
+    barrier = threading.Barrier(writers)
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        for snapshot in snapshots:
+            barrier.wait()  # all writers race on this snapshot
+            try:
+                store_snapshot(store, snapshot, f"run-{n}")
+            except Exception as exc:  # noqa: BLE001 - collected and reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert sorted(r["hash"] for r in store.select(price_snapshots)) == sorted(s.hash for s in snapshots)
+    assert len(store.select(price_snapshot_activations)) == writers * len(snapshots)
 
 
 def test_price_lookup_for_llm_client_and_cpu_hardware_key():

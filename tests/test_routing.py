@@ -86,7 +86,7 @@ def _policy(result, name):
 
 def test_calibrated_student_cascade_reaches_frontier_accuracy_at_its_error_rate():
     ids, student, conf = _calibrated()
-    frontier = ModelItems("frontier-m", "frontier", {i: 1.0 for i in ids}, Pricing(usd_per_million=1000.0))
+    frontier = ModelItems("frontier-m", "frontier", dict.fromkeys(ids, 1.0), Pricing(usd_per_million=1000.0))
     result = compute_routing(_inputs(student, conf, [frontier]))
     cascade = _policy(result, "cascade:frontier-m")
     assert cascade.accuracy == pytest.approx(1.0)  # the frontier's accuracy, cross-fitted
@@ -130,7 +130,7 @@ def test_price_changes_flip_the_recommendation():
     ids, student, conf = _calibrated()
 
     def run(frontier_price: float, daily: float = 1e6):
-        frontier = ModelItems("frontier-m", "frontier", {i: 1.0 for i in ids}, Pricing(usd_per_million=frontier_price))
+        frontier = ModelItems("frontier-m", "frontier", dict.fromkeys(ids, 1.0), Pricing(usd_per_million=frontier_price))
         return compute_routing(_inputs(student, conf, [frontier], daily=daily))
 
     assert run(1000.0).recommendation.kind == "cascade"  # 57.6 + 250 < 1000
@@ -153,7 +153,7 @@ def test_student_recommended_when_it_is_the_best_and_cheapest():
 
 def test_cross_fitting_never_fits_tau_on_the_items_it_scores():
     ids, student, conf = _calibrated()
-    model = {i: 1.0 for i in ids}
+    model = dict.fromkeys(ids, 1.0)
     fold_of = assign_folds(ids, student, 2, seed=0)
     assert {fold_of[i] for i in ids} == {0, 1}
     assert sum(1 for i in ids[:100] if fold_of[i] == 0) == 50  # stratified: errors split evenly
@@ -184,8 +184,8 @@ def test_cross_fitting_never_fits_tau_on_the_items_it_scores():
 
 def test_missing_confidence_skips_cascades_and_says_so():
     ids, student, _ = _calibrated()
-    frontier = ModelItems("frontier-m", "frontier", {i: 1.0 for i in ids}, Pricing(usd_per_million=1000.0))
-    result = compute_routing(_inputs(student, {i: None for i in ids}, [frontier]))
+    frontier = ModelItems("frontier-m", "frontier", dict.fromkeys(ids, 1.0), Pricing(usd_per_million=1000.0))
+    result = compute_routing(_inputs(student, dict.fromkeys(ids), [frontier]))
     assert not result.confidence_available
     assert [p.kind for p in result.policies] == ["student", "single"] and not result.sweep
     assert any("no student confidence" in n for n in result.notes)
@@ -391,7 +391,7 @@ def test_student_eval_wiring_requests_logprobs_and_stores_confidence():
 
 def test_unpriced_student_gives_no_recommendation_and_says_why():
     ids, student, conf = _calibrated()
-    base = ModelItems("base (zero-shot)", "baseline", {i: 0.0 for i in ids}, Pricing(self_hosted=True))
+    base = ModelItems("base (zero-shot)", "baseline", dict.fromkeys(ids, 0.0), Pricing(self_hosted=True))
     result = compute_routing(_inputs(student, conf, [base], student_pricing=Pricing(self_hosted=True,
                                                                                   note="no throughput profile")))
     assert result.recommendation is None and "no recommendation" in result.sentence

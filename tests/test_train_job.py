@@ -3,7 +3,10 @@
 
 # No `from __future__ import annotations`: Dagster reads the asset annotations below at runtime.
 
+import contextlib
 import json
+import signal
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -108,3 +111,191 @@ def test_with_the_k8s_launcher_the_student_step_holds_the_pool_but_no_gpu_node(m
     monkeypatch.setenv("DISTIL_TRAIN_LAUNCHER", "subprocess")
     (asset,) = build_student_asset(get_task("text2sql"), get_profile("test"))
     assert "nvidia.com/gpu" in asset.op.tags["dagster-k8s/config"]
+
+
+# -- the subprocess job: scrubbed environment, own process group, no orphan ------------------------
+# Injected from outside the platform: a `sitecustomize` on PYTHONPATH runs in every Python the test's
+# processes start; in the training job (the only one with Dagster Pipes' bootstrap variables) it
+# records the job's environment, session and parent-death signal, then, when asked by a file, starts
+# a grandchild and sleeps like a long training run.
+_SITECUSTOMIZE = '''
+import json, os, subprocess, time
+from pathlib import Path
+
+_DIR = Path({directory!r})
+if "DAGSTER_PIPES_CONTEXT" in os.environ:
+    import ctypes
+
+    sig = ctypes.c_int(0)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(2, ctypes.byref(sig))  # PR_GET_PDEATHSIG
+    info = {{"env": dict(os.environ), "pid": os.getpid(), "sid": os.getsid(0), "pgid": os.getpgid(0),
+             "pdeathsig": sig.value}}
+    if (_DIR / "grandchild").exists():
+        info["grandchild"] = subprocess.Popen(["sleep", "120"]).pid
+    (_DIR / "job.tmp").write_text(json.dumps(info))
+    os.replace(_DIR / "job.tmp", _DIR / "job.json")
+    if (_DIR / "sleep").exists():
+        time.sleep(120)
+'''
+
+_STEP = '''
+import dagster as dg
+from distil_platform.resources.trainer import TrainerResource
+
+
+@dg.asset
+def train(context: dg.AssetExecutionContext, trainer: TrainerResource) -> dict:
+    return trainer.train(context, {"spec": "never read: the job sleeps"})
+
+
+dg.materialize([train], resources={"trainer": TrainerResource(launcher="subprocess")})
+'''
+
+_SECRETS = {
+    "OPENAI_API_KEY": "sk-test-openai",
+    "ANTHROPIC_API_KEY": "sk-ant-test",
+    "DISTIL_TEACHER_API_KEY": "teacher-key-test",
+    "DISTIL_TEACHER_API_BASE": "https://teacher.example/v1",
+    "DISTIL_DB_URL": "postgresql://distil:hunter2@db.internal/results",
+    "AWS_SECRET_ACCESS_KEY": "aws-secret-test",  # artefacts are local: the job needs no object store
+    "HF_TOKEN": "hf_test_token",  # the hub is offline: the job downloads nothing
+    "GITHUB_TOKEN": "ghp_test",
+    "SOME_SERVICE_PASSWORD": "pw-test",
+}
+
+
+def _inject(tmp_path, monkeypatch) -> Path:
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(directory=str(inject)))
+    monkeypatch.setenv("PYTHONPATH", str(inject))
+    return inject
+
+
+def _job_info(inject, timeout_s: float = 120.0) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not (inject / "job.json").exists():
+        assert time.monotonic() < deadline, "the training job never started"
+        time.sleep(0.05)
+    return json.loads((inject / "job.json").read_text())
+
+
+def _gone_within(pid: int, timeout_s: float) -> float | None:
+    """Seconds until ``pid`` is gone (or a zombie no one has reaped yet); None if it outlives the timeout."""
+    import time
+
+    import psutil
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return time.monotonic() - start
+        except psutil.NoSuchProcess:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    return None
+
+
+def test_the_training_job_sees_no_secrets_only_what_it_needs(tmp_path, monkeypatch):
+    import os
+
+    inject = _inject(tmp_path, monkeypatch)
+    for key, value in _SECRETS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DISTIL_PROFILE", "test")
+    monkeypatch.setenv("DISTIL_DATA_TEXT2SQL", str(tmp_path / "data"))
+    monkeypatch.delenv("DISTIL_ARTIFACTS_URL", raising=False)
+    _step_error("subprocess", {"spec": "the job fails after the sitecustomize ran"})
+    info = _job_info(inject, timeout_s=5)
+    env = info["env"]
+    leaked = {k for k in _SECRETS if k in env} | {k for k, v in env.items() if v in _SECRETS.values()}
+    assert not leaked, f"the training job saw {sorted(leaked)}"
+    assert not any("hunter2" in v for v in env.values())
+    # What it needs: Dagster Pipes, where artefacts, models and task data are, the profile, the hub mode.
+    assert {"DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES", "PATH", "PYTHONPATH"} <= set(env)
+    for key in ("DAGSTER_HOME", "DISTIL_MODELS_DIR", "DISTIL_PROFILE", "DISTIL_DATA_TEXT2SQL", "HF_HUB_OFFLINE"):
+        assert env[key] == os.environ[key], key
+    # Its own session and process group, and the kernel kills it if the step dies.
+    assert info["sid"] == info["pid"] == info["pgid"] != os.getsid(0)
+    assert info["pdeathsig"] == signal.SIGKILL
+
+
+def test_object_store_credentials_and_the_hub_token_reach_the_job_only_when_it_needs_them():
+    from distil_platform.resources.trainer import training_env
+
+    base = {"PATH": "/usr/bin", "AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": "http://s3",
+            "GOOGLE_APPLICATION_CREDENTIALS": "/gcp.json", "DISTIL_ARTIFACTS_STORAGE_OPTIONS": '{"anon": false}',
+            "HF_TOKEN": "hf_x", "OPENAI_API_KEY": "sk-x", "DISTIL_DB_URL": "postgresql://u:p@h/d"}
+    bootstrap = {"DAGSTER_PIPES_CONTEXT": "c", "DAGSTER_PIPES_MESSAGES": "m"}
+    local = training_env(bootstrap, {**base, "HF_HUB_OFFLINE": "1"})
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "GOOGLE_APPLICATION_CREDENTIALS",
+                "DISTIL_ARTIFACTS_STORAGE_OPTIONS", "HF_TOKEN", "OPENAI_API_KEY", "DISTIL_DB_URL"} & set(local)
+    assert local["DAGSTER_PIPES_CONTEXT"] == "c" and local["PATH"] == "/usr/bin"
+    s3 = training_env(bootstrap, {**base, "DISTIL_ARTIFACTS_URL": "s3://bucket/team"})
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "DISTIL_ARTIFACTS_STORAGE_OPTIONS",
+            "DISTIL_ARTIFACTS_URL", "HF_TOKEN"} <= set(s3)  # uploads the checkpoint; the hub is online
+    assert not {"GOOGLE_APPLICATION_CREDENTIALS", "OPENAI_API_KEY", "DISTIL_DB_URL"} & set(s3)
+    gcs = training_env(bootstrap, {**base, "DISTIL_ARTIFACTS_URL": "gs://bucket/team", "HF_HUB_OFFLINE": "1"})
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in gcs and "AWS_SECRET_ACCESS_KEY" not in gcs and "HF_TOKEN" not in gcs
+
+
+def _start_step(tmp_path, inject, *, grandchild: bool):
+    import os
+    import subprocess
+    import sys
+
+    (inject / "sleep").touch()
+    if grandchild:
+        (inject / "grandchild").touch()
+    step_py = tmp_path / "step.py"
+    step_py.write_text(_STEP)
+    step = subprocess.Popen([sys.executable, str(step_py)], env=dict(os.environ), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        return step, _job_info(inject)
+    except BaseException:
+        step.kill()
+        raise
+
+
+@pytest.mark.timeout(180)
+def test_a_sigkilled_step_leaves_no_training_job_behind(tmp_path, monkeypatch):
+    """kill -9 of the step process (what an OOM kill or a lost node does): the kernel's parent-death
+    signal ends the training job, so the `gpu` slot the step held is not freed under a live job."""
+    import os
+
+    inject = _inject(tmp_path, monkeypatch)
+    step, info = _start_step(tmp_path, inject, grandchild=False)
+    try:
+        os.kill(step.pid, signal.SIGKILL)
+        step.wait(timeout=30)
+        seconds = _gone_within(info["pid"], timeout_s=30)
+        assert seconds is not None, "the training job outlived its SIGKILLed step"
+        print(f"training job gone {seconds:.2f}s after its step was SIGKILLed")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(info["pid"], signal.SIGKILL)
+
+
+@pytest.mark.timeout(180)
+def test_an_interrupted_step_stops_the_jobs_whole_process_group(tmp_path, monkeypatch):
+    """Ctrl-C / Dagster's termination of the step: the job and what it started are stopped."""
+    import os
+
+    inject = _inject(tmp_path, monkeypatch)
+    step, info = _start_step(tmp_path, inject, grandchild=True)
+    try:
+        os.kill(step.pid, signal.SIGINT)
+        for pid in (info["pid"], info["grandchild"]):
+            seconds = _gone_within(pid, timeout_s=30)
+            assert seconds is not None, f"process {pid} of the training job's group outlived the interrupted step"
+        print(f"training job group gone {seconds:.2f}s after the step was interrupted")
+        step.wait(timeout=60)
+    finally:
+        for pid in (info["pid"], info.get("grandchild"), step.pid):
+            with contextlib.suppress(ProcessLookupError, TypeError):
+                os.kill(pid, signal.SIGKILL)

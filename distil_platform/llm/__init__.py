@@ -11,6 +11,7 @@ from distil_platform.llm.client import (
     cache_key,
     default_identity,
     normalise_identity,
+    request_timeout_s,
     serving_identity,
 )
 from distil_platform.llm.prices import chain_price_lookups, default_price_lookup, litellm_price_lookup
@@ -29,5 +30,6 @@ __all__ = [
     "default_price_lookup",
     "litellm_price_lookup",
     "normalise_identity",
+    "request_timeout_s",
     "serving_identity",
 ]

@@ -10,11 +10,31 @@ per request against ~3.2 ms through litellm (which caps a 2-core machine near 20
 A batch whose share of failed items exceeds ``max_error_rate`` raises (checked once
 ``min_items_for_error_rate`` items are done, and at the end, so a one-item batch that fails raises).
 
+Reply outcomes. Every answered request records the choice's ``finish_reason`` ("stop", "length",
+"content_filter", "tool_calls", ...; None when the server sends none) and the reasoning tokens the
+provider reports (``usage.completion_tokens_details.reasoning_tokens``). Two outcomes are billed but
+are not an answer: an **empty** reply (a 200 with no text and no tool call: a reasoning model that
+spent its whole budget thinking, a safety block) and a **truncated** one (``finish_reason ==
+"length"``: cut off at ``max_tokens``). They are cached like any other reply, *with* their
+``finish_reason`` (a rerun pays nothing and sees the same outcome), flagged on :class:`ChatResult`
+(``empty``, ``truncated``) and counted per client (:meth:`LLMClient.reply_counts`); what a consumer
+does with them is its rule: the teacher stage never keeps such a reply as a training row
+(``synthesis``), an evaluation never scores an empty reply as an answer (``evaluation``).
+
+Timeouts. ``timeout_s=None`` (the default) gives each request a deadline that scales with what it
+may generate: ``max(60, 30 + max_tokens / 20)`` seconds (:func:`request_timeout_s`, 20 tokens/s being
+a slow hosted model), so a 4k-token teacher or reasoning request is not cut at 60 s; a number is a
+fixed deadline for every request. A timed-out attempt may still be billed by the provider, so
+timeouts are retried at most ``max_timeout_retries`` times (default 2), apart from the other retries,
+and counted (``ChatResult.timeouts``, ``reply_counts()["timeouts"]``, the ``timeouts`` column of
+``llm_requests``).
+
 Results store use (``distil_platform.store``):
 - ``llm_cache``: one row per successful response, keyed by model, endpoint identity (checkpoint,
   backend, dtype/quantization of a served model; see ``LLMClient``), messages, tools, decoding
-  parameters and the repeat index. The cached payload keeps logprobs and cached-token counts. A rerun after a crash re-bills nothing; repeats 0, 1, 2 of one
-  prompt are three distinct calls.
+  parameters (the client's ``request_extra`` included) and the repeat index. The cached payload
+  keeps logprobs, cached-token counts, ``finish_reason`` and reasoning tokens. A rerun after a crash
+  re-bills nothing; repeats 0, 1, 2 of one prompt are three distinct calls.
 - ``llm_requests``: one row per request answered (from the server or the cache) or failed.
 Rows are written in batches from a background flush (one transaction per ~0.25 s or 256 rows),
 so hundreds of requests per second do not serialise on SQLite commits.
@@ -39,6 +59,19 @@ from distil_platform.llm.prices import PriceLookup, litellm_price_lookup
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 # Never wait longer than this for a Retry-After (a misconfigured server could ask for hours).
 MAX_RETRY_AFTER_S = 120.0
+# Default per-request deadline (timeout_s=None): max(MIN_TIMEOUT_S, TIMEOUT_BASE_S + max_tokens /
+# TIMEOUT_TOKENS_PER_S). 20 tokens/s is a slow hosted open-weight model (20-40 tok/s) or a reasoning
+# model thinking through its whole budget; 30 s covers queueing and a long prompt's prefill.
+MIN_TIMEOUT_S = 60.0
+TIMEOUT_BASE_S = 30.0
+TIMEOUT_TOKENS_PER_S = 20.0
+# finish_reason of a reply cut off at max_tokens (OpenAI; litellm maps other providers' onto it).
+FINISH_LENGTH = "length"
+
+
+def request_timeout_s(max_tokens: int | None) -> float:
+    """The default deadline of one request that may generate ``max_tokens`` tokens (see module docstring)."""
+    return max(MIN_TIMEOUT_S, TIMEOUT_BASE_S + max(0, int(max_tokens or 0)) / TIMEOUT_TOKENS_PER_S)
 
 
 class LLMError(RuntimeError):
@@ -93,16 +126,35 @@ class ChatResult:
     # The choice's ``logprobs.content``: one dict per generated token (``token``, ``logprob``,
     # ``bytes``, ``top_logprobs``), when the request asked for ``logprobs`` (ChatRequest.extra). None otherwise.
     logprobs: list[dict[str, Any]] | None = None
+    # Why generation stopped: "stop", "length" (cut at max_tokens), "content_filter", "tool_calls", ...
+    # None: the server sent none (or a cache entry from before it was recorded).
+    finish_reason: str | None = None
+    # Completion tokens spent on hidden reasoning (``usage.completion_tokens_details.reasoning_tokens``;
+    # already inside ``completion_tokens``). None: not reported.
+    reasoning_tokens: int | None = None
+    # Attempts of this request that timed out (each may have been billed by the provider).
+    timeouts: int = 0
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def truncated(self) -> bool:
+        """Answered, but cut off at ``max_tokens`` (``finish_reason == "length"``)."""
+        return self.error is None and self.finish_reason == FINISH_LENGTH
+
+    @property
+    def empty(self) -> bool:
+        """Answered (HTTP 200) with no text and no tool call: billed, but no answer."""
+        return self.error is None and not (self.text or "").strip() and not self.tool_calls
+
 
 class _RetryableError(Exception):
-    def __init__(self, message: str, retry_after_s: float | None = None):
+    def __init__(self, message: str, retry_after_s: float | None = None, timeout: bool = False):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.timeout = timeout  # the attempt ran past its deadline (retried at most max_timeout_retries)
 
 
 class _FatalError(Exception):
@@ -147,15 +199,18 @@ def serving_identity(
     return out
 
 
-def cache_key(model: str, request: ChatRequest, identity: str | Mapping[str, Any] | None = None) -> str:
-    """Response-cache key of ``request`` to ``model`` served by ``identity`` (see :class:`LLMClient`)."""
+def cache_key(model: str, request: ChatRequest, identity: str | Mapping[str, Any] | None = None,
+              request_extra: Mapping[str, Any] | None = None) -> str:
+    """Response-cache key of ``request`` to ``model`` served by ``identity`` (see :class:`LLMClient`);
+    ``request_extra``: the client's parameters sent with every request (e.g. ``reasoning_effort``),
+    under the request's own ``extra``."""
     payload = {
         "model": model,
         "messages": request.messages,
         "tools": request.tools,
         "temperature": request.temperature,
         "max_tokens": request.max_tokens,
-        "extra": request.extra,
+        "extra": {**(request_extra or {}), **request.extra},
         "repeat": request.repeat,
     }
     identity = normalise_identity(identity)
@@ -195,11 +250,11 @@ def _classify_litellm_error(exc: BaseException) -> Exception:
     import httpx
 
     if isinstance(exc, (asyncio.TimeoutError, httpx.TimeoutException)):
-        return _RetryableError(f"timeout: {exc}")
+        return _RetryableError(f"timeout: {exc}", timeout=True)
     status = getattr(exc, "status_code", None)
     name = type(exc).__name__
     if name in ("Timeout", "APITimeoutError"):
-        return _RetryableError(f"timeout: {exc}")
+        return _RetryableError(f"timeout: {exc}", timeout=True)
     if name in ("APIConnectionError", "ServiceUnavailableError", "InternalServerError", "BadGatewayError"):
         return _RetryableError(f"{name}: {exc}", _parse_retry_after(_headers_of(exc).get("retry-after")))
     if isinstance(status, int) and status in RETRYABLE_STATUS:
@@ -252,6 +307,23 @@ def _read_usage(usage: Any) -> tuple[int | None, int | None, int | None]:
     return int(prompt), None if completion is None else int(completion), cached
 
 
+def _read_reasoning_tokens(usage: Any) -> int | None:
+    """``usage.completion_tokens_details.reasoning_tokens`` (None when not reported)."""
+    usage = _as_dict(usage)
+    if not isinstance(usage, dict):
+        return None
+    details = _as_dict(usage.get("completion_tokens_details"))
+    value = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _finish_reason(value: Any) -> str | None:
+    return str(value)[:32] if value else None
+
+
 def _read_logprobs(raw: Any) -> list[dict[str, Any]] | None:
     """The ``content`` list of a choice's ``logprobs`` as plain dicts (JSON-storable), or None."""
     raw = _as_dict(raw)
@@ -275,6 +347,11 @@ class LLMClient:
     fp8 server of one checkpoint under one served name never share answers. Default: the endpoint
     URL when ``api_base`` is set (an ephemeral server on a fresh port then never hits an old entry;
     pass its identity to reuse answers across runs), nothing for provider models.
+
+    ``timeout_s``: a fixed deadline per request, or None for one derived from each request's
+    ``max_tokens`` (:func:`request_timeout_s`); timeouts are retried at most ``max_timeout_retries``
+    times. ``request_extra``: parameters sent with every request of this client (a task's per-model
+    ``reasoning_effort``); part of the cache key, under each request's own ``extra``.
     """
 
     def __init__(
@@ -285,8 +362,9 @@ class LLMClient:
         api_key: str | None = None,
         store: Any | None = None,
         concurrency: int = 16,
-        timeout_s: float = 60.0,
+        timeout_s: float | None = None,
         max_retries: int = 5,
+        max_timeout_retries: int = 2,
         max_error_rate: float = 0.5,
         max_usd: float | None = None,
         price_lookup: PriceLookup | None = None,
@@ -301,6 +379,7 @@ class LLMClient:
         min_items_for_error_rate: int = 10,
         progress_every_s: float = 10.0,
         identity: str | Mapping[str, Any] | None = None,
+        request_extra: Mapping[str, Any] | None = None,
     ):
         if not model:
             raise ValueError("LLMClient needs a model string (a litellm model, or openai/<name> with api_base)")
@@ -308,6 +387,10 @@ class LLMClient:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if not 0.0 <= max_error_rate <= 1.0:
             raise ValueError(f"max_error_rate must be within [0, 1], got {max_error_rate}")
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0 (or None: derived from each request's max_tokens), got {timeout_s}")
+        if max_timeout_retries < 0:
+            raise ValueError(f"max_timeout_retries must be >= 0, got {max_timeout_retries}")
         self.model = model
         self.api_base = api_base.rstrip("/") if api_base else None
         self._api_key = api_key
@@ -315,6 +398,8 @@ class LLMClient:
         self.concurrency = concurrency
         self.timeout_s = timeout_s
         self.max_retries = max_retries
+        self.max_timeout_retries = max_timeout_retries
+        self.request_extra = dict(request_extra or {})
         self.max_error_rate = max_error_rate
         self.max_usd = max_usd
         self.price_lookup = price_lookup or litellm_price_lookup
@@ -326,12 +411,38 @@ class LLMClient:
         self.min_items_for_error_rate = min_items_for_error_rate
         self.progress_every_s = progress_every_s
         self.spent_usd = 0.0  # fresh (billed) spend across this client's batches
-        self._price: tuple[float, float] | None | bool = False  # False = not looked up yet
+        self._price: tuple[float, float] | bool | None = False  # False = not looked up yet
         self.http_calls = 0  # attempts sent over the wire (tests and benchmarks read it)
+        # Outcomes across this client's batches (fresh and cached answers): see reply_counts().
+        self._counts: dict[str, int] = {}
         self.identity = normalise_identity(identity) if identity is not None else default_identity(model, self.api_base)
 
     def __repr__(self) -> str:  # never show the key
         return f"LLMClient(model={self.model!r}, api_base={self.api_base!r}, concurrency={self.concurrency})"
+
+    def request_timeout(self, request: ChatRequest) -> float:
+        """The deadline of one attempt of ``request`` (fixed ``timeout_s``, else from its max_tokens)."""
+        return float(self.timeout_s) if self.timeout_s is not None else request_timeout_s(request.max_tokens)
+
+    def reply_counts(self) -> dict[str, int]:
+        """Outcomes of this client's requests so far: ``answered`` (fresh or cached), ``truncated``
+        (finish_reason length), ``empty`` (no text, no tool call), ``content_filter``, ``failed``, and
+        ``timeouts`` (timed-out attempts, each possibly billed), ``reasoning_tokens`` (sum reported)."""
+        keys = ("answered", "truncated", "empty", "content_filter", "failed", "timeouts", "reasoning_tokens")
+        return {k: self._counts.get(k, 0) for k in keys}
+
+    def _count(self, result: ChatResult, fresh: bool) -> None:
+        c = self._counts
+        if fresh:
+            c["timeouts"] = c.get("timeouts", 0) + result.timeouts
+        if result.error is not None:
+            c["failed"] = c.get("failed", 0) + 1
+            return
+        c["answered"] = c.get("answered", 0) + 1
+        c["truncated"] = c.get("truncated", 0) + result.truncated
+        c["empty"] = c.get("empty", 0) + result.empty
+        c["content_filter"] = c.get("content_filter", 0) + (result.finish_reason == "content_filter")
+        c["reasoning_tokens"] = c.get("reasoning_tokens", 0) + (result.reasoning_tokens or 0)
 
     # -- prices ------------------------------------------------------------------------------
 
@@ -381,6 +492,7 @@ class LLMClient:
         }
         if request.tools:
             payload["tools"] = request.tools
+        payload.update(self.request_extra)
         payload.update(request.extra)
         return payload
 
@@ -389,13 +501,15 @@ class LLMClient:
 
         payload = self._payload(request)
         payload["model"] = self.model.split("/", 1)[1]
+        deadline = self.request_timeout(request)
         try:
-            async with http.post(f"{self.api_base}/chat/completions", json=payload) as response:
+            async with http.post(f"{self.api_base}/chat/completions", json=payload,
+                                 timeout=aiohttp.ClientTimeout(total=deadline)) as response:
                 status = response.status
                 body = await response.read()
                 retry_after = response.headers.get("Retry-After")
         except asyncio.TimeoutError as exc:
-            raise _RetryableError(f"timeout after {self.timeout_s}s") from exc
+            raise _RetryableError(f"timeout after {deadline:g}s", timeout=True) from exc
         except aiohttp.ClientError as exc:
             raise _RetryableError(f"connection error: {type(exc).__name__}: {exc}") from exc
         if status != 200:
@@ -412,7 +526,9 @@ class LLMClient:
         prompt, completion, cached = _read_usage(data.get("usage"))
         return {"text": message_obj.get("content"), "tool_calls": _normalise_tool_calls(message_obj.get("tool_calls")),
                 "prompt_tokens": prompt, "completion_tokens": completion, "cached_prompt_tokens": cached,
-                "logprobs": _read_logprobs(choice.get("logprobs"))}
+                "logprobs": _read_logprobs(choice.get("logprobs")),
+                "finish_reason": _finish_reason(choice.get("finish_reason")),
+                "reasoning_tokens": _read_reasoning_tokens(data.get("usage"))}
 
     async def _call_litellm(self, request: ChatRequest) -> dict[str, Any]:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -427,11 +543,12 @@ class LLMClient:
         elif self.api_base and self.model.startswith("openai/"):
             # Local OpenAI-compatible servers need no key, but the OpenAI SDK refuses to send none.
             kwargs["api_key"] = "no-key"
+        deadline = self.request_timeout(request)
         try:
             # Retries are ours (with Retry-After); litellm's and the OpenAI SDK's are switched off.
             response = await asyncio.wait_for(
-                litellm.acompletion(model=self.model, timeout=self.timeout_s, num_retries=0, max_retries=0, **kwargs),
-                timeout=self.timeout_s + 5,
+                litellm.acompletion(model=self.model, timeout=deadline, num_retries=0, max_retries=0, **kwargs),
+                timeout=deadline + 5,
             )
         except (_RetryableError, _FatalError):
             raise
@@ -440,27 +557,38 @@ class LLMClient:
         except Exception as exc:
             raise _classify_litellm_error(exc) from exc
         choice = response.choices[0]
-        prompt, completion, cached = _read_usage(getattr(response, "usage", None))
+        usage = getattr(response, "usage", None)
+        prompt, completion, cached = _read_usage(usage)
         return {"text": choice.message.content, "tool_calls": _normalise_tool_calls(choice.message.tool_calls),
                 "prompt_tokens": prompt, "completion_tokens": completion, "cached_prompt_tokens": cached,
-                "logprobs": _read_logprobs(getattr(choice, "logprobs", None))}
+                "logprobs": _read_logprobs(getattr(choice, "logprobs", None)),
+                "finish_reason": _finish_reason(getattr(choice, "finish_reason", None)),
+                "reasoning_tokens": _read_reasoning_tokens(usage)}
 
-    async def _call_with_retries(self, http, request: ChatRequest) -> tuple[dict[str, Any], int]:
-        attempt = 0
+    async def _call_with_retries(self, http, request: ChatRequest) -> tuple[dict[str, Any], int, int]:
+        """``(response, attempts, timed-out attempts)``; a _FatalError carries ``attempts`` and ``timeouts``."""
+        attempt = timeouts = 0
         while True:
             attempt += 1
             self.http_calls += 1
             try:
                 if self.fast_path:
-                    return await self._call_http(http, request), attempt
-                return await self._call_litellm(request), attempt
+                    return await self._call_http(http, request), attempt, timeouts
+                return await self._call_litellm(request), attempt, timeouts
             except _FatalError as exc:
-                exc.attempts = attempt
+                exc.attempts, exc.timeouts = attempt, timeouts
                 raise
             except _RetryableError as exc:
+                timeouts += exc.timeout
+                if exc.timeout and timeouts > self.max_timeout_retries:
+                    # A timed-out attempt may have been billed: never re-send it max_retries times.
+                    fatal = _FatalError(f"gave up after {timeouts} timed-out attempts "
+                                        f"(max_timeout_retries={self.max_timeout_retries}): {exc}")
+                    fatal.attempts, fatal.timeouts = attempt, timeouts
+                    raise fatal from exc
                 if attempt > self.max_retries:
                     fatal = _FatalError(f"gave up after {attempt} attempts: {exc}")
-                    fatal.attempts = attempt
+                    fatal.attempts, fatal.timeouts = attempt, timeouts
                     raise fatal from exc
                 backoff = min(self.retry_max_s, self.retry_base_s * (2 ** (attempt - 1)))
                 delay = backoff * (0.5 + random.random())  # jitter: retries of a burst spread out
@@ -502,7 +630,7 @@ class LLMClient:
                 f"max_usd={self.max_usd} is set but no price is known for model {self.model!r}: add it to the "
                 "platform pricing file or use a model in litellm's price map"
             )
-        keys = [cache_key(self.model, r, self.identity) for r in requests]
+        keys = [cache_key(self.model, r, self.identity, self.request_extra) for r in requests]
         results: list[ChatResult | None] = [None] * len(requests)
         writer = _StoreWriter(self.store)
         cached = await asyncio.to_thread(writer.lookup, set(keys)) if self.store is not None else {}
@@ -514,6 +642,7 @@ class LLMClient:
         for i, key in enumerate(keys):
             if key in cached:
                 results[i] = self._from_cache(requests[i], cached[key])
+                self._count(results[i], fresh=False)
                 writer.add_request(self._request_row(results[i], key))
             elif key in first_index:
                 duplicates.setdefault(first_index[key], []).append(i)
@@ -546,14 +675,17 @@ class LLMClient:
                     reserved[0] += estimate
                 t0 = time.perf_counter()
                 try:
-                    response, attempts = await self._call_with_retries(http, request)
+                    response, attempts, timeouts = await self._call_with_retries(http, request)
                     error = None
                 except _FatalError as exc:
-                    response, attempts, error = None, getattr(exc, "attempts", 1), str(exc)
+                    response, error = None, str(exc)
+                    attempts, timeouts = getattr(exc, "attempts", 1), getattr(exc, "timeouts", 0)
                 finally:
                     reserved[0] -= estimate
                 latency = time.perf_counter() - t0
             result = self._finish(request, response, error, latency, attempts)
+            result.timeouts = timeouts
+            self._count(result, fresh=True)
             if result.error is None and result.cost_usd is not None:
                 self.spent_usd += result.cost_usd
             results[index] = result
@@ -562,7 +694,8 @@ class LLMClient:
                 writer.add_cache(key, self.model, _cache_payload(result), self.identity)
             for dup in duplicates.get(index, []):
                 results[dup] = ChatResult(**{**result.__dict__, "request": requests[dup],
-                                             "cache_hit": result.error is None})
+                                             "cache_hit": result.error is None, "timeouts": 0})
+                self._count(results[dup], fresh=False)
                 writer.add_request(self._request_row(results[dup], key))
             if result.error is not None:
                 state.last_error = result.error
@@ -614,9 +747,19 @@ class LLMClient:
             return
         state.last_log = now
         elapsed = now - started
+        # ETA from the rate of answers fetched so far (cache hits are instant and not counted).
+        fresh = state.done - state.cache_hits
+        left = state.total - state.done
+        # Only once a full wave of concurrent requests has come back: the first answers of a batch
+        # all arrive after one latency, which says nothing yet about the rate.
+        eta = (f", ETA {elapsed / fresh * left:.0f}s"
+               if fresh >= min(self.concurrency, state.total) and left > 0 and not final else "")
+        counts = self.reply_counts()
+        outcomes = "".join(f", {counts[k]} {k}" for k in ("truncated", "empty", "timeouts") if counts[k])
         self.log(
-            f"llm {self.model}: {state.done}/{state.total} done, {state.errors} errors, {state.cache_hits} cache hits, "
-            f"{elapsed:.1f}s, spent ${self.spent_usd:.4f}" + (f" of ${self.max_usd:.2f}" if self.max_usd else "")
+            f"llm {self.model}: {state.done}/{state.total} done, {state.errors} errors, {state.cache_hits} cache hits"
+            f"{outcomes}, {elapsed:.1f}s{eta}, spent ${self.spent_usd:.4f}"
+            + (f" of ${self.max_usd:.2f}" if self.max_usd else "")
         )
 
     def _http_client(self):
@@ -625,6 +768,7 @@ class LLMClient:
         import aiohttp
 
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        # The deadline is set per request (request_timeout: it can depend on the request's max_tokens).
         return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.concurrency),
             timeout=aiohttp.ClientTimeout(total=self.timeout_s),
@@ -647,7 +791,8 @@ class LLMClient:
         cost = self._cost(prompt, completion, cached)
         return ChatResult(request, response["text"], response["tool_calls"], prompt, completion, counted,
                           latency, cost, False, None, attempts, cached_prompt_tokens=cached,
-                          logprobs=response.get("logprobs"))
+                          logprobs=response.get("logprobs"), finish_reason=response.get("finish_reason"),
+                          reasoning_tokens=response.get("reasoning_tokens"))
 
     def _from_cache(self, request: ChatRequest, payload: dict[str, Any]) -> ChatResult:
         prompt, completion = payload.get("prompt_tokens"), payload.get("completion_tokens")
@@ -655,7 +800,8 @@ class LLMClient:
         return ChatResult(request, payload.get("text"), payload.get("tool_calls"), prompt, completion,
                           bool(payload.get("tokens_counted")), payload.get("latency_s"),
                           self._cost(prompt, completion, cached), True, None, 0,
-                          cached_prompt_tokens=cached, logprobs=payload.get("logprobs"))
+                          cached_prompt_tokens=cached, logprobs=payload.get("logprobs"),
+                          finish_reason=payload.get("finish_reason"), reasoning_tokens=payload.get("reasoning_tokens"))
 
     def _request_row(self, result: ChatResult, key: str) -> dict[str, Any]:
         return {
@@ -663,7 +809,8 @@ class LLMClient:
             "cache_key": key, "identity": self.identity, "repeat": result.request.repeat, "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens, "cached_prompt_tokens": result.cached_prompt_tokens,
             "tokens_counted": result.tokens_counted, "latency_s": result.latency_s, "cost_usd": result.cost_usd, "cache_hit": result.cache_hit,
-            "error": result.error,
+            "error": result.error, "finish_reason": result.finish_reason, "reasoning_tokens": result.reasoning_tokens,
+            "timeouts": result.timeouts,
         }
 
 
@@ -671,7 +818,8 @@ def _cache_payload(result: ChatResult) -> dict[str, Any]:
     return {"text": result.text, "tool_calls": result.tool_calls, "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens, "tokens_counted": result.tokens_counted,
             "latency_s": result.latency_s, "cached_prompt_tokens": result.cached_prompt_tokens,
-            "logprobs": result.logprobs}
+            "logprobs": result.logprobs, "finish_reason": result.finish_reason,
+            "reasoning_tokens": result.reasoning_tokens}
 
 
 @dataclass

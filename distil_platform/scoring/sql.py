@@ -11,6 +11,13 @@ A model's SQL is untrusted. It runs only in :func:`run_sandboxed`: in-memory dat
 authorizer that allows reading and nothing else (no ATTACH, PRAGMA, extension loading or writes),
 caps on value size, result columns, rows and total result bytes, and one deadline enforced while
 executing and while fetching. :func:`execute_untrusted_sql` builds the database from a DDL first.
+
+The schema DDL is untrusted too (a recorded teacher file brings its own ``context``): it runs only
+in :func:`load_schema`, which accepts CREATE TABLE (with declared columns), CREATE INDEX and INSERT
+statements (:func:`check_schema_statements`, parsed with sqlglot), under an authorizer that allows
+those and nothing else, a database size cap and a deadline, so a runaway schema (``INSERT ... WITH
+RECURSIVE`` without an end) is rejected with a reason within ``SCHEMA_TIMEOUT_S``. A rejected schema
+is remembered per process: the rows that share it are rejected at once.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ MAX_RESULT_BYTES = 8_000_000  # all values of a result together (rows x columns)
 _FETCH_BATCH = 256
 MAX_SQL_CHARS = 100_000
 _PROGRESS_EVERY = 1_000  # VM instructions between deadline checks
+SCHEMA_TIMEOUT_S = 2.0  # running one schema DDL (its CREATE and INSERT statements) on a fresh database
+MAX_SCHEMA_CHARS = MAX_SQL_CHARS * 4  # also SQLITE_LIMIT_SQL_LENGTH
+MAX_DATABASE_PAGES = 16_384  # PRAGMA max_page_count: 64 MiB at SQLite's default 4 KiB page
 _MAX_PERMUTATIONS = 5_000  # column-order permutations tried when comparing results
 
 # Rows per table on database i (cycled): a mid-size one, a larger one, a small one.
@@ -50,6 +60,18 @@ _LITERAL_RATE = 0.4
 
 class SQLSchemaError(ValueError):
     """The schema DDL does not execute or cannot be filled."""
+
+
+class SQLSchemaNotAllowed(SQLSchemaError):
+    """The schema DDL holds a statement other than CREATE TABLE / CREATE INDEX / INSERT."""
+
+
+class SQLSchemaTimeout(SQLSchemaError):
+    """The schema DDL did not finish within its deadline (``SCHEMA_TIMEOUT_S``)."""
+
+
+class SQLSchemaTooLarge(SQLSchemaError):
+    """The schema DDL wrote more than the database size cap (``MAX_DATABASE_PAGES`` pages)."""
 
 
 class SQLReferenceError(ValueError):
@@ -188,13 +210,129 @@ def _setup_authorizer(action: int, arg1: Any, arg2: Any, db_name: Any, trigger: 
     return sqlite3.SQLITE_OK
 
 
+# While running a schema DDL: create tables and indexes, insert rows (the INSERTs may read), and the
+# bookkeeping SQLite does for them on its own schema table. No views, triggers, PRAGMA, ATTACH,
+# updates, deletes, drops or transactions.
+_SCHEMA_ACTIONS = {
+    sqlite3.SQLITE_CREATE_TABLE,
+    sqlite3.SQLITE_CREATE_INDEX,
+    sqlite3.SQLITE_REINDEX,  # SQLite fills a new index with it
+    sqlite3.SQLITE_INSERT,
+    sqlite3.SQLITE_SELECT,
+    sqlite3.SQLITE_READ,
+    sqlite3.SQLITE_FUNCTION,
+    sqlite3.SQLITE_RECURSIVE,
+}
+_SCHEMA_TABLES = {"sqlite_master", "sqlite_schema", "sqlite_sequence"}
+
+
+def _schema_authorizer(action: int, arg1: Any, arg2: Any, db_name: Any, trigger: Any) -> int:
+    if action == sqlite3.SQLITE_FUNCTION:
+        return sqlite3.SQLITE_DENY if str(arg2).lower() in _DENIED_FUNCTIONS else sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_UPDATE and str(arg1).lower() in _SCHEMA_TABLES:
+        return sqlite3.SQLITE_OK  # SQLite records a new table or index (and AUTOINCREMENT counters)
+    if db_name not in (None, "main") and action in (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_READ):
+        return sqlite3.SQLITE_DENY  # the temp schema: the DDL has no business there
+    return sqlite3.SQLITE_OK if action in _SCHEMA_ACTIONS else sqlite3.SQLITE_DENY
+
+
 def _new_connection() -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
     conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
-    conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_CHARS * 4)
+    conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, MAX_SCHEMA_CHARS)
+    conn.execute(f"PRAGMA max_page_count = {MAX_DATABASE_PAGES}")  # a schema cannot fill the memory
     conn.set_authorizer(_setup_authorizer)
     return conn
+
+
+def _statement_name(statement: exp.Expression) -> str:
+    """``CREATE TABLE``, ``CREATE VIEW``, ``PRAGMA``, ``DELETE``...: what a parsed statement is."""
+    if isinstance(statement, exp.Create):
+        temp = " TEMP" if statement.find(exp.TemporaryProperty) is not None else ""
+        return f"CREATE{temp} {statement.args.get('kind') or ''}".strip()
+    if isinstance(statement, exp.Command):  # syntax sqlglot does not model: its first words
+        rest = statement.args.get("expression")
+        rest = rest.name if isinstance(rest, exp.Expression) else str(rest or "")
+        words = f"{statement.this} {rest}".upper().split()
+        if words[:1] == ["CREATE"]:
+            return " ".join(words[:3] if words[1:2] in (["UNIQUE"], ["TEMP"], ["TEMPORARY"]) else words[:2])
+        return words[0] if words else "?"
+    return statement.key.upper()
+
+
+def check_schema_statements(schema_sql: str) -> None:
+    """Raises unless every statement of ``schema_sql`` is a CREATE TABLE with declared columns, a
+    CREATE [UNIQUE] INDEX or an INSERT (parsed with sqlglot, SQLite dialect).
+
+    :class:`SQLSchemaNotAllowed` names the first other statement by its position and kind (CREATE
+    TABLE ... AS <query> included: its columns have no declared types); :class:`SQLSchemaError`
+    says the DDL is empty or too long. DDL that sqlglot cannot parse (or parses only as a generic
+    command) is left to SQLite, which runs it under :func:`load_schema`'s authorizer and reports
+    its own syntax error.
+    """
+    if not schema_sql or not schema_sql.strip():
+        raise SQLSchemaError("schema DDL is empty")
+    if len(schema_sql) > MAX_SCHEMA_CHARS:
+        raise SQLSchemaError(f"schema DDL longer than {MAX_SCHEMA_CHARS} characters")
+    try:
+        statements = [s for s in sqlglot.parse(schema_sql, read="sqlite") if s is not None]
+    except (sqlglot.errors.SqlglotError, RecursionError, ValueError):
+        return
+    for number, statement in enumerate(statements, start=1):
+        kind = str(statement.args.get("kind") or "").upper() if isinstance(statement, exp.Create) else ""
+        if kind == "TABLE" and isinstance(statement.expression, exp.Query):
+            raise SQLSchemaNotAllowed(
+                f"schema DDL statement {number} is CREATE TABLE ... AS <query>: only CREATE TABLE with "
+                "declared columns, CREATE INDEX and INSERT are allowed"
+            )
+        if isinstance(statement, exp.Insert) or _statement_name(statement) in (
+                "CREATE TABLE", "CREATE INDEX", "CREATE UNIQUE INDEX"):
+            continue  # also as a generic command (syntax sqlglot does not model); the authorizer has the last word
+        raise SQLSchemaNotAllowed(
+            f"schema DDL statement {number} is {_statement_name(statement)}: only CREATE TABLE, CREATE INDEX "
+            "and INSERT are allowed"
+        )
+
+
+def load_schema(conn: sqlite3.Connection, schema_sql: str, *, timeout_s: float = SCHEMA_TIMEOUT_S) -> None:
+    """Runs an untrusted schema DDL on ``conn`` (a fresh in-memory database).
+
+    The sandbox: only CREATE TABLE / CREATE INDEX / INSERT statements (:func:`check_schema_statements`),
+    an authorizer that allows those and nothing else (no views, triggers, PRAGMA, ATTACH, updates,
+    deletes or ``load_extension``), the connection's caps on value size and database size, and one
+    deadline, ``timeout_s`` after the call, enforced inside SQLite by a progress handler. Raises
+    :class:`SQLSchemaTimeout` past the deadline, :class:`SQLSchemaTooLarge` past the size cap,
+    :class:`SQLSchemaNotAllowed` for a statement of another kind, :class:`SQLSchemaError` for any
+    other failure (the reason in the message).
+    ``conn`` keeps the setup authorizer afterwards.
+    """
+    check_schema_statements(schema_sql)
+    _execute_schema(conn, schema_sql, timeout_s)
+
+
+def _execute_schema(conn: sqlite3.Connection, schema_sql: str, timeout_s: float = SCHEMA_TIMEOUT_S) -> None:
+    # load_schema without the statement check (for a schema that already passed it).
+    deadline = time.perf_counter() + timeout_s
+    conn.set_progress_handler(lambda: int(time.perf_counter() > deadline), _PROGRESS_EVERY)
+    conn.set_authorizer(_schema_authorizer)
+    try:
+        conn.executescript(schema_sql)
+    except sqlite3.DatabaseError as exc:
+        if "interrupted" in str(exc):
+            raise SQLSchemaTimeout(f"schema DDL did not finish within {timeout_s:g}s (a runaway INSERT?)") from None
+        if "full" in str(exc):  # SQLITE_FULL: max_page_count reached
+            raise SQLSchemaTooLarge(
+                f"schema DDL writes more than {MAX_DATABASE_PAGES * 4 // 1024} MiB (the database size cap; a runaway "
+                "INSERT?)") from None
+        if "not authorized" in str(exc):
+            raise SQLSchemaNotAllowed(f"schema DDL does an operation other than CREATE TABLE/INDEX or INSERT: {exc}") from None
+        raise SQLSchemaError(f"schema DDL does not execute: {exc}") from None
+    except (sqlite3.Error, ValueError, OverflowError, MemoryError, RecursionError) as exc:
+        raise SQLSchemaError(f"schema DDL does not execute: {type(exc).__name__}: {exc}") from None
+    finally:
+        conn.set_progress_handler(None, 0)
+        conn.set_authorizer(_setup_authorizer)
 
 
 class SQLSandboxError(Exception):
@@ -342,17 +480,30 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-@lru_cache(maxsize=256)
 def _introspect(schema_sql: str) -> tuple[_Table, ...]:
-    """Tables of ``schema_sql`` as SQLite itself understood the DDL, parents before children."""
-    if not schema_sql or not schema_sql.strip():
-        raise SQLSchemaError("schema DDL is empty")
+    """Tables of ``schema_sql`` as SQLite itself understood the DDL, parents before children.
+
+    Run in the schema sandbox (:func:`load_schema`). The answer is remembered per schema, a
+    rejection too (the same error again, at once: a recorded file's rows often share one schema).
+    """
+    result = _introspect_or_error(schema_sql)
+    if isinstance(result, SQLSchemaError):
+        raise type(result)(str(result))
+    return result
+
+
+@lru_cache(maxsize=256)
+def _introspect_or_error(schema_sql: str) -> tuple[_Table, ...] | SQLSchemaError:
+    try:
+        return _introspect_uncached(schema_sql)
+    except SQLSchemaError as exc:
+        return type(exc)(str(exc))  # without its traceback (the cache would keep the frames alive)
+
+
+def _introspect_uncached(schema_sql: str) -> tuple[_Table, ...]:
     conn = _new_connection()
     try:
-        try:
-            conn.executescript(schema_sql)
-        except sqlite3.Error as exc:
-            raise SQLSchemaError(f"schema DDL does not execute: {exc}") from None
+        load_schema(conn, schema_sql)
         names = [
             r[0]
             for r in conn.execute(
@@ -685,7 +836,11 @@ def build_database(
     low, high = _TABLE_SIZES[index % len(_TABLE_SIZES)]
     conn = _new_connection()
     try:
-        conn.executescript(schema_sql)
+        try:
+            _execute_schema(conn, schema_sql)  # sandboxed as ever; its statements were checked by _introspect
+        except SQLSchemaError:
+            conn.close()
+            raise
         # (parent, parent columns) -> (all keys, keys of rows holding a query literal)
         parent_values: dict[tuple[str, tuple[str, ...]], tuple[list[tuple], list[tuple]]] = {}
         referenced = {(parent, pcols) for t in tables for _, parent, pcols in t.foreign_keys}
