@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ def _typed(value: Any, kind: str, max_chars: int) -> Any:
         return None
     if kind == "float":
         value = float(value)
-        return None if value != value else value  # NaN is no number to show
+        return None if math.isnan(value) else value  # NaN is no number to show
     if kind == "int":
         return int(value)
     if kind == "bool":

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from client_throughput import CpuWatch, contended_flag, write_record  # after the path set-up
+from client_throughput import CpuWatch, contended_flag, write_record  # noqa: E402 - after the path set-up
 
 ALL_TASKS = ("text2sql", "smart_home", "git_assistant", "banking77", "ecommerce", "trec", "hotpotqa",
              "docstring", "pii_redaction")

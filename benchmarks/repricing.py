@@ -42,11 +42,11 @@ def _loadavg() -> list[float]:
 def setup_task(spec, model_dir: Path, rows: int, threads: int, log, rates: list[float], duration_s: float) -> dict:
     """Real eval + throughput profile of ``model_dir`` on ``spec``'s sample test rows."""
     import polars as pl
+    from distil_platform.resources.models import LLMResource
 
     from distil_platform.evaluation import client_answer_fn, evaluate, prediction_rows, summarize
     from distil_platform.modelstore import chat_token_counter
     from distil_platform.pricing import pricing_hardware_key
-    from distil_platform.resources.models import LLMResource
     from distil_platform.serving import serve
     from distil_platform.store import (
         ResultsStore,
@@ -137,7 +137,6 @@ def reprice(specs, pricing_path: Path, output_per_mtok: float) -> tuple[float, i
     """Edit one price, then materialise pricing + cost tables + report. Returns (seconds, calls, ok)."""
     import dagster as dg
     import yaml
-
     from distil_platform.assets.costs import build_shared_cost_assets, build_task_cost_assets
     from distil_platform.resources.store import ResultsStoreResource
 
@@ -156,6 +155,7 @@ def reprice(specs, pricing_path: Path, output_per_mtok: float) -> tuple[float, i
 def reprice_computation(specs) -> tuple[float, int]:
     """The same re-pricing without Dagster's run machinery: snapshot, cost tables, report."""
     from distil_platform.assets.costs import compute_cost_table
+
     from distil_platform.paths import reports_dir
     from distil_platform.pricing import build_snapshot, pricing_file, store_snapshot
     from distil_platform.report import write_report

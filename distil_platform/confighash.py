@@ -44,7 +44,7 @@ def prompt_content_hash(data: bytes, path: str | Path) -> str:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a task file must be a mapping")
+        raise ValueError(f"{path}: a task file must be a mapping")  # noqa: TRY004 - bad file content, not a bad argument
     return prompt_fields_hash(raw)
 
 

@@ -98,7 +98,7 @@ def _dagster(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
 
 
 def _step_events(instance: dg.DagsterInstance, run_id: str, event_type: dg.DagsterEventType):
-    return [r for r in instance.all_logs(run_id, of_type=event_type)]
+    return list(instance.all_logs(run_id, of_type=event_type))
 
 
 def test_postgres_instance_config_loads_dagster_postgres_queue_and_pools(pg_home):

@@ -3,7 +3,6 @@
 import math
 
 import polars as pl
-
 from distil_platform.assets.metadata import polars_column_schema, table_metadata
 
 

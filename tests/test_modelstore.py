@@ -100,9 +100,9 @@ def test_concurrent_builds_do_not_corrupt_the_cache(tmp_path):
         for _ in range(2)
     ]
     outs = [p.communicate(timeout=180) for p in procs]
-    for proc, (out, err) in zip(procs, outs):
+    for proc, (_, err) in zip(procs, outs):
         assert proc.returncode == 0, err[-2000:]
-    paths = {out.strip().splitlines()[-1] for out, _ in outs}
+    paths = {stdout.strip().splitlines()[-1] for stdout, _ in outs}
     assert paths == {str(tmp_path / "models" / "tiny-qwen3")}
     leftovers = [p.name for p in (tmp_path / "models").iterdir() if p.name.startswith(".tiny-qwen3.") and p.is_dir()]
     assert leftovers == []

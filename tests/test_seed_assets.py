@@ -9,7 +9,6 @@ import dagster as dg
 import polars as pl
 import pytest
 import yaml
-
 from distil_platform.assets.seed import (
     InvalidSeedSetError,
     build_seed_set_asset,
@@ -18,6 +17,7 @@ from distil_platform.assets.seed import (
     check_rows_valid,
 )
 from distil_platform.resources.store import ResultsStoreResource
+
 from distil_platform.store import ResultsStore, seed_sets
 from distil_platform.taskspec import get_task, load_task_file
 

@@ -13,11 +13,11 @@ import shutil
 import dagster as dg
 import pytest
 from dagster._core.definitions.observe import observe
-
 from distil_platform.assets.config_sources import pricing_file_observation, prompt_observation
 from distil_platform.assets.keys import PRICING_FILE_KEY, TASK_STAGES
-from distil_platform.paths import PACKAGE_DIR
 from distil_platform.sensors import MONTHLY_CRON, SENSOR_NAME
+
+from distil_platform.paths import PACKAGE_DIR
 from distil_platform.taskspec import load_tasks
 
 TASKS = ("text2sql", "banking77")
@@ -70,7 +70,7 @@ class _Env:
             self.instance.report_runless_asset_event(dg.AssetMaterialization(key))
 
     def materialise_task(self, task: str) -> None:
-        self.materialise(*[k for k in sorted(_stages(task), key=lambda k: TASK_STAGES.index(k[len(task):]))])
+        self.materialise(*sorted(_stages(task), key=lambda k: TASK_STAGES.index(k[len(task):])))
 
     def observe(self) -> None:
         result = observe([self.defs.get_assets_def(PRICING_FILE_KEY)], instance=self.instance)
