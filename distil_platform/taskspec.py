@@ -3,7 +3,7 @@
 A task YAML says what the task is (type, description, prompt template, labels or tools), how it
 is scored, where its data comes from, and which models play which role under each profile.
 Add a task by dropping ``<name>.yaml`` into ``distil_platform/tasks/`` (or the directory named by
-env ``DISTIL_TASKS_DIR``) plus its data; see README "Adding a task".
+env ``DISTIL_TASKS_DIR``) plus its data; see docs/tasks.md, "Adding a task".
 """
 
 from __future__ import annotations
