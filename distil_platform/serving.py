@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distil_platform.precision import Precision, detect_precision
+from distil_platform.precision import Precision, cpu_model_name, detect_precision
 
 BACKENDS = ("auto", "vllm", "transformers")
 # Known accelerator names -> key into the pricing file's hardware $/hour table.
@@ -130,12 +130,7 @@ def hardware_info(on_gpu: bool) -> tuple[str, str]:
             key = gpu_hardware_key(names[0])
             key = key or re.sub(r"[^a-z0-9]+", "-", names[0].lower()).strip("-")
             return f"{len(names)}x {names[0]}", key
-    cpu = "CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model_name()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{cpu}, {cores} cores", "cpu"
 
