@@ -8,7 +8,7 @@ from __future__ import annotations
 import dagster as dg
 
 from distil_platform.profiles import Profile, get_profile
-from distil_platform.taskspec import TaskSpec
+from distil_platform.tasks.spec import TaskSpec
 
 from .automation import gpu_chain_condition, reprice_condition
 from .keys import OWNERS

@@ -16,7 +16,7 @@ from typing import Any
 import dagster as dg
 from distil_platform.resources.store import ResultsStoreResource
 
-from distil_platform.taskspec import TaskSpec
+from distil_platform.tasks.spec import TaskSpec
 
 from .automation import check_condition
 from .keys import cost_table_key, task_key, throughput_key
@@ -79,7 +79,7 @@ def build_task_checks(spec: TaskSpec) -> list:
                     automation_condition=auto,
                     description="Every comparison model has a price in the snapshot this cost table used.")
     def comparison_models_priced(results_store: ResultsStoreResource) -> dg.AssetCheckResult:
-        from distil_platform.pricing import current_snapshot
+        from distil_platform.economics.pricing import current_snapshot
 
         snapshot = current_snapshot(results_store.store())
         if snapshot is None:

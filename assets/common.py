@@ -13,10 +13,10 @@ import dagster as dg
 from distil_platform.resources.models import LLMResource, ServingResource
 
 # Stage names of the results store, defined once in the core (re-exported for the asset modules).
-from distil_platform.costs import STAGE_BASELINES, STAGE_FRONTIER, STAGE_STUDENT_EVAL  # noqa: F401
-from distil_platform.modelstore import chat_token_counter
+from distil_platform.economics.costs import STAGE_BASELINES, STAGE_FRONTIER, STAGE_STUDENT_EVAL  # noqa: F401
 from distil_platform.profiles import Profile
-from distil_platform.taskspec import ModelRef, TaskSpec
+from distil_platform.storage.modelstore import chat_token_counter
+from distil_platform.tasks.spec import ModelRef, TaskSpec
 
 from .metadata import markdown_table
 
@@ -24,14 +24,14 @@ STAGE_TEACHER = "teacher_data"
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _read_rows(path: str | None) -> list[dict[str, Any]]:
+def read_asset_rows(path: str | None) -> list[dict[str, Any]]:
     """Rows of an upstream Parquet artefact (local path or object-store URL)."""
-    from distil_platform.paths import read_rows
+    from distil_platform.storage.paths import read_rows
 
     return read_rows(path)
 
 
-def _is_store_model(ref: ModelRef) -> bool:
+def is_store_model(ref: ModelRef) -> bool:
     """A model-store name served locally (no endpoint and no provider prefix)."""
     return ref.api_base is None and "/" not in ref.model and ref.api_key_env is None
 
@@ -54,7 +54,7 @@ def _serving_backend(serving: ServingResource) -> str:
         return getattr(serving, "backend", "transformers")
 
 
-def _eval_concurrency(cfg, serving: ServingResource, profile: Profile) -> int:
+def eval_concurrency_for(cfg, serving: ServingResource, profile: Profile) -> int:
     if cfg.concurrency:
         return cfg.concurrency
     if profile.name == "test":
@@ -71,7 +71,7 @@ def teacher_max_tokens(spec: TaskSpec, profile: Profile, seeds: Sequence[Mapping
     sized from the seeds' contexts at ~3 characters per token). On the CPU ``local`` profile the
     budget per example is compact (a 135M teacher fills whatever it is given, and every token costs
     ~50 ms there); capable teachers get the task's full answer length."""
-    from distil_platform.teacher_schemas import writes_context
+    from distil_platform.teacher.schemas import writes_context
 
     per_request = spec.synthesis.examples_per_request
     context = 0
@@ -99,7 +99,7 @@ def _has_cuda() -> bool:
 
 
 @contextlib.contextmanager
-def _local_client(context, llm: LLMResource, serving: ServingResource, model_dir: Path, *, stage: str,
+def local_client(context, llm: LLMResource, serving: ServingResource, model_dir: Path, *, stage: str,
                   task: str, concurrency: int, served_name: str | None = None, timeout_s: float = 600.0):
     """Serve ``model_dir`` locally and yield ``(client, server)``.
 
@@ -121,7 +121,7 @@ def server_client(context, llm: LLMResource, server, model_dir: Path, *, stage: 
     )
 
 
-def _api_client(context, llm: LLMResource, ref: ModelRef, *, stage: str, task: str, concurrency: int,
+def api_client(context, llm: LLMResource, ref: ModelRef, *, stage: str, task: str, concurrency: int,
                 api_key: str | None = None):
     """A client of an API model; its key is ``api_key`` (from a resource) or ``os.environ[ref.api_key_env]``.
     The model's own settings go with it: ``timeout_s`` (None: derived from each request's max_tokens)
@@ -140,12 +140,12 @@ def serving_identity_for(serving: ServingResource, model_dir: Path):
     return fn(model_dir) if fn else None
 
 
-def _all_cached(store, model: str, requests, identity=None) -> bool:
+def all_cached(store, model: str, requests, identity=None) -> bool:
     """True when every request is already in the response cache (a rerun then needs no server)."""
     from sqlalchemy import select
 
     from distil_platform.llm import cache_key
-    from distil_platform.store import llm_cache
+    from distil_platform.storage.store import llm_cache
 
     keys = {cache_key(model, r, identity) for r in requests}
     found: set[str] = set()
@@ -157,7 +157,7 @@ def _all_cached(store, model: str, requests, identity=None) -> bool:
     return found == keys
 
 
-def _judge(spec: TaskSpec, llm: LLMResource, context):
+def build_judge(spec: TaskSpec, llm: LLMResource, context):
     """The task's LLM judge (``messages -> verdict text``) when configured and reachable, else None:
     scoring then uses its documented fallback metric, with a warning here."""
     if spec.metric_name != "llm_judge":
@@ -170,7 +170,7 @@ def _judge(spec: TaskSpec, llm: LLMResource, context):
             "scoring falls back to token F1 (ItemScore.detail = fallback:token_f1)"
         )
         return None
-    client = _api_client(context, llm, ref, stage="judge", task=spec.name, concurrency=llm.concurrency)
+    client = api_client(context, llm, ref, stage="judge", task=spec.name, concurrency=llm.concurrency)
     return BatchJudge(client, ref)
 
 
@@ -245,8 +245,8 @@ def reply_outcome_metadata(summary) -> dict[str, Any]:
     return md
 
 
-def _summary_metadata(summary, results, k: int) -> dict[str, Any]:
-    from distil_platform.evaluation import worst_items
+def summary_metadata(summary, results, k: int) -> dict[str, Any]:
+    from distil_platform.evaluation.evaluate import worst_items
 
     md: dict[str, Any] = {
         "score": dg.MetadataValue.float(round(summary.score, 4)),
@@ -275,7 +275,7 @@ def serving_model_string(serving: ServingResource, model_dir: Path) -> str | Non
     return fn(model_dir) if fn else None
 
 
-def _peak_memory(server) -> float | None:
+def peak_memory(server) -> float | None:
     fn = getattr(server, "peak_memory_gb", None)
     try:
         return float(fn()) if callable(fn) else None
@@ -283,7 +283,7 @@ def _peak_memory(server) -> float | None:
         return None
 
 
-def _fmt(value: Any) -> str:
+def fmt_value(value: Any) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
@@ -291,13 +291,13 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     import math
 
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return None
     return value

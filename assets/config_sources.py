@@ -14,7 +14,7 @@ import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from distil_platform.confighash import PROMPT_FIELDS, pricing_content_hash, task_prompt_hash
-from distil_platform.taskspec import TaskSpec
+from distil_platform.tasks.spec import TaskSpec
 
 from .automation import observe_condition
 from .keys import CONFIG_GROUP, PRICING_FILE_KEY, prompt_key
@@ -44,7 +44,7 @@ def prompt_observation(spec: TaskSpec) -> dg.AssetObservation | None:
 
 def pricing_file_observation() -> dg.AssetObservation | None:
     """The ``pricing_file`` version ``pricing`` snapshotted (same reason as ``prompt_observation``)."""
-    from distil_platform.pricing import pricing_file
+    from distil_platform.economics.pricing import pricing_file
 
     path = pricing_file()
     try:
@@ -73,7 +73,7 @@ def build_config_sources(specs: Mapping[str, TaskSpec]) -> dg.AssetsDefinition:
     @dg.multi_observable_source_asset(specs=asset_specs, name="config_files",
                                       description="Observes the pricing file and every task's prompt.")
     def config_files(context: dg.AssetExecutionContext):
-        from distil_platform.pricing import pricing_file
+        from distil_platform.economics.pricing import pricing_file
 
         path = pricing_file()
         try:

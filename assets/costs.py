@@ -1,7 +1,7 @@
 """Cost assets: ``<task>_throughput`` and ``<task>_cost_table`` per task; ``pricing`` and
 ``benchmark_report`` shared.
 
-Logic lives in ``distil_platform.throughput`` / ``pricing`` / ``costs`` / ``report``; this module
+Logic lives in ``distil_platform.serving.loadtest`` / ``pricing`` / ``costs`` / ``report``; this module
 wires it to resources, run config and metadata. ``<task>_cost_table`` and ``benchmark_report`` read
 only the results store (never a model), so re-pricing is cheap and safe to trigger automatically.
 """
@@ -13,8 +13,8 @@ from typing import Any
 import dagster as dg
 from distil_platform.resources.store import ResultsStoreResource
 
-from distil_platform import paths
-from distil_platform.taskspec import TaskSpec
+from distil_platform.storage import paths
+from distil_platform.tasks.spec import TaskSpec
 
 from .automation import refresh_condition
 from .config_sources import pricing_file_observation
@@ -59,24 +59,24 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str) -> dict[str, Any]:
     """Build, write (Parquet, CSV, store) and describe one task's cost table at the current prices."""
     import hashlib
 
-    from distil_platform.costs import (
+    from distil_platform.economics.costs import (
         build_cost_table,
         cost_rows_for_store,
         cost_table_markdown,
         gather_cost_inputs,
         write_cost_table,
     )
-    from distil_platform.pricing import current_snapshot
-    from distil_platform.prompts import rendering_label
-    from distil_platform.store import cost_rows
+    from distil_platform.economics.pricing import current_snapshot
+    from distil_platform.storage.store import cost_rows
+    from distil_platform.tasks.prompts import rendering_label
 
     snapshot = current_snapshot(store)
     if snapshot is None:
         # First run on a fresh DAGSTER_HOME (e.g. `--select 'text2sql*'`, which does not select the
         # upstream `pricing`): take the snapshot `pricing` would take, from the pricing file and the
         # bundled price map, and store it so later re-pricings compare against it.
-        from distil_platform.pricing import build_snapshot, pricing_file, store_snapshot
-        from distil_platform.taskspec import load_tasks
+        from distil_platform.economics.pricing import build_snapshot, pricing_file, store_snapshot
+        from distil_platform.tasks.spec import load_tasks
 
         needed = [ref.model for s in load_tasks().values() for ref in s.comparison_models]
         snapshot = build_snapshot(pricing_file(), needed)
@@ -135,8 +135,8 @@ def build_shared_cost_assets(task_names: list[str]) -> list:
     )
     def pricing(context: dg.AssetExecutionContext, config: PricingConfig,
                 results_store: ResultsStoreResource) -> dg.Output[dict]:
-        from distil_platform.pricing import build_snapshot, pricing_file, store_snapshot
-        from distil_platform.taskspec import load_tasks
+        from distil_platform.economics.pricing import build_snapshot, pricing_file, store_snapshot
+        from distil_platform.tasks.spec import load_tasks
 
         if (observation := pricing_file_observation()) is not None:
             context.log_event(observation)  # the pricing-file version this snapshot is taken from
@@ -183,7 +183,7 @@ def build_shared_cost_assets(task_names: list[str]) -> list:
         "plot per task. Written to $DAGSTER_HOME/reports/benchmark_report.md.",
     )
     def benchmark_report(context: dg.AssetExecutionContext, results_store: ResultsStoreResource) -> dg.MaterializeResult:
-        from distil_platform.report import write_report
+        from distil_platform.economics.report import write_report
 
         # $DAGSTER_HOME/reports, or <DISTIL_ARTIFACTS_URL>/reports
         with paths.ArtifactDir("reports", local_dir=paths.reports_dir()) as out:

@@ -10,29 +10,29 @@ import dagster as dg
 from distil_platform.resources.models import LLMResource, ModelStoreResource, ServingResource
 from distil_platform.resources.store import ResultsStoreResource
 
-from distil_platform.evaluation import client_answer_fn
+from distil_platform.evaluation.evaluate import client_answer_fn
 from distil_platform.profiles import Profile, get_profile
-from distil_platform.taskspec import ModelRef, TaskSpec
+from distil_platform.tasks.spec import ModelRef, TaskSpec
 
 from .common import (
     STAGE_BASELINES,
     STAGE_FRONTIER,
     STAGE_STUDENT_EVAL,
-    _all_cached,
-    _api_client,
-    _eval_concurrency,
-    _fmt,
-    _is_store_model,
-    _jsonable,
-    _judge,
-    _local_client,
-    _peak_memory,
-    _read_rows,
-    _summary_metadata,
+    all_cached,
     answer_token_cap,
+    api_client,
+    build_judge,
+    eval_concurrency_for,
+    fmt_value,
+    is_store_model,
+    jsonable,
+    local_client,
+    peak_memory,
+    read_asset_rows,
     server_client,
     serving_identity_for,
     serving_model_string,
+    summary_metadata,
 )
 from .deployment import FRONTIER_API_POOL, GPU_POOL, gpu_op_tags
 from .keys import task_key
@@ -126,28 +126,30 @@ def evaluate_student(context, spec: TaskSpec, profile: Profile, config: "EvalCon
                      results_store: ResultsStoreResource) -> tuple[dict, dict[str, Any]]:
     """The body of ``<task>_student_eval``: the student (served by ``server`` from ``ckpt``) answers every
     test row at temperature 0; per-item rows go to the results store. Returns ``(value, metadata)``."""
-    from distil_platform.evaluation import evaluate, prediction_rows, summarize
-    from distil_platform.routing import confidence_fn
-    from distil_platform.store import predictions
+    from distil_platform.economics.routing import confidence_fn
+    from distil_platform.evaluation.evaluate import evaluate, prediction_rows, summarize
+    from distil_platform.storage.store import predictions
 
     task = spec.name
-    judge = _judge(spec, llm, context)
+    judge = build_judge(spec, llm, context)
     start = time.monotonic()
-    concurrency = _eval_concurrency(config, serving, profile)
+    concurrency = eval_concurrency_for(config, serving, profile)
     client = server_client(context, llm, server, ckpt, stage=STAGE_STUDENT_EVAL, task=task, concurrency=concurrency)
     # Token logprobs give each answer a confidence (routing cascades escalate the unsure ones);
     # a backend that returns none (transformers serve ignores the field) leaves it None.
     results = evaluate(spec, test, client_answer_fn(client, 0.0, answer_token_cap(profile, spec.max_answer_tokens),
                                              [str(r["id"]) for r in test], extra={"logprobs": True},
                                              confidence=confidence_fn(spec.type)), repeats=1, judge=judge)
-    peak = _peak_memory(server)
+    peak = peak_memory(server)
     backend = getattr(server, "backend", None)
     wall = time.monotonic() - start
     model_name = student["served_name"]
     store = results_store.store()
     store.insert(predictions, prediction_rows(results, task=task, stage=STAGE_STUDENT_EVAL, model=model_name,
                                               run_id=context.run_id, variant="student"))
-    from distil_platform.costs import record_student_lineage  # the checkpoint these scores belong to
+    from distil_platform.economics.costs import (
+        record_student_lineage,  # the checkpoint these scores belong to
+    )
 
     # The variant is the precision that ran (bf16 / fp16 / fp32): the cost table prices the student
     # with the throughput profile of the same variant.
@@ -158,7 +160,7 @@ def evaluate_student(context, spec: TaskSpec, profile: Profile, config: "EvalCon
     value = {"score": summary.score, "ci": [summary.ci_low, summary.ci_high], "n": summary.n,
              "model": model_name, "run_id": context.run_id, "base_model": student["base_model"],
              "parse_failures": summary.parse_failures}
-    metadata = _summary_metadata(summary, results, config.worst_items)
+    metadata = summary_metadata(summary, results, config.worst_items)
     precision = getattr(server, "precision", None)
     value["variant"] = variant
     metadata.update({"model": model_name, "metric": spec.metric_name, "wall_time_s": round(wall, 1),
@@ -187,7 +189,8 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
              model_store: ModelStoreResource | None = None) -> dg.Output[dict]:
     """Evaluate ``plan``'s models on the test set, store per-item rows under ``stage`` and pair each
     with the student (the body of ``<task>_baseline_evals`` and ``<task>_frontier_evals``)."""
-    from distil_platform.evaluation import (
+    from distil_platform.economics.stats import verdict_label
+    from distil_platform.evaluation.evaluate import (
         eval_messages,
         evaluate,
         paired_comparison,
@@ -196,18 +199,17 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
         summarize,
     )
     from distil_platform.llm import ChatRequest
-    from distil_platform.stats import verdict_label
-    from distil_platform.store import predictions
+    from distil_platform.storage.store import predictions
 
     task = spec.name
-    test = _read_rows(seed_set["test_path"])
+    test = read_asset_rows(seed_set["test_path"])
     item_ids = [str(r["id"]) for r in test]
     store = results_store.store()
     student_rows = store.select(predictions, run_id=student_eval["run_id"], stage=STAGE_STUDENT_EVAL)
     # Rows from before the per-item metric column: only a metric without fallback can be assumed.
     student_results = results_from_store_rows(
         student_rows, default_metric=spec.metric_name if spec.metric_name != "llm_judge" else "")
-    judge = _judge(spec, llm, context) if plan else None
+    judge = build_judge(spec, llm, context) if plan else None
     for entry in skipped:
         context.log.info(f"{task}: {entry['model']} skipped ({entry['reason']})")
     per_model: dict[str, Any] = {}
@@ -226,7 +228,7 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
             requests = [ChatRequest(messages=m, repeat=r, item_id=i, **answer_kwargs)
                         for r in range(repeats) for m, i in zip(messages, item_ids)]
             identity = serving_identity_for(serving, model_dir)  # the replay must match the server's keys
-            if litellm_model and identity is not None and _all_cached(store, litellm_model, requests, identity):
+            if litellm_model and identity is not None and all_cached(store, litellm_model, requests, identity):
                 client = llm.client(model=litellm_model, api_base="http://cached.invalid/v1",
                                     run_id=context.run_id, task=task, stage=stage,
                                     log=context.log.info, identity=identity)
@@ -234,16 +236,16 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
                                    repeats=repeats, judge=judge)
                 new_calls += client.http_calls
             else:
-                with _local_client(context, llm, serving, model_dir, stage=stage, task=task,
-                                   concurrency=_eval_concurrency(config, serving, profile)) as (client, _server):
+                with local_client(context, llm, serving, model_dir, stage=stage, task=task,
+                                   concurrency=eval_concurrency_for(config, serving, profile)) as (client, _server):
                     results = evaluate(spec, test, client_answer_fn(client, **answer_kwargs, item_ids=item_ids),
                                        repeats=repeats, judge=judge)
                     new_calls += client.http_calls
         else:
-            client = _api_client(context, llm, ref, stage=stage, task=task,
+            client = api_client(context, llm, ref, stage=stage, task=task,
                                  concurrency=config.concurrency or 8)
             # An API model's empty reply (its reasoning spent the budget we set, a safety block) is no
-            # answer it gave: unscorable and counted, never a silent 0 (distil_platform.evaluation).
+            # answer it gave: unscorable and counted, never a silent 0 (distil_platform.evaluation.evaluate).
             results = evaluate(spec, test, client_answer_fn(client, **answer_kwargs, item_ids=item_ids),
                                repeats=repeats, judge=judge, empty_reply="unscorable")
             new_calls += client.http_calls
@@ -259,11 +261,11 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
         table.append({"model": label, "tier": ref.tier, "repeats": repeats,
                       "score": f"{summary.score:.3f}", "ci": f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}]",
                       "mean±std over repeats": f"{summary.repeat_mean:.3f} ± {summary.repeat_std:.3f}",
-                      "prompt tok": _fmt(summary.mean_prompt_tokens), "completion tok":
-                      _fmt(summary.mean_completion_tokens), "parse fails": summary.parse_failures,
+                      "prompt tok": fmt_value(summary.mean_prompt_tokens), "completion tok":
+                      fmt_value(summary.mean_completion_tokens), "parse fails": summary.parse_failures,
                       "truncated / empty": f"{summary.truncated} / {summary.empty}",
-                      "student − model": _fmt(comparison.get("diff", comparison.get("mean_diff"))),
-                      "McNemar p": _fmt(comparison.get("mcnemar_p", comparison.get("p_value"))),
+                      "student − model": fmt_value(comparison.get("diff", comparison.get("mean_diff"))),
+                      "McNemar p": fmt_value(comparison.get("mcnemar_p", comparison.get("p_value"))),
                       "verdict": (verdict_label(comparison.get("verdict"), spec.margin)
                                   + (f" ({comparison['verdict_note']})" if comparison.get("verdict_note") else ""))
                       if comparison.get("verdict") else "–"})
@@ -284,7 +286,7 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
         # Columns from a model row: the student's own row has no comparison cells (shown as –).
         "comparison": dg.MetadataValue.md(markdown_table([student_line, *table],
                                                          columns=list(table[0]) if table else None)),
-        "per_model": dg.MetadataValue.json(_jsonable(per_model)),
+        "per_model": dg.MetadataValue.json(jsonable(per_model)),
     }
     return dg.Output(value, metadata=metadata)
 
@@ -304,10 +306,12 @@ def plan_baselines(spec: TaskSpec, profile: Profile, *, include_zero_shot_base: 
             continue
         repeats = _repeats(ref, default_repeats)
         plan.append({"ref": ref, "label": ref.model, "variant": ref.tier, "repeats": repeats,
-                     "local": _is_store_model(ref)})
+                     "local": is_store_model(ref)})
         if (spec.frontier_temperature_0 and ref.temperature != 0.0 and ref.supports_temperature_0
-                and not _is_store_model(ref)):
-            from distil_platform.taskspec import TEMPERATURE_0_SUFFIX  # like-for-like with the greedy student
+                and not is_store_model(ref)):
+            from distil_platform.tasks.spec import (
+                TEMPERATURE_0_SUFFIX,  # like-for-like with the greedy student
+            )
 
             plan.append({"ref": ref.model_copy(update={"temperature": 0.0, "repeats": 1}),
                          "label": ref.model + TEMPERATURE_0_SUFFIX, "variant": f"{ref.tier}@t0", "repeats": 1,

@@ -83,7 +83,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
 
 def location_metadata(location: str | Path) -> dg.MetadataValue:
     """A path for a local artefact, a URL for one on an object store (``s3://...``)."""
-    from distil_platform.paths import is_remote
+    from distil_platform.storage.paths import is_remote
 
     return dg.MetadataValue.url(str(location)) if is_remote(str(location)) else dg.MetadataValue.path(str(location))
 

@@ -1,5 +1,5 @@
 """``<task>_routing``: student-only, each comparison model, and student-first cascades, priced and
-scored from the results store (zero model calls); logic in ``distil_platform.routing``."""
+scored from the results store (zero model calls); logic in ``distil_platform.economics.routing``."""
 
 # No `from __future__ import annotations`: Dagster reads the config/resource annotations at runtime.
 
@@ -11,8 +11,8 @@ from typing import Any
 import dagster as dg
 from distil_platform.resources.store import ResultsStoreResource
 
-from distil_platform import paths
-from distil_platform.taskspec import TaskSpec
+from distil_platform.storage import paths
+from distil_platform.tasks.spec import TaskSpec
 
 from .keys import cost_table_key, task_key
 from .metadata import location_metadata, markdown_table, png_markdown
@@ -60,7 +60,7 @@ def build_routing_asset(spec: TaskSpec) -> list:
 def compute_task_routing(spec: TaskSpec, store, run_id: str, *, daily_requests: float = 1_000_000.0,
                          folds: int = 2, seed: int = 0, margin: float | None = None) -> dict[str, Any]:
     """Gather, compute, write (Parquet, CSV, PNG, store) and describe one task's routing."""
-    from distil_platform.routing import (
+    from distil_platform.economics.routing import (
         CONFIDENCE_RULES,
         compute_routing,
         gather_routing_inputs,

@@ -8,10 +8,10 @@ import dagster as dg
 import polars as pl
 from distil_platform.resources.store import ResultsStoreResource
 
-from distil_platform import paths
-from distil_platform.store import seed_sets
-from distil_platform.taskspec import TaskSpec
-from distil_platform.validation import find_overlaps, validate_frame
+from distil_platform.storage import paths
+from distil_platform.storage.store import seed_sets
+from distil_platform.tasks.spec import TaskSpec
+from distil_platform.tasks.validation import find_overlaps, validate_frame
 
 from .metadata import location_metadata, polars_column_schema, table_metadata
 
@@ -65,7 +65,7 @@ def build_seed_set_asset(spec: TaskSpec) -> list:
         metadata={"task_type": spec.type, "metric": spec.metric_name, "task_file": spec.source_file or ""},
     )
     def seed_set(context: dg.AssetExecutionContext, results_store: ResultsStoreResource) -> dg.Output[dict]:
-        from distil_platform.datasources import load_seed_and_test
+        from distil_platform.tasks.sources import load_seed_and_test
 
         data = load_seed_and_test(spec)
         origin = data.source

@@ -7,12 +7,12 @@ from typing import Any
 import dagster as dg
 from distil_platform.resources.trainer import TrainerResource, launcher_from_env
 
-from distil_platform import paths
 from distil_platform.profiles import Profile, get_profile
-from distil_platform.prompts import rendering_label
-from distil_platform.taskspec import TaskSpec
+from distil_platform.storage import paths
+from distil_platform.tasks.prompts import rendering_label
+from distil_platform.tasks.spec import TaskSpec
 
-from .common import _read_rows
+from .common import read_asset_rows
 from .deployment import gpu_op_tags
 from .keys import task_key
 from .metadata import location_metadata, png_base64_markdown
@@ -67,12 +67,12 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
     ) -> dg.Output[dict]:
         import polars as pl
 
-        from distil_platform.train_job import training_params
-        from distil_platform.training import TrainConfig
+        from distil_platform.training.job import training_params
+        from distil_platform.training.trainer import TrainConfig
 
         base_name = spec.student_base(profile.name)
-        seeds = _read_rows(seed_set["seed_path"])
-        synthetic = _read_rows(teacher_data["path"]) if config.use_synthetic else []
+        seeds = read_asset_rows(seed_set["seed_path"])
+        synthetic = read_asset_rows(teacher_data["path"]) if config.use_synthetic else []
         rows = [{k: str(r[k] or "") for k in ("id", "question", "answer", "context")} for r in seeds + synthetic]
         train_cfg = TrainConfig.for_task(
             spec, profile, max_steps=config.max_steps, learning_rate=config.learning_rate,

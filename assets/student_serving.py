@@ -22,11 +22,11 @@ import dagster as dg
 from distil_platform.resources.models import LLMResource, ServingResource
 from distil_platform.resources.store import ResultsStoreResource
 
-from distil_platform import paths
 from distil_platform.profiles import Profile, get_profile
-from distil_platform.taskspec import TaskSpec
+from distil_platform.storage import paths
+from distil_platform.tasks.spec import TaskSpec
 
-from .common import STAGE_STUDENT_EVAL, _read_rows
+from .common import STAGE_STUDENT_EVAL, read_asset_rows
 from .deployment import GPU_POOL, gpu_op_tags
 from .evals import EvalConfig, evaluate_student
 from .keys import task_key, throughput_key
@@ -84,7 +84,7 @@ def build_student_serving_asset(spec: TaskSpec, profile: Profile | None = None) 
         results_store: ResultsStoreResource,
     ):
         selected = set(context.selected_output_names)
-        test = _read_rows(seed_set["test_path"])
+        test = read_asset_rows(seed_set["test_path"])
         ckpt = paths.local_checkpoint(student["checkpoint_path"], what=f"{task}_student")  # fetched if remote
         profiler = (StudentProfiler(context, spec, profile, config, test, student, ckpt, serving, llm, results_store)
                     if THROUGHPUT_OUTPUT in selected else None)

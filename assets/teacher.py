@@ -14,18 +14,18 @@ from distil_platform.resources.models import LLMResource, ModelStoreResource, Se
 from distil_platform.resources.store import ResultsStoreResource
 from distil_platform.resources.teacher import TeacherEndpointResource
 
-from distil_platform import paths
 from distil_platform.profiles import Profile, get_profile
-from distil_platform.taskspec import ModelRef, TaskSpec
+from distil_platform.storage import paths
+from distil_platform.tasks.spec import ModelRef, TaskSpec
 
 from .automation import check_condition
 from .common import (
     STAGE_TEACHER,
-    _api_client,
-    _is_store_model,
-    _local_client,
-    _read_rows,
     answer_token_cap,
+    api_client,
+    is_store_model,
+    local_client,
+    read_asset_rows,
     teacher_max_tokens,
 )
 from .config_sources import prompt_observation
@@ -81,7 +81,7 @@ def resolve_teacher(spec: TaskSpec, profile: Profile, endpoint: TeacherEndpointR
     no resource is given) when the task YAML gives none. A model-store teacher (served locally) is
     returned unchanged: the key never reaches a server that does not need it."""
     teacher = spec.teacher_for(profile.name)
-    if _is_store_model(teacher):
+    if is_store_model(teacher):
         return teacher
     # A field the resource leaves unset falls back to the environment variable it is normally fed from.
     api_base = (endpoint.api_base if endpoint is not None else None) or os.environ.get(TEACHER_API_BASE_ENV)
@@ -141,7 +141,7 @@ def teacher_serves_locally(spec: TaskSpec, profile: Profile) -> bool:
     settings: the profile's teacher is a model-store name (no endpoint, no provider) and the stage asks
     it something - it writes or labels the rows (source ``teacher`` / ``self_training``) or gives the
     agreement filter's second answer. A remote teacher or a recorded file without that filter: no."""
-    if not _is_store_model(spec.teacher_for(profile.name)):
+    if not is_store_model(spec.teacher_for(profile.name)):
         return False
     return teacher_source(spec, profile, None) != "recorded" or spec.synthesis.filters.answer_agreement
 
@@ -179,24 +179,24 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
         results_store: ResultsStoreResource,
         teacher_endpoint: TeacherEndpointResource,
     ) -> dg.Output[dict]:
-        from distil_platform.evaluation import eval_messages
+        from distil_platform.evaluation.evaluate import eval_messages
         from distil_platform.llm import ChatRequest
-        from distil_platform.recorded_teacher import load_recorded, recorded_path
-        from distil_platform.synthesis import answer_distribution, sample_rows, synthesize
-        from distil_platform.taskspec import RecordedTeacher
-        from distil_platform.teacher_schemas import (
+        from distil_platform.tasks.spec import RecordedTeacher
+        from distil_platform.teacher.recorded import load_recorded, recorded_path
+        from distil_platform.teacher.schemas import (
             response_format,
             second_answer_format,
             sql_subset_for,
             unwrap_second_answer,
             use_structured_output,
         )
+        from distil_platform.teacher.synthesis import answer_distribution, sample_rows, synthesize
 
         if (observation := prompt_observation(spec)) is not None:
             context.log_event(observation)  # the <task>_prompt version this run distils from
-        seeds = _read_rows(seed_set["seed_path"])
-        test = _read_rows(seed_set["test_path"])
-        unstructured = _read_rows(seed_set.get("unstructured_path"))
+        seeds = read_asset_rows(seed_set["seed_path"])
+        test = read_asset_rows(seed_set["test_path"])
+        unstructured = read_asset_rows(seed_set.get("unstructured_path"))
         target = _synthetic_target(spec, profile, config.target)
         source = teacher_source(spec, profile, config.source)
         filters = spec.synthesis.filters
@@ -225,7 +225,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
         if source == "self_training":
             import random
 
-            from distil_platform.self_training import SELF_TRAINING_TYPES, unlabelled_texts
+            from distil_platform.teacher.self_training import SELF_TRAINING_TYPES, unlabelled_texts
 
             if spec.type not in SELF_TRAINING_TYPES:
                 raise ValueError(f"{task}: self-training applies to {', '.join(SELF_TRAINING_TYPES)} tasks, not {spec.type}")
@@ -285,7 +285,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
             # structured outputs, held to the answer space its first answer was
             # (teacher_schemas.second_answer_format).
             def answer(rows):
-                from distil_platform.synthesis import Reply
+                from distil_platform.teacher.synthesis import Reply
 
                 formats = [second_answer_format(spec, r) if structured else None for r in rows]
                 requests = agreement_requests(rows, formats)
@@ -337,7 +337,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
         def label_with(client, send_logprobs):
             # Self-training: the teacher answers each real message with the student's prompt, greedy.
             from distil_platform.llm import LLMError
-            from distil_platform.self_training import answer_confidence, label_rows
+            from distil_platform.teacher.self_training import answer_confidence, label_rows
 
             extra = {"logprobs": True} if send_logprobs else {}
             requests = [ChatRequest(messages=m, temperature=0.0, item_id=f"label-{i}", extra=dict(extra),
@@ -358,7 +358,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                 first = next((e for e in errors if e), "no reply")
                 raise dg.Failure(description=f"{task}: the labeller {teacher.model} answered none of {len(requests)} "
                                  f"messages (first error: {first[:300]})")
-            from distil_platform.synthesis import unusable_reply
+            from distil_platform.teacher.synthesis import unusable_reply
 
             return label_rows(spec, texts, [r.text if r else None for r in got],
                               [answer_confidence(r.logprobs) if r else None for r in got], labeller=teacher.model,
@@ -524,7 +524,7 @@ def check_accepted_minimum(spec: TaskSpec, teacher_data: dict, profile: Profile 
 
 
 def check_distribution(spec: TaskSpec, teacher_data: dict) -> dg.AssetCheckResult:
-    from distil_platform.synthesis import distribution_collapsed
+    from distil_platform.teacher.synthesis import distribution_collapsed
 
     dist = teacher_data.get("distribution") or {}
     if spec.type not in ("classification", "tool_calling"):
@@ -546,11 +546,11 @@ def _teacher_client(context, llm: LLMResource, serving: ServingResource, model_s
                     model_dir: Path | None = None):
     """``(client, local_backend)``: a local server of a model-store teacher or of ``model_dir``
     (backend "vllm" / "transformers"), or a client of the teacher's endpoint (backend None)."""
-    if model_dir is not None or _is_store_model(teacher):
+    if model_dir is not None or is_store_model(teacher):
         model_dir = model_dir or model_store.resolve(teacher.model)
-        with _local_client(context, llm, serving, model_dir, stage=STAGE_TEACHER, task=task,
+        with local_client(context, llm, serving, model_dir, stage=STAGE_TEACHER, task=task,
                            concurrency=concurrency) as (client, server):
             yield client, getattr(server, "backend", None) or "transformers"
     else:
-        yield _api_client(context, llm, teacher, stage=STAGE_TEACHER, task=task,
+        yield api_client(context, llm, teacher, stage=STAGE_TEACHER, task=task,
                           concurrency=max(concurrency, 8), api_key=api_key), None

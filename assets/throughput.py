@@ -11,9 +11,9 @@ import dagster as dg
 from distil_platform.resources.models import LLMResource, ServingResource
 from distil_platform.resources.store import ResultsStoreResource
 
-from distil_platform import paths
 from distil_platform.profiles import Profile
-from distil_platform.taskspec import TaskSpec
+from distil_platform.storage import paths
+from distil_platform.tasks.spec import TaskSpec
 
 from .metadata import location_metadata, png_markdown
 
@@ -36,7 +36,7 @@ class ThroughputConfig(dg.Config):
     # machine). None: the profile's (local: off in `make run`, one run config away).
     prefix_caching_off: bool | None = None
     max_concurrency: int | None = None
-    # guidellm worker processes: 1 keeps arrivals truly Poisson (see distil_platform.throughput).
+    # guidellm worker processes: 1 keeps arrivals truly Poisson (see distil_platform.serving.loadtest).
     worker_processes: int = 1
     # vLLM-CPU: run the load generator on the cores the server reserves for its frontend, off the
     # engine's compute core (on 2 cores it otherwise competes with the engine it measures).
@@ -82,13 +82,13 @@ class StudentProfiler:
         variant = variant or server.precision_label
         if self.reference is None:
             self.reference = variant
-        from distil_platform.costs import (  # which checkpoint this measured
+        from distil_platform.economics.costs import (  # which checkpoint this measured
             STAGE_THROUGHPUT,
             record_student_lineage,
         )
-        from distil_platform.pricing import pricing_hardware_key
-        from distil_platform.store import throughput_points, throughput_profiles
-        from distil_platform.throughput import analyse, load_test, point_rows, points_markdown
+        from distil_platform.economics.pricing import pricing_hardware_key
+        from distil_platform.serving.loadtest import analyse, load_test, point_rows, points_markdown
+        from distil_platform.storage.store import throughput_points, throughput_profiles
 
         context, spec, config, task, student = self.context, self.spec, self.config, self.spec.name, self.student
         started = time.monotonic()
@@ -150,7 +150,7 @@ class StudentProfiler:
     def measure_other_variants(self) -> None:
         """After the reference (and with its server stopped): no prefix caching (vLLM), fp8 (where
         supported), both at the reference's dtype."""
-        from distil_platform.throughput import fp8_supported
+        from distil_platform.serving.loadtest import fp8_supported
 
         ref = self.variants[self.reference]
         same_dtype = {"dtype": (ref.get("precision") or {}).get("dtype") or self.serving.dtype}
@@ -170,7 +170,7 @@ class StudentProfiler:
                 self.notes.append(note)
 
     def result(self, *, shared_with_eval: bool = False) -> tuple[dict, dict[str, Any]]:
-        from distil_platform.throughput import plot_latency_vs_load
+        from distil_platform.serving.loadtest import plot_latency_vs_load
 
         variants, slo, out, task = self.variants, self.slo, self.out, self.spec.name
         name = self.reference
@@ -214,7 +214,7 @@ class StudentProfiler:
             "reference_variant": name,
             "compute_dtype": precision.get("dtype", "unknown"),
             "compute_dtype_reason": precision.get("reason", "not reported by the server"),
-            "serving_settings": dg.MetadataValue.json(_jsonable(ref["settings"])),
+            "serving_settings": dg.MetadataValue.json(jsonable(ref["settings"])),
             "memory": dg.MetadataValue.md(memory_markdown(variants)),
             "short_arrival_rates": dg.MetadataValue.json(ref["short_arrival_rates"]),
             "unreliable_rates": dg.MetadataValue.json(ref["unreliable_rates"]),
@@ -265,17 +265,17 @@ def memory_markdown(variants: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
 def _evaluate_fp8(context, spec: TaskSpec, llm, server, ckpt: Path, test: list[dict], store) -> float:
     """The fp8 student's accuracy on the test set (same prompts, greedy), rows stored as stage
     ``throughput_fp8``."""
-    from distil_platform.costs import STAGE_FP8_EVAL
-    from distil_platform.evaluation import client_answer_fn, evaluate, prediction_rows, summarize
-    from distil_platform.modelstore import chat_token_counter
-    from distil_platform.store import predictions
+    from distil_platform.economics.costs import STAGE_FP8_EVAL
+    from distil_platform.evaluation.evaluate import client_answer_fn, evaluate, prediction_rows, summarize
+    from distil_platform.storage.modelstore import chat_token_counter
+    from distil_platform.storage.store import predictions
 
     client = llm.client(model=server.litellm_model, api_base=server.base_url, run_id=context.run_id, task=spec.name,
                         stage=STAGE_FP8_EVAL, concurrency=16, log=context.log.info,

@@ -209,7 +209,7 @@ def main() -> None:
         run_stub(args.stub_server)
         return
 
-    from distil_platform.store import ResultsStore
+    from distil_platform.storage.store import ResultsStore
 
     stub, api_base = start_stub()
     rows = []

@@ -111,8 +111,8 @@ def _load() -> list[float]:
 
 def _paired(store, task: str, student_run: str, seed_run: str, margin: float) -> dict:
     """Distilled vs seed-only student on the same test items: difference, CI, exact McNemar."""
-    from distil_platform.evaluation import PAIRED_KEYS, paired_comparison, results_from_store_rows
-    from distil_platform.store import predictions
+    from distil_platform.evaluation.evaluate import PAIRED_KEYS, paired_comparison, results_from_store_rows
+    from distil_platform.storage.store import predictions
 
     def results(run_id):
         return results_from_store_rows(store.select(predictions, run_id=run_id, task=task, stage="student_eval"))
@@ -148,7 +148,7 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
     from distil_platform.assets.seed import build_seed_set_asset
 
     from distil_platform.profiles import get_profile
-    from distil_platform.taskspec import get_task
+    from distil_platform.tasks.spec import get_task
 
     spec = get_task(task)
     profile = get_profile()
@@ -298,8 +298,8 @@ def run_task(task: str, literal_swap: bool, teacher_target: int | None, groundin
 
 def _prompt_sample(spec) -> dict:
     """How the first test item is rendered for the student (prompt rendering changes between runs)."""
-    from distil_platform.datasources import load_seed_and_test
-    from distil_platform.prompts import build_messages
+    from distil_platform.tasks.prompts import build_messages
+    from distil_platform.tasks.sources import load_seed_and_test
 
     row = load_seed_and_test(spec).test.row(0, named=True)
     messages = build_messages(spec, row)

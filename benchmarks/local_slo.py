@@ -63,8 +63,8 @@ def task_requests(task: str, rows: int, tokenizer) -> list[dict]:
     """(messages, forced answer tokens, prompt tokens) for the first ``rows`` test rows of ``task``."""
     import polars as pl
 
-    from distil_platform.prompts import build_messages, format_answer
-    from distil_platform.taskspec import get_task
+    from distil_platform.tasks.prompts import build_messages, format_answer
+    from distil_platform.tasks.spec import get_task
 
     spec = get_task(task)
     test = pl.read_ndjson(spec.sample_dir() / "test.jsonl").head(rows).to_dicts()
@@ -93,9 +93,9 @@ def main() -> None:
     import psutil
     from transformers import AutoTokenizer
 
-    from distil_platform.modelstore import resolve_model
-    from distil_platform.serving import hardware_info, serve, vllm_python
-    from distil_platform.taskspec import get_task
+    from distil_platform.serving.server import hardware_info, serve, vllm_python
+    from distil_platform.storage.modelstore import resolve_model
+    from distil_platform.tasks.spec import get_task
 
     if vllm_python() is None:
         sys.exit("no vLLM serving environment: run `make serving-venv` first")

@@ -20,9 +20,9 @@ import json
 import sys
 from pathlib import Path
 
-from distil_platform.evaluation import PAIRED_KEYS, paired_comparison, results_from_store_rows
-from distil_platform.stats import DEFAULT_MARGIN, wilson_interval
-from distil_platform.store import ResultsStore, predictions
+from distil_platform.economics.stats import DEFAULT_MARGIN, wilson_interval
+from distil_platform.evaluation.evaluate import PAIRED_KEYS, paired_comparison, results_from_store_rows
+from distil_platform.storage.store import ResultsStore, predictions
 
 
 def load_side(ref: str, task: str, stage: str) -> tuple[list, dict]:

@@ -6,7 +6,7 @@ what the platform sent before; ``signature``: the compact rendering, the default
 the eval prompt tokens (system + user, generation prompt added) and the training-row tokens
 (prompt + answer, what SFT sees): median, max, and how many rows exceed a given ``max_length``.
 It also prints the ``max_length`` each task would derive on the local profile (see
-``distil_platform.training.plan_max_length``). Tokenising only: no model is run, seconds of CPU.
+``distil_platform.training.trainer.plan_max_length``). Tokenising only: no model is run, seconds of CPU.
 
 ```
 .venv/bin/python benchmarks/prompt_tokens.py                       # smollm2-135m-instruct tokenizer
@@ -49,10 +49,10 @@ def _stats(values: list[int], limit: int) -> dict:
 def measure(model: str, old_max_length: int, tasks: list[str] | None = None) -> dict:
     from transformers import AutoTokenizer
 
-    from distil_platform.datasources import load_local_dir, load_sample
-    from distil_platform.modelstore import resolve_model
-    from distil_platform.prompts import build_messages, format_answer
-    from distil_platform.taskspec import load_tasks
+    from distil_platform.storage.modelstore import resolve_model
+    from distil_platform.tasks.prompts import build_messages, format_answer
+    from distil_platform.tasks.sources import load_local_dir, load_sample
+    from distil_platform.tasks.spec import load_tasks
 
     tok = AutoTokenizer.from_pretrained(resolve_model(model))
 

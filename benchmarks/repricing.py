@@ -44,18 +44,18 @@ def setup_task(spec, model_dir: Path, rows: int, threads: int, log, rates: list[
     import polars as pl
     from distil_platform.resources.models import LLMResource
 
-    from distil_platform.evaluation import client_answer_fn, evaluate, prediction_rows, summarize
-    from distil_platform.modelstore import chat_token_counter
-    from distil_platform.pricing import pricing_hardware_key
-    from distil_platform.serving import serve
-    from distil_platform.store import (
+    from distil_platform.economics.pricing import pricing_hardware_key
+    from distil_platform.evaluation.evaluate import client_answer_fn, evaluate, prediction_rows, summarize
+    from distil_platform.serving.loadtest import analyse, load_test, point_rows
+    from distil_platform.serving.server import serve
+    from distil_platform.storage.modelstore import chat_token_counter
+    from distil_platform.storage.store import (
         ResultsStore,
         predictions,
         seed_sets,
         throughput_points,
         throughput_profiles,
     )
-    from distil_platform.throughput import analyse, load_test, point_rows
 
     store = ResultsStore()
     test = pl.read_ndjson(spec.sample_dir() / "test.jsonl").head(rows)
@@ -114,7 +114,7 @@ class CallCounter:
         import httpx
         import litellm
 
-        from distil_platform import serving
+        from distil_platform.serving import server as serving
 
         def refuse(*a, **k):
             self.calls += 1
@@ -156,10 +156,10 @@ def reprice_computation(specs) -> tuple[float, int]:
     """The same re-pricing without Dagster's run machinery: snapshot, cost tables, report."""
     from distil_platform.assets.costs import compute_cost_table
 
-    from distil_platform.paths import reports_dir
-    from distil_platform.pricing import build_snapshot, pricing_file, store_snapshot
-    from distil_platform.report import write_report
-    from distil_platform.store import ResultsStore
+    from distil_platform.economics.pricing import build_snapshot, pricing_file, store_snapshot
+    from distil_platform.economics.report import write_report
+    from distil_platform.storage.paths import reports_dir
+    from distil_platform.storage.store import ResultsStore
 
     store = ResultsStore()
     with CallCounter() as counter:
@@ -195,8 +195,8 @@ def main() -> None:
     pricing_path.write_text((REPO / "distil_platform" / "config" / "pricing.yaml").read_text())
     os.environ["DISTIL_PRICING_FILE"] = str(pricing_path)
 
-    from distil_platform.modelstore import resolve_model
-    from distil_platform.taskspec import get_task
+    from distil_platform.storage.modelstore import resolve_model
+    from distil_platform.tasks.spec import get_task
 
     def log(msg: str) -> None:
         print(msg, flush=True)

@@ -1,6 +1,6 @@
 """vLLM vs ``transformers serve``: the same checkpoint, the same prompts, the same client.
 
-Each engine is started through ``distil_platform.serving.serve`` (vLLM from the serving environment,
+Each engine is started through ``distil_platform.serving.server.serve`` (vLLM from the serving environment,
 ``make serving-venv``; ``transformers serve`` with continuous batching and its capped KV cache) and
 answers the text2sql test prompts (the exact eval messages of the shipped sample) with a closed-loop
 client at each concurrency: requests/s over the batch, p50/p95 latency, completion tokens, and a
@@ -45,7 +45,7 @@ def measure_engine(backend: str, model_dir: Path, messages: list, concurrencies:
     import httpx
     import psutil
 
-    from distil_platform.serving import serve
+    from distil_platform.serving.server import serve
 
     rows, answers = [], {}
     started = time.monotonic()
@@ -99,10 +99,10 @@ def main() -> None:
 
     import polars as pl
 
-    from distil_platform.modelstore import resolve_model
-    from distil_platform.prompts import build_messages
-    from distil_platform.serving import hardware_info, vllm_python
-    from distil_platform.taskspec import get_task
+    from distil_platform.serving.server import hardware_info, vllm_python
+    from distil_platform.storage.modelstore import resolve_model
+    from distil_platform.tasks.prompts import build_messages
+    from distil_platform.tasks.spec import get_task
 
     if vllm_python() is None:
         sys.exit("no vLLM serving environment: run `make serving-venv` first")
@@ -150,7 +150,7 @@ def main() -> None:
 
 
 def compare_threads_bind(model_dir: Path, messages: list, args, load_before) -> None:
-    from distil_platform.serving import hardware_info
+    from distil_platform.serving.server import hardware_info
 
     runs = {"auto": measure_engine("vllm", model_dir, messages, args.concurrency, args.max_tokens, print),
             args.threads_bind: measure_engine("vllm", model_dir, messages, args.concurrency, args.max_tokens, print,

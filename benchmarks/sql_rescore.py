@@ -47,9 +47,9 @@ def _test_rows(task: str, test_path: str | None = None) -> dict[str, dict]:
 
 def rescore(task: str = "text2sql", student_run: str | None = None, baseline_run: str | None = None,
             test_path: str | None = None) -> dict:
-    from distil_platform.scoring import sql_schema_for
-    from distil_platform.scoring.sql import sql_match_details
-    from distil_platform.store import ResultsStore, predictions
+    from distil_platform.evaluation.scoring import sql_schema_for
+    from distil_platform.evaluation.scoring.sql import sql_match_details
+    from distil_platform.storage.store import ResultsStore, predictions
 
     store = ResultsStore()
     tests = _test_rows(task, test_path)

@@ -30,9 +30,9 @@ TEXT2SQL = SHARED / "distil-labs__distil-text2sql" / "finetuning" / "data"
 
 
 def _score(spec, test, model_dir: Path, served: str, store, log) -> tuple[list, float]:
-    from distil_platform.evaluation import client_answer_fn, evaluate
+    from distil_platform.evaluation.evaluate import client_answer_fn, evaluate
     from distil_platform.llm import LLMClient
-    from distil_platform.serving import serve
+    from distil_platform.serving.server import serve
 
     started = time.monotonic()
     with serve(model_dir, backend="vllm", served_model_name=served, log=log) as server:
@@ -55,16 +55,16 @@ def main() -> None:
     if not TEXT2SQL.is_dir():
         sys.exit(f"{TEXT2SQL} not found: the public text2sql data lives in ../shared/benchmark")
 
-    from distil_platform.datasources import load_local_dir
-    from distil_platform.evaluation import summarize
-    from distil_platform.modelstore import resolve_model
+    from distil_platform.economics.stats import compare
+    from distil_platform.evaluation.evaluate import summarize
     from distil_platform.precision import cpu_model_name, detect_precision, read_cpu_flags
     from distil_platform.profiles import get_profile
-    from distil_platform.serving import vllm_python
-    from distil_platform.stats import compare
-    from distil_platform.store import ResultsStore
-    from distil_platform.taskspec import get_task
-    from distil_platform.training import TrainConfig, train_student
+    from distil_platform.serving.server import vllm_python
+    from distil_platform.storage.modelstore import resolve_model
+    from distil_platform.storage.store import ResultsStore
+    from distil_platform.tasks.sources import load_local_dir
+    from distil_platform.tasks.spec import get_task
+    from distil_platform.training.trainer import TrainConfig, train_student
 
     if vllm_python() is None:
         sys.exit("no vLLM serving environment: run `make serving-venv` first")

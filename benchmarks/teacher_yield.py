@@ -35,7 +35,7 @@ def task_yield(task: str, target: int | None = None, frequency_penalty: float | 
     from distil_platform.assets.teacher import build_teacher_assets
 
     from distil_platform.profiles import get_profile
-    from distil_platform.taskspec import get_task
+    from distil_platform.tasks.spec import get_task
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     from distillation import local_resources  # the same resources as the distillation benchmark
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DISTIL_PROFILE", "local")
     if not os.environ.get("DAGSTER_HOME"):
         parser.error("set DAGSTER_HOME (an absolute directory)")
-    from distil_platform.taskspec import load_tasks
+    from distil_platform.tasks.spec import load_tasks
 
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(load_tasks())
     rows = []

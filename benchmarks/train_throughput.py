@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _load(spec, data: str):
-    from distil_platform.datasources import load_local_dir, load_sample
+    from distil_platform.tasks.sources import load_local_dir, load_sample
 
     if data != "sample" and spec.name in PUBLIC_DATA and (SHARED / PUBLIC_DATA[spec.name]).is_dir():
         return "public", load_local_dir(spec, SHARED / PUBLIC_DATA[spec.name])
@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("DAGSTER_HOME", tempfile.mkdtemp(prefix="train_tp_home_"))
 
-    from distil_platform.modelstore import resolve_model
     from distil_platform.profiles import get_profile
-    from distil_platform.taskspec import get_task
-    from distil_platform.training import TrainConfig, train_student
+    from distil_platform.storage.modelstore import resolve_model
+    from distil_platform.tasks.spec import get_task
+    from distil_platform.training.trainer import TrainConfig, train_student
 
     profile = get_profile(args.profile)
     results = []

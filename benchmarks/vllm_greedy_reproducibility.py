@@ -40,11 +40,11 @@ def main() -> None:
     import httpx
     import polars as pl
 
-    from distil_platform.evaluation import Answer, evaluate, summarize
-    from distil_platform.modelstore import resolve_model
-    from distil_platform.prompts import build_messages
-    from distil_platform.serving import hardware_info, serve
-    from distil_platform.taskspec import get_task
+    from distil_platform.evaluation.evaluate import Answer, evaluate, summarize
+    from distil_platform.serving.server import hardware_info, serve
+    from distil_platform.storage.modelstore import resolve_model
+    from distil_platform.tasks.prompts import build_messages
+    from distil_platform.tasks.spec import get_task
 
     spec = get_task(args.task)
     rows = pl.read_ndjson(spec.sample_dir() / "test.jsonl").head(args.rows).to_dicts()

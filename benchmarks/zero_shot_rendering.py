@@ -44,12 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from distil_platform.datasources import load_local_dir, load_sample
-    from distil_platform.modelstore import resolve_model
-    from distil_platform.prompts import build_messages
-    from distil_platform.scoring import score_prediction
-    from distil_platform.stats import mcnemar_exact, paired_bootstrap_diff, score_interval
-    from distil_platform.taskspec import get_task
+    from distil_platform.economics.stats import mcnemar_exact, paired_bootstrap_diff, score_interval
+    from distil_platform.evaluation.scoring import score_prediction
+    from distil_platform.storage.modelstore import resolve_model
+    from distil_platform.tasks.prompts import build_messages
+    from distil_platform.tasks.sources import load_local_dir, load_sample
+    from distil_platform.tasks.spec import get_task
 
     spec = get_task(args.task)
     model_name = args.model or spec.student_base("local")

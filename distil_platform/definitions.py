@@ -28,7 +28,7 @@ from distil_platform.resources import (
 )
 from distil_platform.resources.trainer import launcher_from_env
 from distil_platform.sensors import build_sensors_and_schedules
-from distil_platform.taskspec import load_tasks
+from distil_platform.tasks.spec import load_tasks
 
 
 def build_definitions() -> dg.Definitions:
@@ -71,7 +71,7 @@ def _io_manager() -> dict[str, Any]:
     go. Local base: Dagster's default (``$DAGSTER_HOME/storage``). Object store
     (``DISTIL_ARTIFACTS_URL``): Dagster's own ``FilesystemIOManager`` on a universal-pathlib path,
     ``<base>/storage`` — so no step relies on another's disk."""
-    from distil_platform.paths import ARTIFACTS_URL_ENV, is_remote
+    from distil_platform.storage.paths import ARTIFACTS_URL_ENV, is_remote
 
     base = os.environ.get(ARTIFACTS_URL_ENV, "").strip().rstrip("/")
     if not base or not is_remote(base):

@@ -115,9 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Print the end-of-run summary of a task.")
     parser.add_argument("task")
     args = parser.parse_args(argv)
-    from distil_platform import paths
-    from distil_platform.costs import latest_cost_table
-    from distil_platform.store import ResultsStore
+    from distil_platform.economics.costs import latest_cost_table
+    from distil_platform.storage import paths
+    from distil_platform.storage.store import ResultsStore
 
     rows = latest_cost_table(ResultsStore(), args.task)
     try:

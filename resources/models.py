@@ -1,7 +1,7 @@
 """Dagster resources for model access: LLM client, serving launcher, base-model store.
 
-Thin configuration wrappers; the logic lives in ``distil_platform.llm``, ``distil_platform.serving``
-and ``distil_platform.modelstore`` (imported inside methods: loading Definitions stays light).
+Thin configuration wrappers; the logic lives in ``distil_platform.llm``, ``distil_platform.serving.server``
+and ``distil_platform.storage.modelstore`` (imported inside methods: loading Definitions stays light).
 GPU assets declare the Dagster concurrency pool ``gpu`` so two servers/trainings never share a card.
 """
 
@@ -172,7 +172,7 @@ def run_spent_usd(store: Any, run_id: str | None) -> float:
         return 0.0
     from sqlalchemy import func, select
 
-    from distil_platform.store import llm_requests
+    from distil_platform.storage.store import llm_requests
 
     stmt = select(func.coalesce(func.sum(llm_requests.c.cost_usd), 0.0)).where(
         llm_requests.c.run_id == run_id, llm_requests.c.cache_hit.is_not(True))
@@ -206,7 +206,7 @@ def _run_capped_client_class():
 def _platform_price_lookup(log: Callable[[str], None] | None):
     """The pricing file's lookup; None (litellm's map only) when the file is absent or invalid."""
     try:
-        from distil_platform.pricing import price_lookup
+        from distil_platform.economics.pricing import price_lookup
     except ImportError:
         return None
     try:
@@ -222,7 +222,7 @@ class ServingResource(dg.ConfigurableResource):
 
     vLLM runs from the serving environment (``make serving-venv`` builds ``.venv-vllm``; or set
     ``vllm_python`` / env ``DISTIL_VLLM_PYTHON``), never inside the Dagster process. Device flags are
-    chosen per machine (:func:`distil_platform.serving.vllm_device_settings`) and reported by the
+    chosen per machine (:func:`distil_platform.serving.server.vllm_device_settings`) and reported by the
     server (``Server.settings``)."""
 
     backend: str = Field(default="auto", description="auto (vllm when the serving env exists) | vllm | transformers")
@@ -253,11 +253,11 @@ class ServingResource(dg.ConfigurableResource):
 
     @contextlib.contextmanager
     def serve(self, model_dir: str | Path, **overrides: Any) -> Iterator[Any]:
-        """``with serving.serve(dir) as server:`` -> ``distil_platform.serving.Server``.
+        """``with serving.serve(dir) as server:`` -> ``distil_platform.serving.server.Server``.
 
         Keyword arguments override the configured knobs for this one server.
         """
-        from distil_platform.serving import serve
+        from distil_platform.serving.server import serve
 
         settings: dict[str, Any] = {
             "backend": self.backend, "vllm_python_path": self.vllm_python, "dtype": self.dtype,
@@ -279,7 +279,7 @@ class ServingResource(dg.ConfigurableResource):
     def identity_for(self, model_dir: str | Path, served_model_name: str | None = None) -> dict:
         """The cache identity a server of ``model_dir`` started by this resource would have
         (equals ``Server.identity``), without starting one."""
-        from distil_platform.serving import default_served_name, server_identity
+        from distil_platform.serving.server import default_served_name, server_identity
 
         path = Path(model_dir).resolve()
         return server_identity(path, served_model_name or default_served_name(path), self.resolved_backend(),
@@ -288,19 +288,19 @@ class ServingResource(dg.ConfigurableResource):
     def precision(self):
         """The dtype a server started by this resource would run in, and why
         (:class:`distil_platform.precision.Precision`), without starting one."""
-        from distil_platform.serving import server_on_gpu, serving_precision
+        from distil_platform.serving.server import server_on_gpu, serving_precision
 
         return serving_precision(self.dtype, server_on_gpu(self.resolved_backend(), self.vllm_python, self.device))
 
     def resolved_backend(self) -> str:
         """The backend a server would use here (``auto`` resolved; no server is started)."""
-        from distil_platform.serving import choose_backend
+        from distil_platform.serving.server import choose_backend
 
         return choose_backend(self.backend, self.vllm_python)
 
     def served_model_name(self, model_dir: str | Path) -> str:
         """The name a server of ``model_dir`` answers to when no ``served_model_name`` is given."""
-        from distil_platform.serving import default_served_name
+        from distil_platform.serving.server import default_served_name
 
         return default_served_name(Path(model_dir))
 
@@ -313,6 +313,6 @@ class ModelStoreResource(dg.ConfigurableResource):
     """Resolves base-model names (tiny-qwen3, smollm2-135m-instruct, HF hub ids, local dirs) to weights."""
 
     def resolve(self, name: str) -> Path:
-        from distil_platform.modelstore import resolve_model
+        from distil_platform.storage.modelstore import resolve_model
 
         return resolve_model(name)

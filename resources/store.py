@@ -7,7 +7,7 @@ from typing import Any
 
 import dagster as dg
 
-from distil_platform.store import ResultsStore
+from distil_platform.storage.store import ResultsStore
 
 
 class ResultsStoreResource(dg.ConfigurableResource):

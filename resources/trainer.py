@@ -1,8 +1,8 @@
-"""``TrainerResource``: where ``<task>_student`` runs its training job (``distil_platform.train_job``).
+"""``TrainerResource``: where ``<task>_student`` runs its training job (``distil_platform.training.job``).
 
 ``launcher``:
 - ``subprocess`` (default): Dagster Pipes' ``PipesSubprocessClient`` runs ``python -m
-  distil_platform.train_job`` with this interpreter: the step process never imports torch/TRL.
+  distil_platform.training.job`` with this interpreter: the step process never imports torch/TRL.
 - ``in_process``: the job runs inside the step (debugging; one process fewer).
 - ``k8s``: Dagster Pipes' ``PipesK8sClient`` runs the same module in a pod of the GPU image that
   requests ``nvidia.com/gpu`` on GPU nodes (``DISTIL_K8S_GPU_*``, like the GPU op tags); the step
@@ -30,7 +30,7 @@ import dagster as dg
 
 LAUNCHERS = ("subprocess", "in_process", "k8s")
 LAUNCHER_ENV = "DISTIL_TRAIN_LAUNCHER"
-JOB_MODULE = "distil_platform.train_job"
+JOB_MODULE = "distil_platform.training.job"
 
 
 def launcher_from_env() -> str:
@@ -68,7 +68,7 @@ def training_env(bootstrap: Mapping[str, str], base: Mapping[str, str] | None = 
     (``DISTIL_ARTIFACTS_STORAGE_OPTIONS`` and the SDK's variables) only when ``DISTIL_ARTIFACTS_URL``
     is remote - plus the Dagster Pipes ``bootstrap`` variables. API keys, ``DISTIL_DB_URL`` and the
     teacher endpoint's settings stay in the step."""
-    from distil_platform.serving import server_env
+    from distil_platform.serving.server import server_env
 
     base = os.environ if base is None else base
     picked = {k: v for k, v in base.items() if k in _TRAINING_ENV or k.startswith(_TRAINING_ENV_PREFIXES)}
@@ -124,7 +124,7 @@ class TrainerResource(dg.ConfigurableResource):
         if self.launcher not in LAUNCHERS:
             raise ValueError(f"TrainerResource.launcher={self.launcher!r}: expected one of {', '.join(LAUNCHERS)}")
         if self.launcher == "in_process":
-            from distil_platform.train_job import run_training
+            from distil_platform.training.job import run_training
 
             def log(level: str, message: str) -> None:
                 (context.log.warning if level == "warning" else context.log.info)(message)
@@ -143,7 +143,7 @@ class TrainerResource(dg.ConfigurableResource):
                 raise job_error(messages, f"the training job exited with code {returncode}")
             return _result(messages, self.launcher)
         else:
-            from distil_platform import paths
+            from distil_platform.storage import paths
 
             if not paths.is_remote(paths.artifacts_base_url()):
                 raise ValueError("DISTIL_TRAIN_LAUNCHER=k8s: the training pod shares no disk with this step; set "
@@ -158,7 +158,7 @@ class TrainerResource(dg.ConfigurableResource):
 def _run_job(command: list[str], env: dict[str, str]) -> int:
     """Runs the job to its end in its own process group, with SIGKILL as its parent-death signal;
     if the step is interrupted (Dagster's termination, Ctrl-C) the whole group is stopped first."""
-    from distil_platform.serving import parent_death_signal, stop_process_group
+    from distil_platform.serving.server import parent_death_signal, stop_process_group
 
     proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
                             # a single pre-resolved prctl call between fork and exec

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import dagster as dg
 from distil_platform.assets.keys import PRICING_KEY, REPORT_KEY, TASK_STAGES, task_key
 
-from distil_platform.taskspec import TaskSpec
+from distil_platform.tasks.spec import TaskSpec
 
 SENSOR_NAME = "config_change_sensor"
 REPRICING_JOB = "repricing"

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import polars as pl
 
-from distil_platform.store import (
+from distil_platform.storage.store import (
     ResultsStore,
     llm_requests,
     predictions,
     seed_sets,
     throughput_profiles,
 )
-from distil_platform.taskspec import TaskSpec
+from distil_platform.tasks.spec import TaskSpec
 
 # Hand-computable usage for the measured API models: 1000 prompt tokens (200 of them cached),
 # 50 completion tokens per request.
@@ -84,7 +84,7 @@ def plant_student_eval(store: ResultsStore, spec: TaskSpec, run_id: str, model: 
                        lineage: dict | None = None) -> None:
     """One student eval run (``correct``: the item indices it gets right, or the first n), with an
     optional lineage record (student_run_id, use_synthetic, checkpoint_fingerprint)."""
-    from distil_platform.store import student_lineage
+    from distil_platform.storage.store import student_lineage
 
     ids = [r["id"] for r in test_rows(spec)]
     right = set(range(correct)) if isinstance(correct, int) else correct
@@ -99,7 +99,7 @@ def plant_student_eval(store: ResultsStore, spec: TaskSpec, run_id: str, model: 
 def plant_throughput(store: ResultsStore, spec: TaskSpec, run_id: str, model: str, *, sustained_rps: float = 222.0,
                      variants: tuple[str, ...] = ("bf16",), lineage: dict | None = None,
                      rps: dict[str, float] | None = None) -> None:
-    from distil_platform.store import student_lineage
+    from distil_platform.storage.store import student_lineage
 
     for variant in variants:
         store.insert(throughput_profiles, [dict(run_id=run_id, task=spec.name, model=model, variant=variant,

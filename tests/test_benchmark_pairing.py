@@ -7,8 +7,8 @@ import importlib.util
 
 from conftest import REPO_ROOT
 
-from distil_platform.evaluation import ItemResult, prediction_rows
-from distil_platform.store import ResultsStore, predictions
+from distil_platform.evaluation.evaluate import ItemResult, prediction_rows
+from distil_platform.storage.store import ResultsStore, predictions
 
 
 def _bench():

@@ -12,7 +12,7 @@ import yaml
 from cost_fixtures import CACHED, COMPLETION, PROMPT, plant_student_eval, plant_task, plant_throughput
 from cost_fixtures import test_rows as fixture_rows
 
-from distil_platform.costs import (
+from distil_platform.economics.costs import (
     CostTableError,
     api_usd_per_request,
     break_even_requests_per_day,
@@ -23,11 +23,16 @@ from distil_platform.costs import (
     record_student_lineage,
     self_hosted_usd_per_million_requests,
 )
-from distil_platform.pricing import DEFAULT_PRICING_FILE, PricingError, build_snapshot, store_snapshot
-from distil_platform.prompts import build_messages, format_answer
-from distil_platform.stats import TEST_BINARY, wilson_interval
-from distil_platform.store import ResultsStore, predictions, student_lineage
-from distil_platform.taskspec import get_task
+from distil_platform.economics.pricing import (
+    DEFAULT_PRICING_FILE,
+    PricingError,
+    build_snapshot,
+    store_snapshot,
+)
+from distil_platform.economics.stats import TEST_BINARY, wilson_interval
+from distil_platform.storage.store import ResultsStore, predictions, student_lineage
+from distil_platform.tasks.prompts import build_messages, format_answer
+from distil_platform.tasks.spec import get_task
 
 HAIKU = "anthropic/claude-haiku-4-5"
 FLASH_LITE = "gemini/gemini-2.5-flash-lite"
@@ -178,7 +183,7 @@ def model_call_counter(monkeypatch):
     import httpx
     import litellm
 
-    from distil_platform import serving
+    from distil_platform.serving import server as serving
 
     calls = _Calls()
 
@@ -250,7 +255,7 @@ def test_invalid_pricing_fails_the_run_and_keeps_the_previous_snapshot(tmp_path,
     from distil_platform.assets.costs import build_shared_cost_assets
     from distil_platform.resources.store import ResultsStoreResource
 
-    from distil_platform.pricing import current_snapshot
+    from distil_platform.economics.pricing import current_snapshot
 
     store = ResultsStore()
     good = build_snapshot()
@@ -271,8 +276,8 @@ def test_invalid_pricing_fails_the_run_and_keeps_the_previous_snapshot(tmp_path,
 def test_cost_table_ci_is_the_student_eval_ci():
     """The report and cost table must show the interval `<task>_student_eval` showed for the
     same scores, whatever order the store returns items in."""
-    from distil_platform.costs import EvaluatedModel, _summary
-    from distil_platform.evaluation import ItemResult, summarize
+    from distil_platform.economics.costs import EvaluatedModel, _summary
+    from distil_platform.evaluation.evaluate import ItemResult, summarize
 
     scores = {f"q{i:02d}": float(i % 3 == 0) for i in range(40)}
     results = [ItemResult(item_id=k, repeat=0, prediction="p", reference="r", score=v, score_strict=v, parse_ok=True)
@@ -526,7 +531,7 @@ def test_a_later_zero_shot_run_keeps_the_frontier_models(tmp_path):
 def test_a_verdict_where_the_exact_test_and_the_interval_disagree_says_so_in_the_table(tmp_path):
     """10/12 vs 6/12 on the same items: 4 discordant pairs, all for the student. Exact McNemar
     p = 0.125 (no win), Newcombe's interval above 0 (non-inferior): the row and its markdown name both."""
-    from distil_platform.costs import cost_table_markdown
+    from distil_platform.economics.costs import cost_table_markdown
 
     store, spec = ResultsStore(), get_task("text2sql")
     plant_task(store, spec, tmp_path, api_models={HAIKU: 6})

@@ -12,16 +12,16 @@ import polars as pl
 import pytest
 import yaml
 
-from distil_platform import datasources
-from distil_platform.datasources import (
+from distil_platform.tasks import sources as datasources
+from distil_platform.tasks.sources import (
     COLUMNS,
     DataSourceError,
     HubUnavailableError,
     hf_available,
     load_seed_and_test,
 )
-from distil_platform.taskspec import get_task, load_task_file, load_tasks
-from distil_platform.validation import find_overlaps, validate_frame
+from distil_platform.tasks.spec import get_task, load_task_file, load_tasks
+from distil_platform.tasks.validation import find_overlaps, validate_frame
 
 DDL = "CREATE TABLE pets (\n  id INTEGER PRIMARY KEY,\n  name TEXT NOT NULL,\n  species TEXT\n);"
 

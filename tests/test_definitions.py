@@ -8,7 +8,7 @@ import sys
 import dagster as dg
 import pytest
 
-from distil_platform.taskspec import load_tasks
+from distil_platform.tasks.spec import load_tasks
 
 NINE = {"text2sql", "smart_home", "git_assistant", "banking77", "ecommerce", "trec", "hotpotqa",
         "docstring", "pii_redaction"}
@@ -174,7 +174,7 @@ def test_no_asset_body_reads_the_profile_from_the_environment():
 
 def test_eval_concurrency_follows_the_given_profile_not_the_environment(monkeypatch):
     """A graph built for the ``test`` profile keeps it when the environment later says otherwise."""
-    from distil_platform.assets.common import _eval_concurrency, _has_cuda
+    from distil_platform.assets.common import _has_cuda, eval_concurrency_for
     from distil_platform.assets.evals import BaselineConfig
     from distil_platform.resources import ServingResource
 
@@ -182,8 +182,8 @@ def test_eval_concurrency_follows_the_given_profile_not_the_environment(monkeypa
 
     monkeypatch.setenv("DISTIL_PROFILE", "gpu")
     serving = ServingResource(backend="transformers")
-    assert _eval_concurrency(BaselineConfig(), serving, get_profile("test")) == 8
-    assert _eval_concurrency(BaselineConfig(), serving, get_profile("local")) == (16 if _has_cuda() else 1)
+    assert eval_concurrency_for(BaselineConfig(), serving, get_profile("test")) == 8
+    assert eval_concurrency_for(BaselineConfig(), serving, get_profile("local")) == (16 if _has_cuda() else 1)
 
 
 def _teacher_node(defs, task: str):
@@ -212,7 +212,7 @@ def test_a_recorded_teacher_or_a_remote_endpoint_keeps_the_step_out_of_the_gpu_p
     from distil_platform.assets.teacher import build_teacher_assets
 
     from distil_platform.profiles import get_profile
-    from distil_platform.taskspec import ModelRef, PerProfile, get_task
+    from distil_platform.tasks.spec import ModelRef, PerProfile, get_task
 
     profile = get_profile("test")
     spec = get_task("text2sql")

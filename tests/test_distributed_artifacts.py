@@ -1,4 +1,4 @@
-"""Artefacts at a URL (``distil_platform.paths``, fsspec): Parquet and checkpoint trees written to and
+"""Artefacts at a URL (``distil_platform.storage.paths``, fsspec): Parquet and checkpoint trees written to and
 read from a real S3-API server (moto's standalone server on loopback) and the local default."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from distributed_services import s3_server
 
-from distil_platform import paths
+from distil_platform.storage import paths
 
 pytest.importorskip("s3fs")
 

@@ -21,7 +21,7 @@ from dagster_k8s.job import construct_dagster_k8s_job, get_user_defined_k8s_conf
 from distil_platform.assets.deployment import FRONTIER_API_POOL, GPU_POOL, K8S_CONFIG_TAG
 from kubernetes.client import ApiClient
 
-from distil_platform.taskspec import load_tasks
+from distil_platform.tasks.spec import load_tasks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HELM_VALUES = REPO_ROOT / "deploy" / "helm" / "values.yaml"

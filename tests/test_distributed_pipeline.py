@@ -24,7 +24,7 @@ import pytest
 import yaml
 from distributed_services import postgres_server, s3_server
 
-from distil_platform.paths import PACKAGE_DIR
+from distil_platform.storage.paths import PACKAGE_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DAGSTER = str(Path(sys.executable).parent / "dagster")
@@ -182,10 +182,10 @@ def test_text2sql_graph_repricing_and_automation_tick_on_postgres(pg_home, s3_ar
     from distil_platform.sensors import repricing_keys
     from sqlalchemy import func, select
 
-    from distil_platform.costs import latest_cost_table
     from distil_platform.definitions import build_definitions
-    from distil_platform.store import ResultsStore, llm_cache, llm_requests, predictions
-    from distil_platform.taskspec import load_tasks
+    from distil_platform.economics.costs import latest_cost_table
+    from distil_platform.storage.store import ResultsStore, llm_cache, llm_requests, predictions
+    from distil_platform.tasks.spec import load_tasks
 
     # One long load-test rate instead of the profile's two 3-second ones: on a shared 2-core machine a
     # 3 s window can end before the first request of a freshly started server completes.
@@ -239,7 +239,7 @@ def test_text2sql_graph_repricing_and_automation_tick_on_postgres(pg_home, s3_ar
         student_md = instance.get_latest_materialization_event(
             dg.AssetKey("text2sql_student")).asset_materialization.metadata
         assert student_md["checkpoint_path"].value == f"s3://{bucket}/team/checkpoints/text2sql/{run.run_id}"
-        from distil_platform.store import student_lineage
+        from distil_platform.storage.store import student_lineage
 
         # The serving steps fetched the checkpoint from the store, byte-identical to what was trained.
         lineage = store.select(student_lineage, run_id=run.run_id)
@@ -317,10 +317,10 @@ def test_repricing_run_and_automation_tick_on_postgres_from_planted_results(pg_h
     from cost_fixtures import plant_task
     from distil_platform.sensors import repricing_keys
 
-    from distil_platform.costs import latest_cost_table
     from distil_platform.definitions import build_definitions
-    from distil_platform.store import ResultsStore
-    from distil_platform.taskspec import get_task, load_tasks
+    from distil_platform.economics.costs import latest_cost_table
+    from distil_platform.storage.store import ResultsStore
+    from distil_platform.tasks.spec import get_task, load_tasks
 
     pricing = yaml.safe_load((PACKAGE_DIR / "config" / "pricing.yaml").read_text())
     edited = tmp_path / "pricing.yaml"

@@ -12,9 +12,16 @@ import sqlalchemy as sa
 from alembic import command
 from distributed_services import postgres_server
 
-from distil_platform import migrate
 from distil_platform.llm.client import _StoreWriter
-from distil_platform.store import ResultsStore, cost_rows, llm_cache, llm_requests, metadata, predictions
+from distil_platform.storage import migrate
+from distil_platform.storage.store import (
+    ResultsStore,
+    cost_rows,
+    llm_cache,
+    llm_requests,
+    metadata,
+    predictions,
+)
 
 
 @pytest.fixture(scope="module")

@@ -172,7 +172,7 @@ def test_path_rules():
     assert _is_candidate_path("tasks/*.yaml") and _is_candidate_path("paths.py")
     for not_a_path in ("config/pricing_file", "config/T_prompt", "dagster-k8s/config",
                        "$DAGSTER_HOME/results.db", "distil/trigger=automation", "nvidia.com/gpu",
-                       "python -m distil_platform.migrate",
+                       "python -m distil_platform.storage.migrate",
                        "DISTIL_DATA_TEXT2SQL=/data/text2sql", "s3://bucket/prefix", "test-artifacts/ui/",
                        "<base>/T/seed_set/<run>/"):
         assert not _is_candidate_path(not_a_path), not_a_path

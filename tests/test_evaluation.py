@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from distil_platform.evaluation import (
+from distil_platform.evaluation.evaluate import (
     Answer,
     ItemResult,
     eval_metric,
@@ -16,8 +16,8 @@ from distil_platform.evaluation import (
     summarize,
     worst_items,
 )
-from distil_platform.prompts import build_messages
-from distil_platform.taskspec import get_task
+from distil_platform.tasks.prompts import build_messages
+from distil_platform.tasks.spec import get_task
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_paired_comparison_sees_the_better_model(spec, rows):
 
 
 def test_store_rows_round_trip(spec, rows):
-    from distil_platform.store import ResultsStore, predictions
+    from distil_platform.storage.store import ResultsStore, predictions
 
     answers = scripted(rows, correct={1, 2})
 

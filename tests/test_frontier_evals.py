@@ -16,9 +16,9 @@ from distil_platform.resources import LLMResource, ResultsStoreResource
 from test_teacher_endpoint import _Endpoint
 
 from distil_platform.profiles import get_profile
-from distil_platform.prompts import format_answer
-from distil_platform.store import ResultsStore, llm_requests, predictions
-from distil_platform.taskspec import ModelRef, get_task
+from distil_platform.storage.store import ResultsStore, llm_requests, predictions
+from distil_platform.tasks.prompts import format_answer
+from distil_platform.tasks.spec import ModelRef, get_task
 
 SECRET = "sk-frontier-secret-123"
 KEY_ENV = "DISTIL_TEST_FRONTIER_KEY"

@@ -22,7 +22,7 @@ from distil_platform.llm import (
     chain_price_lookups,
     litellm_price_lookup,
 )
-from distil_platform.store import ResultsStore, llm_cache, llm_requests
+from distil_platform.storage.store import ResultsStore, llm_cache, llm_requests
 
 
 class StubServer:
@@ -428,7 +428,7 @@ def test_llm_resource_reads_the_key_from_env_and_never_shows_it(stub, monkeypatc
     import dagster as dg
     from distil_platform.resources.models import LLMResource
 
-    from distil_platform.taskspec import ModelRef
+    from distil_platform.tasks.spec import ModelRef
 
     monkeypatch.setenv("STUB_KEY", "sk-env-secret")
     resource = LLMResource(model="openai/stub-model", api_base=stub.api_base, api_key=dg.EnvVar("STUB_KEY"))

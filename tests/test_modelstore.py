@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from distil_platform import modelstore
-from distil_platform.modelstore import ModelStoreError, resolve_model
+from distil_platform.storage import modelstore
+from distil_platform.storage.modelstore import ModelStoreError, resolve_model
 
 MESSAGES = [
     {"role": "system", "content": "Answer with SQL."},
@@ -90,7 +90,7 @@ def test_chat_template_renders_tools_and_tool_calls():
 def test_concurrent_builds_do_not_corrupt_the_cache(tmp_path):
     # Two processes race to build the same model into an empty cache; both must get a loadable model.
     script = (
-        "import sys; from distil_platform.modelstore import resolve_model; "
+        "import sys; from distil_platform.storage.modelstore import resolve_model; "
         "from transformers import AutoModelForCausalLM; p = resolve_model('tiny-qwen3'); "
         "AutoModelForCausalLM.from_pretrained(p); print(p)"
     )

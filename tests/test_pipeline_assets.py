@@ -24,8 +24,8 @@ from distil_platform.resources import (
 )
 
 from distil_platform.profiles import get_profile
-from distil_platform.store import ResultsStore, llm_requests, predictions
-from distil_platform.taskspec import get_task
+from distil_platform.storage.store import ResultsStore, llm_requests, predictions
+from distil_platform.tasks.spec import get_task
 
 API_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
 
@@ -75,7 +75,7 @@ def test_baseline_plan_skips_models_without_keys(test_profile, monkeypatch):
 
 
 def test_baseline_plan_repeats_and_temperature_0_option(test_profile, monkeypatch):
-    from distil_platform.taskspec import ModelRef
+    from distil_platform.tasks.spec import ModelRef
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
@@ -166,7 +166,7 @@ def test_text2sql_graph_end_to_end_and_cached_baseline_rerun(test_profile, tmp_p
         assert len(student_rows) == n_test and {r["model"] for r in student_rows} == {evaluation["model"]}
         assert sum(r["score"] for r in student_rows) / n_test == pytest.approx(evaluation["score"])
         assert len(store.select(llm_requests, run_id=run_id, stage="student_eval")) == n_test
-        from distil_platform.store import student_lineage  # the checkpoint these scores belong to
+        from distil_platform.storage.store import student_lineage  # the checkpoint these scores belong to
 
         lineage = store.select(student_lineage, run_id=run_id, stage="student_eval")
         assert len(lineage) == 1 and lineage[0]["student_run_id"] == run_id and lineage[0]["use_synthetic"] is True

@@ -99,7 +99,8 @@ def test_serving_dtype_variant_name_and_cache_identity_follow_the_cpu(fixture, s
     from distil_platform.assets.throughput import no_prefix_cache_variant
     from distil_platform.resources.models import ServingResource
 
-    from distil_platform import precision, serving
+    from distil_platform import precision
+    from distil_platform.serving import server as serving
 
     monkeypatch.setattr(precision, "read_cpu_flags", lambda path="/proc/cpuinfo": _flags(fixture))
     monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")

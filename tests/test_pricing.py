@@ -7,7 +7,7 @@ from datetime import date
 import pytest
 import yaml
 
-from distil_platform.pricing import (
+from distil_platform.economics.pricing import (
     DEFAULT_PRICING_FILE,
     ORIGIN_FILE,
     ORIGIN_LITELLM_BUNDLED,
@@ -26,8 +26,8 @@ from distil_platform.pricing import (
     pricing_hardware_key,
     store_snapshot,
 )
-from distil_platform.store import ResultsStore, price_snapshot_activations, price_snapshots
-from distil_platform.taskspec import load_tasks
+from distil_platform.storage.store import ResultsStore, price_snapshot_activations, price_snapshots
+from distil_platform.tasks.spec import load_tasks
 
 
 def _write(tmp_path, data, name="pricing.yaml"):

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from distil_platform.prompts import (
+from distil_platform.tasks.prompts import (
     build_messages,
     build_training_messages,
     render_tool_signature,
@@ -15,7 +15,7 @@ from distil_platform.prompts import (
     rendering_label,
     system_prompt,
 )
-from distil_platform.taskspec import TaskSpec, get_task
+from distil_platform.tasks.spec import TaskSpec, get_task
 
 TOOL_TASKS = ("smart_home", "git_assistant")
 

@@ -12,10 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
-from distil_platform.assets.common import BatchJudge, _api_client, _judge, reply_outcome_metadata
+from distil_platform.assets.common import BatchJudge, api_client, build_judge, reply_outcome_metadata
 from distil_platform.resources.models import LLMResource
 
-from distil_platform.evaluation import (
+from distil_platform.evaluation.evaluate import (
     Answer,
     client_answer_fn,
     evaluate,
@@ -26,8 +26,8 @@ from distil_platform.evaluation import (
 )
 from distil_platform.llm import ChatRequest, LLMClient
 from distil_platform.llm import client as client_module
-from distil_platform.store import ResultsStore, llm_cache, llm_requests, predictions
-from distil_platform.taskspec import ModelRef, get_task
+from distil_platform.storage.store import ResultsStore, llm_cache, llm_requests, predictions
+from distil_platform.tasks.spec import ModelRef, get_task
 
 
 class Fake:
@@ -208,12 +208,12 @@ def test_reasoning_effort_per_model_is_sent_and_keys_the_cache(fake, transport):
     plain = ModelRef(model="openai/fake-model", api_base=fake.base)
     ctx = SimpleNamespace(run_id="r", log=SimpleNamespace(info=lambda m: None, warning=lambda m: None))
     llm = LLMResource(fast_path=transport == "fast")
-    client = _api_client(ctx, llm, low, stage="frontier", task="t", concurrency=4)
+    client = api_client(ctx, llm, low, stage="frontier", task="t", concurrency=4)
     assert client.timeout_s == 9.0 and client.request_extra == {"reasoning_effort": "low"}
     assert client.chat_batch([_req("q")])[0].ok
     assert fake.bodies[-1]["reasoning_effort"] == "low"
     # Another effort is another answer: not served from the "low" entry.
-    other = _api_client(ctx, llm, plain, stage="frontier", task="t", concurrency=4)
+    other = api_client(ctx, llm, plain, stage="frontier", task="t", concurrency=4)
     assert other.timeout_s is None and not other.chat_batch([_req("q")])[0].cache_hit
     assert "reasoning_effort" not in fake.bodies[-1] and len(fake.bodies) == 2
     # The same effort again is a cache hit; client_for_ref carries the same settings.
@@ -223,7 +223,7 @@ def test_reasoning_effort_per_model_is_sent_and_keys_the_cache(fake, transport):
 
 
 def test_gpt5_small_models_think_at_low_effort_in_every_task():
-    from distil_platform.taskspec import load_tasks
+    from distil_platform.tasks.spec import load_tasks
 
     tasks = load_tasks()
     assert len(tasks) == 9
@@ -292,7 +292,7 @@ def test_poison_predictions_are_scored_wrong_and_a_scorer_that_raises_makes_one_
     nested 2,000 brackets deep): each scores 0, nothing raises. A scorer that does raise on a reply
     (here the tool-call scorer recursing without end, a real RecursionError) makes that one item
     unscorable with the reason; the eval goes on and counts it."""
-    from distil_platform import scoring
+    from distil_platform.evaluation import scoring
 
     sql = get_task("text2sql")
     ddl = "CREATE TABLE employees (id INTEGER PRIMARY KEY, name TEXT, salary REAL);"
@@ -328,7 +328,7 @@ def test_poison_predictions_are_scored_wrong_and_a_scorer_that_raises_makes_one_
 def test_a_failing_judge_call_and_a_broken_reference_still_raise():
     """Not the reply's fault, so not an unscorable item: a judge endpoint that fails, and a test row
     the scorer cannot score (a text2sql row with no schema)."""
-    from distil_platform.scoring import SQLSchemaError
+    from distil_platform.evaluation.scoring import SQLSchemaError
 
     spec = get_task("hotpotqa")
     rows = [{"id": "a", "question": "Who?", "answer": "Tolkien", "context": "Tolkien wrote it."}]
@@ -351,7 +351,7 @@ def test_the_judge_runs_every_item_of_a_pass_concurrently_with_the_same_scores(f
     answers = [Answer(text=f"Answer {k}" if k % 3 else "something else") for k in range(n)]
     ref = ModelRef(model="openai/judge", api_base=fake.base, tier="judge", max_tokens=16)
     ctx = SimpleNamespace(run_id="j", log=SimpleNamespace(info=lambda m: None, warning=lambda m: None))
-    judge = _judge(spec.model_copy(update={"judge": ref}), LLMResource(concurrency=16), ctx)
+    judge = build_judge(spec.model_copy(update={"judge": ref}), LLMResource(concurrency=16), ctx)
     assert isinstance(judge, BatchJudge) and judge.client.concurrency == 16
     start = time.monotonic()
     batched = score_answers(spec, rows, answers, judge=judge)
@@ -359,7 +359,7 @@ def test_the_judge_runs_every_item_of_a_pass_concurrently_with_the_same_scores(f
     assert len(fake.bodies) == n and fake.max_in_flight >= 8  # concurrent, one request per item
     assert wall < n * 0.2  # 12 sequential calls would take >= 2.4 s
 
-    # One call at a time (what _judge did before), on a fresh cache: the same scores.
+    # One call at a time (what build_judge did before), on a fresh cache: the same scores.
     fake.max_in_flight = 0
     one_at_a_time = _client(fake, concurrency=1, store=ResultsStore())
 
@@ -390,7 +390,7 @@ def test_frontier_eval_counts_truncated_and_empty_replies_per_model_and_a_rerun_
     from distil_platform.resources import ResultsStoreResource
 
     from distil_platform.profiles import get_profile
-    from distil_platform.prompts import format_answer
+    from distil_platform.tasks.prompts import format_answer
 
     monkeypatch.setenv("DISTIL_PROFILE", "test")
     spec = get_task("banking77")

@@ -6,12 +6,19 @@ import pytest
 from cost_fixtures import plant_task
 from distil_platform.assets.costs import compute_cost_table
 
-from distil_platform.paths import reports_dir
-from distil_platform.pricing import build_snapshot, store_snapshot
-from distil_platform.report import RULES, TaskSummary, headline, is_mid_tier, summarise_task, write_report
-from distil_platform.stats import TEST_BINARY
-from distil_platform.store import ResultsStore
-from distil_platform.taskspec import get_task
+from distil_platform.economics.pricing import build_snapshot, store_snapshot
+from distil_platform.economics.report import (
+    RULES,
+    TaskSummary,
+    headline,
+    is_mid_tier,
+    summarise_task,
+    write_report,
+)
+from distil_platform.economics.stats import TEST_BINARY
+from distil_platform.storage.paths import reports_dir
+from distil_platform.storage.store import ResultsStore
+from distil_platform.tasks.spec import get_task
 
 
 @pytest.fixture
@@ -130,7 +137,7 @@ def test_temperature_0_run_is_reported_beside_the_benchmark_setting():
 def test_the_report_names_both_where_the_exact_test_and_the_interval_disagree(tmp_path):
     """The student 10/12 vs flash-lite 6/12: 4 discordant pairs, all the student's. No win (exact
     McNemar p = 0.125) though the interval lies above 0: the summary cell says both."""
-    from distil_platform.report import summary_row
+    from distil_platform.economics.report import summary_row
 
     store = ResultsStore()
     store_snapshot(store, build_snapshot(), "prices")

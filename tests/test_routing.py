@@ -10,7 +10,7 @@ import math
 import pytest
 from test_costs import model_call_counter as _model_call_counter  # noqa: F401  (fixture: refuses and counts model calls)
 
-from distil_platform.routing import (
+from distil_platform.economics.routing import (
     ModelItems,
     Pricing,
     RoutingInputs,
@@ -213,7 +213,7 @@ def test_zero_shot_base_only_still_computes_every_policy():
 
 
 def test_noninferiority_is_the_reports_rule():
-    from distil_platform.stats import compare
+    from distil_platform.economics.stats import compare
 
     same = versus_best([1.0] * 400, [1.0] * 400, 0.02)
     assert same["noninferior"] and same["verdict"] == "non_inferior"
@@ -236,7 +236,7 @@ def _plant_routing_store(store, spec, tmp_path, *, n: int = 400, errors: int = 1
     Haiku right everywhere (2 repeats), Flash Lite on every other item, the zero-shot base on 5."""
     from cost_fixtures import COMPLETION, PROMPT, plant_task
 
-    from distil_platform.store import llm_requests, predictions
+    from distil_platform.storage.store import llm_requests, predictions
 
     info = plant_task(store, spec, tmp_path)
     ids = [f"r{k:03d}" for k in range(n)]
@@ -281,10 +281,10 @@ def test_routing_asset_recommends_a_cascade_and_the_report_shows_it(tmp_path, _m
     from distil_platform.assets.costs import build_shared_cost_assets, build_task_cost_assets
     from distil_platform.assets.routing import build_routing_asset
 
-    from distil_platform.pricing import DEFAULT_PRICING_FILE
-    from distil_platform.routing import latest_routing
-    from distil_platform.store import ResultsStore, llm_requests
-    from distil_platform.taskspec import get_task
+    from distil_platform.economics.pricing import DEFAULT_PRICING_FILE
+    from distil_platform.economics.routing import latest_routing
+    from distil_platform.storage.store import ResultsStore, llm_requests
+    from distil_platform.tasks.spec import get_task
 
     store = ResultsStore()
     spec = get_task("text2sql")
@@ -335,8 +335,8 @@ def test_routing_asset_without_confidence_or_frontier_says_so(tmp_path, _model_c
     from distil_platform.assets.costs import build_task_cost_assets
     from distil_platform.assets.routing import compute_task_routing
 
-    from distil_platform.costs import latest_cost_table
-    from distil_platform.store import ResultsStore
+    from distil_platform.economics.costs import latest_cost_table
+    from distil_platform.storage.store import ResultsStore
 
     store = ResultsStore()
     spec = get_task_text2sql()
@@ -351,7 +351,7 @@ def test_routing_asset_without_confidence_or_frontier_says_so(tmp_path, _model_c
 
 
 def get_task_text2sql():
-    from distil_platform.taskspec import get_task
+    from distil_platform.tasks.spec import get_task
 
     return get_task("text2sql")
 
@@ -359,11 +359,11 @@ def get_task_text2sql():
 def test_student_eval_wiring_requests_logprobs_and_stores_confidence():
     # client_answer_fn -> evaluate -> prediction_rows -> the store: the confidence of each answer
     # (here from recorded logprobs, as vLLM returns them) reaches predictions.confidence.
-    from distil_platform.evaluation import client_answer_fn, evaluate, prediction_rows
+    from distil_platform.economics.routing import confidence_fn
+    from distil_platform.evaluation.evaluate import client_answer_fn, evaluate, prediction_rows
     from distil_platform.llm import ChatResult
-    from distil_platform.routing import confidence_fn
-    from distil_platform.store import ResultsStore, predictions
-    from distil_platform.taskspec import get_task
+    from distil_platform.storage.store import ResultsStore, predictions
+    from distil_platform.tasks.spec import get_task
 
     spec = get_task("banking77")
     label = next(iter(spec.labels))

@@ -10,9 +10,7 @@ import time
 
 import pytest
 
-from distil_platform.datasources import load_sample
-from distil_platform.recorded_teacher import load_recorded
-from distil_platform.scoring.sql import (
+from distil_platform.evaluation.scoring.sql import (
     SCHEMA_TIMEOUT_S,
     SQLSchemaNotAllowed,
     SQLSchemaTimeout,
@@ -21,9 +19,11 @@ from distil_platform.scoring.sql import (
     check_schema_statements,
     execute_untrusted_sql,
 )
-from distil_platform.synthesis import synthesize
-from distil_platform.taskspec import get_task
-from distil_platform.validation import validate_row
+from distil_platform.tasks.sources import load_sample
+from distil_platform.tasks.spec import get_task
+from distil_platform.tasks.validation import validate_row
+from distil_platform.teacher.recorded import load_recorded
+from distil_platform.teacher.synthesis import synthesize
 
 VALID = """CREATE TABLE departments (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE employees (

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distil_platform.scoring import exact_match, matches_known_label, normalize_label, token_f1
+from distil_platform.evaluation.scoring import exact_match, matches_known_label, normalize_label, token_f1
 
 
 @pytest.mark.parametrize(
@@ -119,8 +119,8 @@ def test_every_shipped_sample_reference_scores_one_against_itself():
     # All task types, not only classification: the nine shipped tasks with their sample data.
     import json
 
-    from distil_platform.scoring import score_prediction
-    from distil_platform.taskspec import load_tasks
+    from distil_platform.evaluation.scoring import score_prediction
+    from distil_platform.tasks.spec import load_tasks
 
     for name, spec in load_tasks().items():
         rows = [

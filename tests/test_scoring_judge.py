@@ -8,8 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distil_platform.scoring import build_judge_messages, llm_judge, parse_verdict, score_prediction
-from distil_platform.taskspec import TaskSpec
+from distil_platform.evaluation.scoring import (
+    build_judge_messages,
+    llm_judge,
+    parse_verdict,
+    score_prediction,
+)
+from distil_platform.tasks.spec import TaskSpec
 
 RUBRIC = "GOOD when the answer names the same entity as the reference."
 

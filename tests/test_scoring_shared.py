@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from distil_platform.scoring import (
+from distil_platform.evaluation.scoring import (
     exact_match,
     score_prediction,
     split_schema_question,
@@ -24,7 +24,7 @@ from distil_platform.scoring import (
     tool_call_staged,
     tool_call_strict,
 )
-from distil_platform.taskspec import TaskSpec
+from distil_platform.tasks.spec import TaskSpec
 
 pytestmark = pytest.mark.shared
 

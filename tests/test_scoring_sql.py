@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from distil_platform.scoring import (
+from distil_platform.evaluation.scoring import (
     SQLReferenceError,
     SQLSchemaError,
     build_database,
@@ -18,14 +18,14 @@ from distil_platform.scoring import (
     sql_match_details,
     sql_reference_error,
 )
-from distil_platform.scoring.sql import (
+from distil_platform.evaluation.scoring.sql import (
     _QueryFailed,
     extract_literals,
     has_top_level_order_by,
     results_match,
     run_readonly_query,
 )
-from distil_platform.taskspec import TaskSpec
+from distil_platform.tasks.spec import TaskSpec
 
 SCHEMA = """
 CREATE TABLE departments (
@@ -379,7 +379,7 @@ def test_score_prediction_text2sql_reads_schema_from_context_or_question():
 
 
 def test_equivalent_rewrites_score_one_and_suites_are_cached(monkeypatch):
-    from distil_platform.scoring import sql_suite
+    from distil_platform.evaluation.scoring import sql_suite
 
     pairs = [
         (

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distil_platform.scoring import (
+from distil_platform.evaluation.scoring import (
     ItemScore,
     ToolSchemaError,
     parse_tool_call,
@@ -17,7 +17,7 @@ from distil_platform.scoring import (
     tool_call_staged,
     tool_call_strict,
 )
-from distil_platform.taskspec import TaskSpec
+from distil_platform.tasks.spec import TaskSpec
 
 
 def _tool(name, properties, required=()):

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from distil_platform.costs import CostTableError, gather_cost_inputs
-from distil_platform.pricing import PricingError, load_snapshot
+from distil_platform.economics.costs import CostTableError, gather_cost_inputs
+from distil_platform.economics.pricing import PricingError, load_snapshot
+from distil_platform.economics.routing import RoutingError, gather_routing_inputs
 from distil_platform.redact import hide_password
-from distil_platform.routing import RoutingError, gather_routing_inputs
-from distil_platform.store import ResultsStore
-from distil_platform.taskspec import get_task
+from distil_platform.storage.store import ResultsStore
+from distil_platform.tasks.spec import get_task
 
 PASSWORD = "hunter2-s3cr3t"
 

@@ -18,8 +18,8 @@ from distil_platform.assets.seed import (
 )
 from distil_platform.resources.store import ResultsStoreResource
 
-from distil_platform.store import ResultsStore, seed_sets
-from distil_platform.taskspec import get_task, load_task_file
+from distil_platform.storage.store import ResultsStore, seed_sets
+from distil_platform.tasks.spec import get_task, load_task_file
 
 
 def _materialize(spec, instance=None, raise_on_error=True):

@@ -17,8 +17,8 @@ from distil_platform.assets.config_sources import pricing_file_observation, prom
 from distil_platform.assets.keys import PRICING_FILE_KEY, TASK_STAGES
 from distil_platform.sensors import MONTHLY_CRON, SENSOR_NAME
 
-from distil_platform.paths import PACKAGE_DIR
-from distil_platform.taskspec import load_tasks
+from distil_platform.storage.paths import PACKAGE_DIR
+from distil_platform.tasks.spec import load_tasks
 
 TASKS = ("text2sql", "banking77")
 

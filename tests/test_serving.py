@@ -17,11 +17,11 @@ import psutil
 import pytest
 from distil_platform.resources.models import LLMResource, ModelStoreResource, ServingResource
 
-from distil_platform import serving
 from distil_platform.llm import ChatRequest
-from distil_platform.modelstore import resolve_model
-from distil_platform.serving import ServingError, build_transformers_command, build_vllm_command, serve
-from distil_platform.store import ResultsStore, llm_requests
+from distil_platform.serving import server as serving
+from distil_platform.serving.server import ServingError, build_transformers_command, build_vllm_command, serve
+from distil_platform.storage.modelstore import resolve_model
+from distil_platform.storage.store import ResultsStore, llm_requests
 
 
 def _gone(pid: int, timeout_s: float = 15.0) -> bool:
@@ -314,7 +314,7 @@ _CHILD = textwrap.dedent(
     # A shell's background job inherits SIGINT ignored, and Python then keeps it ignored: restore
     # the KeyboardInterrupt handler so the test means the same however the suite is launched.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    from distil_platform.serving import serve
+    from distil_platform.serving.server import serve
     with serve(sys.argv[1], backend="transformers", continuous_batching=False, env={"OMP_NUM_THREADS": "1"}) as server:
         print(server.pid, flush=True)
         time.sleep(120)
@@ -361,7 +361,7 @@ def _serving_env_or_skip() -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_qwen3_for_vllm(tmp_path_factory) -> Path:
-    from distil_platform.modelstore import build_tiny_qwen3
+    from distil_platform.storage.modelstore import build_tiny_qwen3
 
     # vLLM's CPU attention supports head_dim 32, 64, 80, ... (tiny-qwen3's 16 is rejected at the
     # first forward pass).
@@ -414,8 +414,8 @@ def test_vllm_serves_chat_and_structured_output(tiny_qwen3_for_vllm, monkeypatch
 
         # The teacher's per-request schemas: the engine takes the text2sql subset's regular expression
         # (a `pattern` of ~10-20 KB) and a passage's span enum.
-        from distil_platform.taskspec import get_task
-        from distil_platform.teacher_schemas import response_format
+        from distil_platform.tasks.spec import get_task
+        from distil_platform.teacher.schemas import response_format
 
         sql = get_task("text2sql")
         ddl = "CREATE TABLE employees (id INTEGER PRIMARY KEY, name TEXT, salary REAL);"

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distil_platform.scoring import sql_execution_match, sql_match_details, sql_suite
-from distil_platform.scoring.sql import (
+from distil_platform.evaluation.scoring import sql_execution_match, sql_match_details, sql_suite
+from distil_platform.evaluation.scoring.sql import (
     MAX_RESULT_BYTES,
     SQLSandboxError,
     SQLSchemaError,
@@ -19,8 +19,8 @@ from distil_platform.scoring.sql import (
     execute_untrusted_sql,
     run_sandboxed,
 )
-from distil_platform.scoring.sql_neighbours import NEIGHBOUR_KINDS, neighbour_queries
-from distil_platform.scoring.sql_suite import boundary_database, distinguishing_suite
+from distil_platform.evaluation.scoring.sql_neighbours import NEIGHBOUR_KINDS, neighbour_queries
+from distil_platform.evaluation.scoring.sql_suite import boundary_database, distinguishing_suite
 
 SCHEMA = """
 CREATE TABLE artists (
@@ -365,8 +365,8 @@ def test_rescore_benchmark_reports_the_near_misses_old_databases_passed(tmp_path
     import polars as pl
     from conftest import REPO_ROOT
 
-    from distil_platform.evaluation import ItemResult, prediction_rows
-    from distil_platform.store import ResultsStore, predictions
+    from distil_platform.evaluation.evaluate import ItemResult, prediction_rows
+    from distil_platform.storage.store import ResultsStore, predictions
 
     monkeypatch.setenv("DISTIL_DB_URL", f"sqlite:///{tmp_path / 'r.db'}")
     pairs = [(g, n) for g, n in PLANTED if sql_execution_match(n, g, SCHEMA, suite=False) == 1.0][:3]

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distil_platform.stats import (
+from distil_platform.economics.stats import (
     TEST_BINARY,
     TEST_BOOTSTRAP,
     bootstrap_ci,

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from distil_platform.synthesis import (
+from distil_platform.tasks.spec import get_task
+from distil_platform.teacher.synthesis import (
     answer_distribution,
     build_teacher_requests,
     decontaminate,
@@ -16,7 +17,6 @@ from distil_platform.synthesis import (
     parse_teacher_output,
     synthesize,
 )
-from distil_platform.taskspec import get_task
 
 EMP = "CREATE TABLE employees (id INTEGER PRIMARY KEY, name TEXT, department TEXT, salary INTEGER);"
 PROD = "CREATE TABLE products (id INTEGER PRIMARY KEY, name TEXT, category TEXT, price REAL);"
@@ -134,7 +134,7 @@ def test_decontamination_ignores_boilerplate_shared_with_seeds():
 
 
 def test_literal_swap_makes_valid_new_rows(sql_spec):
-    from distil_platform.validation import validate_row
+    from distil_platform.tasks.validation import validate_row
 
     rows = literal_swap_augment(sql_spec, SQL_SEEDS, per_seed=3)
     assert rows, "seeds with shared literals must yield augmented rows"

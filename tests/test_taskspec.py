@@ -10,8 +10,8 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from distil_platform.prompts import build_messages, system_prompt
-from distil_platform.taskspec import TaskSpecError, get_task, load_task_file, load_tasks, tasks_dir
+from distil_platform.tasks.prompts import build_messages, system_prompt
+from distil_platform.tasks.spec import TaskSpecError, get_task, load_task_file, load_tasks, tasks_dir
 
 NINE = {"text2sql", "smart_home", "git_assistant", "banking77", "ecommerce", "trec", "hotpotqa", "docstring",
         "pii_redaction"}
@@ -210,7 +210,7 @@ def test_adding_a_task_is_one_yaml_file(tmp_path, monkeypatch):
 def test_margin_repeats_and_judge_family(tmp_path):
     from pydantic import ValidationError
 
-    from distil_platform.taskspec import ModelRef, TaskSpec, model_family
+    from distil_platform.tasks.spec import ModelRef, TaskSpec, model_family
 
     base = {"name": "t", "type": "classification", "description": "d", "labels": {"a": "A", "b": "B"}}
     assert TaskSpec(**base).margin == 0.02 and TaskSpec(**base, margin=0.05).margin == 0.05

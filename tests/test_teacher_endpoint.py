@@ -23,8 +23,8 @@ from distil_platform.resources import (
     TeacherEndpointResource,
 )
 
-from distil_platform.taskspec import load_task_file, tasks_dir
-from distil_platform.validation import normalise_text
+from distil_platform.tasks.spec import load_task_file, tasks_dir
+from distil_platform.tasks.validation import normalise_text
 
 REPLY = [
     {"question": "push the release branch to upstream",
@@ -120,7 +120,7 @@ def _checkpoint(tmp_path) -> Path:
     """Any HF-format directory with a tokenizer, standing for a seed-only student's checkpoint."""
     import shutil
 
-    from distil_platform.modelstore import TINY_QWEN3, resolve_model
+    from distil_platform.storage.modelstore import TINY_QWEN3, resolve_model
 
     checkpoint = tmp_path / "seed_only_student"
     shutil.copytree(resolve_model(TINY_QWEN3), checkpoint)

@@ -26,8 +26,8 @@ from distil_platform.resources import (
     TeacherEndpointResource,
 )
 
-from distil_platform.synthesis import Reply, synthesize
-from distil_platform.taskspec import get_task, load_task_file, tasks_dir
+from distil_platform.tasks.spec import get_task, load_task_file, tasks_dir
+from distil_platform.teacher.synthesis import Reply, synthesize
 
 DEEP_JSON = "[" * 2000
 DEEP_SQL = "SELECT " + "(" * 3000 + "1" + ")" * 3000 + " FROM employees;"
@@ -107,7 +107,7 @@ def test_truncated_or_empty_second_answers_are_no_agreement_verdict():
 
 
 def test_self_training_labels_cut_off_empty_or_poisonous_are_rejected():
-    from distil_platform.self_training import label_rows
+    from distil_platform.teacher.self_training import label_rows
 
     spec = get_task("smart_home")
     texts = [{"id": f"u{k}", "question": f"turn on the kitchen lights please {k}"} for k in range(3)]

@@ -10,13 +10,13 @@ import polars as pl
 import pytest
 from jsonschema import Draft202012Validator
 
-from distil_platform import filters as qf
-from distil_platform.datasources import load_sample
-from distil_platform.recorded_teacher import RecordedTeacherError, load_recorded, recorded_path
-from distil_platform.synthesis import apply_filters, parse_teacher_output, synthesize
-from distil_platform.taskspec import load_task_file, tasks_dir
-from distil_platform.teacher_schemas import reply_schema, response_format, use_structured_output
-from distil_platform.validation import validate_row
+from distil_platform.tasks.sources import load_sample
+from distil_platform.tasks.spec import load_task_file, tasks_dir
+from distil_platform.tasks.validation import validate_row
+from distil_platform.teacher import filters as qf
+from distil_platform.teacher.recorded import RecordedTeacherError, load_recorded, recorded_path
+from distil_platform.teacher.schemas import reply_schema, response_format, use_structured_output
+from distil_platform.teacher.synthesis import apply_filters, parse_teacher_output, synthesize
 
 DATA = Path(__file__).parent / "data"
 
@@ -76,7 +76,7 @@ def test_reply_must_fill_the_request_unless_the_task_allows_fewer():
 def test_min_examples_per_request_outside_one_to_n_is_a_clear_error(low):
     from pydantic import ValidationError
 
-    from distil_platform.taskspec import SynthesisConfig
+    from distil_platform.tasks.spec import SynthesisConfig
 
     with pytest.raises(ValidationError, match="min_examples_per_request must be between 1 and"):
         SynthesisConfig(examples_per_request=4, min_examples_per_request=low)
@@ -123,7 +123,7 @@ def test_sql_qa_and_generation_schemas_are_strings_and_context_only_where_the_re
 def test_open_book_answers_are_constrained_to_spans_of_the_request_passage():
     """Unconstrained, the CPU teacher's 16 hotpotqa answers were all ``answer_not_in_context``: the
     reply schema now offers only what the validator accepts, plus yes/no."""
-    from distil_platform.teacher_schemas import answer_spans
+    from distil_platform.teacher.schemas import answer_spans
 
     spec, seeds, test = _sample("hotpotqa")
     context = seeds[0]["context"]
@@ -146,7 +146,7 @@ def test_open_book_answers_are_constrained_to_spans_of_the_request_passage():
 def test_the_second_answer_is_held_to_the_answer_space_of_the_first():
     """Free text, the 135M teacher's re-answers agreed with none of 16 span answers; the agreement
     filter's second answer now chooses from the same spans (or labels), and is unwrapped for scoring."""
-    from distil_platform.teacher_schemas import answer_spans, second_answer_format, unwrap_second_answer
+    from distil_platform.teacher.schemas import answer_spans, second_answer_format, unwrap_second_answer
 
     spec, seeds, _ = _sample("hotpotqa")
     row = {"question": "Which team?", "answer": "x", "context": seeds[0]["context"]}
@@ -379,7 +379,7 @@ def test_an_enum_value_the_request_contradicts_is_rejected_and_one_it_does_not_n
         {"role": "user", "content": "What's the status of everything?"}])
     assert qf.contradicted_enums(spec, {"question": history, "answer": _call("get_device_status", device_type="all")}) == []
     # Through the stage's filters: its own reason, after grounding.
-    from distil_platform.synthesis import apply_filters
+    from distil_platform.teacher.synthesis import apply_filters
 
     rows = [{"question": "Please unlock the back door for me now", "answer": _call("lock_door", door="front", state="unlock"),
              "origin": "teacher"},
@@ -509,8 +509,8 @@ def test_recorded_errors_name_the_file(tmp_path, monkeypatch):
 def test_filters_and_sources_are_switchable_in_the_task_yaml(tmp_path):
     import yaml
 
-    from distil_platform.synthesis import active_filters
-    from distil_platform.taskspec import TaskSpecError
+    from distil_platform.tasks.spec import TaskSpecError
+    from distil_platform.teacher.synthesis import active_filters
 
     raw = yaml.safe_load((tasks_dir() / "text2sql.yaml").read_text())
     assert active_filters(load_task_file(tasks_dir() / "text2sql.yaml")) == ["question_sanity", "sql_nonempty"]
@@ -536,7 +536,7 @@ def test_filters_and_sources_are_switchable_in_the_task_yaml(tmp_path):
 
 # -- self-training -------------------------------------------------------------------------------
 def test_self_training_rows_map_labels_and_carry_confidence():
-    from distil_platform.self_training import answer_confidence, label_rows, unlabelled_texts
+    from distil_platform.teacher.self_training import answer_confidence, label_rows, unlabelled_texts
 
     spec, seeds, test = _sample("banking77")
     texts = unlabelled_texts([{"question": "I was charged twice for one coffee"}, {"question": "  "},
@@ -578,7 +578,7 @@ def test_teacher_budget_has_room_for_the_code_a_docstring_teacher_writes():
 def test_sql_subset_pattern_holds_the_teacher_to_the_request_schema():
     import re
 
-    from distil_platform.teacher_schemas import schema_columns, sql_answer_pattern, sql_subset_for
+    from distil_platform.teacher.schemas import schema_columns, sql_answer_pattern, sql_subset_for
 
     spec, seeds, test = _sample("text2sql")
     rows = seeds + test
@@ -611,7 +611,7 @@ def test_sql_subset_pattern_holds_the_teacher_to_the_request_schema():
 def test_constrain_sql_accepts_only_free_or_subset():
     from pydantic import ValidationError
 
-    from distil_platform.taskspec import SynthesisConfig
+    from distil_platform.tasks.spec import SynthesisConfig
 
     with pytest.raises(ValidationError, match="constrain_sql.local must be free or subset"):
         SynthesisConfig(constrain_sql={"local": "strict"})

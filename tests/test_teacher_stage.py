@@ -25,8 +25,8 @@ from distil_platform.resources import (
 )
 
 from distil_platform.profiles import get_profile
-from distil_platform.synthesis import SynthesisReport
-from distil_platform.taskspec import ModelRef, load_task_file, tasks_dir
+from distil_platform.tasks.spec import ModelRef, load_task_file, tasks_dir
+from distil_platform.teacher.synthesis import SynthesisReport
 
 FIXTURE = Path(__file__).parent / "data" / "recorded_git_assistant.jsonl"
 

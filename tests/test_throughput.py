@@ -12,9 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from distil_platform.prompts import build_messages
-from distil_platform.taskspec import get_task
-from distil_platform.throughput import (
+from distil_platform.serving.loadtest import (
     ThroughputError,
     analyse,
     guidellm_scenario,
@@ -27,6 +25,8 @@ from distil_platform.throughput import (
     window_seconds,
     write_prompt_file,
 )
+from distil_platform.tasks.prompts import build_messages
+from distil_platform.tasks.spec import get_task
 
 RECORDED = Path(__file__).parent / "data" / "guidellm_tiny_qwen3_text2sql.json.gz"
 
@@ -221,7 +221,7 @@ def _fake_guidellm(recorded, calls, saturate_at=None):
 
 
 def test_load_test_runs_each_window_as_its_own_guidellm_run_and_merges_the_reports(recorded, tmp_path, monkeypatch):
-    import distil_platform.throughput as tp
+    import distil_platform.serving.loadtest as tp
 
     calls: list = []
     monkeypatch.setattr(tp, "warm_up", lambda *a, **k: 0.5)
@@ -316,8 +316,13 @@ def test_throughput_asset_live_on_tiny_qwen3(tmp_path, monkeypatch):
     import polars as pl
     from distil_platform.resources.models import ServingResource
 
-    from distil_platform.modelstore import resolve_model
-    from distil_platform.store import ResultsStore, predictions, throughput_points, throughput_profiles
+    from distil_platform.storage.modelstore import resolve_model
+    from distil_platform.storage.store import (
+        ResultsStore,
+        predictions,
+        throughput_points,
+        throughput_profiles,
+    )
 
     monkeypatch.setenv("DISTIL_PROFILE", "test")  # rates 2 and 4 req/s, 3 s each
     spec = get_task("text2sql")
@@ -372,9 +377,9 @@ def test_throughput_asset_live_on_tiny_qwen3(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_live_server_rejecting_every_request_fails_loudly(tmp_path):
-    from distil_platform.modelstore import resolve_model
-    from distil_platform.serving import serve
-    from distil_platform.throughput import run_guidellm
+    from distil_platform.serving.loadtest import run_guidellm
+    from distil_platform.serving.server import serve
+    from distil_platform.storage.modelstore import resolve_model
 
     spec = get_task("text2sql")
     ckpt = resolve_model("tiny-qwen3")
@@ -400,9 +405,9 @@ def test_throughput_asset_on_vllm_cpu(tmp_path, monkeypatch):
     from distil_platform.assets.throughput import no_prefix_cache_variant
     from distil_platform.resources.models import ServingResource
 
-    from distil_platform import serving
-    from distil_platform.modelstore import build_tiny_qwen3
-    from distil_platform.store import ResultsStore, predictions
+    from distil_platform.serving import server as serving
+    from distil_platform.storage.modelstore import build_tiny_qwen3
+    from distil_platform.storage.store import ResultsStore, predictions
 
     python = serving.vllm_python()
     if python is None or serving.vllm_build(python) != "cpu":
@@ -460,8 +465,8 @@ def test_vllm_cpu_binding_is_read_from_the_log_and_pins_the_load_generator():
     import subprocess
     import sys
 
-    from distil_platform.serving import parse_cpu_binding
-    from distil_platform.throughput import _affinity_setter
+    from distil_platform.serving.loadtest import _affinity_setter
+    from distil_platform.serving.server import parse_cpu_binding
 
     log = ("(EngineCore pid=1) INFO [ompmultiprocessing.py:185] \tlocal_rank=0, core ids=[0]\n"
            "(EngineCore pid=1) INFO [ompmultiprocessing.py:185] \treserved_cpus=[1]\n")
@@ -486,7 +491,7 @@ def test_guidellm_poisson_start_sets_the_arrival_clock_before_releasing_the_work
 
     from guidellm.scheduler.strategies import AsyncPoissonStrategy
 
-    from distil_platform.guidellm_cli import fix_poisson_start
+    from distil_platform.serving.guidellm_cli import fix_poisson_start
 
     def offset_when_released(strategy):
         strategy.init_processes_timings(worker_count=1, max_concurrency=1, mp_context=multiprocessing.get_context())
@@ -539,7 +544,7 @@ def test_completions_compressed_into_a_short_span_are_not_a_capacity():
     """From the make run of 2026-12-01 21:30 (before the race fix): at an offered 4 req/s, 76 requests
     arrived at 3.76 req/s but their completions spanned so little time that "achieved" read 92 req/s.
     That point is unreliable: not sustained, and not the variant's max throughput."""
-    from distil_platform.throughput import LoadPoint
+    from distil_platform.serving.loadtest import LoadPoint
 
     def point(offered, requests, arrival, achieved, p95):
         return LoadPoint(strategy="poisson", offered_rps=offered, arrival_rps=arrival, achieved_rps=achieved,
@@ -561,7 +566,7 @@ def test_max_achieved_is_the_arrival_rate_where_the_server_kept_up_and_the_compl
     were served without backlog (12 in flight at the close, 10.7 expected), but their completions'
     span read 3.39 req/s, so "max achieved" sat below the 4 req/s claimed as sustained. A point with
     a growing backlog keeps its completion rate: that server was busy throughout."""
-    from distil_platform.throughput import LoadPoint
+    from distil_platform.serving.loadtest import LoadPoint
 
     def point(offered, arrival, achieved, in_flight, expected):
         return LoadPoint(strategy="poisson", offered_rps=offered, arrival_rps=arrival, achieved_rps=achieved,
@@ -582,7 +587,7 @@ def test_max_achieved_is_the_arrival_rate_where_the_server_kept_up_and_the_compl
 def test_a_rate_that_misses_the_slo_caps_the_sustained_rate():
     """From the re-measured text2sql student (2026-12-02 01:37, bf16, SLO 5 s): 1 req/s missed the
     SLO (p95 7.0 s over 27 requests) and 2 req/s then met it. The claim stops below the miss."""
-    from distil_platform.throughput import LoadPoint
+    from distil_platform.serving.loadtest import LoadPoint
 
     def point(offered, requests, arrival, achieved, p95):
         return LoadPoint(strategy="poisson", offered_rps=offered, arrival_rps=arrival, achieved_rps=achieved,

@@ -1,4 +1,4 @@
-"""The training job behind ``<task>_student`` (``distil_platform.train_job``) and where it runs
+"""The training job behind ``<task>_student`` (``distil_platform.training.job``) and where it runs
 (``TrainerResource``: in the step, a Dagster Pipes subprocess, or a Pipes Kubernetes pod)."""
 
 # No `from __future__ import annotations`: Dagster reads the asset annotations below at runtime.
@@ -13,9 +13,9 @@ import pytest
 from distil_platform.resources.trainer import TrainerResource, k8s_pod_settings, launcher_from_env
 
 from distil_platform.profiles import get_profile
-from distil_platform.taskspec import TaskSpec, get_task
-from distil_platform.train_job import format_progress, training_params
-from distil_platform.training import TrainConfig
+from distil_platform.tasks.spec import TaskSpec, get_task
+from distil_platform.training.job import format_progress, training_params
+from distil_platform.training.trainer import TrainConfig
 
 
 def test_params_round_trip_through_json():
@@ -92,7 +92,7 @@ def test_k8s_training_pod_requests_a_gpu_in_the_gpu_image(monkeypatch):
         env_vars={"DAGSTER_PIPES_CONTEXT": "x"}, base_pod_meta=None, base_pod_spec=settings["base_pod_spec"]))
     (container,) = pod["spec"]["containers"]
     assert container["image"] == "ghcr.io/acme/distil-gpu:1"
-    assert container["command"] == ["python", "-m", "distil_platform.train_job"]
+    assert container["command"] == ["python", "-m", "distil_platform.training.job"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]

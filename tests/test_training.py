@@ -7,8 +7,8 @@ import json
 import pytest
 
 from distil_platform.profiles import get_profile
-from distil_platform.taskspec import get_task
-from distil_platform.training import (
+from distil_platform.tasks.spec import get_task
+from distil_platform.training.trainer import (
     TrainConfig,
     TrainingRowTooLongError,
     plan_max_length,
@@ -49,7 +49,7 @@ def test_task_yaml_training_section_sets_truncation_and_ceiling(tmp_path):
 
     import yaml
 
-    from distil_platform.taskspec import load_task_file
+    from distil_platform.tasks.spec import load_task_file
 
     raw = yaml.safe_load(Path(get_task("smart_home").source_file).read_text())
     raw["training"] = {"allow_truncation": True, "max_length_ceiling": 512, "batch_size": 3}
@@ -88,7 +88,7 @@ def test_max_length_is_the_longest_row_and_an_over_long_row_is_an_error():
 
 
 def test_training_rows_are_the_eval_rendering_plus_the_answer():
-    from distil_platform.prompts import build_messages
+    from distil_platform.tasks.prompts import build_messages
 
     spec = get_task("text2sql")
     chat = to_chat_dataset_rows(spec, ROWS[:1])[0]["messages"]
@@ -101,7 +101,7 @@ def tiny_dir(tmp_path_factory):
     import os
 
     os.environ.setdefault("DAGSTER_HOME", str(tmp_path_factory.mktemp("home")))
-    from distil_platform.modelstore import resolve_model
+    from distil_platform.storage.modelstore import resolve_model
 
     return resolve_model("tiny-qwen3")
 
@@ -111,7 +111,7 @@ def test_labelled_positions_loss_matches_the_standard_causal_lm_loss(tiny_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from distil_platform.training import labelled_positions_loss
+    from distil_platform.training.trainer import labelled_positions_loss
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
@@ -132,7 +132,7 @@ def test_planted_over_long_row_fails_before_training(tiny_dir, tmp_path):
     short ones is named (task, id, tokens) and nothing is trained or written."""
     from transformers import AutoTokenizer
 
-    from distil_platform.training import row_token_lengths
+    from distil_platform.training.trainer import row_token_lengths
 
     spec = get_task("smart_home")
     rows = [{"id": f"ok-{i}", "question": "Turn on the kitchen lights", "context": "",
@@ -142,8 +142,8 @@ def test_planted_over_long_row_fails_before_training(tiny_dir, tmp_path):
     lengths = row_token_lengths(spec, rows, tok)
     assert lengths[-1] > max(lengths[:-1]) + 1000
     # The eval server's context: the longest test prompt + max_answer_tokens (here the long row's prompt).
-    from distil_platform.prompts import build_messages
-    from distil_platform.training import serving_context_length
+    from distil_platform.tasks.prompts import build_messages
+    from distil_platform.training.trainer import serving_context_length
 
     prompt = len(tok.apply_chat_template(build_messages(spec, rows[-1]), add_generation_prompt=True,
                                          tokenize=True, return_dict=True)["input_ids"])
@@ -170,7 +170,7 @@ def test_lora_training_writes_a_servable_checkpoint_and_is_seeded(tiny_dir, tmp_
     # max_length derived from the data: exactly the longest rendered row, nothing truncated.
     from transformers import AutoTokenizer as _Tok
 
-    from distil_platform.training import row_token_lengths
+    from distil_platform.training.trainer import row_token_lengths
 
     lengths = row_token_lengths(spec, ROWS, _Tok.from_pretrained(tiny_dir))
     assert a.max_length == max(lengths) and a.truncated_examples == 0 and a.batch_size == 4

@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 from rapidfuzz import fuzz
 
-from distil_platform.datasources import load_seed_and_test
-from distil_platform.taskspec import get_task, load_tasks
-from distil_platform.validation import (
+from distil_platform.tasks.sources import load_seed_and_test
+from distil_platform.tasks.spec import get_task, load_tasks
+from distil_platform.tasks.validation import (
     REASON_FIELD,
     canonical_tool_call,
     find_overlaps,

@@ -29,7 +29,7 @@ timeouts are retried at most ``max_timeout_retries`` times (default 2), apart fr
 and counted (``ChatResult.timeouts``, ``reply_counts()["timeouts"]``, the ``timeouts`` column of
 ``llm_requests``).
 
-Results store use (``distil_platform.store``):
+Results store use (``distil_platform.storage.store``):
 - ``llm_cache``: one row per successful response, keyed by model, endpoint identity (checkpoint,
   backend, dtype/quantization of a served model; see ``LLMClient``), messages, tools, decoding
   parameters (the client's ``request_extra`` included) and the repeat index. The cached payload
@@ -854,7 +854,7 @@ class _StoreWriter:
     def lookup(self, keys: set[str]) -> dict[str, dict[str, Any]]:
         from sqlalchemy import select
 
-        from distil_platform.store import llm_cache
+        from distil_platform.storage.store import llm_cache
 
         found: dict[str, dict[str, Any]] = {}
         key_list = sorted(keys)
@@ -902,7 +902,7 @@ class _StoreWriter:
     def _write(self, requests: list[dict[str, Any]], cache: list[dict[str, Any]]) -> None:
         from sqlalchemy import insert
 
-        from distil_platform.store import llm_cache, llm_requests
+        from distil_platform.storage.store import llm_cache, llm_requests
 
         with self.store.engine.begin() as conn:
             if cache:

@@ -1,0 +1,510 @@
+"""Answer a test set with a model and score it: per-item results, summary, worst items, paired
+comparison. The same prompt rendering (``prompts.build_messages``) serves every model.
+
+Reproducibility: the rows are always sent in the same order, in fixed-size chunks, at the given
+temperature (0 for the student): batched greedy decoding in bf16 depends on batch composition, so
+the composition must not change between runs.
+
+What is scored, and what is not (one rule for every model; ``ItemResult.outcome`` says which):
+
+- A **failed request** (no reply after the client's retries: ``Answer.error``) scores 0 and counts
+  as a parse failure and a request error: a model that cannot answer is wrong, not absent.
+- An **empty reply** (the request succeeded, billed, but no text: a reasoning model that spent its
+  whole ``max_tokens`` thinking, a safety block) is no answer the model gave. The scorer never sees
+  it; the item gets ``outcome`` "empty" (the finish reason in ``detail``) and is counted per model
+  (``EvalSummary.empty``). What it scores depends on who owns the budget (``empty_reply``), and is
+  in both cases the choice that never flatters the student:
+
+  - ``"zero"`` (the default; the student, the zero-shot base and self-hosted baselines, asked at the
+    task's own answer budget): nothing within the budget the task needs is a failed answer, and a
+    deployment of that model would serve nothing: 0, never left out (leaving it out would raise
+    a student that answers nothing on its hardest items).
+  - ``"unscorable"`` (frontier API models, whose ``max_tokens`` / ``reasoning_effort`` are our
+    configuration): an empty reply says the budget is wrong, not the model: ``score`` None, left
+    out of the mean (``item_means``) and of every paired comparison like an unparseable judge
+    verdict, counted in ``unscorable`` too; never a 0 that understates the frontier.
+- A **truncated reply** (``finish_reason == "length"``: cut off at ``max_tokens``) with text is
+  scored as the text the model returned within its budget (what a deployment with that budget
+  would serve; leaving it out would flatter a student that runs on past its answer) and flagged:
+  ``outcome`` "truncated". ``EvalSummary.truncated`` counts every reply cut off at max_tokens per
+  model (empty ones too), so a budget set too tight is visible next to the score.
+- A **scorer that raises** on a reply (any exception, e.g. ``RecursionError`` on deeply nested
+  output) makes that item unscorable with the reason (``outcome`` "scoring_error", ``detail``
+  "scoring_error: <exception>"), counted in ``EvalSummary.scoring_errors``; one poisonous reply never
+  crashes an eval. Exceptions of the judge *call* itself (network, budget) and the scorers'
+  bad-reference errors (``SQLReferenceError``, ``SQLSchemaError``, ``ToolSchemaError``: a broken
+  test row or tool list) still propagate: they are not a property of the reply.
+
+The LLM judge is called in batches: :func:`score_answers` hands every item's judge prompt to the
+judge's ``prefetch`` (when it has one: ``assets.common.BatchJudge``) before scoring, so the judge
+requests of one pass run concurrently through the LLM client rather than one at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from distil_platform.tasks.prompts import build_messages
+from distil_platform.tasks.spec import TaskSpec
+
+
+@dataclass
+class Answer:
+    """One model reply (whatever client produced it)."""
+
+    text: str | None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float | None = None
+    error: str | None = None
+    cache_hit: bool = False
+    confidence: float | None = None  # from token logprobs (routing.answer_confidence); None: not requested/returned
+    cached_prompt_tokens: int | None = None  # prompt tokens the provider served from its prompt cache
+    finish_reason: str | None = None  # "stop", "length" (cut at max_tokens), "content_filter", ...; None: unknown
+    reasoning_tokens: int | None = None  # hidden reasoning tokens reported by the provider
+    timeouts: int = 0  # timed-out attempts of the request (each possibly billed)
+
+
+@dataclass
+class ItemResult:
+    item_id: str
+    repeat: int
+    prediction: str | None
+    reference: str
+    score: float | None  # None: unscorable (e.g. the judge gave no verdict)
+    score_strict: float | None
+    parse_ok: bool
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float | None = None
+    error: str | None = None
+    detail: str = ""
+    question: str = ""
+    confidence: float | None = None  # the answer's confidence (routing.answer_confidence)
+    # The metric that produced ``score``: the task's metric name, ``llm_judge[:<judge model>]``, or
+    # ``fallback:token_f1`` when no judge was reachable. Scores of different metrics never pair.
+    metric: str = ""
+    cached_prompt_tokens: int | None = None
+    finish_reason: str | None = None
+    reasoning_tokens: int | None = None
+    timeouts: int = 0
+    # "" (an answer, scored), "empty" (billed, no text: 0 or unscorable), "truncated" (cut at max_tokens:
+    # scored as given, flagged) or "scoring_error" (the scorer raised: unscorable). Module docstring.
+    outcome: str = ""
+
+
+# ItemResult.outcome values
+OUTCOME_EMPTY, OUTCOME_TRUNCATED, OUTCOME_SCORING_ERROR = "empty", "truncated", "scoring_error"
+# What an empty reply scores (module docstring): 0, or unscorable (left out like a missing verdict).
+EMPTY_REPLY_POLICIES = ("zero", "unscorable")
+
+
+def is_empty_reply(answer: Answer) -> bool:
+    """The request succeeded (no error) but the reply has no text: billed, not an answer."""
+    return answer.error is None and not (answer.text or "").strip()
+
+
+AnswerFn = Callable[[list[list[dict[str, str]]], int], list[Answer]]
+
+
+def client_answer_fn(client, temperature: float, max_tokens: int, item_ids: Sequence[str], *,
+                     extra: dict[str, Any] | None = None,
+                     confidence: Callable[[Any], float | None] | None = None) -> AnswerFn:
+    """An ``answer`` function for :func:`evaluate` that sends each prompt through an LLM client
+    (``distil_platform.llm.LLMClient``) as one batch, ``item_ids`` naming the rows in the store.
+    ``extra``: more OpenAI parameters (e.g. ``{"logprobs": True}``); ``confidence``: ChatResult ->
+    the answer's confidence (e.g. ``routing.confidence_fn(spec.type)``)."""
+    from distil_platform.llm import ChatRequest
+
+    def answer(messages_list: list[list[dict[str, str]]], repeat: int) -> list[Answer]:
+        requests = [ChatRequest(messages=m, temperature=temperature, max_tokens=max_tokens, repeat=repeat,
+                                item_id=i, extra=dict(extra or {}))
+                    for m, i in zip(messages_list, item_ids, strict=True)]
+        return [Answer(text=r.text, prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
+                       latency_s=r.latency_s, error=r.error, cache_hit=r.cache_hit,
+                       cached_prompt_tokens=r.cached_prompt_tokens,
+                       confidence=confidence(r) if confidence is not None and r.error is None else None,
+                       finish_reason=getattr(r, "finish_reason", None),
+                       reasoning_tokens=getattr(r, "reasoning_tokens", None), timeouts=getattr(r, "timeouts", 0))
+                for r in client.chat_batch(requests)]
+
+    return answer
+
+
+def eval_messages(spec: TaskSpec, rows: Sequence[dict[str, Any]]) -> list[list[dict[str, str]]]:
+    return [build_messages(spec, row) for row in rows]
+
+
+def eval_metric(spec: TaskSpec, judge: Any = None) -> str:
+    """The metric an evaluation of ``spec`` with ``judge`` scores by: the task's metric, or for
+    ``llm_judge`` ``llm_judge:<model>`` (when the judge callable has a ``model`` attribute) and
+    ``fallback:token_f1`` without a judge (``scoring.score_prediction``'s documented fallback)."""
+    metric = spec.metric_name
+    if metric != "llm_judge":
+        return metric
+    if judge is None:
+        return "fallback:token_f1"
+    model = getattr(judge, "model", None)
+    return f"llm_judge:{model}" if model else "llm_judge"
+
+
+def _item_metric(default: str, detail: str) -> str:
+    # The scorer says so when it fell back to another metric for this item.
+    head = detail.split(None, 1)[0] if detail.strip() else ""
+    return head if head.startswith("fallback:") else default
+
+
+class _JudgeCallError(Exception):
+    """Carries an exception raised by the judge call itself (re-raised: not a property of the reply)."""
+
+
+def _guarded_judge(judge: Any) -> Any:
+    if judge is None:
+        return None
+
+    def call(messages):
+        try:
+            return judge(messages)
+        except Exception as exc:  # re-raised as it was by score_answers
+            raise _JudgeCallError() from exc
+
+    call.model = getattr(judge, "model", None)  # type: ignore[attr-defined]
+    return call
+
+
+def _prefetch_judge(spec: TaskSpec, rows: Sequence[dict[str, Any]], answers: Sequence[Answer], judge: Any) -> None:
+    """Hand every judge prompt of this pass to ``judge.prefetch`` (one concurrent batch). The prompts
+    are the ones scoring will send: collected by running the scorer with a recording judge."""
+    from distil_platform.evaluation.scoring import score_prediction
+
+    prefetch = getattr(judge, "prefetch", None)
+    if prefetch is None or spec.metric_name != "llm_judge":
+        return
+    wanted: list[list[dict[str, str]]] = []
+
+    def record(messages):
+        wanted.append(messages)
+        return "GOOD"
+
+    for row, ans in zip(rows, answers):
+        if ans.error is not None or is_empty_reply(ans):
+            continue
+        # A scorer exception here is reported by the scoring pass, as that item's scoring_error.
+        with contextlib.suppress(Exception):
+            score_prediction(spec, ans.text, row, judge=record)
+    if wanted:
+        prefetch(wanted)
+
+
+def score_answers(
+    spec: TaskSpec,
+    rows: Sequence[dict[str, Any]],
+    answers: Sequence[Answer],
+    *,
+    repeat: int = 0,
+    judge: Any = None,
+    empty_reply: str = "zero",
+) -> list[ItemResult]:
+    """Score each answer against its row with the task's metric (``scoring.score_prediction``),
+    following the module docstring's rule: a failed request scores 0; an empty reply is never
+    scored as an answer (``empty_reply``: 0 or unscorable); a truncated one is scored and flagged;
+    a scorer exception makes the item unscorable."""
+    from distil_platform.evaluation.scoring import (
+        SQLReferenceError,
+        SQLSchemaError,
+        ToolSchemaError,
+        score_prediction,
+    )
+
+    if len(rows) != len(answers):
+        raise ValueError(f"{len(answers)} answers for {len(rows)} rows")
+    if empty_reply not in EMPTY_REPLY_POLICIES:
+        raise ValueError(f"empty_reply must be one of {EMPTY_REPLY_POLICIES}, got {empty_reply!r}")
+    default_metric = eval_metric(spec, judge)
+    _prefetch_judge(spec, rows, answers, judge)
+    guarded = _guarded_judge(judge)
+    out = []
+    for row, ans in zip(rows, answers):
+        finish = getattr(ans, "finish_reason", None)
+        outcome = ""
+        if ans.error is not None:
+            score, strict, parse_ok, detail = 0.0, 0.0, False, f"request failed: {ans.error}"
+        elif is_empty_reply(ans):
+            zero = empty_reply == "zero"
+            score, strict, parse_ok, outcome = (0.0 if zero else None), (0.0 if zero else None), False, OUTCOME_EMPTY
+            detail = (f"empty reply (finish_reason={finish}): billed, no answer; "
+                      + ("scored 0" if zero else "unscorable"))
+        else:
+            try:
+                item = score_prediction(spec, ans.text, row, judge=guarded)
+                score, strict, parse_ok, detail = item.score, item.strict, item.parse_ok, item.detail
+            except _JudgeCallError as exc:
+                raise exc.__cause__ from None  # the judge call failed (network, budget): not the reply's fault
+            except (SQLReferenceError, SQLSchemaError, ToolSchemaError):
+                raise  # a bad reference, schema or tool list: the test set is broken, not the reply
+            except Exception as exc:  # noqa: BLE001 - any scorer failure on one reply makes that item unscorable
+                score, strict, parse_ok, outcome = None, None, False, OUTCOME_SCORING_ERROR
+                detail = f"scoring_error: {type(exc).__name__}: {str(exc)[:200]}"
+            if finish == "length" and outcome == "":
+                outcome = OUTCOME_TRUNCATED
+                detail = f"{detail}; truncated at max_tokens" if detail else "truncated at max_tokens"
+        out.append(ItemResult(
+            item_id=str(row["id"]), repeat=repeat, prediction=ans.text, reference=str(row["answer"]),
+            score=None if score is None or (isinstance(score, float) and math.isnan(score)) else float(score),
+            score_strict=None if strict is None else float(strict), parse_ok=bool(parse_ok),
+            prompt_tokens=ans.prompt_tokens, completion_tokens=ans.completion_tokens,
+            latency_s=ans.latency_s, error=ans.error, detail=str(detail or ""),
+            question=str(row.get("question", "")), confidence=getattr(ans, "confidence", None),
+            metric=_item_metric(default_metric, str(detail or "")),
+            cached_prompt_tokens=getattr(ans, "cached_prompt_tokens", None),
+            finish_reason=finish, reasoning_tokens=getattr(ans, "reasoning_tokens", None),
+            timeouts=int(getattr(ans, "timeouts", 0) or 0), outcome=outcome,
+        ))
+    return out
+
+
+def evaluate(
+    spec: TaskSpec,
+    rows: Sequence[dict[str, Any]],
+    answer: AnswerFn,
+    *,
+    repeats: int = 1,
+    judge: Any = None,
+    empty_reply: str = "zero",
+) -> list[ItemResult]:
+    """Answer every row ``repeats`` times (``answer(messages, repeat)``) and score the replies
+    (``empty_reply``: what an empty reply scores, see the module docstring)."""
+    messages = eval_messages(spec, rows)
+    results: list[ItemResult] = []
+    for r in range(repeats):
+        answers = answer(messages, r)
+        results += score_answers(spec, rows, answers, repeat=r, judge=judge, empty_reply=empty_reply)
+    return results
+
+
+# -- summaries ---------------------------------------------------------------------------------
+def item_means(results: Sequence[ItemResult], strict: bool = False) -> dict[str, float]:
+    """Mean score per item over repeats (unscorable repeats left out; items with none dropped)."""
+    acc: dict[str, list[float]] = {}
+    for r in results:
+        value = r.score_strict if strict else r.score
+        if value is not None:
+            acc.setdefault(r.item_id, []).append(value)
+    return {k: sum(v) / len(v) for k, v in acc.items() if v}
+
+
+def repeat_means(results: Sequence[ItemResult]) -> list[float]:
+    by_repeat: dict[int, list[float]] = {}
+    for r in results:
+        if r.score is not None:
+            by_repeat.setdefault(r.repeat, []).append(r.score)
+    return [sum(v) / len(v) for _, v in sorted(by_repeat.items()) if v]
+
+
+@dataclass
+class EvalSummary:
+    score: float
+    ci_low: float
+    ci_high: float
+    n: int
+    repeats: int
+    repeat_mean: float
+    repeat_std: float
+    parse_failures: int
+    request_errors: int
+    unscorable: int
+    score_strict: float | None = None
+    mean_prompt_tokens: float | None = None
+    mean_completion_tokens: float | None = None
+    mean_latency_s: float | None = None
+    # Reply outcomes (module docstring): cut off at max_tokens (finish_reason length, with or without
+    # text), empty (no text: 0 or unscorable; a reply can be both), timed-out attempts, scorer exceptions
+    # (unscorable); finish reasons seen; mean reported reasoning tokens.
+    truncated: int = 0
+    empty: int = 0
+    timeouts: int = 0
+    scoring_errors: int = 0
+    finish_reasons: dict[str, int] = field(default_factory=dict)
+    mean_reasoning_tokens: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(out.pop("extra"))
+        return out
+
+
+def _mean(values: Sequence[float | int | None]) -> float | None:
+    vals = [float(v) for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarize(results: Sequence[ItemResult], *, seed: int = 0) -> EvalSummary:
+    """Item-level score with a 95% bootstrap CI over items (repeats averaged per item first), and
+    mean ± std over repeats."""
+    from distil_platform.economics.stats import mean_std, score_interval
+
+    per_item = item_means(results)
+    empty = sum(1 for r in results if r.outcome == OUTCOME_EMPTY)
+    truncated = sum(1 for r in results if r.finish_reason == "length")
+    scoring_errors = sum(1 for r in results if r.outcome == OUTCOME_SCORING_ERROR)
+    if not per_item:
+        raise ValueError(
+            f"no scorable results to summarise: {len(results)} replies, {empty} empty, {truncated} cut off at "
+            f"max_tokens, {scoring_errors} scoring errors, {sum(1 for r in results if r.score is None)} unscorable"
+            + (" (empty replies: raise the model's max_tokens or lower its reasoning_effort)" if empty else ""))
+    values = list(per_item.values())
+    score = sum(values) / len(values)
+    ci = score_interval(per_item, seed=seed)  # Wilson for 0/1 item scores, BCa bootstrap otherwise
+    lo, hi = float(ci.low), float(ci.high)
+    reps = repeat_means(results)
+    rep_mean, rep_std = mean_std(reps) if reps else (score, 0.0)
+    strict_items = item_means(results, strict=True)
+    return EvalSummary(
+        score=score,
+        ci_low=lo,
+        ci_high=hi,
+        n=len(values),
+        repeats=len({r.repeat for r in results}),
+        repeat_mean=float(rep_mean),
+        repeat_std=float(rep_std),
+        parse_failures=sum(1 for r in results if not r.parse_ok),
+        request_errors=sum(1 for r in results if r.error is not None
+                           or (r.prediction is None and r.outcome != OUTCOME_EMPTY)),
+        unscorable=sum(1 for r in results if r.score is None),
+        score_strict=(sum(strict_items.values()) / len(strict_items)) if strict_items else None,
+        mean_prompt_tokens=_mean([r.prompt_tokens for r in results]),
+        mean_completion_tokens=_mean([r.completion_tokens for r in results]),
+        mean_latency_s=_mean([r.latency_s for r in results]),
+        truncated=truncated,
+        empty=empty,
+        timeouts=sum(r.timeouts or 0 for r in results),
+        scoring_errors=scoring_errors,
+        finish_reasons=dict(sorted(Counter(r.finish_reason or "unknown" for r in results
+                                           if r.error is None).items())),
+        mean_reasoning_tokens=_mean([r.reasoning_tokens for r in results]),
+    )
+
+
+def worst_items(results: Sequence[ItemResult], k: int = 10) -> list[dict[str, Any]]:
+    """The ``k`` lowest-scoring items (mean over repeats), parse failures first on ties."""
+    per_item = item_means(results)
+    first: dict[str, ItemResult] = {}
+    parse_fail: dict[str, int] = {}
+    for r in results:
+        first.setdefault(r.item_id, r)
+        parse_fail[r.item_id] = parse_fail.get(r.item_id, 0) + (not r.parse_ok)
+    order = sorted(first, key=lambda i: (per_item.get(i, -1.0), -parse_fail[i], i))
+    rows = []
+    for item_id in order[:k]:
+        r = first[item_id]
+        rows.append({"item_id": item_id, "score": round(per_item[item_id], 3) if item_id in per_item else None,
+                     "parse_ok": r.parse_ok, "question": r.question, "prediction": r.prediction,
+                     "reference": r.reference, "detail": r.detail})
+    return rows
+
+
+def item_metrics(results: Sequence[ItemResult]) -> dict[str, str | None]:
+    """The metric of each item's scored repeats (None: its repeats were scored by different metrics)."""
+    seen: dict[str, set[str]] = {}
+    for r in results:
+        if r.score is not None:
+            seen.setdefault(r.item_id, set()).add(r.metric)
+    return {k: next(iter(v)) if len(v) == 1 else None for k, v in seen.items()}
+
+
+# The fields of a paired comparison a report keeps (benchmarks' JSON, cross-run pairings).
+PAIRED_KEYS = ("n", "diff", "ci_low", "ci_high", "mcnemar_p", "test", "verdict", "verdict_note", "margin",
+               "item_wins", "item_ties", "item_losses")
+
+
+def paired_comparison(student: Sequence[ItemResult], baseline: Sequence[ItemResult],
+                      **compare_kwargs: Any) -> dict[str, Any]:
+    """Student vs baseline on the items both scored **by the same metric** (repeats averaged per
+    item): ``stats.compare``'s difference (student - baseline), interval, test and verdict, and
+    per-item wins / ties / losses of the student. ``compare_kwargs`` go to ``stats.compare``
+    (e.g. ``margin``).
+
+    Scores of different metrics (an LLM judge's verdict vs the token-F1 fallback; two judges) are
+    never paired: such items are left out (``n_metric_mismatch``, with the metric pairs in
+    ``metric_mismatch``). When the same-metric pairs still span several metrics, each gets its own
+    comparison under ``by_metric`` and the top-level result is that of the metric with the most
+    pairs (named by ``metric``)."""
+    from distil_platform.economics.stats import compare
+
+    s, b = item_means(student), item_means(baseline)
+    sm, bm = item_metrics(student), item_metrics(baseline)
+    common = sorted(set(s) & set(b))
+    groups: dict[str, list[str]] = {}
+    mismatch: list[str] = []
+    for i in common:
+        if sm.get(i) is not None and sm.get(i) == bm.get(i):
+            groups.setdefault(sm[i], []).append(i)
+        else:
+            mismatch.append(i)
+    base: dict[str, Any] = {"n_common": len(common), "n_metric_mismatch": len(mismatch)}
+    if mismatch:
+        base["metric_mismatch"] = sorted({f"{sm.get(i) or '?'} vs {bm.get(i) or '?'}" for i in mismatch})
+    if not groups:
+        return {"n_paired": 0, **base}
+
+    def one(items: list[str]) -> dict[str, Any]:
+        out = dict(compare([s[i] for i in items], [b[i] for i in items], **compare_kwargs))
+        out["n_paired"] = len(items)
+        out["item_wins"] = sum(1 for i in items if s[i] > b[i])
+        out["item_ties"] = sum(1 for i in items if s[i] == b[i])
+        out["item_losses"] = sum(1 for i in items if s[i] < b[i])
+        return out
+
+    by_metric = {metric: one(items) for metric, items in sorted(groups.items())}
+    metric = max(sorted(groups), key=lambda m: len(groups[m]))
+    out = {**by_metric[metric], **base, "metric": metric}
+    if len(by_metric) > 1:
+        out["by_metric"] = by_metric
+    return out
+
+
+def prediction_rows(
+    results: Sequence[ItemResult], *, task: str, stage: str, model: str, run_id: str, variant: str = ""
+) -> list[dict[str, Any]]:
+    """Rows for the results store's ``predictions`` table."""
+    return [
+        {"run_id": run_id, "task": task, "stage": stage, "model": model, "variant": variant,
+         "item_id": r.item_id, "repeat": r.repeat, "prediction": r.prediction, "reference": r.reference,
+         "score": r.score, "score_strict": r.score_strict, "parse_ok": r.parse_ok,
+         "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+         "latency_s": r.latency_s, "error": r.error, "confidence": r.confidence,
+         "cached_prompt_tokens": r.cached_prompt_tokens, "metric": r.metric or None,
+         "finish_reason": r.finish_reason, "reasoning_tokens": r.reasoning_tokens}
+        for r in results
+    ]
+
+
+def results_from_store_rows(rows: Sequence[dict[str, Any]], *, default_metric: str = "") -> list[ItemResult]:
+    """Inverse of :func:`prediction_rows` (for paired comparisons across assets).
+
+    Rows stored before the ``metric`` column existed have none: ``default_metric`` fills it where
+    the caller knows it (a task whose metric has no fallback), else they pair only with each other.
+    ``outcome`` is read back where the row shows it: "empty" (no error, no text),
+    "truncated" (finish_reason length); a scoring error is only in the in-memory result's detail."""
+    return [
+        ItemResult(item_id=r["item_id"], repeat=r["repeat"] or 0, prediction=r["prediction"],
+                   reference=r["reference"] or "", score=r["score"], score_strict=r["score_strict"],
+                   parse_ok=bool(r["parse_ok"]), prompt_tokens=r["prompt_tokens"],
+                   completion_tokens=r["completion_tokens"], latency_s=r["latency_s"], error=r["error"],
+                   confidence=r.get("confidence"), metric=r.get("metric") or default_metric,
+                   cached_prompt_tokens=r.get("cached_prompt_tokens"), finish_reason=r.get("finish_reason"),
+                   reasoning_tokens=r.get("reasoning_tokens"), outcome=_stored_outcome(r))
+        for r in rows
+    ]
+
+
+def _stored_outcome(row: dict[str, Any]) -> str:
+    if row.get("error") is None and not (row.get("prediction") or "").strip():
+        return OUTCOME_EMPTY
+    return OUTCOME_TRUNCATED if row.get("finish_reason") == "length" else ""

@@ -1,0 +1,1 @@
+"""Task definitions: the YAML specs beside this file, their loading (spec), data sources, validation and prompts."""

@@ -1,0 +1,605 @@
+"""Student training: TRL ``SFTTrainer`` on chat-formatted rows (LoRA via PEFT, or full fine-tuning).
+
+Rows are rendered with :func:`distil_platform.tasks.prompts.build_training_messages` — the exact messages
+the model is evaluated on — and trained with assistant-only loss (the chat template's
+``{% generation %}`` markers, see ``modelstore``). The result is a standalone checkpoint (LoRA
+merged) that ``serving.serve`` can load, with the loss curve saved beside it.
+
+Sequence length comes from the data: every training row is tokenised with the base model's chat
+template, ``max_length`` is the longest row (within a ceiling: profile ``max_length_ceiling``, the
+task's ``training.max_length_ceiling``, the model's context), and a row that would not fit raises
+:class:`TrainingRowTooLongError` naming the task, the row id and its token count — unless the task
+YAML sets ``training.allow_truncation: true``. Rows are never cut silently. With ``tokens_per_step``
+(the ``local`` profile) the batch size follows from it: ``tokens_per_step // max_length`` rows
+(at most ``batch_size``), so a step costs about the same however long the task's prompts are.
+
+The compute dtype follows the hardware the job runs on (:mod:`distil_platform.precision`): bf16 on
+CPUs with native bf16 and on Ampere+ GPUs, fp16 on older GPUs, fp32 on CPUs without native bf16
+(AVX2-only: bf16 is emulated there, ~24x slower per step). LoRA loads the base in that dtype (PEFT
+keeps the adapters in fp32); full fine-tuning keeps fp32 weights with bf16/fp16 autocast. The
+choice and its reason are in ``TrainResult.precision``. CPU specifics (measured, see the project's
+cpu-notes): LoRA dropout 0, and a loss that applies the LM head only to the
+labelled positions (TRL's default loss computes it over every position and dominates the step time).
+torch, transformers, trl and peft are imported inside functions: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distil_platform.precision import detect_precision
+from distil_platform.tasks.prompts import build_training_messages
+from distil_platform.tasks.spec import TaskSpec
+
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class TrainingRowTooLongError(ValueError):
+    """A training row (rendered prompt + answer) does not fit ``max_length`` and truncation is not
+    allowed. The message names the task, the rows and their token counts."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 60
+    learning_rate: float = 5e-4
+    # Rows per step; with ``tokens_per_step`` set, the most rows per step.
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    # Fixed sequence length; None derives it from the longest training row (see module doc).
+    max_length: int | None = None
+    # Upper bound for the derived max_length (also bounded by the model's context length).
+    max_length_ceiling: int = 2048
+    # Cut over-long rows from the start (keep_end) instead of failing (task ``training.allow_truncation``).
+    allow_truncation: bool = False
+    # Choose rows per step from a token budget: batch = clamp(tokens_per_step // max_length, 1, batch_size).
+    tokens_per_step: int | None = None
+    use_lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0  # dropout masks cost ~1.2 s/step on CPU and did not help
+    lora_target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    # Epochs instead of steps when set (max_steps then derived from the data size).
+    epochs: float | None = None
+    # Seconds the training loop may take (None or 0: no limit). With a budget, the step count is
+    # what the budget affords at the step time measured on this machine before training (at most
+    # max_steps), so the learning-rate schedule is planned for the steps that will run.
+    time_budget_s: float | None = None
+    warmup_ratio: float = 0.05
+    lr_scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    # Compute dtype: auto (from the hardware, distil_platform.precision), bf16, fp16 or fp32.
+    dtype: str = "auto"
+    seed: int = 0
+    # Threads torch may use (None: all cores of this process's CPU affinity).
+    num_threads: int | None = None
+    logging_steps: int = 1
+    # Apply the LM head only to labelled positions (same loss, ~2x faster steps on CPU).
+    labelled_positions_loss: bool = True
+
+    @classmethod
+    def for_task(cls, spec: TaskSpec, profile, **overrides: Any) -> TrainConfig:
+        """Profile defaults, then the task YAML's ``training`` overrides, then ``overrides``."""
+        t = spec.training
+        explicit_batch = t.batch_size or overrides.get("batch_size")
+        cfg = cls(
+            max_steps=t.max_steps or profile.max_steps,
+            learning_rate=t.learning_rate or profile.learning_rate,
+            batch_size=t.batch_size or profile.batch_size,
+            max_length=t.max_length,
+            max_length_ceiling=t.max_length_ceiling or profile.max_length_ceiling,
+            allow_truncation=t.allow_truncation,
+            # An explicit batch size (task YAML or run config) means rows per step, not a token budget.
+            tokens_per_step=None if explicit_batch else profile.tokens_per_step,
+            use_lora=profile.use_lora if t.use_lora is None else t.use_lora,
+            lora_r=t.lora_r,
+            lora_alpha=t.lora_alpha,
+            lora_target_modules=tuple(t.lora_target_modules),
+            epochs=t.epochs,
+            dtype=profile.dtype,
+            time_budget_s=t.time_budget_s if t.time_budget_s is not None else profile.train_time_budget_s,
+        )
+        for key, value in overrides.items():
+            if value is not None:
+                if not hasattr(cfg, key):
+                    raise ValueError(f"unknown training option {key!r}")
+                setattr(cfg, key, value)
+        if not cfg.use_lora and t.learning_rate is None and overrides.get("learning_rate") is None:
+            cfg.learning_rate = min(cfg.learning_rate, 5e-5)  # full FT needs a far smaller step
+        return cfg
+
+    def steps_for(self, n_examples: int, batch_size: int | None = None) -> int:
+        if self.epochs:
+            per_epoch = math.ceil(n_examples / ((batch_size or self.batch_size) * self.gradient_accumulation_steps))
+            return max(1, math.ceil(per_epoch * self.epochs))
+        return self.max_steps
+
+    def batch_size_for(self, max_length: int) -> int:
+        """Rows per step: ``batch_size``, or what ``tokens_per_step`` affords at ``max_length``."""
+        if not self.tokens_per_step:
+            return self.batch_size
+        return max(1, min(self.batch_size, self.tokens_per_step // max(max_length, 1)))
+
+
+@dataclass(frozen=True)
+class LengthPlan:
+    """The sequence length a training run uses and the token lengths it was derived from."""
+
+    max_length: int
+    # "derived" (longest row, within the ceiling) or "fixed" (task YAML / run config).
+    source: str
+    ceiling: int
+    n_rows: int
+    median: float
+    p90: float
+    longest: int
+    shortest: int
+    # Rows longer than max_length (non-zero only when truncation is allowed).
+    truncated: int
+
+    def summary(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def row_token_lengths(spec: TaskSpec, rows: Sequence[dict[str, Any]], tokenizer) -> list[int]:
+    """Tokens of each row as SFT sees it: the chat template over the eval messages plus the answer."""
+    return [len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
+            for r in to_chat_dataset_rows(spec, rows)]
+
+
+def plan_max_length(
+    spec: TaskSpec,
+    row_ids: Sequence[str],
+    lengths: Sequence[int],
+    config: TrainConfig,
+    *,
+    model_context: int | None = None,
+    tokenizer_name: str = "the base model's tokenizer",
+) -> LengthPlan:
+    """``max_length`` for these rows; raises :class:`TrainingRowTooLongError` for rows that would be cut
+    unless ``config.allow_truncation``."""
+    if not lengths:
+        raise ValueError(f"{spec.name}: no training rows")
+    ceiling = config.max_length_ceiling
+    if model_context:
+        ceiling = min(ceiling, int(model_context))
+    longest = max(lengths)
+    if config.max_length is not None:
+        limit, source = int(config.max_length), "fixed"
+    else:
+        limit, source = min(longest, ceiling), "derived"
+    over = [(rid, n) for rid, n in zip(row_ids, lengths) if n > limit]
+    if over and not config.allow_truncation:
+        over.sort(key=lambda item: -item[1])
+        shown = ", ".join(f"id {rid!r}: {n} tokens" for rid, n in over[:10])
+        more = f" and {len(over) - 10} more" if len(over) > 10 else ""
+        where = (f"max_length={limit} (set by the task YAML or run config)" if source == "fixed"
+                 else f"the max_length ceiling {limit} (profile/task `max_length_ceiling`"
+                 + (f", model context {model_context}" if model_context else "") + ")")
+        raise TrainingRowTooLongError(
+            f"{spec.name}: {len(over)} of {len(lengths)} training row(s) are longer than {where}, counting the "
+            f"rendered prompt + answer with {tokenizer_name}: {shown}{more}. Training would cut the start of "
+            f"their prompt (the system prompt with the task description) while evaluation sends all of it. "
+            f"Raise the limit, shorten or drop those rows, or set `training.allow_truncation: true` in "
+            f"{spec.source_file or 'the task YAML'} to train on truncated rows knowingly."
+        )
+    ordered = sorted(lengths)
+    p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+    return LengthPlan(max_length=limit, source=source, ceiling=ceiling, n_rows=len(lengths),
+                      median=float(statistics.median(lengths)), p90=float(p90), longest=longest,
+                      shortest=min(lengths), truncated=len(over))
+
+
+def serving_context_length(spec: TaskSpec, test_rows: Sequence[dict[str, Any]], tokenizer,
+                           train_max_length: int) -> int:
+    """Context an eval server needs for this task: the longest test prompt (eval rendering, generation
+    prompt added) plus ``spec.max_answer_tokens``, and never less than the training length."""
+    from distil_platform.tasks.prompts import build_messages
+
+    longest_prompt = max((len(tokenizer.apply_chat_template(build_messages(spec, dict(r)), add_generation_prompt=True,
+                                                            tokenize=True, return_dict=True)["input_ids"])
+                          for r in test_rows), default=0)
+    return max(int(train_max_length), longest_prompt + int(spec.max_answer_tokens))
+
+
+@dataclass
+class TrainResult:
+    checkpoint_dir: Path
+    base_model: str
+    train_examples: int
+    steps: int
+    wall_time_s: float
+    train_tokens: int
+    tokens_per_s: float
+    final_loss: float | None
+    trainable_params: int
+    total_params: int
+    truncated_examples: int = 0
+    max_length: int = 0
+    batch_size: int = 0
+    length_plan: dict[str, Any] = field(default_factory=dict)
+    # The compute dtype and why (distil_platform.precision.Precision.as_dict()).
+    precision: dict[str, str] = field(default_factory=dict)
+    # With a time budget: {"budget_s", "probe_s_per_step", "planned_steps", "steps"} (steps <= planned).
+    time_budget: dict[str, float] = field(default_factory=dict)
+    loss_history: list[dict[str, float]] = field(default_factory=list)
+    loss_curve_png: Path | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["checkpoint_dir"] = str(self.checkpoint_dir)
+        out["loss_curve_png"] = str(self.loss_curve_png) if self.loss_curve_png else None
+        out.pop("loss_history")
+        return out
+
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def to_chat_dataset_rows(spec: TaskSpec, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``{"messages": [...]}`` per row, rendered exactly as for evaluation (plus the answer)."""
+    out = []
+    for row in rows:
+        out.append({"messages": build_training_messages(spec, row)})
+    return out
+
+
+def _set_threads(num_threads: int | None) -> int:
+    import torch
+
+    if num_threads is None:
+        try:
+            num_threads = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - non-Linux
+            num_threads = os.cpu_count() or 1
+    torch.set_num_threads(max(1, num_threads))
+    return torch.get_num_threads()
+
+
+def labelled_positions_loss(model, inputs: dict[str, Any]):
+    """Mean next-token cross-entropy over labelled positions, with the LM head applied only there.
+
+    Equivalent to the usual causal-LM loss (labels shifted by one, -100 ignored), but it never builds
+    logits for prompt or padding positions.
+    """
+    import torch.nn.functional as F
+
+    labels = inputs["labels"]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder()
+    head = base.get_output_embeddings()
+    kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
+    hidden = decoder(**kwargs, use_cache=False).last_hidden_state
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != -100
+    if not bool(mask.any()):
+        return hidden.sum() * 0.0
+    picked = hidden[:, :-1][mask]
+    logits = head(picked).float()
+    return F.cross_entropy(logits, shift_labels[mask], reduction="mean")
+
+
+def _trainer_class():
+    from trl import SFTTrainer
+
+    class LabelledPositionsSFTTrainer(SFTTrainer):
+        """SFTTrainer whose loss applies the LM head to labelled positions only (see module doc)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs or not self.model.training:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return labelled_positions_loss(model, inputs)
+
+    return LabelledPositionsSFTTrainer
+
+
+def _progress_callback(total_steps: int, progress: ProgressFn | None, history: list[dict[str, float]]):
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        def __init__(self):
+            self.start = time.monotonic()
+            self.total_steps = total_steps
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.monotonic()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs:
+                return
+            step = int(state.global_step)
+            total_steps = self.total_steps
+            elapsed = time.monotonic() - self.start
+            eta = elapsed / max(step, 1) * max(total_steps - step, 0)
+            entry = {"step": step, "loss": float(logs["loss"]), "learning_rate": float(logs.get("learning_rate", 0.0)),
+                     "elapsed_s": round(elapsed, 1), "eta_s": round(eta, 1)}
+            history.append(entry)
+            if progress:
+                progress({**entry, "total_steps": total_steps})
+
+    return ProgressCallback()
+
+
+def plot_loss_curve(history: Sequence[dict[str, float]], out_path: Path, title: str = "training loss") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    steps = [h["step"] for h in history]
+    ax.plot(steps, [h["loss"] for h in history], marker="." if len(steps) < 50 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (assistant tokens)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
+    return out_path
+
+
+def train_student(
+    spec: TaskSpec,
+    rows: Sequence[dict[str, Any]],
+    base_model_dir: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    base_model_name: str | None = None,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    """Fine-tune ``base_model_dir`` on ``rows`` and write a standalone checkpoint to ``out_dir``.
+
+    ``out_dir`` receives the merged model + tokenizer (servable as is), ``loss_curve.png``,
+    ``train_summary.json`` and ``loss_history.json``.
+    """
+    config = config or TrainConfig()
+    if not rows:
+        raise ValueError(f"{spec.name}: no training rows")
+    base_model_dir = Path(base_model_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig
+
+    threads = _set_threads(config.num_threads)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    if "{% generation %}" not in (tokenizer.chat_template or "") and "{%- generation %}" not in (
+        tokenizer.chat_template or ""
+    ):
+        raise ValueError(
+            f"{base_model_dir}: the chat template has no {{% generation %}} markers, so assistant-only "
+            "loss cannot find the answer tokens; resolve the model through distil_platform.storage.modelstore"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    # Lengths first: an over-long row fails here, before the model is loaded.
+    chat_rows = to_chat_dataset_rows(spec, rows)
+    lengths = row_token_lengths(spec, rows, tokenizer)
+    plan = plan_max_length(
+        spec, [str(r.get("id", i)) for i, r in enumerate(rows)], lengths, config,
+        model_context=_model_context(base_model_dir), tokenizer_name=f"the tokenizer of {base_model_name or base_model_dir}",
+    )
+    truncated = plan.truncated
+    if truncated and progress:
+        progress({"event": "warning", "message": f"{truncated}/{len(rows)} rows exceed max_length="
+                  f"{plan.max_length} tokens (longest {plan.longest}); their prompt start is cut "
+                  "(training.allow_truncation is set)"})
+    batch_size = config.batch_size_for(plan.max_length)
+    on_cuda = torch.cuda.is_available()
+    precision = detect_precision("cuda" if on_cuda else "cpu", config.dtype, setting_name="training dtype")
+    compute_dtype = getattr(torch, precision.dtype)
+    if progress:
+        progress({"event": "precision", **precision.as_dict()})
+    # LoRA: base weights in the compute dtype (adapters stay fp32 in PEFT). Full FT: fp32 master
+    # weights + bf16/fp16 autocast.
+    load_dtype = compute_dtype if config.use_lora else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=load_dtype)
+
+    peft_config = None
+    if config.use_lora:
+        from peft import LoraConfig
+
+        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        targets = [t for t in config.lora_target_modules if t in names]
+        if not targets:
+            raise ValueError(
+                f"none of the LoRA target modules {list(config.lora_target_modules)} exist in {base_model_dir}"
+            )
+        peft_config = LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=targets, bias="none", task_type="CAUSAL_LM",
+        )
+
+    dataset = Dataset.from_list(chat_rows)
+    steps = config.steps_for(len(rows), batch_size)
+    import warnings
+
+    with warnings.catch_warnings():
+        # keep_end is deprecated in TRL 1.x but is the mode that keeps the answer of an over-long row.
+        warnings.filterwarnings("ignore", message=".*keep_end.*", category=FutureWarning)
+        sft_args = _sft_config(SFTConfig, config, out_dir, steps, on_cuda, batch_size=batch_size,
+                               max_length=plan.max_length if truncated else None, dtype=precision.dtype)
+    history: list[dict[str, float]] = []
+    callback = _progress_callback(steps, progress, history)
+    trainer_cls = _trainer_class() if config.labelled_positions_loss else __import__("trl").SFTTrainer
+    trainer = trainer_cls(
+        model=model,
+        args=sft_args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[callback],
+    )
+    # disable_tqdm makes the Trainer print every log dict to stdout; progress goes through `progress`.
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    # TRL tokenises with the same chat template; a mismatch would mean the lengths above (and the
+    # no-truncation guarantee) do not describe what is trained.
+    seen = sorted(len(x) for x in trainer.train_dataset["input_ids"])
+    expected = sorted(min(n, plan.max_length) for n in lengths)
+    if seen != expected:
+        raise RuntimeError(f"{spec.name}: TRL tokenised the rows to other lengths than measured "
+                           f"(longest {seen[-1] if seen else 0} vs {expected[-1]}); the chat template differs")
+    trained = trainer.model
+    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trained.parameters())
+    n_tokens = int(sum(min(n, plan.max_length) for n in lengths))
+    budget: dict[str, float] = {}
+    if config.time_budget_s and not config.epochs:
+        # What the budget affords on this machine (a bf16 step is ~24x slower on a CPU without native
+        # bf16): measured before the schedule is built, since a cut schedule ends at a high rate.
+        per_step = _probe_step_seconds(trainer)
+        affordable = max(1, min(steps, int(config.time_budget_s // per_step)))
+        budget = {"budget_s": float(config.time_budget_s), "probe_s_per_step": round(per_step, 2),
+                  "planned_steps": steps, "steps": affordable}
+        if affordable < steps and progress:
+            progress({"event": "warning", "message": f"time budget {config.time_budget_s:g} s at {per_step:.1f} s per "
+                      f"step (measured here): {affordable} of {steps} steps; raise training.time_budget_s (run config "
+                      "`time_budget_s`) for the full schedule"})
+        steps = affordable
+        trainer.args.max_steps = steps
+        callback.total_steps = steps
+    if progress:
+        progress({"event": "start", "steps": steps, "examples": len(rows), "threads": threads,
+                  "batch_size": batch_size, "max_length": plan.max_length, "longest_row": plan.longest,
+                  "trainable_params": trainable, "total_params": total})
+
+    start = time.monotonic()
+    output = trainer.train()
+    wall = time.monotonic() - start
+
+    final = trainer.model
+    if config.use_lora:
+        final = final.merge_and_unload()
+    final = final.to(compute_dtype)
+    final.config.use_cache = True
+    final.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.padding_side = "left"  # serving batches prompts
+    tokenizer.save_pretrained(out_dir)
+    gen_cfg = base_model_dir / "generation_config.json"
+    if gen_cfg.exists():
+        (out_dir / "generation_config.json").write_text(gen_cfg.read_text())
+
+    # Tokens seen: epochs over the tokenised data scaled by the fraction of it the steps covered.
+    examples_seen = steps * batch_size * config.gradient_accumulation_steps
+    tokens_seen = int(n_tokens * examples_seen / max(len(rows), 1))
+    final_loss = history[-1]["loss"] if history else float(output.training_loss)
+    png = plot_loss_curve(history, out_dir / "loss_curve.png", f"{spec.name}: {base_model_name or base_model_dir.name}") \
+        if history else None
+    result = TrainResult(
+        checkpoint_dir=out_dir,
+        base_model=base_model_name or str(base_model_dir),
+        train_examples=len(rows),
+        steps=steps,
+        wall_time_s=round(wall, 2),
+        train_tokens=tokens_seen,
+        tokens_per_s=round(tokens_seen / wall, 1) if wall > 0 else 0.0,
+        final_loss=final_loss,
+        trainable_params=int(trainable),
+        total_params=int(total),
+        truncated_examples=int(truncated),
+        max_length=plan.max_length,
+        batch_size=batch_size,
+        length_plan=plan.summary(),
+        precision=precision.as_dict(),
+        time_budget=budget,
+        loss_history=history,
+        loss_curve_png=png,
+        config={**asdict(config), "threads": threads, "effective_batch_size": batch_size,
+                "effective_max_length": plan.max_length},
+    )
+    (out_dir / "loss_history.json").write_text(json.dumps(history, indent=1))
+    (out_dir / "train_summary.json").write_text(json.dumps(result.summary(), indent=1, default=str))
+    import shutil
+
+    shutil.rmtree(out_dir / "_trainer", ignore_errors=True)
+    return result
+
+
+def _probe_step_seconds(trainer, repeats: int = 2) -> float:
+    """Seconds of one training step on this machine: forward + backward of the first batch (the
+    faster of ``repeats`` tries: the first pays one-off start-up work), gradients discarded, plus 5%
+    for the optimizer step and collation. The global RNG is restored, so the data order that trains
+    is the one a run without a budget gets."""
+    import torch
+
+    rng = torch.get_rng_state()
+    model = trainer.model
+    model.train()
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    torch.set_rng_state(rng)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        times.append(time.perf_counter() - started)
+        model.zero_grad(set_to_none=True)
+    return min(times) * 1.05
+
+
+def _model_context(model_dir: Path) -> int | None:
+    """The base model's context length (``max_position_embeddings``), if its config states one."""
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    value = cfg.get("max_position_embeddings") or (cfg.get("text_config") or {}).get("max_position_embeddings")
+    return int(value) if value else None
+
+
+def _sft_config(SFTConfig, config: TrainConfig, out_dir: Path, steps: int, on_cuda: bool, *, batch_size: int,
+                max_length: int | None, dtype: str = "float32"):
+    # Autocast only where the weights are fp32 (full FT; LoRA on a GPU): LoRA base weights already
+    # are in the compute dtype on the CPU.
+    autocast = on_cuda or not config.use_lora
+    return SFTConfig(
+        output_dir=str(out_dir / "_trainer"),
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        # None unless truncation is allowed and needed: every row fits (plan_max_length checked it),
+        # so TRL must not cut anything. Allowed over-long rows lose the start of the prompt rather
+        # than the answer (keep_start would drop the row once the prompt alone fills max_length).
+        max_length=max_length,
+        truncation_mode="keep_end",
+        assistant_only_loss=True,
+        packing=False,
+        bf16=bool(dtype == "bfloat16" and autocast),
+        fp16=bool(dtype == "float16" and autocast),
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        dataloader_num_workers=0,
+        use_cpu=not on_cuda,
+        disable_tqdm=True,
+        gradient_checkpointing=False,
+    )
