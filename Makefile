@@ -32,7 +32,7 @@ endif
 # One stamp per spec: changing VLLM_SPEC reinstalls, editing the Makefile does not.
 VLLM_STAMP := $(VENV_VLLM)/.installed-$(subst /,_,$(subst =,_,$(VLLM_SPEC)))
 
-.PHONY: venv serving-venv run test ui validate
+.PHONY: venv serving-venv run test ui validate screenshots
 
 venv: $(STAMP)
 
@@ -82,6 +82,10 @@ test: venv serving-venv $(HOME_CONFIG)
 
 ui: venv $(HOME_CONFIG)
 	$(VENV)/bin/dagster dev -w workspace.yaml
+
+# The README's screenshots (docs/images/), taken by the browser test on the `test` profile.
+screenshots: venv serving-venv
+	DISTIL_UPDATE_DOCS_SCREENSHOTS=1 $(VENV)/bin/pytest tests/test_ui_browser.py -q
 
 validate: venv $(HOME_CONFIG)
 	$(VENV)/bin/dagster definitions validate -m distil_platform.definitions

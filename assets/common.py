@@ -13,7 +13,6 @@ import dagster as dg
 from distil_platform.resources.models import LLMResource, ServingResource
 
 # Stage names of the results store, defined once in the core (re-exported for the asset modules).
-from distil_platform.economics.costs import STAGE_BASELINES, STAGE_FRONTIER, STAGE_STUDENT_EVAL  # noqa: F401
 from distil_platform.profiles import Profile
 from distil_platform.storage.modelstore import chat_token_counter
 from distil_platform.tasks.spec import ModelRef, TaskSpec
@@ -246,7 +245,7 @@ def reply_outcome_metadata(summary) -> dict[str, Any]:
 
 
 def summary_metadata(summary, results, k: int) -> dict[str, Any]:
-    from distil_platform.evaluation.evaluate import worst_items
+    from distil_platform.evaluation.summary import worst_items
 
     md: dict[str, Any] = {
         "score": dg.MetadataValue.float(round(summary.score, 4)),

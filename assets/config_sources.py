@@ -44,7 +44,7 @@ def prompt_observation(spec: TaskSpec) -> dg.AssetObservation | None:
 
 def pricing_file_observation() -> dg.AssetObservation | None:
     """The ``pricing_file`` version ``pricing`` snapshotted (same reason as ``prompt_observation``)."""
-    from distil_platform.economics.pricing import pricing_file
+    from distil_platform.economics.pricing_file import pricing_file
 
     path = pricing_file()
     try:
@@ -73,7 +73,7 @@ def build_config_sources(specs: Mapping[str, TaskSpec]) -> dg.AssetsDefinition:
     @dg.multi_observable_source_asset(specs=asset_specs, name="config_files",
                                       description="Observes the pricing file and every task's prompt.")
     def config_files(context: dg.AssetExecutionContext):
-        from distil_platform.economics.pricing import pricing_file
+        from distil_platform.economics.pricing_file import pricing_file
 
         path = pricing_file()
         try:

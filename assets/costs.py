@@ -1,8 +1,8 @@
 """Cost assets: ``<task>_throughput`` and ``<task>_cost_table`` per task; ``pricing`` and
 ``benchmark_report`` shared.
 
-Logic lives in ``distil_platform.serving.loadtest`` / ``pricing`` / ``costs`` / ``report``; this module
-wires it to resources, run config and metadata. ``<task>_cost_table`` and ``benchmark_report`` read
+Logic lives in ``distil_platform.serving.loadtest`` / ``throughput`` / ``pricing`` / ``costs`` / ``report``;
+this module wires it to resources, run config and metadata. ``<task>_cost_table`` and ``benchmark_report`` read
 only the results store (never a model), so re-pricing is cheap and safe to trigger automatically.
 """
 
@@ -59,11 +59,11 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str) -> dict[str, Any]:
     """Build, write (Parquet, CSV, store) and describe one task's cost table at the current prices."""
     import hashlib
 
+    from distil_platform.economics.cost_inputs import gather_cost_inputs
     from distil_platform.economics.costs import (
         build_cost_table,
         cost_rows_for_store,
         cost_table_markdown,
-        gather_cost_inputs,
         write_cost_table,
     )
     from distil_platform.economics.pricing import current_snapshot
@@ -75,7 +75,8 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str) -> dict[str, Any]:
         # First run on a fresh DAGSTER_HOME (e.g. `--select 'text2sql*'`, which does not select the
         # upstream `pricing`): take the snapshot `pricing` would take, from the pricing file and the
         # bundled price map, and store it so later re-pricings compare against it.
-        from distil_platform.economics.pricing import build_snapshot, pricing_file, store_snapshot
+        from distil_platform.economics.pricing import build_snapshot, store_snapshot
+        from distil_platform.economics.pricing_file import pricing_file
         from distil_platform.tasks.spec import load_tasks
 
         needed = [ref.model for s in load_tasks().values() for ref in s.comparison_models]
@@ -135,7 +136,8 @@ def build_shared_cost_assets(task_names: list[str]) -> list:
     )
     def pricing(context: dg.AssetExecutionContext, config: PricingConfig,
                 results_store: ResultsStoreResource) -> dg.Output[dict]:
-        from distil_platform.economics.pricing import build_snapshot, pricing_file, store_snapshot
+        from distil_platform.economics.pricing import build_snapshot, store_snapshot
+        from distil_platform.economics.pricing_file import pricing_file
         from distil_platform.tasks.spec import load_tasks
 
         if (observation := pricing_file_observation()) is not None:

@@ -10,14 +10,12 @@ import dagster as dg
 from distil_platform.resources.models import LLMResource, ModelStoreResource, ServingResource
 from distil_platform.resources.store import ResultsStoreResource
 
+from distil_platform.economics.cost_inputs import STAGE_BASELINES, STAGE_FRONTIER, STAGE_STUDENT_EVAL
 from distil_platform.evaluation.evaluate import client_answer_fn
 from distil_platform.profiles import Profile, get_profile
 from distil_platform.tasks.spec import ModelRef, TaskSpec
 
 from .common import (
-    STAGE_BASELINES,
-    STAGE_FRONTIER,
-    STAGE_STUDENT_EVAL,
     all_cached,
     answer_token_cap,
     api_client,
@@ -126,8 +124,9 @@ def evaluate_student(context, spec: TaskSpec, profile: Profile, config: "EvalCon
                      results_store: ResultsStoreResource) -> tuple[dict, dict[str, Any]]:
     """The body of ``<task>_student_eval``: the student (served by ``server`` from ``ckpt``) answers every
     test row at temperature 0; per-item rows go to the results store. Returns ``(value, metadata)``."""
-    from distil_platform.economics.routing import confidence_fn
-    from distil_platform.evaluation.evaluate import evaluate, prediction_rows, summarize
+    from distil_platform.evaluation.confidence import confidence_fn
+    from distil_platform.evaluation.evaluate import evaluate, prediction_rows
+    from distil_platform.evaluation.summary import summarize
     from distil_platform.storage.store import predictions
 
     task = spec.name
@@ -147,7 +146,7 @@ def evaluate_student(context, spec: TaskSpec, profile: Profile, config: "EvalCon
     store = results_store.store()
     store.insert(predictions, prediction_rows(results, task=task, stage=STAGE_STUDENT_EVAL, model=model_name,
                                               run_id=context.run_id, variant="student"))
-    from distil_platform.economics.costs import (
+    from distil_platform.storage.lineage import (
         record_student_lineage,  # the checkpoint these scores belong to
     )
 
@@ -193,11 +192,10 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
     from distil_platform.evaluation.evaluate import (
         eval_messages,
         evaluate,
-        paired_comparison,
         prediction_rows,
         results_from_store_rows,
-        summarize,
     )
+    from distil_platform.evaluation.summary import paired_comparison, summarize
     from distil_platform.llm import ChatRequest
     from distil_platform.storage.store import predictions
 

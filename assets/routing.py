@@ -60,15 +60,15 @@ def build_routing_asset(spec: TaskSpec) -> list:
 def compute_task_routing(spec: TaskSpec, store, run_id: str, *, daily_requests: float = 1_000_000.0,
                          folds: int = 2, seed: int = 0, margin: float | None = None) -> dict[str, Any]:
     """Gather, compute, write (Parquet, CSV, PNG, store) and describe one task's routing."""
-    from distil_platform.economics.routing import (
-        CONFIDENCE_RULES,
-        compute_routing,
+    from distil_platform.economics.routing import compute_routing
+    from distil_platform.economics.routing_io import (
         gather_routing_inputs,
         plot_routing,
         policy_markdown,
         store_routing,
         write_policies,
     )
+    from distil_platform.evaluation.confidence import CONFIDENCE_RULES
 
     inputs = gather_routing_inputs(store, spec, daily_requests=daily_requests, folds=folds, seed=seed, margin=margin)
     result = compute_routing(inputs)

@@ -67,8 +67,8 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
     ) -> dg.Output[dict]:
         import polars as pl
 
+        from distil_platform.training.config import TrainConfig
         from distil_platform.training.job import training_params
-        from distil_platform.training.trainer import TrainConfig
 
         base_name = spec.student_base(profile.name)
         seeds = read_asset_rows(seed_set["seed_path"])

@@ -22,11 +22,12 @@ import dagster as dg
 from distil_platform.resources.models import LLMResource, ServingResource
 from distil_platform.resources.store import ResultsStoreResource
 
+from distil_platform.economics.cost_inputs import STAGE_STUDENT_EVAL
 from distil_platform.profiles import Profile, get_profile
 from distil_platform.storage import paths
 from distil_platform.tasks.spec import TaskSpec
 
-from .common import STAGE_STUDENT_EVAL, read_asset_rows
+from .common import read_asset_rows
 from .deployment import GPU_POOL, gpu_op_tags
 from .evals import EvalConfig, evaluate_student
 from .keys import task_key, throughput_key

@@ -118,6 +118,14 @@ def check_teacher_answered(task: str, model: str, report, errors: list[str]) -> 
         )
 
 
+def _teacher_fault(task: str, model: str, exc: Exception, llm: LLMResource) -> str:
+    """The failure a teacher batch stopped by its error rate gets: a fault, named, with the way out."""
+    return (f"{task}: the teacher {model} failed too many requests, so the stage stops instead of training on "
+            f"the rows that got through: {str(exc)[:400]}. The answers received are cached: rerun once the "
+            f"endpoint is healthy and only the rest is asked (LLMResource.max_error_rate="
+            f"{llm.max_error_rate} sets the share of failures a batch tolerates).")
+
+
 def resolve_local_model(name: str, model_store: ModelStoreResource, field: str) -> tuple[ModelRef, Path]:
     """``(ref, local_dir)`` of a model the stage serves itself (the self-training labeller, the
     agreement model): a checkpoint directory or artefact URL (fetched once, like the serving stages
@@ -252,7 +260,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
 
         def generate_with(client):
             def generate(batch, formats):
-                from distil_platform.llm import LLMError
+                from distil_platform.llm import ErrorRateExceeded, LLMError
 
                 # No per-request seed: with one, the vLLM-CPU teacher server died mid-batch on
                 # docstring (4 concurrent constrained requests; benchmarks/README.md, teacher yield).
@@ -261,8 +269,19 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                             for i, (m, f) in enumerate(zip(batch, formats))]
                 try:
                     results = client.chat_batch(requests)
+                except ErrorRateExceeded as exc:
+                    # A fault (a 429/5xx storm, a dying server), not a low yield: training on what the
+                    # storm let through would silently shrink the training set. What completed is cached,
+                    # so a rerun once the teacher is healthy asks only for the rest. (A teacher that
+                    # answered nothing at all gets check_teacher_answered's message: endpoint or key.)
+                    if any(r.error is None for r in exc.results):
+                        raise dg.Failure(description=_teacher_fault(task, teacher_label, exc, llm)) from exc
+                    context.log.warning(f"{task}: teacher batch stopped early: {exc}")
+                    errors.append(str(exc))
+                    errors.extend(r.error for r in exc.results if r.error)
+                    return [None] * len(requests)
                 except LLMError as exc:
-                    # A teacher batch stopped early (error rate, budget) still yields what completed;
+                    # A batch stopped by the spend cap (a limit the user set) still yields what completed;
                     # the missing replies count as failed requests.
                     context.log.warning(f"{task}: teacher batch stopped early: {exc}")
                     errors.append(str(exc))
@@ -285,7 +304,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
             # structured outputs, held to the answer space its first answer was
             # (teacher_schemas.second_answer_format).
             def answer(rows):
-                from distil_platform.teacher.synthesis import Reply
+                from distil_platform.teacher.replies import Reply
 
                 formats = [second_answer_format(spec, r) if structured else None for r in rows]
                 requests = agreement_requests(rows, formats)
@@ -336,7 +355,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
 
         def label_with(client, send_logprobs):
             # Self-training: the teacher answers each real message with the student's prompt, greedy.
-            from distil_platform.llm import LLMError
+            from distil_platform.llm import ErrorRateExceeded, LLMError
             from distil_platform.teacher.self_training import answer_confidence, label_rows
 
             extra = {"logprobs": True} if send_logprobs else {}
@@ -345,6 +364,8 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                         for i, m in enumerate(eval_messages(spec, texts))]
             try:
                 results = client.chat_batch(requests)
+            except ErrorRateExceeded as exc:
+                raise dg.Failure(description=_teacher_fault(task, teacher.model, exc, llm)) from exc
             except LLMError as exc:
                 context.log.warning(f"{task}: labelling batch stopped early: {exc}")
                 errors.append(str(exc))
@@ -358,7 +379,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                 first = next((e for e in errors if e), "no reply")
                 raise dg.Failure(description=f"{task}: the labeller {teacher.model} answered none of {len(requests)} "
                                  f"messages (first error: {first[:300]})")
-            from distil_platform.teacher.synthesis import unusable_reply
+            from distil_platform.teacher.replies import unusable_reply
 
             return label_rows(spec, texts, [r.text if r else None for r in got],
                               [answer_confidence(r.logprobs) if r else None for r in got], labeller=teacher.model,

@@ -82,12 +82,11 @@ class StudentProfiler:
         variant = variant or server.precision_label
         if self.reference is None:
             self.reference = variant
-        from distil_platform.economics.costs import (  # which checkpoint this measured
-            STAGE_THROUGHPUT,
-            record_student_lineage,
-        )
-        from distil_platform.economics.pricing import pricing_hardware_key
-        from distil_platform.serving.loadtest import analyse, load_test, point_rows, points_markdown
+        from distil_platform.economics.cost_inputs import STAGE_THROUGHPUT
+        from distil_platform.economics.hardware_keys import pricing_hardware_key
+        from distil_platform.serving.loadtest import load_test
+        from distil_platform.serving.throughput import analyse, point_rows, points_markdown
+        from distil_platform.storage.lineage import record_student_lineage  # which checkpoint this measured
         from distil_platform.storage.store import throughput_points, throughput_profiles
 
         context, spec, config, task, student = self.context, self.spec, self.config, self.spec.name, self.student
@@ -150,7 +149,7 @@ class StudentProfiler:
     def measure_other_variants(self) -> None:
         """After the reference (and with its server stopped): no prefix caching (vLLM), fp8 (where
         supported), both at the reference's dtype."""
-        from distil_platform.serving.loadtest import fp8_supported
+        from distil_platform.serving.hardware import fp8_supported
 
         ref = self.variants[self.reference]
         same_dtype = {"dtype": (ref.get("precision") or {}).get("dtype") or self.serving.dtype}
@@ -170,7 +169,7 @@ class StudentProfiler:
                 self.notes.append(note)
 
     def result(self, *, shared_with_eval: bool = False) -> tuple[dict, dict[str, Any]]:
-        from distil_platform.serving.loadtest import plot_latency_vs_load
+        from distil_platform.serving.throughput import plot_latency_vs_load
 
         variants, slo, out, task = self.variants, self.slo, self.out, self.spec.name
         name = self.reference
@@ -272,8 +271,9 @@ def jsonable(value: Any) -> Any:
 def _evaluate_fp8(context, spec: TaskSpec, llm, server, ckpt: Path, test: list[dict], store) -> float:
     """The fp8 student's accuracy on the test set (same prompts, greedy), rows stored as stage
     ``throughput_fp8``."""
-    from distil_platform.economics.costs import STAGE_FP8_EVAL
-    from distil_platform.evaluation.evaluate import client_answer_fn, evaluate, prediction_rows, summarize
+    from distil_platform.economics.cost_inputs import STAGE_FP8_EVAL
+    from distil_platform.evaluation.evaluate import client_answer_fn, evaluate, prediction_rows
+    from distil_platform.evaluation.summary import summarize
     from distil_platform.storage.modelstore import chat_token_counter
     from distil_platform.storage.store import predictions
 

@@ -111,7 +111,8 @@ def _load() -> list[float]:
 
 def _paired(store, task: str, student_run: str, seed_run: str, margin: float) -> dict:
     """Distilled vs seed-only student on the same test items: difference, CI, exact McNemar."""
-    from distil_platform.evaluation.evaluate import PAIRED_KEYS, paired_comparison, results_from_store_rows
+    from distil_platform.evaluation.evaluate import results_from_store_rows
+    from distil_platform.evaluation.summary import PAIRED_KEYS, paired_comparison
     from distil_platform.storage.store import predictions
 
     def results(run_id):

@@ -93,7 +93,9 @@ def main() -> None:
     import psutil
     from transformers import AutoTokenizer
 
-    from distil_platform.serving.server import hardware_info, serve, vllm_python
+    from distil_platform.serving.hardware import hardware_info
+    from distil_platform.serving.launch import vllm_python
+    from distil_platform.serving.server import serve
     from distil_platform.storage.modelstore import resolve_model
     from distil_platform.tasks.spec import get_task
 

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 from distil_platform.economics.stats import DEFAULT_MARGIN, wilson_interval
-from distil_platform.evaluation.evaluate import PAIRED_KEYS, paired_comparison, results_from_store_rows
+from distil_platform.evaluation.evaluate import results_from_store_rows
+from distil_platform.evaluation.summary import PAIRED_KEYS, paired_comparison
 from distil_platform.storage.store import ResultsStore, predictions
 
 

@@ -6,7 +6,7 @@ what the platform sent before; ``signature``: the compact rendering, the default
 the eval prompt tokens (system + user, generation prompt added) and the training-row tokens
 (prompt + answer, what SFT sees): median, max, and how many rows exceed a given ``max_length``.
 It also prints the ``max_length`` each task would derive on the local profile (see
-``distil_platform.training.trainer.plan_max_length``). Tokenising only: no model is run, seconds of CPU.
+``distil_platform.training.lengths.plan_max_length``). Tokenising only: no model is run, seconds of CPU.
 
 ```
 .venv/bin/python benchmarks/prompt_tokens.py                       # smollm2-135m-instruct tokenizer

@@ -44,10 +44,12 @@ def setup_task(spec, model_dir: Path, rows: int, threads: int, log, rates: list[
     import polars as pl
     from distil_platform.resources.models import LLMResource
 
-    from distil_platform.economics.pricing import pricing_hardware_key
-    from distil_platform.evaluation.evaluate import client_answer_fn, evaluate, prediction_rows, summarize
-    from distil_platform.serving.loadtest import analyse, load_test, point_rows
+    from distil_platform.economics.hardware_keys import pricing_hardware_key
+    from distil_platform.evaluation.evaluate import client_answer_fn, evaluate, prediction_rows
+    from distil_platform.evaluation.summary import summarize
+    from distil_platform.serving.loadtest import load_test
     from distil_platform.serving.server import serve
+    from distil_platform.serving.throughput import analyse, point_rows
     from distil_platform.storage.modelstore import chat_token_counter
     from distil_platform.storage.store import (
         ResultsStore,
@@ -156,7 +158,8 @@ def reprice_computation(specs) -> tuple[float, int]:
     """The same re-pricing without Dagster's run machinery: snapshot, cost tables, report."""
     from distil_platform.assets.costs import compute_cost_table
 
-    from distil_platform.economics.pricing import build_snapshot, pricing_file, store_snapshot
+    from distil_platform.economics.pricing import build_snapshot, store_snapshot
+    from distil_platform.economics.pricing_file import pricing_file
     from distil_platform.economics.report import write_report
     from distil_platform.storage.paths import reports_dir
     from distil_platform.storage.store import ResultsStore

@@ -99,7 +99,8 @@ def main() -> None:
 
     import polars as pl
 
-    from distil_platform.serving.server import hardware_info, vllm_python
+    from distil_platform.serving.hardware import hardware_info
+    from distil_platform.serving.launch import vllm_python
     from distil_platform.storage.modelstore import resolve_model
     from distil_platform.tasks.prompts import build_messages
     from distil_platform.tasks.spec import get_task
@@ -150,7 +151,7 @@ def main() -> None:
 
 
 def compare_threads_bind(model_dir: Path, messages: list, args, load_before) -> None:
-    from distil_platform.serving.server import hardware_info
+    from distil_platform.serving.hardware import hardware_info
 
     runs = {"auto": measure_engine("vllm", model_dir, messages, args.concurrency, args.max_tokens, print),
             args.threads_bind: measure_engine("vllm", model_dir, messages, args.concurrency, args.max_tokens, print,

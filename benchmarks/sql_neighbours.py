@@ -3,7 +3,7 @@
 For every gold query of the shipped sample (``distil_platform/data/text2sql/test.jsonl``) and, when
 present, of the public text2sql test set (``../shared/benchmark/related/distil-labs__distil-text2sql/
 finetuning/data/test.jsonl``) this generates the gold's neighbours
-(:func:`distil_platform.evaluation.scoring.sql_neighbours.neighbour_queries`: a comparison operator replaced, a
+(:func:`distil_platform.evaluation.scoring.sql.neighbours.neighbour_queries`: a comparison operator replaced, a
 literal or LIMIT shifted by one unit, DISTINCT dropped/added, a predicate dropped, ASC/DESC swapped,
 an aggregate changed, JOIN <-> LEFT JOIN) and scores each one against the gold with
 ``sql_execution_match``:
@@ -142,8 +142,9 @@ def _items(name: str, path: Path) -> list[tuple[str, str, str]]:
 
 
 def run(sets: dict[str, Path]) -> dict:
-    from distil_platform.evaluation.scoring import sql_execution_match, sql_suite
-    from distil_platform.evaluation.scoring.sql_neighbours import NEIGHBOUR_KINDS, neighbour_queries
+    from distil_platform.evaluation.scoring import sql_execution_match
+    from distil_platform.evaluation.scoring.sql import suite as sql_suite
+    from distil_platform.evaluation.scoring.sql.neighbours import NEIGHBOUR_KINDS, neighbour_queries
 
     report: dict = {"sets": {}}
     for name, path in sets.items():

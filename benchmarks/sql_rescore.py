@@ -1,7 +1,7 @@
 """Re-score stored text2sql predictions with the databases before and after distinguishing databases.
 
 The students' and baselines' execution-match scores recorded before the distinguishing databases
-(``scoring/sql_suite.py``) were measured on 3 generated databases only. This benchmark takes the
+(``evaluation/scoring/sql/suite.py``) were measured on 3 generated databases only. This benchmark takes the
 per-item predictions a run left in the results store (``$DAGSTER_HOME/results.db`` or
 ``DISTIL_DB_URL``) — the student eval and every baseline model of the latest (or a given) run — and
 scores each prediction against its gold twice, on the same items:
@@ -48,7 +48,7 @@ def _test_rows(task: str, test_path: str | None = None) -> dict[str, dict]:
 def rescore(task: str = "text2sql", student_run: str | None = None, baseline_run: str | None = None,
             test_path: str | None = None) -> dict:
     from distil_platform.evaluation.scoring import sql_schema_for
-    from distil_platform.evaluation.scoring.sql import sql_match_details
+    from distil_platform.evaluation.scoring.sql.matching import sql_match_details
     from distil_platform.storage.store import ResultsStore, predictions
 
     store = ResultsStore()

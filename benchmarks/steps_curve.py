@@ -56,15 +56,16 @@ def main() -> None:
         sys.exit(f"{TEXT2SQL} not found: the public text2sql data lives in ../shared/benchmark")
 
     from distil_platform.economics.stats import compare
-    from distil_platform.evaluation.evaluate import summarize
+    from distil_platform.evaluation.summary import summarize
     from distil_platform.precision import cpu_model_name, detect_precision, read_cpu_flags
     from distil_platform.profiles import get_profile
-    from distil_platform.serving.server import vllm_python
+    from distil_platform.serving.launch import vllm_python
     from distil_platform.storage.modelstore import resolve_model
     from distil_platform.storage.store import ResultsStore
     from distil_platform.tasks.sources import load_local_dir
     from distil_platform.tasks.spec import get_task
-    from distil_platform.training.trainer import TrainConfig, train_student
+    from distil_platform.training.config import TrainConfig
+    from distil_platform.training.trainer import train_student
 
     if vllm_python() is None:
         sys.exit("no vLLM serving environment: run `make serving-venv` first")

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     from distil_platform.profiles import get_profile
     from distil_platform.storage.modelstore import resolve_model
     from distil_platform.tasks.spec import get_task
-    from distil_platform.training.trainer import TrainConfig, train_student
+    from distil_platform.training.config import TrainConfig
+    from distil_platform.training.trainer import train_student
 
     profile = get_profile(args.profile)
     results = []

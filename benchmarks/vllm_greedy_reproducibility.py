@@ -40,8 +40,10 @@ def main() -> None:
     import httpx
     import polars as pl
 
-    from distil_platform.evaluation.evaluate import Answer, evaluate, summarize
-    from distil_platform.serving.server import hardware_info, serve
+    from distil_platform.evaluation.evaluate import Answer, evaluate
+    from distil_platform.evaluation.summary import summarize
+    from distil_platform.serving.hardware import hardware_info
+    from distil_platform.serving.server import serve
     from distil_platform.storage.modelstore import resolve_model
     from distil_platform.tasks.prompts import build_messages
     from distil_platform.tasks.spec import get_task

@@ -41,7 +41,7 @@ class LLMResource(UsesResultsStore):
     timeout_s: float | None = Field(
         default=None,
         description="Per-request timeout (seconds). None: derived from each request's max_tokens, "
-        "max(60, 30 + max_tokens / 20) (distil_platform.llm.client.request_timeout_s); a task's ModelRef.timeout_s "
+        "max(60, 30 + max_tokens / 20) (distil_platform.llm.chat.request_timeout_s); a task's ModelRef.timeout_s "
         "overrides it for that model.")
     max_retries: int = Field(default=5, description="Retries on 429/5xx/timeouts, with backoff and Retry-After.")
     max_timeout_retries: int = Field(
@@ -206,7 +206,7 @@ def _run_capped_client_class():
 def _platform_price_lookup(log: Callable[[str], None] | None):
     """The pricing file's lookup; None (litellm's map only) when the file is absent or invalid."""
     try:
-        from distil_platform.economics.pricing import price_lookup
+        from distil_platform.economics.pricing_file import price_lookup
     except ImportError:
         return None
     try:
@@ -222,7 +222,7 @@ class ServingResource(dg.ConfigurableResource):
 
     vLLM runs from the serving environment (``make serving-venv`` builds ``.venv-vllm``; or set
     ``vllm_python`` / env ``DISTIL_VLLM_PYTHON``), never inside the Dagster process. Device flags are
-    chosen per machine (:func:`distil_platform.serving.server.vllm_device_settings`) and reported by the
+    chosen per machine (:func:`distil_platform.serving.launch.vllm_device_settings`) and reported by the
     server (``Server.settings``)."""
 
     backend: str = Field(default="auto", description="auto (vllm when the serving env exists) | vllm | transformers")
@@ -279,7 +279,7 @@ class ServingResource(dg.ConfigurableResource):
     def identity_for(self, model_dir: str | Path, served_model_name: str | None = None) -> dict:
         """The cache identity a server of ``model_dir`` started by this resource would have
         (equals ``Server.identity``), without starting one."""
-        from distil_platform.serving.server import default_served_name, server_identity
+        from distil_platform.serving.launch import default_served_name, server_identity
 
         path = Path(model_dir).resolve()
         return server_identity(path, served_model_name or default_served_name(path), self.resolved_backend(),
@@ -288,19 +288,19 @@ class ServingResource(dg.ConfigurableResource):
     def precision(self):
         """The dtype a server started by this resource would run in, and why
         (:class:`distil_platform.precision.Precision`), without starting one."""
-        from distil_platform.serving.server import server_on_gpu, serving_precision
+        from distil_platform.serving.hardware import server_on_gpu, serving_precision
 
         return serving_precision(self.dtype, server_on_gpu(self.resolved_backend(), self.vllm_python, self.device))
 
     def resolved_backend(self) -> str:
         """The backend a server would use here (``auto`` resolved; no server is started)."""
-        from distil_platform.serving.server import choose_backend
+        from distil_platform.serving.launch import choose_backend
 
         return choose_backend(self.backend, self.vllm_python)
 
     def served_model_name(self, model_dir: str | Path) -> str:
         """The name a server of ``model_dir`` answers to when no ``served_model_name`` is given."""
-        from distil_platform.serving.server import default_served_name
+        from distil_platform.serving.launch import default_served_name
 
         return default_served_name(Path(model_dir))
 

@@ -62,13 +62,13 @@ _STOP_TIMEOUT_S = 10.0
 
 def training_env(bootstrap: Mapping[str, str], base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of the ``subprocess`` training job: ``base`` (default ``os.environ``) cut to
-    what the job needs - the model servers' allow-list (``serving.server_env``: PATH, locale, CUDA,
+    what the job needs - the model servers' allow-list (``serving.launch.server_env``: PATH, locale, CUDA,
     threads, HF cache ...), ``_TRAINING_ENV`` and ``DISTIL_DATA_*`` / ``PYTORCH_*`` / ``ACCELERATE_*``,
     the hub token only when the hub is online, the object store's credentials
     (``DISTIL_ARTIFACTS_STORAGE_OPTIONS`` and the SDK's variables) only when ``DISTIL_ARTIFACTS_URL``
     is remote - plus the Dagster Pipes ``bootstrap`` variables. API keys, ``DISTIL_DB_URL`` and the
     teacher endpoint's settings stay in the step."""
-    from distil_platform.serving.server import server_env
+    from distil_platform.serving.launch import server_env
 
     base = os.environ if base is None else base
     picked = {k: v for k, v in base.items() if k in _TRAINING_ENV or k.startswith(_TRAINING_ENV_PREFIXES)}

@@ -12,24 +12,18 @@ import yaml
 from cost_fixtures import CACHED, COMPLETION, PROMPT, plant_student_eval, plant_task, plant_throughput
 from cost_fixtures import test_rows as fixture_rows
 
+from distil_platform.economics.cost_inputs import CostTableError, gather_cost_inputs
 from distil_platform.economics.costs import (
-    CostTableError,
     api_usd_per_request,
     break_even_requests_per_day,
     build_cost_table,
-    checkpoint_fingerprint,
-    gather_cost_inputs,
     latest_cost_table,
-    record_student_lineage,
     self_hosted_usd_per_million_requests,
 )
-from distil_platform.economics.pricing import (
-    DEFAULT_PRICING_FILE,
-    PricingError,
-    build_snapshot,
-    store_snapshot,
-)
+from distil_platform.economics.pricing import build_snapshot, store_snapshot
+from distil_platform.economics.pricing_file import DEFAULT_PRICING_FILE, PricingError
 from distil_platform.economics.stats import TEST_BINARY, wilson_interval
+from distil_platform.storage.lineage import checkpoint_fingerprint, record_student_lineage
 from distil_platform.storage.store import ResultsStore, predictions, student_lineage
 from distil_platform.tasks.prompts import build_messages, format_answer
 from distil_platform.tasks.spec import get_task
@@ -276,8 +270,10 @@ def test_invalid_pricing_fails_the_run_and_keeps_the_previous_snapshot(tmp_path,
 def test_cost_table_ci_is_the_student_eval_ci():
     """The report and cost table must show the interval `<task>_student_eval` showed for the
     same scores, whatever order the store returns items in."""
-    from distil_platform.economics.costs import EvaluatedModel, _summary
-    from distil_platform.evaluation.evaluate import ItemResult, summarize
+    from distil_platform.economics.cost_inputs import EvaluatedModel
+    from distil_platform.economics.costs import _summary
+    from distil_platform.evaluation.evaluate import ItemResult
+    from distil_platform.evaluation.summary import summarize
 
     scores = {f"q{i:02d}": float(i % 3 == 0) for i in range(40)}
     results = [ItemResult(item_id=k, repeat=0, prediction="p", reference="r", score=v, score_strict=v, parse_ok=True)

@@ -12,14 +12,9 @@ import polars as pl
 import pytest
 import yaml
 
-from distil_platform.tasks import sources as datasources
-from distil_platform.tasks.sources import (
-    COLUMNS,
-    DataSourceError,
-    HubUnavailableError,
-    hf_available,
-    load_seed_and_test,
-)
+from distil_platform.tasks import hf_hub
+from distil_platform.tasks.hf_hub import hf_available
+from distil_platform.tasks.sources import COLUMNS, DataSourceError, HubUnavailableError, load_seed_and_test
 from distil_platform.tasks.spec import get_task, load_task_file, load_tasks
 from distil_platform.tasks.validation import find_overlaps, validate_frame
 
@@ -250,7 +245,7 @@ def fresh_hub_probe(monkeypatch):
     """An empty per-process probe cache, and a counter of the probe's connection attempts."""
     import socket
 
-    monkeypatch.setattr(datasources, "_HUB_PROBES", {})
+    monkeypatch.setattr(hf_hub, "_HUB_PROBES", {})
     attempts = []
     real = socket.create_connection
 
@@ -291,7 +286,7 @@ def test_unreachable_hub_is_probed_once_and_never_retried(monkeypatch, fresh_hub
         assert "unreachable" in data.note and "127.0.0.1:9" in data.note, data.note
     assert fresh_hub_probe == [("127.0.0.1", 9)]
     assert hub_calls == []
-    probe = datasources.probe_hub()
+    probe = hf_hub.probe_hub()
     assert not probe.reachable and probe.target == "127.0.0.1:9"
     # A task without `data.hf` never needs the hub, and says nothing about it.
     assert load_seed_and_test(get_task("smart_home")).note is None
@@ -320,7 +315,7 @@ def test_hub_probe_goes_to_the_proxy_when_one_applies(monkeypatch, fresh_hub_pro
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    probe = datasources.probe_hub()
+    probe = hf_hub.probe_hub()
     assert not probe.reachable and fresh_hub_probe == [("127.0.0.1", 9)]
 
 

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from alembic import command
 from distributed_services import postgres_server
 
-from distil_platform.llm.client import _StoreWriter
-from distil_platform.storage import migrate
+from distil_platform.llm.cache import StoreWriter
+from distil_platform.storage import migrate, revisions
 from distil_platform.storage.store import (
     ResultsStore,
     cost_rows,
@@ -40,7 +40,7 @@ def db_url(request, tmp_path):
 def test_fresh_store_is_migrated_to_head_and_equals_metadata(db_url):
     store = ResultsStore(db_url)
     with store.engine.connect() as conn:
-        assert migrate.current_revision(conn) == migrate.head_revision()
+        assert revisions.current_revision(conn) == revisions.head_revision()
     # A column or table added to store.metadata without a migration shows up here.
     assert migrate.schema_diff(store.engine) == []
     assert set(metadata.tables) <= set(sa.inspect(store.engine).get_table_names())
@@ -48,11 +48,11 @@ def test_fresh_store_is_migrated_to_head_and_equals_metadata(db_url):
 
 def test_migrations_downgrade_to_nothing_and_back(db_url):
     engine = sa.create_engine(db_url)
-    migrate.upgrade(engine)
+    revisions.upgrade(engine)
     with engine.begin() as conn:
-        command.downgrade(migrate.alembic_config(conn), "base")
+        command.downgrade(revisions.alembic_config(conn), "base")
     assert set(sa.inspect(engine).get_table_names()) <= {"alembic_version"}
-    migrate.upgrade(engine)
+    revisions.upgrade(engine)
     assert migrate.schema_diff(engine) == []
 
 
@@ -60,7 +60,7 @@ def _baseline_store_with_rows(url: str, *, keep_version_table: bool) -> sa.Engin
     """A store as the first release left it: the 0001 schema holding rows."""
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        command.upgrade(migrate.alembic_config(conn), migrate.BASELINE)
+        command.upgrade(revisions.alembic_config(conn), revisions.BASELINE)
         conn.execute(
             sa.text(
                 "INSERT INTO predictions (task, stage, model, item_id, score, created_at) "
@@ -108,7 +108,7 @@ def test_concurrent_first_opens_on_postgres_migrate_once(pg):
         engine = sa.create_engine(url)  # one engine each: separate connections, like separate run workers
         try:
             barrier.wait()
-            results.append(migrate.upgrade(engine))
+            results.append(revisions.upgrade(engine))
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
         finally:
@@ -120,7 +120,7 @@ def test_concurrent_first_opens_on_postgres_migrate_once(pg):
     for t in threads:
         t.join(timeout=120)
     assert errors == []
-    assert results == [migrate.head_revision()] * 4
+    assert results == [revisions.head_revision()] * 4
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar() == 1
@@ -128,7 +128,7 @@ def test_concurrent_first_opens_on_postgres_migrate_once(pg):
 
 
 def _write_cache(store: ResultsStore, key: str, answer: str, run_id: str) -> None:
-    writer = _StoreWriter(store, flush_every_s=0.01)
+    writer = StoreWriter(store, flush_every_s=0.01)
 
     async def go():
         task = asyncio.create_task(writer.run())
@@ -170,5 +170,5 @@ def test_store_made_by_create_all_with_newer_columns_is_adopted(db_url):
     metadata.create_all(engine)
     store = ResultsStore(db_url)
     with store.engine.connect() as conn:
-        assert migrate.current_revision(conn) == migrate.head_revision()
+        assert revisions.current_revision(conn) == revisions.head_revision()
     assert migrate.schema_diff(store.engine) == []

@@ -9,13 +9,10 @@ from distil_platform.evaluation.evaluate import (
     ItemResult,
     eval_metric,
     evaluate,
-    item_means,
-    paired_comparison,
     prediction_rows,
     results_from_store_rows,
-    summarize,
-    worst_items,
 )
+from distil_platform.evaluation.summary import item_means, paired_comparison, summarize, worst_items
 from distil_platform.tasks.prompts import build_messages
 from distil_platform.tasks.spec import get_task
 

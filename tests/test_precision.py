@@ -100,12 +100,13 @@ def test_serving_dtype_variant_name_and_cache_identity_follow_the_cpu(fixture, s
     from distil_platform.resources.models import ServingResource
 
     from distil_platform import precision
+    from distil_platform.serving import hardware
     from distil_platform.serving import server as serving
 
     monkeypatch.setattr(precision, "read_cpu_flags", lambda path="/proc/cpuinfo": _flags(fixture))
     monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
     monkeypatch.delenv(DTYPE_ENV, raising=False)
-    chosen = serving.serving_precision("auto", on_gpu=False)
+    chosen = hardware.serving_precision("auto", on_gpu=False)
     assert chosen.short == short
     handle = serving.Server(base_url="http://127.0.0.1:1/v1", model="m", backend="transformers", pid=0,
                             hardware_description="cpu", hardware_key="cpu", command=[], log_path=tmp_path / "log",

@@ -7,24 +7,22 @@ from datetime import date
 import pytest
 import yaml
 
-from distil_platform.economics.pricing import (
+from distil_platform.economics.hardware_keys import gpu_hardware_key, pricing_hardware_key
+from distil_platform.economics.litellm_prices import (
+    bundled_litellm_price_map,
+    litellm_version,
+    price_from_litellm_map,
+)
+from distil_platform.economics.pricing import PriceSnapshot, build_snapshot, current_snapshot, store_snapshot
+from distil_platform.economics.pricing_file import (
     DEFAULT_PRICING_FILE,
     ORIGIN_FILE,
     ORIGIN_LITELLM_BUNDLED,
     ORIGIN_LITELLM_HOSTED,
-    PriceSnapshot,
     PricingError,
-    build_snapshot,
-    bundled_litellm_price_map,
-    current_snapshot,
-    gpu_hardware_key,
-    litellm_version,
     load_pricing_file,
-    price_from_litellm_map,
     price_lookup,
     pricing_file,
-    pricing_hardware_key,
-    store_snapshot,
 )
 from distil_platform.storage.store import ResultsStore, price_snapshot_activations, price_snapshots
 from distil_platform.tasks.spec import load_tasks

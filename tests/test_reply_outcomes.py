@@ -22,10 +22,10 @@ from distil_platform.evaluation.evaluate import (
     prediction_rows,
     results_from_store_rows,
     score_answers,
-    summarize,
 )
+from distil_platform.evaluation.summary import summarize
 from distil_platform.llm import ChatRequest, LLMClient
-from distil_platform.llm import client as client_module
+from distil_platform.llm import chat as chat_module
 from distil_platform.storage.store import ResultsStore, llm_cache, llm_requests, predictions
 from distil_platform.tasks.spec import ModelRef, get_task
 
@@ -169,7 +169,7 @@ def test_finish_reason_and_reasoning_tokens_are_recorded_cached_and_replayed(fak
 
 
 def test_request_timeout_scales_with_max_tokens_and_a_fixed_one_overrides_it(fake, monkeypatch):
-    from distil_platform.llm.client import request_timeout_s
+    from distil_platform.llm.chat import request_timeout_s
 
     assert request_timeout_s(256) == 60.0  # short answers keep the 60 s floor
     assert request_timeout_s(1700) == pytest.approx(30 + 1700 / 20)  # a teacher reply: 115 s
@@ -180,9 +180,9 @@ def test_request_timeout_scales_with_max_tokens_and_a_fixed_one_overrides_it(fak
 
     # Through the wire: with the floor and rate scaled down, a request that may write 200 tokens
     # gets 2 s and outlives a 1 s answer; one that may write 10 gets 0.3 s and times out.
-    monkeypatch.setattr(client_module, "MIN_TIMEOUT_S", 0.3)
-    monkeypatch.setattr(client_module, "TIMEOUT_BASE_S", 0.0)
-    monkeypatch.setattr(client_module, "TIMEOUT_TOKENS_PER_S", 100.0)
+    monkeypatch.setattr(chat_module, "MIN_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(chat_module, "TIMEOUT_BASE_S", 0.0)
+    monkeypatch.setattr(chat_module, "TIMEOUT_TOKENS_PER_S", 100.0)
     client = _client(fake, timeout_s=None, max_timeout_retries=0, max_error_rate=1.0)
     long, short = client.chat_batch([_req("sleep 1 long", max_tokens=200), _req("sleep 1 short", max_tokens=10)])
     assert long.ok and long.text == "answer: sleep 1 long" and long.timeouts == 0

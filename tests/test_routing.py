@@ -10,18 +10,16 @@ import math
 import pytest
 from test_costs import model_call_counter as _model_call_counter  # noqa: F401  (fixture: refuses and counts model calls)
 
+from distil_platform.economics.cascade import assign_folds, cross_fit_cascade, fit_tau
 from distil_platform.economics.routing import (
     ModelItems,
     Pricing,
     RoutingInputs,
-    answer_confidence,
-    assign_folds,
     compute_routing,
-    cross_fit_cascade,
-    fit_tau,
     self_hosted_usd_per_million_at_volume,
     versus_best,
 )
+from distil_platform.evaluation.confidence import answer_confidence
 
 
 def _tok(token: str, p: float) -> dict:
@@ -281,8 +279,8 @@ def test_routing_asset_recommends_a_cascade_and_the_report_shows_it(tmp_path, _m
     from distil_platform.assets.costs import build_shared_cost_assets, build_task_cost_assets
     from distil_platform.assets.routing import build_routing_asset
 
-    from distil_platform.economics.pricing import DEFAULT_PRICING_FILE
-    from distil_platform.economics.routing import latest_routing
+    from distil_platform.economics.pricing_file import DEFAULT_PRICING_FILE
+    from distil_platform.economics.routing_io import latest_routing
     from distil_platform.storage.store import ResultsStore, llm_requests
     from distil_platform.tasks.spec import get_task
 
@@ -359,7 +357,7 @@ def get_task_text2sql():
 def test_student_eval_wiring_requests_logprobs_and_stores_confidence():
     # client_answer_fn -> evaluate -> prediction_rows -> the store: the confidence of each answer
     # (here from recorded logprobs, as vLLM returns them) reaches predictions.confidence.
-    from distil_platform.economics.routing import confidence_fn
+    from distil_platform.evaluation.confidence import confidence_fn
     from distil_platform.evaluation.evaluate import client_answer_fn, evaluate, prediction_rows
     from distil_platform.llm import ChatResult
     from distil_platform.storage.store import ResultsStore, predictions

@@ -10,14 +10,13 @@ import time
 
 import pytest
 
-from distil_platform.evaluation.scoring.sql import (
+from distil_platform.evaluation.scoring.sql.database import build_database, execute_untrusted_sql
+from distil_platform.evaluation.scoring.sql.sandbox import (
     SCHEMA_TIMEOUT_S,
     SQLSchemaNotAllowed,
     SQLSchemaTimeout,
     SQLSchemaTooLarge,
-    build_database,
     check_schema_statements,
-    execute_untrusted_sql,
 )
 from distil_platform.tasks.sources import load_sample
 from distil_platform.tasks.spec import get_task

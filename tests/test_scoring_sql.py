@@ -18,13 +18,9 @@ from distil_platform.evaluation.scoring import (
     sql_match_details,
     sql_reference_error,
 )
-from distil_platform.evaluation.scoring.sql import (
-    _QueryFailed,
-    extract_literals,
-    has_top_level_order_by,
-    results_match,
-    run_readonly_query,
-)
+from distil_platform.evaluation.scoring.sql.database import extract_literals
+from distil_platform.evaluation.scoring.sql.results import has_top_level_order_by, results_match
+from distil_platform.evaluation.scoring.sql.sandbox import _QueryFailed, run_readonly_query
 from distil_platform.tasks.spec import TaskSpec
 
 SCHEMA = """
@@ -379,7 +375,7 @@ def test_score_prediction_text2sql_reads_schema_from_context_or_question():
 
 
 def test_equivalent_rewrites_score_one_and_suites_are_cached(monkeypatch):
-    from distil_platform.evaluation.scoring import sql_suite
+    from distil_platform.evaluation.scoring.sql import suite as sql_suite
 
     pairs = [
         (

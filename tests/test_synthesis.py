@@ -7,16 +7,11 @@ import json
 import pytest
 
 from distil_platform.tasks.spec import get_task
-from distil_platform.teacher.synthesis import (
-    answer_distribution,
-    build_teacher_requests,
-    decontaminate,
-    deduplicate,
-    distribution_collapsed,
-    literal_swap_augment,
-    parse_teacher_output,
-    synthesize,
-)
+from distil_platform.teacher.augment import literal_swap_augment
+from distil_platform.teacher.dedup import decontaminate, deduplicate
+from distil_platform.teacher.replies import parse_teacher_output
+from distil_platform.teacher.requests import build_teacher_requests
+from distil_platform.teacher.synthesis import answer_distribution, distribution_collapsed, synthesize
 
 EMP = "CREATE TABLE employees (id INTEGER PRIMARY KEY, name TEXT, department TEXT, salary INTEGER);"
 PROD = "CREATE TABLE products (id INTEGER PRIMARY KEY, name TEXT, category TEXT, price REAL);"

@@ -27,7 +27,8 @@ from distil_platform.resources import (
 )
 
 from distil_platform.tasks.spec import get_task, load_task_file, tasks_dir
-from distil_platform.teacher.synthesis import Reply, synthesize
+from distil_platform.teacher.replies import Reply
+from distil_platform.teacher.synthesis import synthesize
 
 DEEP_JSON = "[" * 2000
 DEEP_SQL = "SELECT " + "(" * 3000 + "1" + ")" * 3000 + " FROM employees;"

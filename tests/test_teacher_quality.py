@@ -15,8 +15,9 @@ from distil_platform.tasks.spec import load_task_file, tasks_dir
 from distil_platform.tasks.validation import validate_row
 from distil_platform.teacher import filters as qf
 from distil_platform.teacher.recorded import RecordedTeacherError, load_recorded, recorded_path
+from distil_platform.teacher.replies import parse_teacher_output
 from distil_platform.teacher.schemas import reply_schema, response_format, use_structured_output
-from distil_platform.teacher.synthesis import apply_filters, parse_teacher_output, synthesize
+from distil_platform.teacher.synthesis import apply_filters, synthesize
 
 DATA = Path(__file__).parent / "data"
 

@@ -13,17 +13,19 @@ from types import SimpleNamespace
 import pytest
 
 from distil_platform.serving.loadtest import (
-    ThroughputError,
-    analyse,
     guidellm_scenario,
     load_test,
-    parse_guidellm_report,
-    plot_latency_vs_load,
-    points_markdown,
     rate_windows,
     requests_needed,
     window_seconds,
     write_prompt_file,
+)
+from distil_platform.serving.throughput import (
+    ThroughputError,
+    analyse,
+    parse_guidellm_report,
+    plot_latency_vs_load,
+    points_markdown,
 )
 from distil_platform.tasks.prompts import build_messages
 from distil_platform.tasks.spec import get_task
@@ -405,12 +407,12 @@ def test_throughput_asset_on_vllm_cpu(tmp_path, monkeypatch):
     from distil_platform.assets.throughput import no_prefix_cache_variant
     from distil_platform.resources.models import ServingResource
 
-    from distil_platform.serving import server as serving
+    from distil_platform.serving import launch
     from distil_platform.storage.modelstore import build_tiny_qwen3
     from distil_platform.storage.store import ResultsStore, predictions
 
-    python = serving.vllm_python()
-    if python is None or serving.vllm_build(python) != "cpu":
+    python = launch.vllm_python()
+    if python is None or launch.vllm_build(python) != "cpu":
         pytest.skip("no vLLM-CPU serving environment (.venv-vllm): run `make serving-venv`")
     monkeypatch.setenv("DISTIL_PROFILE", "test")
     spec = get_task("text2sql")
@@ -465,8 +467,8 @@ def test_vllm_cpu_binding_is_read_from_the_log_and_pins_the_load_generator():
     import subprocess
     import sys
 
+    from distil_platform.serving.launch import parse_cpu_binding
     from distil_platform.serving.loadtest import _affinity_setter
-    from distil_platform.serving.server import parse_cpu_binding
 
     log = ("(EngineCore pid=1) INFO [ompmultiprocessing.py:185] \tlocal_rank=0, core ids=[0]\n"
            "(EngineCore pid=1) INFO [ompmultiprocessing.py:185] \treserved_cpus=[1]\n")
@@ -544,7 +546,7 @@ def test_completions_compressed_into_a_short_span_are_not_a_capacity():
     """From the make run of 2026-12-01 21:30 (before the race fix): at an offered 4 req/s, 76 requests
     arrived at 3.76 req/s but their completions spanned so little time that "achieved" read 92 req/s.
     That point is unreliable: not sustained, and not the variant's max throughput."""
-    from distil_platform.serving.loadtest import LoadPoint
+    from distil_platform.serving.throughput import LoadPoint
 
     def point(offered, requests, arrival, achieved, p95):
         return LoadPoint(strategy="poisson", offered_rps=offered, arrival_rps=arrival, achieved_rps=achieved,
@@ -566,7 +568,7 @@ def test_max_achieved_is_the_arrival_rate_where_the_server_kept_up_and_the_compl
     were served without backlog (12 in flight at the close, 10.7 expected), but their completions'
     span read 3.39 req/s, so "max achieved" sat below the 4 req/s claimed as sustained. A point with
     a growing backlog keeps its completion rate: that server was busy throughout."""
-    from distil_platform.serving.loadtest import LoadPoint
+    from distil_platform.serving.throughput import LoadPoint
 
     def point(offered, arrival, achieved, in_flight, expected):
         return LoadPoint(strategy="poisson", offered_rps=offered, arrival_rps=arrival, achieved_rps=achieved,
@@ -587,7 +589,7 @@ def test_max_achieved_is_the_arrival_rate_where_the_server_kept_up_and_the_compl
 def test_a_rate_that_misses_the_slo_caps_the_sustained_rate():
     """From the re-measured text2sql student (2026-12-02 01:37, bf16, SLO 5 s): 1 req/s missed the
     SLO (p95 7.0 s over 27 requests) and 2 req/s then met it. The claim stops below the miss."""
-    from distil_platform.serving.loadtest import LoadPoint
+    from distil_platform.serving.throughput import LoadPoint
 
     def point(offered, requests, arrival, achieved, p95):
         return LoadPoint(strategy="poisson", offered_rps=offered, arrival_rps=arrival, achieved_rps=achieved,

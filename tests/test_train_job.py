@@ -14,8 +14,8 @@ from distil_platform.resources.trainer import TrainerResource, k8s_pod_settings,
 
 from distil_platform.profiles import get_profile
 from distil_platform.tasks.spec import TaskSpec, get_task
+from distil_platform.training.config import TrainConfig
 from distil_platform.training.job import format_progress, training_params
-from distil_platform.training.trainer import TrainConfig
 
 
 def test_params_round_trip_through_json():

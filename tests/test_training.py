@@ -8,13 +8,9 @@ import pytest
 
 from distil_platform.profiles import get_profile
 from distil_platform.tasks.spec import get_task
-from distil_platform.training.trainer import (
-    TrainConfig,
-    TrainingRowTooLongError,
-    plan_max_length,
-    to_chat_dataset_rows,
-    train_student,
-)
+from distil_platform.training.config import TrainConfig
+from distil_platform.training.lengths import TrainingRowTooLongError, plan_max_length, to_chat_dataset_rows
+from distil_platform.training.trainer import train_student
 
 ROWS = [
     {"id": f"r{i}", "question": f"How many rows are in t{i}?", "answer": f"SELECT COUNT(*) FROM t{i};",
@@ -132,7 +128,7 @@ def test_planted_over_long_row_fails_before_training(tiny_dir, tmp_path):
     short ones is named (task, id, tokens) and nothing is trained or written."""
     from transformers import AutoTokenizer
 
-    from distil_platform.training.trainer import row_token_lengths
+    from distil_platform.training.lengths import row_token_lengths
 
     spec = get_task("smart_home")
     rows = [{"id": f"ok-{i}", "question": "Turn on the kitchen lights", "context": "",
@@ -143,7 +139,7 @@ def test_planted_over_long_row_fails_before_training(tiny_dir, tmp_path):
     assert lengths[-1] > max(lengths[:-1]) + 1000
     # The eval server's context: the longest test prompt + max_answer_tokens (here the long row's prompt).
     from distil_platform.tasks.prompts import build_messages
-    from distil_platform.training.trainer import serving_context_length
+    from distil_platform.training.lengths import serving_context_length
 
     prompt = len(tok.apply_chat_template(build_messages(spec, rows[-1]), add_generation_prompt=True,
                                          tokenize=True, return_dict=True)["input_ids"])
@@ -170,7 +166,7 @@ def test_lora_training_writes_a_servable_checkpoint_and_is_seeded(tiny_dir, tmp_
     # max_length derived from the data: exactly the longest rendered row, nothing truncated.
     from transformers import AutoTokenizer as _Tok
 
-    from distil_platform.training.trainer import row_token_lengths
+    from distil_platform.training.lengths import row_token_lengths
 
     lengths = row_token_lengths(spec, ROWS, _Tok.from_pretrained(tiny_dir))
     assert a.max_length == max(lengths) and a.truncated_examples == 0 and a.batch_size == 4

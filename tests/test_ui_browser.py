@@ -2,8 +2,10 @@
 on a free loopback port, Debian's headless Chromium driven by Playwright (no browser download).
 
 Asserts what a person would look for: the task's asset group shows its lineage, and the asset pages
-render key metadata (the student's score, the cost table, the loss-curve image). Screenshots are
-kept as artefacts under ``$DISTIL_TEST_ARTIFACTS`` (default ``<repo>/test-artifacts/ui``).
+render key metadata (the student's score, the cost table, the loss-curve image, the report's table).
+Screenshots are kept as artefacts under ``$DISTIL_TEST_ARTIFACTS`` (default ``<repo>/test-artifacts/ui``).
+With ``DISTIL_UPDATE_DOCS_SCREENSHOTS=1`` (``make screenshots``) the lineage and the report's table are
+also written, downscaled, to ``docs/images/`` for the README.
 """
 
 from __future__ import annotations
@@ -120,6 +122,24 @@ def _artifacts() -> Path:
     return path
 
 
+DOCS_IMAGES = REPO / "docs" / "images"
+DOCS_IMAGE_WIDTH = 1000  # px: readable in a README, a few tens of KiB
+
+
+def _docs_screenshot(source: Path, name: str) -> None:
+    """Copy a screenshot into docs/images/, downscaled and palette-compressed, when asked to."""
+    if os.environ.get("DISTIL_UPDATE_DOCS_SCREENSHOTS") != "1":
+        return
+    from PIL import Image
+
+    DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+    with Image.open(source) as img:
+        img = img.convert("RGB")
+        if img.width > DOCS_IMAGE_WIDTH:
+            img = img.resize((DOCS_IMAGE_WIDTH, round(img.height * DOCS_IMAGE_WIDTH / img.width)), Image.LANCZOS)
+        img.quantize(colors=64).save(DOCS_IMAGES / name, optimize=True)
+
+
 def _open(page, url: str) -> None:
     page.goto(url, wait_until="domcontentloaded")
     page.wait_for_load_state("networkidle")
@@ -148,7 +168,8 @@ def test_asset_group_shows_the_tasks_lineage(page, webserver):
     # The lineage graph draws each asset as a node (long names are shortened inside the node).
     for name in (TASK, f"{TASK}_student", f"{TASK}_routing"):
         page.get_by_text(name, exact=True).first.wait_for(state="visible")
-    page.screenshot(path=str(_artifacts() / "asset_group_lineage.png"), full_page=True)
+    page.screenshot(path=str(_artifacts() / "asset_group_lineage.png"))
+    _docs_screenshot(_artifacts() / "asset_group_lineage.png", "ui-lineage.png")
     _open(page, f"{group}/list")  # the same group as a list: every stage, full names
     for stage in STAGES:
         page.get_by_text(f"{TASK}{stage}", exact=True).first.wait_for(state="visible")
@@ -159,6 +180,7 @@ def test_asset_group_shows_the_tasks_lineage(page, webserver):
     (f"{TASK}_student_eval", ["score", "ci_low", "parse_failures"]),
     (f"{TASK}_cost_table", ["cost_table", "cost_rows", "snapshot_hash"]),
     (f"{TASK}_student", ["loss_curve", "trainable_params"]),
+    ("benchmark_report", ["headline", "report", "tasks_with_cost_tables"]),
 ])
 def test_asset_page_renders_key_metadata(page, webserver, asset, expected):
     _open(page, f"{webserver}/assets/{asset}")
@@ -174,3 +196,13 @@ def test_asset_page_renders_key_metadata(page, webserver, asset, expected):
         img.wait_for(state="visible")
         assert img.evaluate("el => el.naturalWidth") > 100
         page.screenshot(path=str(_artifacts() / "loss_curve.png"))
+    if asset == "benchmark_report":
+        # The report is markdown metadata: its table must render as a table, not as text.
+        row = page.locator("tr", has_text="report").last
+        row.scroll_into_view_if_needed()
+        row.get_by_text("Show Markdown").first.click()
+        table = page.locator("[role=dialog] table").first
+        table.wait_for(state="visible")
+        assert table.locator("tr").count() >= 2  # a header and at least one task
+        page.locator("[role=dialog]").first.screenshot(path=str(_artifacts() / "report_table.png"))
+        _docs_screenshot(_artifacts() / "report_table.png", "report-table.png")

@@ -267,7 +267,7 @@ def write_report(store: Any, task_names: Sequence[str], out_dir: Path) -> Report
     missing = [t for t, rows in tables.items() if not rows]
     tables = {t: rows for t, rows in tables.items() if rows}
     summaries = [summarise_task(t, rows) for t, rows in tables.items()]
-    from distil_platform.economics.routing import routing_report_columns
+    from distil_platform.economics.routing_io import routing_report_columns
 
     for s in summaries:  # the routing column: recommended route and its cost ratio vs the mid-tier model
         s.extra.update(routing_report_columns(store, s))

@@ -3,20 +3,10 @@ the cost and accuracy of serving every request with the student, with one compar
 a **cascade**: the student answers, and items whose confidence is below a threshold τ are escalated
 to model M.
 
-Student confidence (:func:`answer_confidence`), from the token log-probabilities the served
-student returns (vLLM's OpenAI server with ``logprobs``; a backend that returns none gives None):
-
-- classification: the probability of the emitted label, ``exp(sum of the answer's token
-  logprobs)`` (the chain-rule probability of that label's token sequence; it is the label's
-  probability under the model, up to other tokenisations of the same label);
-- text2sql and tool calling: the weakest token's probability, ``exp(min logprob)``: one wrong
-  token (a column name, an argument value) breaks execution match or tool-call equivalence;
-- open-book QA and generation: the geometric-mean token probability, ``exp(mean logprob)``
-  (length-normalised: long answers have many legitimately uncertain tokens).
-
-Only the answer's tokens count: a ``<think>…</think>`` block, whitespace-only tokens and special
-tokens (``<|im_end|>``) are left out. An item without confidence (failed request, no logprobs) is
-always escalated.
+Student confidence comes from :mod:`distil_platform.evaluation.confidence` (an item without
+confidence is always escalated); τ is fitted and cross-fitted by :mod:`distil_platform.economics.cascade`.
+This module is the pure computation (:func:`compute_routing`); :mod:`distil_platform.economics.routing_io`
+gathers its inputs from the results store and writes and presents its result.
 
 Policies and their numbers (:func:`compute_routing`), on the items every model scored, paired:
 
@@ -48,83 +38,22 @@ and nothing cheaper is non-inferior. Small test sets rarely show non-inferiority
 
 from __future__ import annotations
 
-import itertools
 import math
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from distil_platform.economics.costs import STAGE_BASELINES, STAGE_FRONTIER, STAGE_STUDENT_EVAL
+from distil_platform.economics.cascade import assign_folds, cross_fit_cascade, fit_tau, quantile_tau
+from distil_platform.economics.costs import fmt_usd
 
 DEFAULT_DAILY_REQUESTS = 1_000_000.0
 DEFAULT_MARGIN = 0.02  # used when the task states no margin
 DEFAULT_FOLDS = 2
 SWEEP_QUANTILES = tuple(round(q / 10, 1) for q in range(11))
 
-_SPECIAL_TOKEN = re.compile(r"^<\|[^|]*\|>$|^</?s>$")
-
 
 class RoutingError(RuntimeError):
     """Routing cannot be computed (the message says what is missing and which asset makes it)."""
-
-
-# -- confidence ---------------------------------------------------------------------------------
-CONFIDENCE_RULES = {
-    "classification": "label probability exp(Σ logprob)",
-    "text2sql": "weakest-token probability exp(min logprob)",
-    "tool_calling": "weakest-token probability exp(min logprob)",
-    "open_book_qa": "geometric-mean token probability exp(mean logprob)",
-    "generation": "geometric-mean token probability exp(mean logprob)",
-}
-
-
-def _answer_logprobs(tokens: Sequence[Mapping[str, Any]]) -> list[float]:
-    """Logprobs of the answer's tokens: after a ``</think>`` (if any), without whitespace-only or
-    special tokens."""
-    texts = [str(t.get("token") or "") for t in tokens]
-    start = 0
-    joined = ""
-    for i, text in enumerate(texts):
-        joined += text
-        if "</think>" in joined:
-            start, joined = i + 1, ""
-    out = []
-    for tok, text in zip(tokens[start:], texts[start:]):
-        if not text.strip() or _SPECIAL_TOKEN.match(text.strip()):
-            continue
-        lp = tok.get("logprob")
-        if lp is None:
-            continue
-        lp = float(lp)
-        if math.isnan(lp):
-            continue
-        out.append(max(lp, -1e4))  # vLLM reports -9999.0 for impossible tokens; -inf would poison sums
-    return out
-
-
-def answer_confidence(task_type: str, logprobs: Sequence[Mapping[str, Any]] | None) -> float | None:
-    """Confidence in [0, 1] of one answer from its tokens' ``logprobs.content`` (see the module
-    docstring for the rule per task type). None when there are no logprobs or no answer tokens."""
-    if not logprobs:
-        return None
-    values = _answer_logprobs(logprobs)
-    if not values:
-        return None
-    if task_type == "classification":
-        return math.exp(sum(values))
-    if task_type in ("text2sql", "tool_calling"):
-        return math.exp(min(values))
-    return math.exp(sum(values) / len(values))
-
-
-def confidence_fn(task_type: str) -> Callable[[Any], float | None]:
-    """``ChatResult -> confidence`` for :func:`distil_platform.evaluation.evaluate.client_answer_fn`."""
-    def confidence(result: Any) -> float | None:
-        return answer_confidence(task_type, getattr(result, "logprobs", None))
-
-    return confidence
 
 
 # -- costs --------------------------------------------------------------------------------------
@@ -162,19 +91,6 @@ class Pricing:
                                                              share * daily_requests)
 
 
-def pricing_from_cost_row(row: Mapping[str, Any]) -> Pricing:
-    """A model's :class:`Pricing` from its cost-table row (self-hosted capacity recovered from the
-    row's $/hour and $/M requests, so it matches whatever rate the cost table priced at)."""
-    cost = row.get("usd_per_million_requests")
-    cost = None if cost is None or (isinstance(cost, float) and math.isnan(cost)) else float(cost)
-    if row.get("cost_basis") == "api":
-        return Pricing(usd_per_million=cost, note=row.get("cost_note") or "")
-    hour = row.get("usd_per_hour")
-    capacity = hour * 1e6 / (3600.0 * cost) if hour and cost else None
-    return Pricing(usd_per_million=cost, self_hosted=True, usd_per_hour=hour, capacity_rps=capacity,
-                   note=row.get("cost_note") or "")
-
-
 # -- inputs -------------------------------------------------------------------------------------
 @dataclass
 class ModelItems:
@@ -199,115 +115,6 @@ class RoutingInputs:
     cost_table_id: str = ""
     snapshot_hash: str = ""
     notes: list[str] = field(default_factory=list)
-
-
-# -- cascades -----------------------------------------------------------------------------------
-def _escalated(conf: float | None, tau: float) -> bool:
-    return conf is None or conf < tau
-
-
-def cascade_scores(items: Sequence[str], student: Mapping[str, float], model: Mapping[str, float],
-                   confidence: Mapping[str, float | None], tau: float) -> tuple[dict[str, float], dict[str, bool]]:
-    """Per-item score and escalation flag of the cascade with threshold ``tau``."""
-    scores, esc = {}, {}
-    for i in items:
-        e = _escalated(confidence.get(i), tau)
-        esc[i] = e
-        scores[i] = model[i] if e else student[i]
-    return scores, esc
-
-
-def _candidate_taus(confs: Sequence[float | None]) -> list[float]:
-    """-inf (escalate only items without confidence), midpoints between distinct confidences,
-    +inf (escalate all)."""
-    values = sorted({c for c in confs if c is not None})
-    mids = [(a + b) / 2 for a, b in itertools.pairwise(values)]
-    return [-math.inf, *mids, math.inf]
-
-
-def fit_tau(items: Sequence[str], student: Mapping[str, float], model: Mapping[str, float],
-            confidence: Mapping[str, float | None], target: float) -> float:
-    """On ``items`` only: the τ with the lowest escalation rate whose accuracy reaches ``target``;
-    if none does, the most accurate τ (lowest escalation on ties)."""
-    if not items:
-        return -math.inf
-    best_ok, best_any = None, None
-    n = len(items)
-    for tau in _candidate_taus([confidence.get(i) for i in items]):
-        scores, esc = cascade_scores(items, student, model, confidence, tau)
-        acc = sum(scores.values()) / n
-        rate = sum(esc.values()) / n
-        if acc >= target - 1e-12 and (best_ok is None or (rate, -acc) < best_ok[:2]):
-            best_ok = (rate, -acc, tau)
-        if best_any is None or (-acc, rate) < best_any[:2]:
-            best_any = (-acc, rate, tau)
-    return best_ok[2] if best_ok is not None else best_any[2]
-
-
-def quantile_tau(items: Sequence[str], confidence: Mapping[str, float | None], q: float) -> float:
-    """τ escalating about a fraction ``q`` of ``items`` (q = 0: none but those without confidence;
-    q = 1: all)."""
-    if q <= 0:
-        return -math.inf
-    if q >= 1:
-        return math.inf
-    import numpy as np
-
-    confs = [confidence.get(i) for i in items]
-    confs = [c for c in confs if c is not None]
-    if not confs:
-        return -math.inf
-    return float(np.quantile(np.asarray(confs, dtype=float), q))
-
-
-def assign_folds(items: Sequence[str], student: Mapping[str, float], folds: int | Mapping[str, int],
-                 seed: int = 0) -> dict[str, int]:
-    """Item -> fold. An explicit mapping is used as given; a count splits the items stratified by
-    the student's correctness (score >= 0.5), in a seeded random order."""
-    if isinstance(folds, Mapping):
-        missing = [i for i in items if i not in folds]
-        if missing:
-            raise ValueError(f"fold assignment misses {len(missing)} item(s), e.g. {missing[:3]}")
-        return {i: int(folds[i]) for i in items}
-    k = int(folds)
-    if k < 2:
-        raise ValueError(f"cross-fitting needs at least 2 folds, got {k}")
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    out: dict[str, int] = {}
-    offset = 0
-    for stratum in (True, False):
-        group = sorted(i for i in items if (student[i] >= 0.5) is stratum)
-        order = rng.permutation(len(group))
-        for pos, idx in enumerate(order):
-            out[group[idx]] = (pos + offset) % k
-        offset += len(group)
-    return out
-
-
-@dataclass
-class CrossFit:
-    scores: dict[str, float]
-    escalated: dict[str, bool]
-    taus: dict[int, float]  # fold -> τ fitted on the other folds
-
-
-def cross_fit_cascade(items: Sequence[str], student: Mapping[str, float], model: Mapping[str, float],
-                      confidence: Mapping[str, float | None], fold_of: Mapping[str, int],
-                      fit: Callable[[Sequence[str]], float]) -> CrossFit:
-    """Score each fold's items with the τ that ``fit`` returns for the *other* folds' items."""
-    scores: dict[str, float] = {}
-    esc: dict[str, bool] = {}
-    taus: dict[int, float] = {}
-    for k in sorted(set(fold_of.values())):
-        held = [i for i in items if fold_of[i] == k]
-        train = [i for i in items if fold_of[i] != k]
-        taus[k] = fit(train)
-        s, e = cascade_scores(held, student, model, confidence, taus[k])
-        scores.update(s)
-        esc.update(e)
-    return CrossFit(scores, esc, taus)
 
 
 # -- non-inferiority ----------------------------------------------------------------------------
@@ -347,12 +154,13 @@ class Policy:
     def row(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("scores")
-        out["fold_taus"] = None if self.fold_taus is None else {str(k): _finite(v) for k, v in self.fold_taus.items()}
-        out["tau"] = _finite(self.tau)
+        out["fold_taus"] = None if self.fold_taus is None else {str(k): finite(v) for k, v in self.fold_taus.items()}
+        out["tau"] = finite(self.tau)
         return out
 
 
-def _finite(v: float | None) -> float | str | None:
+def finite(v: float | None) -> float | str | None:
+    """``v`` with ±inf written as ``"inf"`` / ``"-inf"`` (for JSON: the store, metadata)."""
     if v is None:
         return None
     if math.isinf(v):
@@ -386,7 +194,7 @@ class RoutingResult:
             "best_single_accuracy": best.accuracy if best else None,
             "recommended": rec.name if rec else None, "kind": rec.kind if rec else None,
             "route": route_label(rec, best) if rec else None,
-            "model": rec.model if rec else None, "tau": _finite(rec.tau) if rec else None,
+            "model": rec.model if rec else None, "tau": finite(rec.tau) if rec else None,
             "accuracy": rec.accuracy if rec else None, "escalation_rate": rec.escalation_rate if rec else None,
             "usd_per_million_requests": rec.usd_per_million_requests if rec else None,
             "savings_vs_best_single": (1 - rec.usd_per_million_requests / best.usd_per_million_requests
@@ -529,12 +337,6 @@ def _mark_frontier(policies: Sequence[Policy]) -> None:
             for q in priced if q is not p)
 
 
-def _usd(v: float | None) -> str:
-    from distil_platform.economics.costs import fmt_usd
-
-    return fmt_usd(v)
-
-
 def _sentence(inputs: RoutingInputs, rec: Policy | None, best: Policy, n: int) -> str:
     vol = f"{inputs.daily_requests:,.0f} requests/day"
     if rec is None:
@@ -543,265 +345,17 @@ def _sentence(inputs: RoutingInputs, rec: Policy | None, best: Policy, n: int) -
     margin = f"within δ={inputs.margin:g}"
     saving = ""
     if best.usd_per_million_requests and rec.usd_per_million_requests is not None and rec is not best:
-        saving = (f", {_usd(rec.usd_per_million_requests)} vs {_usd(best.usd_per_million_requests)} per million "
-                  f"requests ({1 - rec.usd_per_million_requests / best.usd_per_million_requests:.0%} cheaper)")
+        saving = (f", {fmt_usd(rec.usd_per_million_requests)} vs {fmt_usd(best.usd_per_million_requests)} "
+                  f"per million requests ({1 - rec.usd_per_million_requests / best.usd_per_million_requests:.0%} cheaper)")
     if rec.kind == "cascade":
         return (f"{inputs.task}: route — the student answers and items with confidence < τ={rec.tau:.3g} go to "
                 f"{rec.model} ({rec.escalation_rate:.0%} escalated, cross-fitted accuracy {rec.accuracy:.3f} on {n} "
                 f"items, non-inferior to {best.model} at {best.accuracy:.3f} {margin}){saving}, at {vol}.")
     if rec is best and rec.role in ("frontier", "mid_tier"):
         return (f"{inputs.task}: frontier only — {rec.model} (accuracy {rec.accuracy:.3f}, "
-                f"{_usd(rec.usd_per_million_requests)}/M requests); nothing cheaper is non-inferior {margin} "
+                f"{fmt_usd(rec.usd_per_million_requests)}/M requests); nothing cheaper is non-inferior {margin} "
                 f"on {n} items at {vol}.")
     who = "the student alone" if rec.kind == "student" else rec.model
     tail = "" if rec is best else f", non-inferior to {best.model} at {best.accuracy:.3f} {margin}"
-    return (f"{inputs.task}: serve with {who} (accuracy {rec.accuracy:.3f}, {_usd(rec.usd_per_million_requests)}"
-            f"/M requests{tail}){saving} on {n} items at {vol}.")
-
-
-# -- from the results store ---------------------------------------------------------------------
-def _item_means(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    acc: dict[str, list[float]] = {}
-    for r in rows:
-        s = r.get("score")
-        if s is None or (isinstance(s, float) and math.isnan(s)):
-            continue
-        acc.setdefault(str(r["item_id"]), []).append(float(s))
-    return {k: sum(v) / len(v) for k, v in acc.items()}
-
-
-def _latest_run(rows: Sequence[Mapping[str, Any]]) -> str | None:
-    best = max(rows, key=lambda r: r["id"], default=None)
-    return best["run_id"] if best else None
-
-
-def task_margin(spec: Any) -> tuple[float, str]:
-    """The task's non-inferiority margin δ and where it came from."""
-    for name in ("noninferiority_margin", "margin"):
-        value = getattr(spec, name, None)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value), f"task spec ({name})"
-    return DEFAULT_MARGIN, "default"
-
-
-def gather_routing_inputs(store: Any, spec: Any, *, daily_requests: float = DEFAULT_DAILY_REQUESTS,
-                          folds: int = DEFAULT_FOLDS, seed: int = 0, margin: float | None = None) -> RoutingInputs:
-    """Everything routing needs, from the results store: the latest cost table (prices, and which
-    eval run of each model it priced: ``eval_run_id``), and those runs' per-item scores and the
-    student's confidence. Models the cost table has no answers for are listed in the notes."""
-    from distil_platform.economics.costs import latest_cost_table
-    from distil_platform.storage.store import predictions
-
-    task = spec.name
-    table = latest_cost_table(store, task)
-    if not table:
-        from distil_platform.redact import hide_password
-
-        raise RoutingError(f"{task}: no cost table in the results store ({hide_password(store.url)}); materialise {task}_cost_table")
-    students = [r for r in table if r.get("role") == "student"]
-    # The reference variant (the precision the eval ran in) is the table's first student row.
-    student_row = students[0] if students else None
-    if student_row is None:
-        raise RoutingError(f"{task}: the cost table has no student row; re-materialise {task}_cost_table")
-
-    def rows_of(stage: str, row: Mapping[str, Any]) -> list[dict[str, Any]]:
-        rows = store.select(predictions, task=task, stage=stage, model=row["model"])
-        run = row.get("eval_run_id") or _latest_run(rows)
-        return [r for r in rows if r["run_id"] == run]
-
-    student_rows = rows_of(STAGE_STUDENT_EVAL, student_row)
-    if not student_rows:
-        raise RoutingError(f"{task}: no student predictions for {student_row['model']} (run "
-                           f"{student_row.get('eval_run_id')}); materialise {task}_student_eval")
-    notes: list[str] = []
-    confidence: dict[str, float | None] = {}
-    for r in sorted(student_rows, key=lambda r: (r.get("repeat") or 0)):
-        c = r.get("confidence")
-        confidence.setdefault(str(r["item_id"]), None if c is None or math.isnan(c) else float(c))
-    student = ModelItems(label=student_row["model"], role="student", scores=_item_means(student_rows),
-                         pricing=pricing_from_cost_row(student_row))
-
-    models: list[ModelItems] = []
-    unevaluated = []
-    for row in table:
-        if row.get("role") == "student":
-            continue
-        # Self-hosted comparisons answer in baseline_evals, API models in frontier_evals.
-        rows = (rows_of(STAGE_BASELINES, row) or rows_of(STAGE_FRONTIER, row)) if row.get("n_items") else []
-        if not rows:
-            unevaluated.append(row["model"])
-            continue
-        models.append(ModelItems(label=row["model"], role=row.get("role") or "baseline", scores=_item_means(rows),
-                                 pricing=pricing_from_cost_row(row)))
-    api = [m for m in models if m.role in ("frontier", "mid_tier")]
-    if models and not api:
-        notes.append("only the zero-shot base has answers (no frontier API key set): routing compares the student "
-                     "with it; set API keys to evaluate frontier models")
-    if unevaluated:
-        notes.append(f"not evaluated (no answers to route to): {', '.join(unevaluated)}")
-    if margin is None:
-        margin, source = task_margin(spec)
-    else:
-        source = "run config"
-    return RoutingInputs(task=task, task_type=spec.type, student=student, confidence=confidence, models=models,
-                         daily_requests=float(daily_requests), margin=float(margin), margin_source=source,
-                         folds=folds, seed=seed, cost_table_id=str(student_row.get("table_id") or ""),
-                         snapshot_hash=str(student_row.get("snapshot_hash") or ""), notes=notes)
-
-
-# -- outputs ------------------------------------------------------------------------------------
-POLICY_COLUMNS = ["name", "kind", "model", "role", "accuracy", "escalation_rate", "usd_per_million_requests",
-                  "tau", "diff_vs_best", "lower_vs_best", "verdict_vs_best", "noninferior", "on_frontier", "eligible", "note"]
-
-
-def policy_markdown(result: RoutingResult) -> str:
-    from distil_platform.economics.stats import verdict_label
-
-    lines = [("| policy | accuracy | escalated | $/M requests | τ (deploy) | Δ vs best [CI low] "
-              f"| vs best (δ {result.margin:g}) | frontier |"), "|---|---|---|---|---|---|---|---|"]
-    rec = result.recommendation
-    for p in result.policies:
-        tau = "–" if p.tau is None else ("−∞ (none)" if p.tau == -math.inf else "∞ (all)" if p.tau == math.inf
-                                         else f"{p.tau:.3g}")
-        if p.name == result.best_single:
-            diff, verdict = "best single", "–"
-        else:
-            low = p.lower_vs_best
-            diff = f"{p.diff_vs_best:+.3f}" + ("" if low is None or math.isnan(low) else f" [{low:+.3f}]")
-            verdict = verdict_label(p.verdict_vs_best, result.margin)
-        name = f"**{p.name}** (recommended)" if rec is not None and p is rec else p.name
-        lines.append(f"| {name} | {p.accuracy:.3f} | {p.escalation_rate:.0%} | {_usd(p.usd_per_million_requests)} "
-                     f"| {tau} | {diff} | {verdict} | {'★' if p.on_frontier else ''} |")
-    return "\n".join(lines)
-
-
-def _short(model: str | None) -> str:
-    return (model or "").rsplit("/", 1)[-1]
-
-
-def plot_routing(result: RoutingResult, path: Path) -> Path | None:
-    """Accuracy against USD per million requests (log axis): single models, fitted cascades, the
-    τ sweep per escalation model, the Pareto frontier highlighted, the recommendation circled."""
-    pts = [p for p in result.policies + result.sweep
-           if p.usd_per_million_requests is not None and p.usd_per_million_requests > 0]
-    if not pts:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colours = {"student": "tab:green", "frontier": "tab:red", "mid_tier": "tab:orange", "baseline": "tab:grey"}
-    fig, ax = plt.subplots(figsize=(7.0, 4.8))
-    by_model: dict[str, list[Policy]] = {}
-    for p in result.sweep:
-        if p.usd_per_million_requests:
-            by_model.setdefault(p.model or "", []).append(p)
-    for sweep in by_model.values():
-        sweep = sorted(sweep, key=lambda p: p.escalation_rate)
-        ax.plot([p.usd_per_million_requests for p in sweep], [p.accuracy for p in sweep], "-", lw=0.8, alpha=0.6,
-                color="tab:blue", marker=".", ms=3)
-    for p in result.policies:
-        if not p.usd_per_million_requests:
-            continue
-        x, y = p.usd_per_million_requests, p.accuracy
-        if p.kind == "cascade":
-            if p.escalation_rate == 0.0:
-                continue  # escalates nothing: the student's own point
-            ax.plot([x], [y], marker="*", ms=11, color="tab:blue", ls="none")
-            label = f"cascade→{_short(p.model)} ({p.escalation_rate:.0%})"
-        else:
-            ax.plot([x], [y], marker="o", ms=7, color=colours.get(p.role, "tab:purple"), ls="none")
-            label = "student" if p.kind == "student" else _short(p.model)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
-    frontier = sorted([p for p in pts if p.on_frontier], key=lambda p: p.usd_per_million_requests)
-    if frontier:
-        ax.step([p.usd_per_million_requests for p in frontier], [p.accuracy for p in frontier], where="post",
-                color="black", lw=1.8, alpha=0.8, label="Pareto frontier")
-    rec = result.recommendation
-    if rec is not None and rec.usd_per_million_requests:
-        ax.plot([rec.usd_per_million_requests], [rec.accuracy], marker="o", ms=18, mfc="none", mec="black", mew=1.5,
-                ls="none", label="recommended")
-    ax.set_xscale("log")
-    ax.margins(x=0.2, y=0.08)
-    ax.set_xlabel(f"USD per million requests (log) at {result.daily_requests:,.0f} requests/day")
-    ax.set_ylabel("accuracy (cascades cross-fitted)")
-    ax.set_title(f"{result.task}: routing — cost vs accuracy (blue line: τ sweep)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def write_policies(result: RoutingResult, out_dir: Path) -> tuple[Path, Path]:
-    """``routing_policies.parquet`` / ``.csv``: the main policies and the τ sweep (τ ±inf: escalate
-    only items without confidence / everything)."""
-    import polars as pl
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [{c: getattr(p, c) for c in POLICY_COLUMNS} for p in result.policies + result.sweep]
-    schema = {c: (pl.Utf8 if c in ("name", "kind", "model", "role", "note", "verdict_vs_best") else
-                  pl.Boolean if c in ("noninferior", "on_frontier", "eligible") else pl.Float64)
-              for c in POLICY_COLUMNS}
-    df = pl.DataFrame(rows, schema=schema)
-    parquet, csv = out_dir / "routing_policies.parquet", out_dir / "routing_policies.csv"
-    df.write_parquet(parquet)
-    df.write_csv(csv)
-    return parquet, csv
-
-
-def store_routing(store: Any, result: RoutingResult, run_id: str) -> None:
-    from distil_platform.storage.store import routing_results
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
-            return _finite(v) if math.isinf(v) else None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        return v
-
-    store.insert(routing_results, [{
-        "task": result.task, "run_id": run_id, "cost_table_id": result.cost_table_id,
-        "snapshot_hash": result.snapshot_hash, "summary": clean(result.summary()),
-        "policies": clean([p.row() for p in result.policies]),
-    }])
-
-
-def latest_routing(store: Any, task: str) -> dict[str, Any] | None:
-    """The summary of the most recent routing of ``task`` (None if never computed)."""
-    from distil_platform.storage.store import routing_results
-
-    rows = store.select(routing_results, task=task)
-    if not rows:
-        return None
-    return max(rows, key=lambda r: r["id"])["summary"]
-
-
-def routing_report_columns(store: Any, summary: Any) -> dict[str, str]:
-    """The benchmark report's routing cells for one task (``report.TaskSummary``): the recommended
-    route with its $/M requests, and its cost ratio against the report's best mid-tier model
-    (mid-tier $/M ÷ route $/M). A routing computed on another cost table than the report's is
-    marked stale; none yet says which asset to materialise."""
-    task = summary.task
-    r = latest_routing(store, task)
-    if r is None:
-        return {"recommended route": f"– (materialise {task}_routing)", "cost ratio (mid-tier ÷ route)": "–"}
-    table_id = (summary.student or {}).get("table_id") if getattr(summary, "student", None) else None
-    cost = r.get("usd_per_million_requests")
-    daily = r.get("daily_requests")
-    route = f"{r.get('route') or 'none non-inferior'}" + (
-        f", {_usd(cost)}/M req" + (f" at {daily:,.0f} req/day" if daily else "") if cost is not None else "")
-    if table_id and r.get("cost_table_id") != table_id:
-        route += f" (stale: prices changed since; re-materialise {task}_routing)"
-    elif not r.get("confidence_available"):
-        route += " (no student confidence: cascades not computed)"
-    mid = getattr(summary, "mid_tier", None) or {}
-    mid_cost = mid.get("usd_per_million_requests")
-    ratio = f"{mid_cost / cost:.3g}×" if mid_cost is not None and cost else "–"
-    return {"recommended route": route, "cost ratio (mid-tier ÷ route)": ratio}
+    return (f"{inputs.task}: serve with {who} (accuracy {rec.accuracy:.3f}, "
+            f"{fmt_usd(rec.usd_per_million_requests)}/M requests{tail}){saving} on {n} items at {vol}.")

@@ -1,19 +1,16 @@
 """Async batch LLM client over litellm (cache, retries, budget). Imports no ML library at load."""
 
-from distil_platform.llm.client import (
+from distil_platform.llm.cache import cache_key, default_identity, normalise_identity, serving_identity
+from distil_platform.llm.chat import (
     BudgetExceeded,
     ChatRequest,
     ChatResult,
     ErrorRateExceeded,
-    LLMClient,
     LLMError,
     UnknownPriceError,
-    cache_key,
-    default_identity,
-    normalise_identity,
     request_timeout_s,
-    serving_identity,
 )
+from distil_platform.llm.client import LLMClient
 from distil_platform.llm.prices import chain_price_lookups, default_price_lookup, litellm_price_lookup
 
 __all__ = [

@@ -38,301 +38,47 @@ Results store use (``distil_platform.storage.store``):
 - ``llm_requests``: one row per request answered (from the server or the cache) or failed.
 Rows are written in batches from a background flush (one transaction per ~0.25 s or 256 rows),
 so hundreds of requests per second do not serialise on SQLite commits.
+
+Beside this module: ``chat`` (request/result types, errors), ``transport`` (one attempt over HTTP or
+litellm) and ``cache`` (identities, cache keys, the store writer).
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import hashlib
 import json
-import os
 import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from distil_platform.llm.cache import (
+    StoreWriter,
+    cache_key,
+    cache_payload,
+    default_identity,
+    normalise_identity,
+)
+from distil_platform.llm.chat import (
+    BudgetExceeded,
+    ChatRequest,
+    ChatResult,
+    ErrorRateExceeded,
+    LLMError,
+    UnknownPriceError,
+    request_timeout_s,
+)
 from distil_platform.llm.prices import PriceLookup, litellm_price_lookup
-
-RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
-# Never wait longer than this for a Retry-After (a misconfigured server could ask for hours).
-MAX_RETRY_AFTER_S = 120.0
-# Default per-request deadline (timeout_s=None): max(MIN_TIMEOUT_S, TIMEOUT_BASE_S + max_tokens /
-# TIMEOUT_TOKENS_PER_S). 20 tokens/s is a slow hosted open-weight model (20-40 tok/s) or a reasoning
-# model thinking through its whole budget; 30 s covers queueing and a long prompt's prefill.
-MIN_TIMEOUT_S = 60.0
-TIMEOUT_BASE_S = 30.0
-TIMEOUT_TOKENS_PER_S = 20.0
-# finish_reason of a reply cut off at max_tokens (OpenAI; litellm maps other providers' onto it).
-FINISH_LENGTH = "length"
-
-
-def request_timeout_s(max_tokens: int | None) -> float:
-    """The default deadline of one request that may generate ``max_tokens`` tokens (see module docstring)."""
-    return max(MIN_TIMEOUT_S, TIMEOUT_BASE_S + max(0, int(max_tokens or 0)) / TIMEOUT_TOKENS_PER_S)
-
-
-class LLMError(RuntimeError):
-    """Base class of batch-level failures; ``results`` holds what completed before the stop."""
-
-    def __init__(self, message: str, results: list[ChatResult] | None = None):
-        super().__init__(message)
-        self.results = results or []
-
-
-class ErrorRateExceeded(LLMError):
-    """Too many items failed: the endpoint (or the requests) are broken, stop billing."""
-
-
-class BudgetExceeded(LLMError):
-    """The next request could take spending past ``max_usd``."""
-
-
-class UnknownPriceError(LLMError):
-    """A budget was set but no price is known for the model."""
-
-
-@dataclass
-class ChatRequest:
-    messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]] | None = None
-    temperature: float = 0.0
-    max_tokens: int = 256
-    repeat: int = 0  # repeat index: part of the cache key, so repeats are distinct calls
-    item_id: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)  # other OpenAI params (top_p, stop, seed, ...)
-
-
-@dataclass
-class ChatResult:
-    request: ChatRequest
-    text: str | None
-    tool_calls: list[dict[str, Any]] | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    tokens_counted: bool  # True: counted locally because the server reported no usage
-    latency_s: float | None
-    # Cost of this answer's tokens at the current prices (None: no price known). A cache hit
-    # reports the same cost but bills nothing; the budget counts only fresh calls.
-    cost_usd: float | None
-    cache_hit: bool
-    error: str | None
-    attempts: int = 0
-    # Prompt tokens the provider served from its prompt cache (``usage.prompt_tokens_details.
-    # cached_tokens``; billed at the cached-input price). None: not reported.
-    cached_prompt_tokens: int | None = None
-    # The choice's ``logprobs.content``: one dict per generated token (``token``, ``logprob``,
-    # ``bytes``, ``top_logprobs``), when the request asked for ``logprobs`` (ChatRequest.extra). None otherwise.
-    logprobs: list[dict[str, Any]] | None = None
-    # Why generation stopped: "stop", "length" (cut at max_tokens), "content_filter", "tool_calls", ...
-    # None: the server sent none (or a cache entry from before it was recorded).
-    finish_reason: str | None = None
-    # Completion tokens spent on hidden reasoning (``usage.completion_tokens_details.reasoning_tokens``;
-    # already inside ``completion_tokens``). None: not reported.
-    reasoning_tokens: int | None = None
-    # Attempts of this request that timed out (each may have been billed by the provider).
-    timeouts: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def truncated(self) -> bool:
-        """Answered, but cut off at ``max_tokens`` (``finish_reason == "length"``)."""
-        return self.error is None and self.finish_reason == FINISH_LENGTH
-
-    @property
-    def empty(self) -> bool:
-        """Answered (HTTP 200) with no text and no tool call: billed, but no answer."""
-        return self.error is None and not (self.text or "").strip() and not self.tool_calls
-
-
-class _RetryableError(Exception):
-    def __init__(self, message: str, retry_after_s: float | None = None, timeout: bool = False):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-        self.timeout = timeout  # the attempt ran past its deadline (retried at most max_timeout_retries)
-
-
-class _FatalError(Exception):
-    """Not worth retrying (400, 401, 404, 422, ...)."""
-
-
-def normalise_identity(identity: str | Mapping[str, Any] | None) -> str | None:
-    """The canonical string form of an endpoint identity (mappings as sorted compact JSON)."""
-    if identity is None:
-        return None
-    if isinstance(identity, Mapping):
-        if not identity:
-            raise ValueError("identity must not be an empty mapping")
-        return json.dumps(dict(identity), sort_keys=True, separators=(",", ":"), default=str)
-    identity = str(identity).strip()
-    if not identity:
-        raise ValueError("identity must not be empty")
-    return identity
-
-
-def default_identity(model: str, api_base: str | None) -> str | None:
-    """Identity when the caller gives none: the endpoint URL for ``api_base`` models (two servers
-    are never assumed to be the same model), none for provider models (the model string names it)."""
-    return api_base.rstrip("/") if api_base else None
-
-
-def serving_identity(
-    *,
-    served_model: str,
-    checkpoint_hash: str,
-    backend: str,
-    dtype: str | None = None,
-    quantization: str | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """The identity a local server should give its clients: everything that changes the answer
-    (checkpoint content, serving engine, dtype, quantization, and ``extra`` such as the engine
-    version or max model length). Two servers with equal identities share cache entries."""
-    out = {"served_model": served_model, "checkpoint_hash": checkpoint_hash, "backend": backend,
-           "dtype": dtype, "quantization": quantization}
-    out.update(extra)
-    return out
-
-
-def cache_key(model: str, request: ChatRequest, identity: str | Mapping[str, Any] | None = None,
-              request_extra: Mapping[str, Any] | None = None) -> str:
-    """Response-cache key of ``request`` to ``model`` served by ``identity`` (see :class:`LLMClient`);
-    ``request_extra``: the client's parameters sent with every request (e.g. ``reasoning_effort``),
-    under the request's own ``extra``."""
-    payload = {
-        "model": model,
-        "messages": request.messages,
-        "tools": request.tools,
-        "temperature": request.temperature,
-        "max_tokens": request.max_tokens,
-        "extra": {**(request_extra or {}), **request.extra},
-        "repeat": request.repeat,
-    }
-    identity = normalise_identity(identity)
-    if identity is not None:  # provider models without one keep their keys from before identities
-        payload["identity"] = identity
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
-
-
-def _parse_retry_after(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = str(value).strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-    return max(0.0, min(seconds, MAX_RETRY_AFTER_S))
-
-
-def _headers_of(exc: BaseException) -> dict[str, str]:
-    for attr in ("litellm_response_headers", "headers"):
-        headers = getattr(exc, attr, None)
-        if headers:
-            return {str(k).lower(): v for k, v in dict(headers).items()}
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers:
-        return {str(k).lower(): v for k, v in dict(headers).items()}
-    return {}
-
-
-def _classify_litellm_error(exc: BaseException) -> Exception:
-    import httpx
-
-    if isinstance(exc, (asyncio.TimeoutError, httpx.TimeoutException)):
-        return _RetryableError(f"timeout: {exc}", timeout=True)
-    status = getattr(exc, "status_code", None)
-    name = type(exc).__name__
-    if name in ("Timeout", "APITimeoutError"):
-        return _RetryableError(f"timeout: {exc}", timeout=True)
-    if name in ("APIConnectionError", "ServiceUnavailableError", "InternalServerError", "BadGatewayError"):
-        return _RetryableError(f"{name}: {exc}", _parse_retry_after(_headers_of(exc).get("retry-after")))
-    if isinstance(status, int) and status in RETRYABLE_STATUS:
-        return _RetryableError(f"HTTP {status}: {exc}", _parse_retry_after(_headers_of(exc).get("retry-after")))
-    return _FatalError(f"{name}: {exc}")
-
-
-def _normalise_tool_calls(raw: Any) -> list[dict[str, Any]] | None:
-    if not raw:
-        return None
-    calls = []
-    for call in raw:
-        if hasattr(call, "model_dump"):
-            call = call.model_dump()
-        elif not isinstance(call, dict):
-            call = dict(call)
-        fn = call.get("function") or {}
-        if hasattr(fn, "model_dump"):
-            fn = fn.model_dump()
-        calls.append({"id": call.get("id"), "type": call.get("type", "function"),
-                      "function": {"name": fn.get("name"), "arguments": fn.get("arguments")}})
-    return calls
-
-
-def _as_dict(value: Any) -> Any:
-    if value is None or isinstance(value, (dict, list, str, int, float, bool)):
-        return value
-    if hasattr(value, "model_dump"):
-        return value.model_dump()
-    try:
-        return dict(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _read_usage(usage: Any) -> tuple[int | None, int | None, int | None]:
-    """(prompt, completion, cached prompt) tokens of an OpenAI-style ``usage`` object."""
-    usage = _as_dict(usage)
-    if not isinstance(usage, dict):
-        return None, None, None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    # Some servers send zeros instead of omitting usage: treat "0 prompt tokens" as unknown.
-    if not prompt:
-        return None, None, None
-    details = _as_dict(usage.get("prompt_tokens_details"))
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    if cached is None and usage.get("cache_read_input_tokens") is not None:  # Anthropic-style usage
-        cached = usage["cache_read_input_tokens"]
-    cached = None if cached is None else min(int(cached), int(prompt))
-    return int(prompt), None if completion is None else int(completion), cached
-
-
-def _read_reasoning_tokens(usage: Any) -> int | None:
-    """``usage.completion_tokens_details.reasoning_tokens`` (None when not reported)."""
-    usage = _as_dict(usage)
-    if not isinstance(usage, dict):
-        return None
-    details = _as_dict(usage.get("completion_tokens_details"))
-    value = details.get("reasoning_tokens") if isinstance(details, dict) else None
-    try:
-        return None if value is None else int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _finish_reason(value: Any) -> str | None:
-    return str(value)[:32] if value else None
-
-
-def _read_logprobs(raw: Any) -> list[dict[str, Any]] | None:
-    """The ``content`` list of a choice's ``logprobs`` as plain dicts (JSON-storable), or None."""
-    raw = _as_dict(raw)
-    if not isinstance(raw, dict):
-        return None
-    content = raw.get("content")
-    if content is None:
-        return None
-    return [_as_dict(token) for token in content]
+from distil_platform.llm.transport import (
+    FatalError,
+    RetryableError,
+    call_http,
+    call_litellm,
+    http_session,
+    request_payload,
+)
 
 
 class LLMClient:
@@ -484,110 +230,32 @@ class LLMClient:
 
     # -- one call ------------------------------------------------------------------------------
 
-    def _payload(self, request: ChatRequest) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "messages": request.messages,
-            "temperature": request.temperature,
-            "max_tokens": request.max_tokens,
-        }
-        if request.tools:
-            payload["tools"] = request.tools
-        payload.update(self.request_extra)
-        payload.update(request.extra)
-        return payload
-
-    async def _call_http(self, http, request: ChatRequest) -> dict[str, Any]:
-        import aiohttp
-
-        payload = self._payload(request)
-        payload["model"] = self.model.split("/", 1)[1]
-        deadline = self.request_timeout(request)
-        try:
-            async with http.post(f"{self.api_base}/chat/completions", json=payload,
-                                 timeout=aiohttp.ClientTimeout(total=deadline)) as response:
-                status = response.status
-                body = await response.read()
-                retry_after = response.headers.get("Retry-After")
-        except asyncio.TimeoutError as exc:
-            raise _RetryableError(f"timeout after {deadline:g}s", timeout=True) from exc
-        except aiohttp.ClientError as exc:
-            raise _RetryableError(f"connection error: {type(exc).__name__}: {exc}") from exc
-        if status != 200:
-            message = f"HTTP {status}: {body[-500:].decode('utf-8', 'replace')}"
-            if status in RETRYABLE_STATUS:
-                raise _RetryableError(message, _parse_retry_after(retry_after))
-            raise _FatalError(message)
-        try:
-            data = json.loads(body)
-            choice = data["choices"][0]
-            message_obj = choice["message"]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise _FatalError(f"malformed response: {body[-300:].decode('utf-8', 'replace')}") from exc
-        prompt, completion, cached = _read_usage(data.get("usage"))
-        return {"text": message_obj.get("content"), "tool_calls": _normalise_tool_calls(message_obj.get("tool_calls")),
-                "prompt_tokens": prompt, "completion_tokens": completion, "cached_prompt_tokens": cached,
-                "logprobs": _read_logprobs(choice.get("logprobs")),
-                "finish_reason": _finish_reason(choice.get("finish_reason")),
-                "reasoning_tokens": _read_reasoning_tokens(data.get("usage"))}
-
-    async def _call_litellm(self, request: ChatRequest) -> dict[str, Any]:
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        import litellm
-
-        litellm.suppress_debug_info = True  # no "Give Feedback" banners in run logs
-        kwargs = self._payload(request)
-        if self.api_base:
-            kwargs["api_base"] = self.api_base
-        if self._api_key:
-            kwargs["api_key"] = self._api_key
-        elif self.api_base and self.model.startswith("openai/"):
-            # Local OpenAI-compatible servers need no key, but the OpenAI SDK refuses to send none.
-            kwargs["api_key"] = "no-key"
-        deadline = self.request_timeout(request)
-        try:
-            # Retries are ours (with Retry-After); litellm's and the OpenAI SDK's are switched off.
-            response = await asyncio.wait_for(
-                litellm.acompletion(model=self.model, timeout=deadline, num_retries=0, max_retries=0, **kwargs),
-                timeout=deadline + 5,
-            )
-        except (_RetryableError, _FatalError):
-            raise
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise _classify_litellm_error(exc) from exc
-        choice = response.choices[0]
-        usage = getattr(response, "usage", None)
-        prompt, completion, cached = _read_usage(usage)
-        return {"text": choice.message.content, "tool_calls": _normalise_tool_calls(choice.message.tool_calls),
-                "prompt_tokens": prompt, "completion_tokens": completion, "cached_prompt_tokens": cached,
-                "logprobs": _read_logprobs(getattr(choice, "logprobs", None)),
-                "finish_reason": _finish_reason(getattr(choice, "finish_reason", None)),
-                "reasoning_tokens": _read_reasoning_tokens(usage)}
-
     async def _call_with_retries(self, http, request: ChatRequest) -> tuple[dict[str, Any], int, int]:
-        """``(response, attempts, timed-out attempts)``; a _FatalError carries ``attempts`` and ``timeouts``."""
+        """``(response, attempts, timed-out attempts)``; a FatalError carries ``attempts`` and ``timeouts``."""
         attempt = timeouts = 0
         while True:
             attempt += 1
             self.http_calls += 1
             try:
+                payload, deadline = request_payload(request, self.request_extra), self.request_timeout(request)
                 if self.fast_path:
-                    return await self._call_http(http, request), attempt, timeouts
-                return await self._call_litellm(request), attempt, timeouts
-            except _FatalError as exc:
+                    served = self.model.split("/", 1)[1]
+                    return await call_http(http, self.api_base, served, payload, deadline), attempt, timeouts
+                return await call_litellm(self.model, payload, deadline, api_base=self.api_base,
+                                          api_key=self._api_key), attempt, timeouts
+            except FatalError as exc:
                 exc.attempts, exc.timeouts = attempt, timeouts
                 raise
-            except _RetryableError as exc:
+            except RetryableError as exc:
                 timeouts += exc.timeout
                 if exc.timeout and timeouts > self.max_timeout_retries:
                     # A timed-out attempt may have been billed: never re-send it max_retries times.
-                    fatal = _FatalError(f"gave up after {timeouts} timed-out attempts "
+                    fatal = FatalError(f"gave up after {timeouts} timed-out attempts "
                                         f"(max_timeout_retries={self.max_timeout_retries}): {exc}")
                     fatal.attempts, fatal.timeouts = attempt, timeouts
                     raise fatal from exc
                 if attempt > self.max_retries:
-                    fatal = _FatalError(f"gave up after {attempt} attempts: {exc}")
+                    fatal = FatalError(f"gave up after {attempt} attempts: {exc}")
                     fatal.attempts, fatal.timeouts = attempt, timeouts
                     raise fatal from exc
                 backoff = min(self.retry_max_s, self.retry_base_s * (2 ** (attempt - 1)))
@@ -632,7 +300,7 @@ class LLMClient:
             )
         keys = [cache_key(self.model, r, self.identity, self.request_extra) for r in requests]
         results: list[ChatResult | None] = [None] * len(requests)
-        writer = _StoreWriter(self.store)
+        writer = StoreWriter(self.store)
         cached = await asyncio.to_thread(writer.lookup, set(keys)) if self.store is not None else {}
 
         # Identical requests in one batch are asked once and share the answer.
@@ -677,7 +345,7 @@ class LLMClient:
                 try:
                     response, attempts, timeouts = await self._call_with_retries(http, request)
                     error = None
-                except _FatalError as exc:
+                except FatalError as exc:
                     response, error = None, str(exc)
                     attempts, timeouts = getattr(exc, "attempts", 1), getattr(exc, "timeouts", 0)
                 finally:
@@ -691,7 +359,7 @@ class LLMClient:
             results[index] = result
             writer.add_request(self._request_row(result, key))
             if result.error is None:
-                writer.add_cache(key, self.model, _cache_payload(result), self.identity)
+                writer.add_cache(key, self.model, cache_payload(result), self.identity)
             for dup in duplicates.get(index, []):
                 results[dup] = ChatResult(**{**result.__dict__, "request": requests[dup],
                                              "cache_hit": result.error is None, "timeouts": 0})
@@ -707,7 +375,7 @@ class LLMClient:
 
         flush_task = asyncio.create_task(writer.run())
         try:
-            async with self._http_client() as http:
+            async with http_session(self.fast_path, self._api_key, self.concurrency, self.timeout_s) as http:
                 tasks = [asyncio.create_task(run_one(i, http)) for i in pending]
                 try:
                     if tasks:
@@ -762,19 +430,6 @@ class LLMClient:
             + (f" of ${self.max_usd:.2f}" if self.max_usd else "")
         )
 
-    def _http_client(self):
-        if not self.fast_path:
-            return _NullAsyncContext()
-        import aiohttp
-
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        # The deadline is set per request (request_timeout: it can depend on the request's max_tokens).
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.concurrency),
-            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-            headers=headers,
-        )
-
     def _finish(self, request, response, error, latency, attempts) -> ChatResult:
         if response is None:
             return ChatResult(request, None, None, None, None, False, latency, None, False, error, attempts)
@@ -814,13 +469,6 @@ class LLMClient:
         }
 
 
-def _cache_payload(result: ChatResult) -> dict[str, Any]:
-    return {"text": result.text, "tool_calls": result.tool_calls, "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens, "tokens_counted": result.tokens_counted,
-            "latency_s": result.latency_s, "cached_prompt_tokens": result.cached_prompt_tokens,
-            "logprobs": result.logprobs, "finish_reason": result.finish_reason,
-            "reasoning_tokens": result.reasoning_tokens}
-
 
 @dataclass
 class _BatchState:
@@ -830,96 +478,3 @@ class _BatchState:
     cache_hits: int = 0
     last_log: float = 0.0
     last_error: str | None = None
-
-
-class _NullAsyncContext:
-    async def __aenter__(self):
-        return None
-
-    async def __aexit__(self, *exc):
-        return False
-
-
-class _StoreWriter:
-    """Buffers llm_requests / llm_cache rows and writes them in one transaction per flush."""
-
-    def __init__(self, store, flush_every_s: float = 0.25, flush_rows: int = 256):
-        self.store = store
-        self.flush_every_s, self.flush_rows = flush_every_s, flush_rows
-        self.requests: list[dict[str, Any]] = []
-        self.cache: dict[str, dict[str, Any]] = {}
-        self._closed = False
-        self._wake = asyncio.Event() if store is not None else None
-
-    def lookup(self, keys: set[str]) -> dict[str, dict[str, Any]]:
-        from sqlalchemy import select
-
-        from distil_platform.storage.store import llm_cache
-
-        found: dict[str, dict[str, Any]] = {}
-        key_list = sorted(keys)
-        with self.store.engine.connect() as conn:
-            for start in range(0, len(key_list), 500):  # SQLite caps bound parameters per statement
-                chunk = key_list[start:start + 500]
-                for row in conn.execute(select(llm_cache.c.key, llm_cache.c.response).where(llm_cache.c.key.in_(chunk))):
-                    found[row.key] = row.response
-        return found
-
-    def add_request(self, row: dict[str, Any]) -> None:
-        if self.store is None:
-            return
-        self.requests.append(row)
-        if len(self.requests) >= self.flush_rows:
-            self._wake.set()
-
-    def add_cache(self, key: str, model: str, payload: dict[str, Any], identity: str | None = None) -> None:
-        if self.store is None:
-            return
-        self.cache[key] = {"key": key, "model": model, "identity": identity, "response": payload}
-
-    def close(self) -> None:
-        self._closed = True
-        if self._wake is not None:
-            self._wake.set()
-
-    async def run(self) -> None:
-        if self.store is None:
-            return
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.flush_every_s)
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
-            requests, cache = self.requests, list(self.cache.values())
-            self.requests, self.cache = [], {}
-            if requests or cache:
-                # Shielded: a cancelled batch still records what it already paid for.
-                await asyncio.shield(asyncio.to_thread(self._write, requests, cache))
-            if self._closed and not self.requests and not self.cache:
-                return
-
-    def _write(self, requests: list[dict[str, Any]], cache: list[dict[str, Any]]) -> None:
-        from sqlalchemy import insert
-
-        from distil_platform.storage.store import llm_cache, llm_requests
-
-        with self.store.engine.begin() as conn:
-            if cache:
-                conn.execute(_insert_ignore(conn, llm_cache), cache)
-            if requests:
-                conn.execute(insert(llm_requests), requests)
-
-
-def _insert_ignore(conn, table):
-    """INSERT that skips rows whose primary key exists (another run cached the same answer)."""
-    dialect = conn.dialect.name
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy import insert
-
-        return insert(table).prefix_with("IGNORE")  # MySQL/MariaDB
-    return dialect_insert(table).on_conflict_do_nothing()

@@ -2,7 +2,7 @@
 
 A price lookup is ``callable(model) -> (usd_per_input_token, usd_per_output_token[,
 usd_per_cached_input_token]) | None`` (two values: cached prompt tokens cost full input).
-The platform's pricing file (``distil_platform/economics/pricing.py``) provides one; litellm's bundled map
+The platform's pricing file (``distil_platform/economics/pricing_file.py``) provides one; litellm's bundled map
 (``LITELLM_LOCAL_MODEL_COST_MAP=True``: never fetched over the network) is the fallback.
 """
 

@@ -1,1 +1,2 @@
-"""Serving: the vLLM server a student or baseline runs behind (server) and its load test (loadtest, guidellm)."""
+"""Serving: a model server for a student or baseline (server; its launch, hardware and memory), its
+load test (loadtest, guidellm_cli) and the analysis of the load test (throughput)."""

@@ -279,7 +279,7 @@ def _engine(url: str) -> Engine:
 
             # Alembic migrations (distil_platform/storage/migrations), not create_all: a column added in a
             # release upgrades an existing store in place.
-            from distil_platform.storage.migrate import upgrade
+            from distil_platform.storage.revisions import upgrade
 
             upgrade(engine)
             _ENGINES[url] = engine

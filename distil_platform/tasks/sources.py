@@ -6,8 +6,8 @@
 2. a Hugging Face dataset (``data.hf``) via ``datasets`` - unless the hub is offline
    (``HF_HUB_OFFLINE=1``) or unreachable, and the path is not a local dataset. Reachability is
    probed once per process and endpoint (a TCP connect to ``HF_ENDPOINT`` or its proxy, ~2 s at
-   most, see :func:`probe_hub`), so an unreachable hub costs one quick probe instead of
-   ``datasets``' retries with back-off for every task;
+   most, see :mod:`distil_platform.tasks.hf_hub`), so an unreachable hub costs one quick probe
+   instead of ``datasets``' retries with back-off for every task;
 3. the sample shipped in the package (``distil_platform/data/<task>/``).
 
 Every route returns string columns ``id``, ``question``, ``answer``, ``context``. Text2SQL rows in
@@ -22,12 +22,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import re
-import socket
 import sys
-import threading
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +31,7 @@ from typing import Any
 
 import polars as pl
 
+from distil_platform.tasks.hf_hub import hf_available, hub_unavailable_reason
 from distil_platform.tasks.spec import HFSource, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -98,91 +95,6 @@ def load_seed_and_test(spec: TaskSpec, *, source: str | None = None) -> LoadedDa
     data = load_sample(spec)
     data.note = note
     return data
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def hf_available(hf: HFSource) -> bool:
-    """A local dataset path always works; a hub dataset only when the hub is not offline and answers
-    :func:`probe_hub` (probed once per process)."""
-    if Path(hf.path).exists():
-        return True
-    return not hub_offline() and probe_hub().reachable
-
-
-def hub_unavailable_reason() -> str:
-    if hub_offline():
-        return "HF_HUB_OFFLINE is set"
-    probe = probe_hub()
-    return f"the hub at {probe.endpoint} is unreachable ({probe.detail}; probed once, {probe.seconds:.1f} s)"
-
-
-@dataclass(frozen=True)
-class HubProbe:
-    endpoint: str
-    # host:port actually connected to (the endpoint, or the proxy requests would use).
-    target: str
-    reachable: bool
-    detail: str
-    seconds: float
-
-
-HUB_PROBE_TIMEOUT_S = 2.0
-_HUB_PROBES: dict[str, HubProbe] = {}
-_PROBE_LOCK = threading.Lock()
-
-
-def hub_endpoint() -> str:
-    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-
-
-def _probe_target(endpoint: str) -> tuple[str, int]:
-    """Host and port a request to ``endpoint`` connects to first: its proxy when one applies."""
-    import urllib.parse
-    import urllib.request
-
-    parts = urllib.parse.urlsplit(endpoint)
-    host = parts.hostname or "huggingface.co"
-    proxy = urllib.request.getproxies().get(parts.scheme or "https")
-    if proxy and not urllib.request.proxy_bypass(host):
-        proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        if proxy_parts.hostname:
-            return proxy_parts.hostname, proxy_parts.port or (443 if proxy_parts.scheme == "https" else 80)
-    return host, parts.port or (80 if parts.scheme == "http" else 443)
-
-
-def probe_hub(timeout: float = HUB_PROBE_TIMEOUT_S) -> HubProbe:
-    """Can a TCP connection to the hub endpoint (``HF_ENDPOINT``, or its proxy) be opened within
-    ``timeout`` seconds? One attempt per endpoint per process; the answer is cached."""
-    endpoint = hub_endpoint()
-    with _PROBE_LOCK:
-        cached = _HUB_PROBES.get(endpoint)
-        if cached is not None:
-            return cached
-        host, port = _probe_target(endpoint)
-        outcome: dict[str, str] = {}
-
-        def attempt() -> None:  # in a thread: name resolution has no timeout of its own
-            try:
-                socket.create_connection((host, port), timeout=timeout).close()
-                outcome["ok"] = "reachable"
-            except OSError as exc:
-                outcome["error"] = f"{type(exc).__name__}: {exc}"
-
-        start = time.monotonic()
-        worker = threading.Thread(target=attempt, name="hf-hub-probe", daemon=True)
-        worker.start()
-        worker.join(timeout + 0.5)
-        seconds = time.monotonic() - start
-        if "ok" in outcome:
-            probe = HubProbe(endpoint, f"{host}:{port}", True, "reachable", seconds)
-        else:
-            detail = outcome.get("error") or f"no answer within {timeout:g} s"
-            probe = HubProbe(endpoint, f"{host}:{port}", False, f"{host}:{port}: {detail}", seconds)
-        _HUB_PROBES[endpoint] = probe
-        return probe
 
 
 # -- local directory and sample (same file layout) ---------------------------------------------

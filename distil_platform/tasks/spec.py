@@ -107,7 +107,7 @@ class ModelRef(_Strict):
     # can spend the whole budget thinking and return an empty reply). Part of the cache key.
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     # Seconds one request may take. None: derived from max_tokens, max(60, 30 + max_tokens / 20)
-    # (distil_platform.llm.client.request_timeout_s), unless the llm resource sets a fixed timeout_s.
+    # (distil_platform.llm.chat.request_timeout_s), unless the llm resource sets a fixed timeout_s.
     timeout_s: float | None = Field(default=None, gt=0)
 
 

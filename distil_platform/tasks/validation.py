@@ -86,10 +86,12 @@ def find_overlaps(seed_df: pl.DataFrame, test_df: pl.DataFrame) -> list[tuple[st
 
 
 # -- tool calls --------------------------------------------------------------------------------
-def _parse_tool_call(text: str) -> dict[str, Any] | None:
+def parse_tool_call(text: str) -> dict[str, Any] | None:
     """``{"name": str, "parameters": dict}`` from the answer text, or None.
 
     Accepts ``arguments`` for ``parameters`` (OpenAI naming) and arguments given as a JSON string.
+    Strict: the whole text must be the call (a dataset answer); a model's output, which may wrap the
+    call in other text, is parsed by :func:`distil_platform.evaluation.scoring.toolcalls.parse_tool_call`.
     """
     try:
         value = json.loads(text)
@@ -143,7 +145,7 @@ def _check_tool_call(spec: TaskSpec, row: dict[str, Any]) -> str | None:
     question = str(row.get("question") or "").strip()
     if question.startswith("[") and not _chat_history_ok(question):
         return "chat_history_invalid"
-    call = _parse_tool_call(str(row["answer"]))
+    call = parse_tool_call(str(row["answer"]))
     if call is None:
         return "tool_call_unparseable"
     schema = tool_parameters_schema(spec, call["name"])
@@ -160,7 +162,7 @@ def canonical_tool_call(text: str) -> str:
 
     Raises ValueError when the text is not a tool call.
     """
-    call = _parse_tool_call(text)
+    call = parse_tool_call(text)
     if call is None:
         raise ValueError("not a JSON tool call {\"name\": ..., \"parameters\": {...}}")
     return json.dumps(call, sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
@@ -186,13 +188,13 @@ def _check_sql(row: dict[str, Any]) -> str | None:
     # Teacher SQL is untrusted: it runs only in the scoring sandbox (in-memory database filled with
     # generated rows, read-only authorizer, time limit, row and byte caps), so a runaway recursive
     # CTE cannot hang the stage.
-    from distil_platform.evaluation.scoring.sql import (
+    from distil_platform.evaluation.scoring.sql.database import execute_untrusted_sql
+    from distil_platform.evaluation.scoring.sql.sandbox import (
         SQLSandboxError,
         SQLSchemaError,
         SQLSchemaNotAllowed,
         SQLSchemaTimeout,
         SQLSchemaTooLarge,
-        execute_untrusted_sql,
     )
 
     try:

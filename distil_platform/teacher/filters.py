@@ -206,17 +206,12 @@ class QuestionSanity:
 def sql_nonempty(sql: str, schema_sql: str, *, n_databases: int = 3, timeout_s: float = 2.0, seed: int = 0) -> str | None:
     """None when ``sql`` returns at least one row on one of ``n_databases`` generated databases.
 
-    Runs only in the scoring sandbox (:mod:`distil_platform.evaluation.scoring.sql`: in-memory databases,
+    Runs only in the scoring sandbox (:mod:`distil_platform.evaluation.scoring.sql.sandbox`: in-memory databases,
     read-only authorizer, a time limit per query, row and value-size caps), so a runaway recursive
     CTE ends with ``sql_timeout`` within ``timeout_s``.
     """
-    from distil_platform.evaluation.scoring.sql import (
-        SQLSandboxError,
-        SQLSchemaError,
-        build_database,
-        extract_literals,
-        run_sandboxed,
-    )
+    from distil_platform.evaluation.scoring.sql.database import build_database, extract_literals
+    from distil_platform.evaluation.scoring.sql.sandbox import SQLSandboxError, SQLSchemaError, run_sandboxed
 
     try:
         literals = extract_literals(sql)
@@ -270,9 +265,9 @@ def ungrounded_arguments(spec: TaskSpec, row: dict[str, Any]) -> list[str]:
     Checked: free strings (not enums: "switch on" grounds ``state: "on"`` only by meaning), numbers
     and arrays of them. Booleans and enum values are left to the agreement filter.
     """
-    from distil_platform.tasks.validation import _parse_tool_call, tool_parameters_schema
+    from distil_platform.tasks.validation import parse_tool_call, tool_parameters_schema
 
-    call = _parse_tool_call(str(row.get("answer") or ""))
+    call = parse_tool_call(str(row.get("answer") or ""))
     if call is None:
         return []
     schema = tool_parameters_schema(spec, call["name"]) or {}
@@ -298,9 +293,9 @@ def contradicted_enums(spec: TaskSpec, row: dict[str, Any]) -> list[str]:
     one chosen ("unlock the back door" with ``door: "front"``). An enum value the question does not
     name at all is not judged here ("switch on" grounds ``state: "on"``, "lights out" grounds
     ``"off"`` only by meaning)."""
-    from distil_platform.tasks.validation import _parse_tool_call, tool_parameters_schema
+    from distil_platform.tasks.validation import parse_tool_call, tool_parameters_schema
 
-    call = _parse_tool_call(str(row.get("answer") or ""))
+    call = parse_tool_call(str(row.get("answer") or ""))
     if call is None:
         return []
     props = (tool_parameters_schema(spec, call["name"]) or {}).get("properties") or {}

@@ -15,7 +15,7 @@ One builder per task type, derived from the task YAML:
 
 The reply is a top-level JSON **array** of ``{question, answer[, context]}`` items, between
 ``synthesis.min_examples_per_request`` (default: all N) and N = ``examples_per_request``: that is
-what :func:`distil_platform.teacher.synthesis.parse_teacher_output` reads (cpu-notes: an object wrapper
+what :func:`distil_platform.teacher.replies.parse_teacher_output` reads (cpu-notes: an object wrapper
 such as ``{"examples": [...]}`` was not), and what vLLM's structured outputs enforce with
 ``response_format={"type": "json_schema", ...}``. Whether a teacher endpoint gets the schema is a
 per-teacher setting (``ModelRef.response_format``), see :func:`use_structured_output`.

@@ -75,7 +75,7 @@ def label_rows(
     onto the task's label names the way scoring reads it (case, quotes, fences); a tool call is
     re-serialised from the first call in the text. Missing answers become empty rows, which
     validation counts as ``empty_answer``. ``unusable``: per answer, why the reply is no label
-    (``synthesis.unusable_reply``: ``truncated_reply`` / ``empty_reply``) or None; such a row is
+    (``replies.unusable_reply``: ``truncated_reply`` / ``empty_reply``) or None; such a row is
     rejected with that reason (``reject_reason``), as is one whose answer cannot be parsed at all
     (``parse_error (<exception>)``)."""
     if spec.type not in SELF_TRAINING_TYPES:

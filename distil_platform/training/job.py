@@ -48,11 +48,13 @@ def training_params(spec, *, rows_url: str, test_url: str | None, base_model: st
 
 def run_training(params: dict[str, Any], log: LogFn) -> dict[str, Any]:
     """Train, publish the checkpoint, return what the asset records."""
-    from distil_platform.economics.costs import checkpoint_fingerprint
     from distil_platform.storage import paths
+    from distil_platform.storage.lineage import checkpoint_fingerprint
     from distil_platform.storage.modelstore import resolve_model
     from distil_platform.tasks.spec import TaskSpec
-    from distil_platform.training.trainer import TrainConfig, serving_context_length, train_student
+    from distil_platform.training.config import TrainConfig
+    from distil_platform.training.lengths import serving_context_length
+    from distil_platform.training.trainer import train_student
 
     spec = TaskSpec.model_validate(params["spec"])
     task = spec.name

@@ -8,8 +8,8 @@ merged) that ``serving.serve`` can load, with the loss curve saved beside it.
 Sequence length comes from the data: every training row is tokenised with the base model's chat
 template, ``max_length`` is the longest row (within a ceiling: profile ``max_length_ceiling``, the
 task's ``training.max_length_ceiling``, the model's context), and a row that would not fit raises
-:class:`TrainingRowTooLongError` naming the task, the row id and its token count — unless the task
-YAML sets ``training.allow_truncation: true``. Rows are never cut silently. With ``tokens_per_step``
+``TrainingRowTooLongError`` naming the task, the row id and its token count — unless the task YAML
+sets ``training.allow_truncation: true`` (see :mod:`distil_platform.training.lengths`). Rows are never cut silently. With ``tokens_per_step``
 (the ``local`` profile) the batch size follows from it: ``tokens_per_step // max_length`` rows
 (at most ``batch_size``), so a step costs about the same however long the task's prompts are.
 
@@ -26,10 +26,8 @@ torch, transformers, trl and peft are imported inside functions: importing this 
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,178 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from distil_platform.precision import detect_precision
-from distil_platform.tasks.prompts import build_training_messages
 from distil_platform.tasks.spec import TaskSpec
-
-DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-class TrainingRowTooLongError(ValueError):
-    """A training row (rendered prompt + answer) does not fit ``max_length`` and truncation is not
-    allowed. The message names the task, the rows and their token counts."""
-
-
-@dataclass
-class TrainConfig:
-    max_steps: int = 60
-    learning_rate: float = 5e-4
-    # Rows per step; with ``tokens_per_step`` set, the most rows per step.
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    # Fixed sequence length; None derives it from the longest training row (see module doc).
-    max_length: int | None = None
-    # Upper bound for the derived max_length (also bounded by the model's context length).
-    max_length_ceiling: int = 2048
-    # Cut over-long rows from the start (keep_end) instead of failing (task ``training.allow_truncation``).
-    allow_truncation: bool = False
-    # Choose rows per step from a token budget: batch = clamp(tokens_per_step // max_length, 1, batch_size).
-    tokens_per_step: int | None = None
-    use_lora: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0  # dropout masks cost ~1.2 s/step on CPU and did not help
-    lora_target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
-    # Epochs instead of steps when set (max_steps then derived from the data size).
-    epochs: float | None = None
-    # Seconds the training loop may take (None or 0: no limit). With a budget, the step count is
-    # what the budget affords at the step time measured on this machine before training (at most
-    # max_steps), so the learning-rate schedule is planned for the steps that will run.
-    time_budget_s: float | None = None
-    warmup_ratio: float = 0.05
-    lr_scheduler: str = "cosine"
-    weight_decay: float = 0.0
-    # Compute dtype: auto (from the hardware, distil_platform.precision), bf16, fp16 or fp32.
-    dtype: str = "auto"
-    seed: int = 0
-    # Threads torch may use (None: all cores of this process's CPU affinity).
-    num_threads: int | None = None
-    logging_steps: int = 1
-    # Apply the LM head only to labelled positions (same loss, ~2x faster steps on CPU).
-    labelled_positions_loss: bool = True
-
-    @classmethod
-    def for_task(cls, spec: TaskSpec, profile, **overrides: Any) -> TrainConfig:
-        """Profile defaults, then the task YAML's ``training`` overrides, then ``overrides``."""
-        t = spec.training
-        explicit_batch = t.batch_size or overrides.get("batch_size")
-        cfg = cls(
-            max_steps=t.max_steps or profile.max_steps,
-            learning_rate=t.learning_rate or profile.learning_rate,
-            batch_size=t.batch_size or profile.batch_size,
-            max_length=t.max_length,
-            max_length_ceiling=t.max_length_ceiling or profile.max_length_ceiling,
-            allow_truncation=t.allow_truncation,
-            # An explicit batch size (task YAML or run config) means rows per step, not a token budget.
-            tokens_per_step=None if explicit_batch else profile.tokens_per_step,
-            use_lora=profile.use_lora if t.use_lora is None else t.use_lora,
-            lora_r=t.lora_r,
-            lora_alpha=t.lora_alpha,
-            lora_target_modules=tuple(t.lora_target_modules),
-            epochs=t.epochs,
-            dtype=profile.dtype,
-            time_budget_s=t.time_budget_s if t.time_budget_s is not None else profile.train_time_budget_s,
-        )
-        for key, value in overrides.items():
-            if value is not None:
-                if not hasattr(cfg, key):
-                    raise ValueError(f"unknown training option {key!r}")
-                setattr(cfg, key, value)
-        if not cfg.use_lora and t.learning_rate is None and overrides.get("learning_rate") is None:
-            cfg.learning_rate = min(cfg.learning_rate, 5e-5)  # full FT needs a far smaller step
-        return cfg
-
-    def steps_for(self, n_examples: int, batch_size: int | None = None) -> int:
-        if self.epochs:
-            per_epoch = math.ceil(n_examples / ((batch_size or self.batch_size) * self.gradient_accumulation_steps))
-            return max(1, math.ceil(per_epoch * self.epochs))
-        return self.max_steps
-
-    def batch_size_for(self, max_length: int) -> int:
-        """Rows per step: ``batch_size``, or what ``tokens_per_step`` affords at ``max_length``."""
-        if not self.tokens_per_step:
-            return self.batch_size
-        return max(1, min(self.batch_size, self.tokens_per_step // max(max_length, 1)))
-
-
-@dataclass(frozen=True)
-class LengthPlan:
-    """The sequence length a training run uses and the token lengths it was derived from."""
-
-    max_length: int
-    # "derived" (longest row, within the ceiling) or "fixed" (task YAML / run config).
-    source: str
-    ceiling: int
-    n_rows: int
-    median: float
-    p90: float
-    longest: int
-    shortest: int
-    # Rows longer than max_length (non-zero only when truncation is allowed).
-    truncated: int
-
-    def summary(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def row_token_lengths(spec: TaskSpec, rows: Sequence[dict[str, Any]], tokenizer) -> list[int]:
-    """Tokens of each row as SFT sees it: the chat template over the eval messages plus the answer."""
-    return [len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
-            for r in to_chat_dataset_rows(spec, rows)]
-
-
-def plan_max_length(
-    spec: TaskSpec,
-    row_ids: Sequence[str],
-    lengths: Sequence[int],
-    config: TrainConfig,
-    *,
-    model_context: int | None = None,
-    tokenizer_name: str = "the base model's tokenizer",
-) -> LengthPlan:
-    """``max_length`` for these rows; raises :class:`TrainingRowTooLongError` for rows that would be cut
-    unless ``config.allow_truncation``."""
-    if not lengths:
-        raise ValueError(f"{spec.name}: no training rows")
-    ceiling = config.max_length_ceiling
-    if model_context:
-        ceiling = min(ceiling, int(model_context))
-    longest = max(lengths)
-    if config.max_length is not None:
-        limit, source = int(config.max_length), "fixed"
-    else:
-        limit, source = min(longest, ceiling), "derived"
-    over = [(rid, n) for rid, n in zip(row_ids, lengths) if n > limit]
-    if over and not config.allow_truncation:
-        over.sort(key=lambda item: -item[1])
-        shown = ", ".join(f"id {rid!r}: {n} tokens" for rid, n in over[:10])
-        more = f" and {len(over) - 10} more" if len(over) > 10 else ""
-        where = (f"max_length={limit} (set by the task YAML or run config)" if source == "fixed"
-                 else f"the max_length ceiling {limit} (profile/task `max_length_ceiling`"
-                 + (f", model context {model_context}" if model_context else "") + ")")
-        raise TrainingRowTooLongError(
-            f"{spec.name}: {len(over)} of {len(lengths)} training row(s) are longer than {where}, counting the "
-            f"rendered prompt + answer with {tokenizer_name}: {shown}{more}. Training would cut the start of "
-            f"their prompt (the system prompt with the task description) while evaluation sends all of it. "
-            f"Raise the limit, shorten or drop those rows, or set `training.allow_truncation: true` in "
-            f"{spec.source_file or 'the task YAML'} to train on truncated rows knowingly."
-        )
-    ordered = sorted(lengths)
-    p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
-    return LengthPlan(max_length=limit, source=source, ceiling=ceiling, n_rows=len(lengths),
-                      median=float(statistics.median(lengths)), p90=float(p90), longest=longest,
-                      shortest=min(lengths), truncated=len(over))
-
-
-def serving_context_length(spec: TaskSpec, test_rows: Sequence[dict[str, Any]], tokenizer,
-                           train_max_length: int) -> int:
-    """Context an eval server needs for this task: the longest test prompt (eval rendering, generation
-    prompt added) plus ``spec.max_answer_tokens``, and never less than the training length."""
-    from distil_platform.tasks.prompts import build_messages
-
-    longest_prompt = max((len(tokenizer.apply_chat_template(build_messages(spec, dict(r)), add_generation_prompt=True,
-                                                            tokenize=True, return_dict=True)["input_ids"])
-                          for r in test_rows), default=0)
-    return max(int(train_max_length), longest_prompt + int(spec.max_answer_tokens))
+from distil_platform.training.config import TrainConfig
+from distil_platform.training.lengths import plan_max_length, row_token_lengths, to_chat_dataset_rows
 
 
 @dataclass
@@ -244,14 +73,6 @@ class TrainResult:
 
 
 ProgressFn = Callable[[dict[str, Any]], None]
-
-
-def to_chat_dataset_rows(spec: TaskSpec, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``{"messages": [...]}`` per row, rendered exactly as for evaluation (plus the answer)."""
-    out = []
-    for row in rows:
-        out.append({"messages": build_training_messages(spec, row)})
-    return out
 
 
 def _set_threads(num_threads: int | None) -> int:

@@ -16,16 +16,16 @@ from distil_platform.evaluation.scoring.classification import (
     normalize_label,
 )
 from distil_platform.evaluation.scoring.judge import Judge, build_judge_messages, llm_judge, parse_verdict
-from distil_platform.evaluation.scoring.sql import (
+from distil_platform.evaluation.scoring.sql.database import build_database
+from distil_platform.evaluation.scoring.sql.matching import (
     SQLReferenceError,
-    SQLSchemaError,
-    build_database,
     extract_sql,
     split_schema_question,
     sql_execution_match,
     sql_match_details,
     sql_reference_error,
 )
+from distil_platform.evaluation.scoring.sql.sandbox import SQLSchemaError
 from distil_platform.evaluation.scoring.text import token_f1
 from distil_platform.evaluation.scoring.toolcalls import (
     ToolSchemaError,

@@ -1,5 +1,5 @@
 """Baseline: the results-store schema of the first release (what ``metadata.create_all`` made before
-migrations existed; ``distil_platform.storage.migrate`` stamps such a store at this revision).
+migrations existed; ``distil_platform.storage.revisions`` stamps such a store at this revision).
 
 Revision ID: 0001
 Revises:

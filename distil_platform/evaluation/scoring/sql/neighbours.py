@@ -5,7 +5,7 @@ plausibly make: a comparison operator replaced, a literal shifted by one unit, D
 added, a predicate dropped, ASC/DESC swapped, an aggregate changed, a JOIN turned into a LEFT JOIN
 (or back), LIMIT shifted by one. Most neighbours mean something else; some are equivalent (``COUNT(*)
 > 3`` and ``COUNT(*) >= 4`` on integers, a LEFT JOIN along a NOT NULL foreign key). The distinguishing
-search (:mod:`distil_platform.evaluation.scoring.sql_suite`) keeps databases on which each non-equivalent
+search (:mod:`distil_platform.evaluation.scoring.sql.suite`) keeps databases on which each non-equivalent
 neighbour returns something other than the gold.
 """
 

@@ -1,0 +1,314 @@
+"""What a cost table is computed from, read from the results store (:func:`gather_cost_inputs`):
+every model's per-item scores and metrics, the API models' token usage (measured, or estimated from
+the test prompts for frontier models that were skipped) and the student's throughput profile.
+
+Lineage (``storage.lineage``): the reference student is the latest student eval that is not the
+seed-only ablation (that one is a baseline row, never the student); a throughput profile of another
+checkpoint is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from distil_platform.storage.lineage import Lineage, lineage, read_lineage_rows
+from distil_platform.tasks.spec import TaskSpec
+
+STAGE_STUDENT_EVAL = "student_eval"
+STAGE_BASELINES = "baseline_evals"
+STAGE_FRONTIER = "frontier_evals"
+STAGE_FP8_EVAL = "throughput_fp8"  # the fp8 student's accuracy, measured by <task>_throughput
+STAGE_THROUGHPUT = "throughput"  # lineage rows of <task>_throughput
+
+API_TIERS = ("frontier", "mid_tier")
+SEED_ONLY_SUFFIX = " (seed-only)"
+
+
+class CostTableError(RuntimeError):
+    """A cost table cannot be computed (message says what is missing and which asset makes it)."""
+
+
+# -- inputs ------------------------------------------------------------------------------------
+@dataclass
+class Usage:
+    """Mean tokens per request of one model on one task."""
+
+    n_requests: int
+    prompt_tokens: float
+    completion_tokens: float
+    cached_prompt_tokens: float = 0.0
+    estimated: bool = False  # True: counted from the test prompts and reference answers
+    basis: str = "llm_requests"
+
+
+@dataclass
+class ThroughputProfile:
+    variant: str
+    model: str
+    backend: str
+    hardware: str
+    hardware_key: str
+    sustained_rps: float | None
+    max_achieved_rps: float | None
+    slo_s: float | None = None
+    peak_memory_gb: float | None = None
+    run_id: str | None = None
+
+
+@dataclass
+class EvaluatedModel:
+    label: str
+    role: str  # student / frontier / mid_tier / baseline
+    variant: str
+    run_id: str | None
+    # Per-item scores (item_id -> list of repeat scores; None = unscorable).
+    scores: dict[str, list[float | None]]
+    self_hosted: bool = False
+    # Per item, the metric that scored it (one name for all its repeats, "mixed" otherwise; None
+    # when the store does not say). Only items scored by the same metric are ever paired.
+    metrics: dict[str, str | None] = field(default_factory=dict)
+    lineage: Lineage | None = None
+    price_model: str | None = None  # the model whose price applies (label without a run suffix)
+
+
+@dataclass
+class CostInputs:
+    task: str
+    students: list[EvaluatedModel]  # the reference (served at its compute dtype) first, then fp8 if measured
+    baselines: list[EvaluatedModel]
+    usage: dict[str, Usage]  # API models by label (measured) and skipped frontier models (estimated)
+    throughput: dict[str, ThroughputProfile]  # by variant; only profiles of the reference checkpoint
+    skipped: dict[str, str] = field(default_factory=dict)  # model -> tier, with no evaluation
+    table_id: str = ""
+    margin: float = 0.02  # non-inferiority margin δ of the task
+    judge: str | None = None  # the task's judge model when its metric is llm_judge
+    # Why the reference student has no throughput profile (a profile of another checkpoint was refused).
+    throughput_note: str | None = None
+
+
+def _item_scores(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[float | None]]:
+    out: dict[str, list[float | None]] = defaultdict(list)
+    for r in sorted(rows, key=lambda r: (str(r["item_id"]), r.get("repeat") or 0)):
+        score = r.get("score")
+        out[str(r["item_id"])].append(None if score is None or (isinstance(score, float) and math.isnan(score))
+                                      else float(score))
+    return dict(out)
+
+
+def _item_metrics(rows: Iterable[Mapping[str, Any]]) -> dict[str, str | None]:
+    seen: dict[str, set] = defaultdict(set)
+    for r in rows:
+        seen[str(r["item_id"])].add(r.get("metric"))
+    return {k: (next(iter(v)) if len(v) == 1 else "mixed") for k, v in seen.items()}
+
+
+def _evaluated(label: str, role: str, variant: str, run_id: str | None, rows: Sequence[Mapping[str, Any]],
+               **kw: Any) -> EvaluatedModel:
+    return EvaluatedModel(label=label, role=role, variant=variant, run_id=run_id, scores=_item_scores(rows),
+                          metrics=_item_metrics(rows), **kw)
+
+
+def _runs_latest_first(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Run ids of ``rows``, most recently written first."""
+    last: dict[str, int] = {}
+    for r in rows:
+        last[r["run_id"]] = max(last.get(r["run_id"], -1), r["id"])
+    return sorted(last, key=lambda run: -last[run])
+
+
+def _latest_run(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    runs = _runs_latest_first(rows)
+    return runs[0] if runs else None
+
+
+def _usage_from_rows(rows: Sequence[Mapping[str, Any]], basis: str) -> Usage | None:
+    rows = [r for r in rows if not r.get("error") and r.get("prompt_tokens") is not None
+            and r.get("completion_tokens") is not None]
+    if not rows:
+        return None
+    n = len(rows)
+    return Usage(
+        n_requests=n,
+        prompt_tokens=sum(float(r["prompt_tokens"]) for r in rows) / n,
+        completion_tokens=sum(float(r["completion_tokens"]) for r in rows) / n,
+        # Prompt tokens the provider served from its prompt cache, billed at the cached price.
+        cached_prompt_tokens=sum(float(r.get("cached_prompt_tokens") or 0) for r in rows) / n,
+        basis=basis,
+    )
+
+
+def _tiers(spec: TaskSpec) -> dict[str, str]:
+    return {ref.model: ref.tier for ref in spec.comparison_models}
+
+
+def base_model_of(label: str) -> str:
+    """The comparison model behind a baseline label (``"m @ temperature 0"`` -> ``"m"``)."""
+    from distil_platform.tasks.spec import TEMPERATURE_0_SUFFIX
+
+    return label.removesuffix(TEMPERATURE_0_SUFFIX)
+
+
+def gather_cost_inputs(store: Any, spec: TaskSpec, *, test_rows: Sequence[Mapping[str, Any]] | None = None,
+                       token_counter: Any = None) -> CostInputs:
+    """Read everything a cost table needs from the results store.
+
+    Lineage: the reference student is the latest ``<task>_student_eval`` run that is not the
+    seed-only ablation (which is shown as its own baseline row); throughput and the fp8 eval come
+    from the latest ``<task>_throughput`` run that measured the *same checkpoint* — a profile of
+    another checkpoint is refused (the student is then unpriced, with the reason). Runs without a
+    lineage record are matched by served name (it carries the student's run id) and marked so.
+    ``test_rows`` (for estimating skipped frontier models) default to the task's latest seed set.
+    """
+    from distil_platform.storage.store import llm_requests, predictions, throughput_profiles
+
+    task = spec.name
+    tiers = _tiers(spec)
+    lineage_rows = read_lineage_rows(store, task)
+
+    student_rows = store.select(predictions, task=task, stage=STAGE_STUDENT_EVAL)
+    runs = _runs_latest_first(student_rows)
+    if not runs:
+        from distil_platform.redact import hide_password
+
+        raise CostTableError(f"{task}: no student evaluation in the results store ({hide_password(store.url)}); "
+                             f"materialise {task}_student_eval first")
+    by_run: dict[str, list[dict]] = defaultdict(list)
+    for r in student_rows:
+        by_run[r["run_id"]].append(r)
+    run_lineage = {run: lineage(lineage_rows, STAGE_STUDENT_EVAL, run, by_run[run][0]["model"]) for run in runs}
+    distilled = [run for run in runs if run_lineage[run].use_synthetic is not False]
+    seed_only = [run for run in runs if run_lineage[run].use_synthetic is False]
+    if not distilled:
+        raise CostTableError(
+            f"{task}: the only student evaluations in the results store are of the seed-only ablation "
+            f"(use_synthetic: false, run {seed_only[0][:8]}); it is never priced as the student. Materialise "
+            f"{task}_student with synthetic data and {task}_student_eval")
+    run = distilled[0]
+    ref_lineage = run_lineage[run]
+    # The eval's variant is the precision it was served in (bf16 / fp16 / fp32; rows written before
+    # the dtype followed the hardware were bf16).
+    eval_variant = (lineage_rows.get((STAGE_STUDENT_EVAL, run, "")) or {}).get("variant") or "bf16"
+    students = [_evaluated(by_run[run][0]["model"], "student", eval_variant, run, by_run[run], self_hosted=True,
+                           lineage=ref_lineage)]
+
+    throughput: dict[str, ThroughputProfile] = {}
+    throughput_note = None
+    tp_rows = store.select(throughput_profiles, task=task)
+    tp_runs = _runs_latest_first(tp_rows)
+    tp_by_run: dict[str, list[dict]] = defaultdict(list)
+    for r in tp_rows:
+        tp_by_run[r["run_id"]].append(r)
+    matching = [tp for tp in tp_runs
+                if lineage(lineage_rows, STAGE_THROUGHPUT, tp, tp_by_run[tp][0]["model"]).same_checkpoint(ref_lineage)]
+    if tp_runs and not matching:
+        other = lineage(lineage_rows, STAGE_THROUGHPUT, tp_runs[0], tp_by_run[tp_runs[0]][0]["model"])
+        throughput_note = (f"refused: the latest throughput profile measured another checkpoint ({other.describe()}), "
+                           f"not the evaluated student ({ref_lineage.describe()}); re-materialise {task}_throughput")
+    tp_run = matching[0] if matching else None
+    if tp_run:
+        for r in tp_by_run[tp_run]:
+            throughput[r["variant"]] = ThroughputProfile(
+                variant=r["variant"], model=r["model"], backend=r["backend"], hardware=r["hardware"],
+                hardware_key=r["hardware_key"], sustained_rps=r["sustained_rps"],
+                max_achieved_rps=r["max_achieved_rps"], slo_s=r["slo_s"], peak_memory_gb=r["peak_memory_gb"],
+                run_id=tp_run)
+        fp8_rows = store.select(predictions, task=task, stage=STAGE_FP8_EVAL, run_id=tp_run)
+        if fp8_rows:
+            fp8_lineage = lineage(lineage_rows, STAGE_THROUGHPUT, tp_run, fp8_rows[0]["model"], "fp8")
+            students.append(_evaluated(fp8_rows[0]["model"], "student", "fp8", tp_run, fp8_rows, self_hosted=True,
+                                       lineage=fp8_lineage))
+
+    baselines: list[EvaluatedModel] = []
+    if seed_only:
+        so = seed_only[0]
+        baselines.append(_evaluated(by_run[so][0]["model"] + SEED_ONLY_SUFFIX, "baseline", "seed_only", so,
+                                    by_run[so], self_hosted=True, lineage=run_lineage[so]))
+
+    usage: dict[str, Usage] = {}
+    # Self-hosted comparisons (stage baseline_evals) and frontier APIs (stage frontier_evals; stores
+    # from before that asset existed hold API rows under baseline_evals too): each stage's latest
+    # run; a model measured under both counts from the later run.
+    by_label: dict[str, tuple[int, str, str, list[dict]]] = {}
+    for stage in (STAGE_BASELINES, STAGE_FRONTIER):
+        stage_rows = store.select(predictions, task=task, stage=stage)
+        stage_run = _latest_run(stage_rows)
+        if not stage_run:
+            continue
+        grouped: dict[str, list[dict]] = defaultdict(list)
+        for r in stage_rows:
+            if r["run_id"] == stage_run:
+                grouped[r["model"]].append(r)
+        for label, rows in grouped.items():
+            newest = max(r["id"] for r in rows)
+            if label not in by_label or newest > by_label[label][0]:
+                by_label[label] = (newest, stage, stage_run, rows)
+    request_cache: dict[tuple[str, str], list[dict]] = {}
+    for label, (_, stage, base_run, rows) in sorted(by_label.items()):
+        if (stage, base_run) not in request_cache:
+            request_cache[(stage, base_run)] = store.select(llm_requests, task=task, stage=stage, run_id=base_run)
+        request_rows = request_cache[(stage, base_run)]
+        variant = rows[0].get("variant") or ""
+        model = base_model_of(label)
+        # Served here (the zero-shot base, or a model-store comparison model): priced like the student.
+        self_hosted = variant == "zero_shot" or tiers.get(model, "baseline") not in API_TIERS
+        role = "baseline" if self_hosted else tiers[model]
+        baselines.append(_evaluated(label, role, variant, base_run, rows, self_hosted=self_hosted,
+                                    price_model=model))
+        if not self_hosted:
+            measured = _usage_from_rows([r for r in request_rows if r["model"] == label], "llm_requests")
+            measured = measured or _usage_from_rows(rows, "predictions")
+            if measured:
+                usage[label] = measured
+
+    evaluated = {b.price_model or b.label for b in baselines}
+    skipped = {m: t for m, t in tiers.items() if t in API_TIERS and m not in evaluated}
+    if skipped:
+        rows = list(test_rows) if test_rows is not None else _latest_test_rows(store, task)
+        for model in skipped:
+            usage[model] = estimate_usage(spec, model, rows, token_counter=token_counter)
+
+    judge = spec.judge.model if spec.judge is not None and spec.metric_name == "llm_judge" else None
+    return CostInputs(task=task, students=students, baselines=baselines, usage=usage, throughput=throughput,
+                      skipped=skipped, margin=spec.margin, judge=judge, throughput_note=throughput_note)
+
+
+def _latest_test_rows(store: Any, task: str) -> list[dict[str, Any]]:
+    from distil_platform.storage.store import seed_sets
+
+    rows = store.select(seed_sets, task=task)
+    if not rows:
+        raise CostTableError(f"{task}: no seed set in the results store to estimate skipped models from; "
+                             f"materialise {task} first")
+    latest = max(rows, key=lambda r: r["id"])
+    from distil_platform.storage.paths import read_rows
+
+    return read_rows(latest["test_path"], what=f"{task} (its seed set)")
+
+
+def estimate_usage(spec: TaskSpec, model: str, rows: Sequence[Mapping[str, Any]], *,
+                   token_counter: Any = None) -> Usage:
+    """Tokens per request a model would use on the test set: its tokenizer's count (litellm's
+    ``token_counter``) of the exact eval prompt, and of the reference answer as the completion.
+    Reasoning models spend more completion tokens than the answer: this is a lower bound."""
+    from distil_platform.tasks.prompts import build_messages, format_answer
+
+    if token_counter is None:
+        import os
+
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch prices over the network here
+        import litellm
+
+        token_counter = litellm.token_counter
+    if not rows:
+        raise CostTableError(f"{spec.name}: no test rows to estimate {model}'s token usage from")
+    prompt = completion = 0
+    for row in rows:
+        prompt += token_counter(model=model, messages=build_messages(spec, dict(row)))
+        completion += token_counter(model=model, text=format_answer(spec, row["answer"]))
+    n = len(rows)
+    return Usage(n_requests=n, prompt_tokens=prompt / n, completion_tokens=completion / n, estimated=True,
+                 basis="litellm.token_counter")
