@@ -5,6 +5,8 @@
 #
 #   .ci/services.sh start [pg|s3|all] [STATE_DIR]   start them; prints `export ...` lines, also in STATE_DIR/env
 #   .ci/services.sh stop  [STATE_DIR]               stop whatever was started there and delete STATE_DIR
+#   .ci/services.sh pg-down [STATE_DIR]             stop PostgreSQL at once, keeping its data (a fault test)
+#   .ci/services.sh pg-up   [STATE_DIR]             start it again on the same port
 #
 # STATE_DIR defaults to $DISTIL_SERVICES_DIR or ${TMPDIR:-/tmp}/distil-services-<uid>.
 # Missing software is installed when possible: `apt-get install -y postgresql` (as root),
@@ -78,6 +80,7 @@ start_pg() {
     -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir/pg -c max_connections=200" \
     start >&2 || { cat "$dir/pg/server.log" >&2; return 1; }
   echo "$bin" > "$dir/pg/bindir"
+  echo "$port" > "$dir/pg/port"
   echo "export DISTIL_TEST_PG_URL=postgresql://distil:$pw@127.0.0.1:$port/postgres" >> "$dir/env"
 }
 
@@ -133,8 +136,20 @@ case "$cmd" in
   stop)
     stop_all "$(state_dir "${2:-}")"
     ;;
+  pg-down)
+    dir=$(state_dir "${2:-}")
+    # -m immediate: connections cut as in a crash; the data directory stays for pg-up.
+    as_pg_user "$(cat "$dir/pg/bindir")/pg_ctl" -D "$dir/pg/data" -m immediate -w stop >&2
+    ;;
+  pg-up)
+    dir=$(state_dir "${2:-}")
+    port=$(cat "$dir/pg/port")
+    as_pg_user "$(cat "$dir/pg/bindir")/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/server.log" -w -t 60 \
+      -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir/pg -c max_connections=200" \
+      start >&2
+    ;;
   *)
-    echo "usage: $0 start [pg|s3|all] [STATE_DIR] | stop [STATE_DIR]" >&2
+    echo "usage: $0 start [pg|s3|all] [STATE_DIR] | stop [STATE_DIR] | pg-down|pg-up [STATE_DIR]" >&2
     exit 2
     ;;
 esac

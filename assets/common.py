@@ -117,6 +117,7 @@ def server_client(context, llm: LLMResource, server, model_dir: Path, *, stage: 
         stage=stage, concurrency=concurrency, log=context.log.info,
         token_counter=chat_token_counter(model_dir), timeout_s=timeout_s,
         identity=getattr(server, "identity", None),  # checkpoint/backend/dtype: part of the cache key
+        abort_check=getattr(server, "exit_reason", None),  # a dead server stops the batch at once
     )
 
 

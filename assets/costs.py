@@ -20,6 +20,7 @@ from .automation import refresh_condition
 from .config_sources import pricing_file_observation
 from .keys import OWNERS, PRICING_FILE_KEY, PRICING_KEY, REPORT_KEY, cost_table_key, task_key, throughput_key
 from .metadata import location_metadata, polars_column_schema, table_metadata
+from .published import cost_table_runs, report_runs, store_run_id_metadata
 
 
 class PricingConfig(dg.Config):
@@ -46,8 +47,13 @@ def build_task_cost_assets(spec: TaskSpec) -> list:
     )
     def cost_table(context: dg.AssetExecutionContext, results_store: ResultsStoreResource) -> dg.MaterializeResult:
         # No asset loads this value (its rows live in the results store, its table in the metadata),
-        # so nothing is pickled through the IO manager.
-        result = compute_cost_table(spec, results_store.store(), context.run_id)
+        # so nothing is pickled through the IO manager. Only rows of the upstream assets' successful
+        # materialisations are read (Dagster's record), never a failed run's.
+        result = compute_cost_table(spec, results_store.store(), context.run_id,
+                                    runs=cost_table_runs(context.instance, task))
+        for stage, runs in result["ignored_runs"].items():
+            context.log.warning(f"{task}: not priced: {stage} rows of run(s) {', '.join(runs)}, newer than the "
+                                "ones priced but never materialised successfully")
         context.log.info(f"{task}: cost table with {result['n_rows']} rows at prices {result['snapshot_hash'][:12]}")
         return dg.MaterializeResult(metadata=result["metadata"],
                                     data_version=dg.DataVersion(result["content_hash"][:32]))
@@ -55,8 +61,10 @@ def build_task_cost_assets(spec: TaskSpec) -> list:
     return [cost_table]
 
 
-def compute_cost_table(spec: TaskSpec, store, table_id: str) -> dict[str, Any]:
-    """Build, write (Parquet, CSV, store) and describe one task's cost table at the current prices."""
+def compute_cost_table(spec: TaskSpec, store, table_id: str, runs=None) -> dict[str, Any]:
+    """Build, write (Parquet, CSV, store) and describe one task's cost table at the current prices.
+    ``runs``: each upstream stage's successful runs (``gather_cost_inputs``); None reads the newest
+    rows (offline callers: tests, benchmarks; the asset always passes them)."""
     import hashlib
 
     from distil_platform.economics.cost_inputs import gather_cost_inputs
@@ -82,7 +90,7 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str) -> dict[str, Any]:
         needed = [ref.model for s in load_tasks().values() for ref in s.comparison_models]
         snapshot = build_snapshot(pricing_file(), needed)
         store_snapshot(store, snapshot, table_id)
-    inputs = gather_cost_inputs(store, spec)
+    inputs = gather_cost_inputs(store, spec, runs=runs)
     inputs.table_id = table_id
     rows = build_cost_table(inputs, snapshot)
     import polars as pl
@@ -114,10 +122,14 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str) -> dict[str, Any]:
         "verdicts": dg.MetadataValue.json({r["model"]: r["student_result"] for r in rows if r.get("student_result")}),
         "student_lineage": dg.MetadataValue.json({f"{r['model']} ({r['variant']})": r.get("lineage")
                                                   for r in rows if r["role"] == "student"}),
+        # The eval runs priced, and newer runs left out because they never materialised successfully.
+        "eval_runs": dg.MetadataValue.json({r["model"]: r.get("eval_run_id") for r in rows if r.get("eval_run_id")}),
+        "ignored_runs": dg.MetadataValue.json(inputs.ignored_runs),
+        **store_run_id_metadata(table_id),
     }
     value = {"table_id": table_id, "parquet_path": str(parquet), "csv_path": str(csv), "snapshot_hash": snapshot.hash}
     return {"value": value, "metadata": metadata, "content_hash": content_hash, "n_rows": len(rows),
-            "snapshot_hash": snapshot.hash, "rows": rows}
+            "snapshot_hash": snapshot.hash, "rows": rows, "ignored_runs": inputs.ignored_runs}
 
 
 def build_shared_cost_assets(task_names: list[str]) -> list:
@@ -189,7 +201,9 @@ def build_shared_cost_assets(task_names: list[str]) -> list:
 
         # $DAGSTER_HOME/reports, or <DISTIL_ARTIFACTS_URL>/reports
         with paths.ArtifactDir("reports", local_dir=paths.reports_dir()) as out:
-            report = write_report(results_store.store(), task_names, out.local)
+            # Each task's cost table and routing of its last successful materialisation (Dagster's record).
+            report = write_report(results_store.store(), task_names, out.local,
+                                  runs=report_runs(context.instance, task_names))
             report_path = out.url_for(report.path)
         context.log.info(report.headline)
         metadata = {

@@ -35,6 +35,7 @@ from .common import (
 from .deployment import FRONTIER_API_POOL, GPU_POOL, gpu_op_tags
 from .keys import task_key
 from .metadata import location_metadata, markdown_table
+from .published import store_run_id_metadata
 
 
 class EvalConfig(dg.Config):
@@ -167,7 +168,8 @@ def evaluate_student(context, spec: TaskSpec, profile: Profile, config: "EvalCon
                      "variant": variant,
                      "compute_dtype": precision.dtype if precision else "unknown",
                      "compute_dtype_reason": precision.reason if precision else "not reported by the server",
-                     "checkpoint_path": location_metadata(student["checkpoint_path"])})
+                     "checkpoint_path": location_metadata(student["checkpoint_path"]),
+                     **store_run_id_metadata(context.run_id)})  # the rows readers may use (assets/published.py)
     confident = [r.confidence for r in results if r.confidence is not None]
     metadata["confidence_items"] = len(confident)  # answers with a logprob confidence (for routing)
     if confident:
@@ -285,6 +287,7 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
         "comparison": dg.MetadataValue.md(markdown_table([student_line, *table],
                                                          columns=list(table[0]) if table else None)),
         "per_model": dg.MetadataValue.json(jsonable(per_model)),
+        **store_run_id_metadata(context.run_id),  # the rows readers may use (assets/published.py)
     }
     return dg.Output(value, metadata=metadata)
 

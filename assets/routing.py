@@ -16,6 +16,7 @@ from distil_platform.tasks.spec import TaskSpec
 
 from .keys import cost_table_key, task_key
 from .metadata import location_metadata, markdown_table, png_markdown
+from .published import routing_runs, store_run_id_metadata
 
 
 class RoutingConfig(dg.Config):
@@ -45,8 +46,10 @@ def build_routing_asset(spec: TaskSpec) -> list:
     )
     def routing(context: dg.AssetExecutionContext, config: RoutingConfig,
                 results_store: ResultsStoreResource) -> dg.MaterializeResult:
+        # The cost table (and eval rows) of the last successful materialisations only (Dagster's record).
         result = compute_task_routing(spec, results_store.store(), context.run_id, daily_requests=config.daily_requests,
-                                      folds=config.folds, seed=config.seed, margin=config.margin)
+                                      folds=config.folds, seed=config.seed, margin=config.margin,
+                                      runs=routing_runs(context.instance, task))
         for note in result["notes"]:
             context.log.info(f"{task}: {note}")
         context.log.info(result["sentence"])
@@ -58,8 +61,9 @@ def build_routing_asset(spec: TaskSpec) -> list:
 
 
 def compute_task_routing(spec: TaskSpec, store, run_id: str, *, daily_requests: float = 1_000_000.0,
-                         folds: int = 2, seed: int = 0, margin: float | None = None) -> dict[str, Any]:
-    """Gather, compute, write (Parquet, CSV, PNG, store) and describe one task's routing."""
+                         folds: int = 2, seed: int = 0, margin: float | None = None, runs=None) -> dict[str, Any]:
+    """Gather, compute, write (Parquet, CSV, PNG, store) and describe one task's routing. ``runs``:
+    as ``gather_routing_inputs``' (None: the newest cost table, for offline callers)."""
     from distil_platform.economics.routing import compute_routing
     from distil_platform.economics.routing_io import (
         gather_routing_inputs,
@@ -70,7 +74,8 @@ def compute_task_routing(spec: TaskSpec, store, run_id: str, *, daily_requests: 
     )
     from distil_platform.evaluation.confidence import CONFIDENCE_RULES
 
-    inputs = gather_routing_inputs(store, spec, daily_requests=daily_requests, folds=folds, seed=seed, margin=margin)
+    inputs = gather_routing_inputs(store, spec, daily_requests=daily_requests, folds=folds, seed=seed, margin=margin,
+                                   runs=runs)
     result = compute_routing(inputs)
     # Local dir, or scratch published to the object store when the block ends.
     with paths.ArtifactDir(spec.name, "routing", run_id) as out:
@@ -104,6 +109,7 @@ def compute_task_routing(spec: TaskSpec, store, run_id: str, *, daily_requests: 
             "parquet_path": location_metadata(out.url_for(parquet)),
             "csv_path": location_metadata(out.url_for(csv)),
             "model_calls": 0,
+            **store_run_id_metadata(run_id),
         }
         if rec is not None:
             for key in ("accuracy", "escalation_rate", "usd_per_million_requests", "savings_vs_best_single"):

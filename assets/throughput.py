@@ -16,6 +16,7 @@ from distil_platform.storage import paths
 from distil_platform.tasks.spec import TaskSpec
 
 from .metadata import location_metadata, png_markdown
+from .published import store_run_id_metadata
 
 
 class ThroughputConfig(dg.Config):
@@ -225,6 +226,7 @@ class StudentProfiler:
             "variants": dg.MetadataValue.md("\n".join(variant_md) + "".join(f"\n\n{n}" for n in notes)),
             "load_points": dg.MetadataValue.md(f"**{name}**\n\n" + ref["points_md"]),
             "latency_vs_load": png_markdown(plot, "latency vs offered load"),
+            **store_run_id_metadata(self.context.run_id),  # the rows readers may use (assets/published.py)
         }
         plot_url = out.url_for(plot)
         out.publish()  # object store: the reports, plot and summary leave this machine
@@ -280,7 +282,8 @@ def _evaluate_fp8(context, spec: TaskSpec, llm, server, ckpt: Path, test: list[d
     client = llm.client(model=server.litellm_model, api_base=server.base_url, run_id=context.run_id, task=spec.name,
                         stage=STAGE_FP8_EVAL, concurrency=16, log=context.log.info,
                         token_counter=chat_token_counter(ckpt),
-                        identity=getattr(server, "identity", None))  # fp8 never shares the reference's cache entries
+                        identity=getattr(server, "identity", None),  # fp8 never shares the reference's cache entries
+                        abort_check=getattr(server, "exit_reason", None))
     results = evaluate(spec, test, client_answer_fn(client, 0.0, spec.max_answer_tokens, [str(r["id"]) for r in test]))
     store.insert(predictions, prediction_rows(results, task=spec.name, stage=STAGE_FP8_EVAL, model=server.model,
                                               run_id=context.run_id, variant="fp8"))

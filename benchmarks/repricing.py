@@ -50,6 +50,7 @@ def setup_task(spec, model_dir: Path, rows: int, threads: int, log, rates: list[
     from distil_platform.serving.loadtest import load_test
     from distil_platform.serving.server import serve
     from distil_platform.serving.throughput import analyse, point_rows
+    from distil_platform.storage.lineage import record_student_lineage
     from distil_platform.storage.modelstore import chat_token_counter
     from distil_platform.storage.store import (
         ResultsStore,
@@ -83,6 +84,11 @@ def setup_task(spec, model_dir: Path, rows: int, threads: int, log, rates: list[
         calls = client.http_calls
         store.insert(predictions, prediction_rows(results, task=spec.name, stage="student_eval", model=served,
                                                   run_id="bench-eval", variant="student"))
+        # What the student-eval asset records: the checkpoint these scores belong to (the cost table
+        # asset never prices an eval without it as the student).
+        record_student_lineage(store, task=spec.name, stage="student_eval", run_id="bench-eval", model=served,
+                               student={"run_id": "bench", "use_synthetic": True, "checkpoint_path": str(model_dir)},
+                               variant="bf16")
         points, _ = load_test(spec, test_rows, base_url=server.base_url, model=server.model,
                               tokenizer=str(model_dir), rates=rates, duration_s=duration_s,
                               workdir=Path(os.environ["DAGSTER_HOME"]) / "load" / spec.name)
@@ -140,6 +146,8 @@ def reprice(specs, pricing_path: Path, output_per_mtok: float) -> tuple[float, i
     import dagster as dg
     import yaml
     from distil_platform.assets.costs import build_shared_cost_assets, build_task_cost_assets
+    from distil_platform.assets.keys import task_key
+    from distil_platform.assets.published import store_run_id_metadata
     from distil_platform.resources.store import ResultsStoreResource
 
     data = yaml.safe_load(pricing_path.read_text())
@@ -147,9 +155,14 @@ def reprice(specs, pricing_path: Path, output_per_mtok: float) -> tuple[float, i
     pricing_path.write_text(yaml.safe_dump(data))
     assets = [a for s in specs for a in build_task_cost_assets(s) if a.key.path[0].endswith("_cost_table")]
     assets += build_shared_cost_assets([s.name for s in specs])
+    instance = dg.DagsterInstance.ephemeral()
+    for s in specs:  # what the measuring runs would leave in Dagster: the asset reads only these rows
+        for stage, run_id in (("student_eval", "bench-eval"), ("throughput", "bench-tp")):
+            instance.report_runless_asset_event(dg.AssetMaterialization(task_key(s.name, stage),
+                                                                        metadata=store_run_id_metadata(run_id)))
     with CallCounter() as counter:
         start = time.monotonic()
-        result = dg.materialize(assets, resources={"results_store": ResultsStoreResource()})
+        result = dg.materialize(assets, resources={"results_store": ResultsStoreResource()}, instance=instance)
         elapsed = time.monotonic() - start
     return elapsed, counter.calls, result.success
 

@@ -32,3 +32,13 @@ def hide_password(url: object) -> str:
     except ImportError:  # pragma: no cover - SQLAlchemy is a dependency
         pass
     return _USERINFO.sub(lambda m: f"{m['head']}:{_HIDDEN}@", text, count=1)
+
+
+# scheme://user:password@ anywhere in a text (an error message quoting a connection URL)
+_USERINFO_ANYWHERE = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/@?#\s]*):(?P<password>[^@/?#\s]*)@")
+
+
+def redact_text(text: object) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` URL in it hidden (for error
+    messages from drivers and libraries, which may quote the URL they were given)."""
+    return _USERINFO_ANYWHERE.sub(lambda m: f"{m['head']}:{_HIDDEN}@", str(text))

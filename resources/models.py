@@ -58,6 +58,10 @@ class LLMResource(UsesResultsStore):
         "the run has not yet spent on billed calls, and a batch that could pass it stops with BudgetExceeded "
         "(completed items cached). Raise it on purpose for a larger run; None turns it off.",
     )
+    spill_dir: str | None = Field(
+        default=None,
+        description="Where a batch whose results store keeps refusing writes spills the answers it could not "
+        "write (JSONL, loaded into the store by the next batch). None: $DAGSTER_HOME/llm-spill.")
     fast_path: bool = Field(default=True, description="Direct aiohttp for openai/<name> + api_base (litellm for providers).")
     use_pricing_file: bool = Field(default=True, description="Price from the platform pricing file, then litellm's map.")
     identity: str | None = Field(
@@ -84,6 +88,7 @@ class LLMResource(UsesResultsStore):
         timeout_s: float | None = None,
         identity: str | dict[str, Any] | None = None,
         request_extra: dict[str, Any] | None = None,
+        abort_check: Callable[[], str | None] | None = None,
     ):
         """An ``LLMClient`` for ``model`` (default: the configured one) recording into the results store
         (``store``, else the configured ``results_store``).
@@ -136,11 +141,12 @@ class LLMResource(UsesResultsStore):
             # The configured identity describes the configured endpoint only.
             identity=identity if identity is not None else (
                 self.identity if inherit and api_base in (None, self.api_base) else None),
+            abort_check=abort_check,
+            spill_dir=self.spill_dir or _default_spill_dir(),
         )
         for name, value in run_cap.items():
             setattr(client, name, value)
         return client
-
 
     def client_for_ref(self, ref: Any, **context: Any):
         """Client for a task's ``ModelRef`` (``model``, ``api_base``, ``api_key_env``, and its per-model
@@ -156,6 +162,13 @@ class LLMResource(UsesResultsStore):
         context.setdefault("timeout_s", getattr(ref, "timeout_s", None))
         context.setdefault("request_extra", ref_request_extra(ref))
         return self.client(model=ref.model, api_base=getattr(ref, "api_base", None), api_key=api_key, **context)
+
+
+def _default_spill_dir() -> str | None:
+    import os
+
+    home = os.environ.get("DAGSTER_HOME")
+    return str(Path(home) / "llm-spill") if home else None
 
 
 def ref_request_extra(ref: Any) -> dict[str, Any]:

@@ -33,11 +33,15 @@ def test_rows(spec: TaskSpec) -> list[dict]:
 def plant_task(store: ResultsStore, spec: TaskSpec, tmp_path: Path, *, student_correct: int = 10,
                api_models: dict[str, int] | None = None, sustained_rps: float = 222.0,
                hardware_key: str = "h100", max_achieved_rps: float | None = None,
-               api_stage: str = "baseline_evals", api_run: str = "baseline-run") -> dict:
+               api_stage: str = "baseline_evals", api_run: str = "baseline-run",
+               student_lineage: dict | None = None) -> dict:
     """Plant one task: seed set, student eval, baseline evals (API models with usage + zero-shot base),
     a bf16 throughput profile. ``api_models``: model -> number of items it gets right (2 repeats).
     ``api_stage``/``api_run``: where the API rows go (``frontier_evals``: the asset that asks APIs
-    today; ``baseline_evals``: stores written before it existed)."""
+    today; ``baseline_evals``: stores written before it existed). ``student_lineage``: the student
+    eval's lineage record (student_run_id, use_synthetic, ...); None: none, as before lineage.
+    Returns the student's name, the test rows and ``runs`` (stage -> the run id its rows are under,
+    for :func:`publish_planted`)."""
     task = spec.name
     rows = test_rows(spec)
     ids = [r["id"] for r in rows]
@@ -49,6 +53,11 @@ def plant_task(store: ResultsStore, spec: TaskSpec, tmp_path: Path, *, student_c
     store.insert(predictions, [dict(run_id="student-run", task=task, stage="student_eval", model=student,
                                     variant="student", item_id=i, repeat=0, score=float(k < student_correct))
                                for k, i in enumerate(ids)])
+    if student_lineage is not None:
+        from distil_platform.storage.store import student_lineage as lineage_table
+
+        store.insert(lineage_table, [dict(run_id="student-run", task=task, stage="student_eval", model=student,
+                                          **student_lineage)])
     api_models = api_models if api_models is not None else {"anthropic/claude-haiku-4-5": 10,
                                                              "gemini/gemini-2.5-flash-lite": 4}
     tiers = {ref.model: ref.tier for ref in spec.comparison_models}
@@ -76,7 +85,26 @@ def plant_task(store: ResultsStore, spec: TaskSpec, tmp_path: Path, *, student_c
                                             hardware_key=hardware_key, sustained_rps=sustained_rps,
                                             max_achieved_rps=max_achieved_rps if max_achieved_rps is not None
                                             else sustained_rps * 1.1, slo_s=1.0, peak_memory_gb=20.0)])
-    return {"student": student, "rows": rows, "api_models": api_models}
+    runs = {"student_eval": "student-run", "baseline_evals": "baseline-run", "throughput": "tp-run"}
+    if api_models:
+        runs[api_stage] = api_run
+    return {"student": student, "rows": rows, "api_models": api_models, "runs": runs}
+
+
+DISTILLED = {"student_run_id": "train-1", "use_synthetic": True}  # a lineage record of the distilled student
+
+
+def publish_planted(instance, task: str, runs: dict[str, str]) -> None:
+    """What the runs that wrote planted rows leave in Dagster: one successful materialisation per
+    stage (``runs``: stage -> store run id), reported as runless events naming the store run id, so
+    the cost-table, routing and report assets read those rows (``assets/published.py``)."""
+    import dagster as dg
+    from distil_platform.assets.keys import task_key
+    from distil_platform.assets.published import store_run_id_metadata
+
+    for stage, run_id in runs.items():
+        instance.report_runless_asset_event(dg.AssetMaterialization(task_key(task, stage),
+                                                                    metadata=store_run_id_metadata(run_id)))
 
 
 def plant_student_eval(store: ResultsStore, spec: TaskSpec, run_id: str, model: str, correct: set[int] | int,

@@ -106,3 +106,22 @@ def s3_server() -> Iterator[str]:
         yield env["DISTIL_TEST_S3_ENDPOINT"]
     finally:
         _stop(state)
+
+
+def private_postgres() -> Iterator[tuple[Postgres, Path]]:
+    """A PostgreSQL server of one's own (never the shared DISTIL_TEST_PG_URL one), for a test that
+    takes it down (:func:`pg_down`) and up again (:func:`pg_up`); yields it and its state directory."""
+    env, state = _start("pg")
+    try:
+        yield Postgres(env["DISTIL_TEST_PG_URL"]), state
+    finally:
+        _stop(state)
+
+
+def pg_down(state: Path) -> None:
+    """Stop it as a crash would (connections cut), keeping its data."""
+    subprocess.run([str(SERVICES), "pg-down", str(state)], capture_output=True, timeout=60, check=True)
+
+
+def pg_up(state: Path) -> None:
+    subprocess.run([str(SERVICES), "pg-up", str(state)], capture_output=True, timeout=120, check=True)

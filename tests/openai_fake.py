@@ -31,6 +31,7 @@ class FakeOpenAI:
         self.delay_s = delay_s
         self.respond = respond or (lambda body: f"answer: {body['messages'][-1]['content']}")
         self.calls: dict[str, int] = {}
+        self.answered_at: dict[str, float] = {}  # prompt -> time.monotonic() its answer was sent
         self.failures = 0
         self.answered = 0
         self._storm_until = 0.0
@@ -59,14 +60,16 @@ class FakeOpenAI:
                     return self._send(status, {"error": {"message": "overloaded"}}, {"Retry-After": "0.05"})
                 if fake.delay_s:
                     time.sleep(fake.delay_s)
-                with fake._lock:
-                    fake.answered += 1
-                self._send(200, {
+                sent = self._send(200, {
                     "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop",
                                  "message": {"role": "assistant", "content": fake.respond(body)}}],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
                 })
+                if sent:
+                    with fake._lock:
+                        fake.answered += 1
+                        fake.answered_at[prompt] = time.monotonic()
 
             def _send(self, status, payload, headers=None):
                 data = json.dumps(payload).encode()
@@ -78,8 +81,10 @@ class FakeOpenAI:
                         self.send_header(key, value)
                     self.end_headers()
                     self.wfile.write(data)
+                    self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
-                    pass
+                    return False
+                return True
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -9,7 +9,16 @@ import dagster as dg
 import polars as pl
 import pytest
 import yaml
-from cost_fixtures import CACHED, COMPLETION, PROMPT, plant_student_eval, plant_task, plant_throughput
+from cost_fixtures import (
+    CACHED,
+    COMPLETION,
+    DISTILLED,
+    PROMPT,
+    plant_student_eval,
+    plant_task,
+    plant_throughput,
+    publish_planted,
+)
 from cost_fixtures import test_rows as fixture_rows
 
 from distil_platform.economics.cost_inputs import CostTableError, gather_cost_inputs
@@ -205,13 +214,16 @@ def test_full_repricing_of_materialised_tasks_makes_zero_model_calls(tmp_path, m
 
     store = ResultsStore()
     specs = [get_task("text2sql"), get_task("banking77")]
+    instance = dg.DagsterInstance.ephemeral()
     for spec in specs:
-        plant_task(store, spec, tmp_path, api_models={r.model: 6 for r in spec.comparison_models[:2]})
+        info = plant_task(store, spec, tmp_path, api_models={r.model: 6 for r in spec.comparison_models[:2]},
+                          student_lineage=DISTILLED)
+        publish_planted(instance, spec.name, info["runs"])  # what the measuring runs leave in Dagster
     assets = []
     for spec in specs:
         assets += [a for a in build_task_cost_assets(spec) if a.key.path[0].endswith("_cost_table")]
     assets += build_shared_cost_assets([s.name for s in specs])
-    result = dg.materialize(assets, resources={"results_store": ResultsStoreResource()})
+    result = dg.materialize(assets, resources={"results_store": ResultsStoreResource()}, instance=instance)
     assert result.success
     assert model_call_counter.n == 0
     for spec in specs:
@@ -236,7 +248,7 @@ def test_full_repricing_of_materialised_tasks_makes_zero_model_calls(tmp_path, m
     edited.write_text(yaml.safe_dump(data))
     monkeypatch.setenv("DISTIL_PRICING_FILE", str(edited))
     before = {r["model"]: r for r in latest_cost_table(store, "text2sql")}
-    result = dg.materialize(assets, resources={"results_store": ResultsStoreResource()})
+    result = dg.materialize(assets, resources={"results_store": ResultsStoreResource()}, instance=instance)
     assert result.success and model_call_counter.n == 0
     after = {r["model"]: r for r in latest_cost_table(store, "text2sql")}
     assert after[HAIKU]["usd_per_million_requests"] > before[HAIKU]["usd_per_million_requests"]

@@ -72,7 +72,7 @@ def s3_artifacts(s3_endpoint, monkeypatch):
     import boto3
 
     for key, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test",
-                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+                       "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(key, value)
     bucket = f"distil-{uuid.uuid4().hex[:8]}"
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
@@ -175,6 +175,22 @@ def test_two_concurrent_runs_are_serialised_by_the_gpu_pool(pg_home):
         assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 0
 
 
+# Distinctive secrets, so a search of the event log for them cannot match anything else.
+S3_SECRET = "s3-secret-5b1e0c7d9a"
+TEACHER_KEY = "sk-teacher-secret-83f2a6"
+
+
+def _secrets_in_event_log(instance, run_id: str, secrets: list[str]) -> list[str]:
+    """The secrets found anywhere in a run's event log: messages, metadata, errors, as stored."""
+    from dagster._serdes import serialize_value
+
+    found = []
+    for record in instance.all_logs(run_id):
+        text = serialize_value(record)
+        found += [f"{record.dagster_event_type or 'log'}: {s[:4]}..." for s in secrets if s in text]
+    return found
+
+
 @pytest.mark.slow
 def test_text2sql_graph_repricing_and_automation_tick_on_postgres(pg_home, s3_artifacts, tmp_path, monkeypatch):
     """Instance and results store on PostgreSQL, artefacts (seed splits, teacher data, checkpoint,
@@ -190,6 +206,7 @@ def test_text2sql_graph_repricing_and_automation_tick_on_postgres(pg_home, s3_ar
     # One long load-test rate instead of the profile's two 3-second ones: on a shared 2-core machine a
     # 3 s window can end before the first request of a freshly started server completes.
     throughput = {"ops": {"text2sql_student_serving": {"config": {"rates": [0.5], "duration_s": 30}}}}
+    monkeypatch.setenv("DISTIL_TEACHER_API_KEY", TEACHER_KEY)  # set, not needed by the test profile's teacher
     _dagster("asset", "materialize", "-m", "distil_platform.definitions", "--select", "pricing,text2sql*",
              "--config-json", json.dumps(throughput))
 
@@ -199,6 +216,13 @@ def test_text2sql_graph_repricing_and_automation_tick_on_postgres(pg_home, s3_ar
     with dg.DagsterInstance.get() as instance:
         (run,) = instance.get_runs()
         assert run.status == dg.DagsterRunStatus.SUCCESS
+        # No secret in the event log as a whole (every message, metadata value and error): the results
+        # store's password, the object store's secret key, a key the run did not need.
+        from sqlalchemy.engine import make_url
+
+        secrets = [make_url(pg_home["DISTIL_DB_URL"]).password, S3_SECRET, TEACHER_KEY]
+        assert all(secrets) and _secrets_in_event_log(instance, run.run_id, secrets) == []
+        assert _secrets_in_event_log(instance, run.run_id, ["trainable_params"])  # the scan reads metadata
         stages = [
             "text2sql",
             "text2sql_teacher_data",
@@ -314,7 +338,8 @@ def _observe_and_tick(defs, instance, cursor):
 def test_repricing_run_and_automation_tick_on_postgres_from_planted_results(pg_home, tmp_path, monkeypatch):
     """Measured results (planted, as the eval and throughput stages write them) in the Postgres
     store; cost table, re-pricing and the automation tick through the CLI and the Postgres instance."""
-    from cost_fixtures import plant_task
+    from cost_fixtures import DISTILLED, plant_task
+    from distil_platform.assets.published import store_run_id_metadata
     from distil_platform.sensors import repricing_keys
 
     from distil_platform.definitions import build_definitions
@@ -327,11 +352,14 @@ def test_repricing_run_and_automation_tick_on_postgres_from_planted_results(pg_h
     edited.write_text(yaml.safe_dump(pricing))
     monkeypatch.setenv("DISTIL_PRICING_FILE", str(edited))
     store = ResultsStore(pg_home["DISTIL_DB_URL"])
-    info = plant_task(store, get_task("text2sql"), tmp_path)  # student: 222 req/s on one h100
+    # student: 222 req/s on one h100
+    info = plant_task(store, get_task("text2sql"), tmp_path, student_lineage=DISTILLED)
     with dg.DagsterInstance.get() as instance:  # what the runs that measured those results leave
         for stage in ("", "_teacher_data", "_student", "_student_eval", "_baseline_evals", "_frontier_evals",
                       "_throughput"):
-            instance.report_runless_asset_event(dg.AssetMaterialization(f"text2sql{stage}"))
+            run_id = info["runs"].get(stage.lstrip("_"))  # the store rows each one wrote (assets/published.py)
+            instance.report_runless_asset_event(dg.AssetMaterialization(
+                f"text2sql{stage}", metadata=store_run_id_metadata(run_id) if run_id else None))
     _dagster(
         "asset",
         "materialize",

@@ -34,6 +34,7 @@ CODE_DIRS = ("distil_platform", "assets", "resources", "sensors", "benchmarks", 
 # Where a relative path in the docs may be rooted: the repository, or the domain core
 # (`scoring/`, `tasks/*.yaml` in docs/architecture.md's section on `distil_platform/`).
 PATH_BASES = (REPO_ROOT, REPO_ROOT / "distil_platform")
+RUNTIME_DIRS = {"test-artifacts", ".dagster_home", ".venv", ".venv-vllm"}
 FILE_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".json", ".jsonl", ".csv", ".sh", ".cfg",
                  ".ini", ".mako", ".Dockerfile", ".gz", ".parquet"}
 # pyproject.toml's setuptools package-dir: these subpackages live in top-level folders.
@@ -106,6 +107,8 @@ def _is_candidate_path(span: str) -> bool:
     if not (span.endswith("/") or Path(last).suffix in FILE_SUFFIXES or last.endswith(".Dockerfile")):
         return False  # `config/pricing_file`, `dagster-k8s/config`: asset keys and tags, not paths
     first = span.split("/", 1)[0]  # `<base>/T/...` is a runtime location, not a folder of the tree
+    if first in RUNTIME_DIRS:  # written by a run, git-ignored: present or not depending on what ran
+        return False
     return any((base / first).exists() for base in PATH_BASES)
 
 

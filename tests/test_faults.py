@@ -1,9 +1,15 @@
-"""Fault injection from outside (docs/reliability.md's matrix): a 429/503 storm from a loopback
-OpenAI-compatible server, against the platform's real client and the real teacher stage."""
+"""Fault injection from outside (docs/reliability.md's matrix), against the platform's real client
+and stages: a 429/503 storm from a loopback OpenAI-compatible server, ``kill -9`` of a process in
+the middle of a batch, a results store (a real PostgreSQL) taken down mid-batch."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 
 import dagster as dg
@@ -20,7 +26,7 @@ from distil_platform.resources import (
 )
 from openai_fake import FakeOpenAI
 
-from distil_platform.llm import ChatRequest, LLMClient
+from distil_platform.llm import ChatRequest, LLMClient, StoreUnavailable
 from distil_platform.storage.store import ResultsStore
 from distil_platform.tasks.spec import load_task_file, tasks_dir
 
@@ -100,3 +106,150 @@ def test_a_storm_within_the_retries_leaves_the_teacher_stage_whole(test_profile,
     assert fake.failures > 0
     md = result.asset_materializations_for_node("git_assistant_teacher_data")[-1].metadata
     assert md["accepted"].value >= 1
+
+
+def _requests(n: int) -> list[ChatRequest]:
+    return [ChatRequest(messages=[{"role": "user", "content": f"q{i}"}], item_id=str(i)) for i in range(n)]
+
+
+# The step process of the SIGKILL test: the platform's client answering a batch into a SQLite store.
+_STEP = """
+import sys
+from distil_platform.llm import ChatRequest, LLMClient
+from distil_platform.storage.store import ResultsStore
+api_base, url, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+client = LLMClient("openai/fake", api_base=api_base, store=ResultsStore(url), concurrency=4, run_id="killed",
+                   task="t", stage="eval", price_lookup=lambda model: (1e-6, 2e-6))
+client.chat_batch([ChatRequest(messages=[{"role": "user", "content": f"q{i}"}], item_id=str(i)) for i in range(n)])
+"""
+
+
+def test_a_batch_killed_with_sigkill_is_resumed_without_asking_again(tmp_path):
+    """``kill -9`` of the process running a batch, then a rerun: every answer the killed process had
+    received before the kill is in the store, so the rerun asks only what was in flight."""
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    ResultsStore(url)  # migrated before the step starts
+    n = 400
+    with FakeOpenAI(delay_s=0.02) as fake:
+        step = subprocess.Popen([sys.executable, "-c", _STEP, fake.api_base, url, str(n)])
+        try:
+            deadline = time.monotonic() + 120
+            while fake.answered < 120:
+                assert step.poll() is None, "the step ended before it could be killed"
+                assert time.monotonic() < deadline, "the step answered too slowly"
+                time.sleep(0.002)
+            os.kill(step.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+        finally:
+            step.kill()
+            step.wait()
+        answered = dict(fake.answered_at)
+        calls_before = dict(fake.calls)
+        client = LLMClient("openai/fake", api_base=fake.api_base, store=ResultsStore(url), concurrency=4,
+                           run_id="rerun", task="t", stage="eval", price_lookup=lambda model: (1e-6, 2e-6))
+        results = client.chat_batch(_requests(n))
+    assert [r.text for r in results] == [f"answer: q{i}" for i in range(n)]
+    asked_again = sorted(p for p in answered if fake.calls[p] > calls_before[p])
+    settled = {p for p, at in answered.items() if at < killed_at - 0.5}
+    assert len(settled) >= 30  # the check below has something to check
+    assert not set(asked_again) & settled, "answers received well before the kill were asked again"
+    assert len(asked_again) <= 2 * 4, asked_again  # at most what was in flight (concurrency 4), with margin
+    assert sum(r.cache_hit for r in results) >= len(answered) - len(asked_again)
+    print(f"sigkill: {len(answered)} answered before the kill, {len(asked_again)} asked again on the rerun")
+
+
+@pytest.fixture
+def private_pg():
+    from distributed_services import private_postgres
+
+    yield from private_postgres()
+
+
+def test_a_store_that_goes_down_stops_the_calls_and_keeps_every_answer(tmp_path, private_pg):
+    """A real PostgreSQL store stopped (as in a crash) mid-batch: the calls stop within seconds, the
+    answers not written are spilled to a file, and once the store is back a rerun loads them and asks
+    nothing that was answered before."""
+    from distributed_services import pg_down, pg_up
+
+    pg, state = private_pg
+    url = pg.create_database("faults")
+    spill = tmp_path / "spill"
+    n = 600
+    down_at: list[float] = []
+    with FakeOpenAI(delay_s=0.02) as fake:
+        def take_the_store_down():
+            while fake.answered < 60:
+                time.sleep(0.002)
+            pg_down(state)
+            down_at.append(time.monotonic())
+
+        killer = threading.Thread(target=take_the_store_down)
+        client = LLMClient("openai/fake", api_base=fake.api_base, store=ResultsStore(url), concurrency=4,
+                           run_id="r1", task="t", stage="eval", spill_dir=spill,
+                           price_lookup=lambda model: (1e-6, 2e-6))
+        killer.start()
+        with pytest.raises(StoreUnavailable) as stopped:
+            client.chat_batch(_requests(n))
+        stopped_at = time.monotonic()
+        killer.join()
+        calls_at_stop = sum(fake.calls.values())
+        answered = dict(fake.answered_at)
+        assert "calls stopped" in str(stopped.value) and str(spill) in str(stopped.value)
+        assert pg.admin_url.split("@")[0].split(":")[-1] not in str(stopped.value)  # no password
+        assert list(spill.glob("*.jsonl")), "nothing was spilled"
+        pg_up(state)
+        calls_before = dict(fake.calls)
+        rerun = LLMClient("openai/fake", api_base=fake.api_base, store=ResultsStore(url), concurrency=4,
+                          run_id="r2", task="t", stage="eval", spill_dir=spill,
+                          price_lookup=lambda model: (1e-6, 2e-6))
+        results = rerun.chat_batch(_requests(n))
+    assert calls_at_stop < n  # it stopped calling: not every item was asked
+    assert [r.text for r in results] == [f"answer: q{i}" for i in range(n)]
+    asked_again = [p for p in answered if fake.calls[p] > calls_before[p]]
+    assert len(asked_again) <= 2 * 4, asked_again  # at most what was in flight when the batch stopped
+    assert not list(spill.glob("*.jsonl"))  # loaded into the store by the rerun, then removed
+    print(f"store down: calls stopped {stopped_at - down_at[0]:.1f}s after the store went down; "
+          f"{len(answered)} answered, {len(asked_again)} asked again after it came back")
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_eval_stops_the_batch_at_once(tmp_path):
+    """``kill -9`` of a real local server (`transformers serve`, the test profile's backend, the tiny
+    model) while a batch runs against it: the batch stops at once with EndpointGone (no retries
+    against a dead server), and ``serve`` reports the death; nothing after the batch runs."""
+    from distil_platform.llm import EndpointGone
+    from distil_platform.serving.launch import ServingError
+    from distil_platform.serving.server import serve
+    from distil_platform.storage.modelstore import resolve_model
+    from distil_platform.storage.store import llm_requests
+
+    store = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
+    killed_at: list[float] = []
+    after_batch: list[str] = []
+
+    def kill_after_first_answers(pid: int) -> None:
+        import sqlalchemy as sa
+
+        while True:
+            with store.engine.connect() as conn:
+                if conn.execute(sa.select(sa.func.count()).select_from(llm_requests)).scalar() >= 3:
+                    break
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        killed_at.append(time.monotonic())
+
+    with pytest.raises((EndpointGone, ServingError)) as stopped:
+        with serve(resolve_model("tiny-qwen3"), backend="transformers", continuous_batching=False,
+                   env={"OMP_NUM_THREADS": "1"}) as server:
+            client = LLMClient(server.litellm_model, api_base=server.base_url, store=store, concurrency=2,
+                               abort_check=server.exit_reason, run_id="r", task="t", stage="student_eval")
+            threading.Thread(target=kill_after_first_answers, args=(server.pid,), daemon=True).start()
+            client.chat_batch([ChatRequest(messages=[{"role": "user", "content": f"question {i}"}],
+                                           max_tokens=16, item_id=str(i)) for i in range(2000)])
+            after_batch.append("ran")
+    failed_at = time.monotonic()
+    gone = stopped.value if isinstance(stopped.value, EndpointGone) else stopped.value.__cause__
+    assert isinstance(gone, EndpointGone), repr(stopped.value)  # not an error rate reached by retrying
+    assert "exited with code -9" in str(gone)
+    assert not after_batch
+    print(f"dead server: the batch stopped {failed_at - killed_at[0]:.2f}s after the kill")

@@ -232,11 +232,11 @@ def _plant_routing_store(store, spec, tmp_path, *, n: int = 400, errors: int = 1
     """cost_fixtures' task (seed set, throughput: one H100 at 222 req/s), then a student eval and a
     baseline run on ``n`` items: the student wrong on the first ``errors`` with low confidence,
     Haiku right everywhere (2 repeats), Flash Lite on every other item, the zero-shot base on 5."""
-    from cost_fixtures import COMPLETION, PROMPT, plant_task
+    from cost_fixtures import COMPLETION, DISTILLED, PROMPT, plant_task
 
-    from distil_platform.storage.store import llm_requests, predictions
+    from distil_platform.storage.store import llm_requests, predictions, student_lineage
 
-    info = plant_task(store, spec, tmp_path)
+    info = plant_task(store, spec, tmp_path, student_lineage=DISTILLED)
     ids = [f"r{k:03d}" for k in range(n)]
     _, _, conf = _calibrated(n, errors)
     store.insert(predictions, [{"run_id": "student-run-2", "task": spec.name, "stage": "student_eval",
@@ -259,16 +259,29 @@ def _plant_routing_store(store, spec, tmp_path, *, n: int = 400, errors: int = 1
              for k, i in enumerate(ids)]
     store.insert(predictions, pred)
     store.insert(llm_requests, reqs)
+    store.insert(student_lineage, [{"run_id": "student-run-2", "task": spec.name, "stage": "student_eval",
+                                    "model": info["student"], **DISTILLED}])
+    info["runs"].update(student_eval="student-run-2", baseline_evals="baseline-run-2")
     return info
 
 
-def _materialise(assets):
+def _materialise(assets, instance):
     import dagster as dg
     from distil_platform.resources.store import ResultsStoreResource
 
-    result = dg.materialize(assets, resources={"results_store": ResultsStoreResource()})
+    result = dg.materialize(assets, resources={"results_store": ResultsStoreResource()}, instance=instance)
     assert result.success
     return result
+
+
+def _published(spec, info):
+    """A Dagster instance holding what the runs that measured ``info``'s planted rows leave."""
+    import dagster as dg
+    from cost_fixtures import publish_planted
+
+    instance = dg.DagsterInstance.ephemeral()
+    publish_planted(instance, spec.name, info["runs"])
+    return instance
 
 
 def test_routing_asset_recommends_a_cascade_and_the_report_shows_it(tmp_path, _model_call_counter,  # noqa: F811
@@ -286,12 +299,12 @@ def test_routing_asset_recommends_a_cascade_and_the_report_shows_it(tmp_path, _m
 
     store = ResultsStore()
     spec = get_task("text2sql")
-    _plant_routing_store(store, spec, tmp_path)
+    instance = _published(spec, _plant_routing_store(store, spec, tmp_path))
     n_requests = len(store.select(llm_requests))
     pricing, report = build_shared_cost_assets([spec.name])
     cost_assets = [a for a in build_task_cost_assets(spec) if a.key.path[0].endswith("_cost_table")]
     routing = build_routing_asset(spec)
-    result = _materialise([pricing, *cost_assets, *routing])
+    result = _materialise([pricing, *cost_assets, *routing], instance)
     md = result.asset_materializations_for_node("text2sql_routing")[0].metadata
     assert md["model_calls"].value == 0 and md["confidence_available"].value is True
     assert md["recommended_policy"].value == f"cascade:{HAIKU}"
@@ -305,7 +318,7 @@ def test_routing_asset_recommends_a_cascade_and_the_report_shows_it(tmp_path, _m
     summary = latest_routing(store, "text2sql")
     assert summary["kind"] == "cascade" and summary["model"] == HAIKU
 
-    rep = _materialise([report]).asset_materializations_for_node("benchmark_report")[0].metadata["report"].value
+    rep = _materialise([report], instance).asset_materializations_for_node("benchmark_report")[0].metadata["report"].value
     assert f"cascade → {HAIKU}" in rep
     # Cost ratio against the best mid-tier model (Flash Lite, $102/M): 102 / 325.1.
     assert f"{102.0 / (57.6 + 267.5):.3g}×" in rep
@@ -317,11 +330,11 @@ def test_routing_asset_recommends_a_cascade_and_the_report_shows_it(tmp_path, _m
     edited = tmp_path / "cheap_haiku.yaml"
     edited.write_text(yaml.safe_dump(data))
     monkeypatch.setenv("DISTIL_PRICING_FILE", str(edited))
-    result = _materialise([pricing, *cost_assets, *routing])
+    result = _materialise([pricing, *cost_assets, *routing], instance)
     md = result.asset_materializations_for_node("text2sql_routing")[0].metadata
     assert md["recommended_policy"].value == f"model:{HAIKU}"
     assert "frontier only" in md["recommendation"].value
-    rep = json.dumps(_materialise([report]).asset_materializations_for_node("benchmark_report")[0]
+    rep = json.dumps(_materialise([report], instance).asset_materializations_for_node("benchmark_report")[0]
                      .metadata["report"].value)
     assert f"frontier only ({HAIKU})" in rep
     assert _model_call_counter.n == 0 and len(store.select(llm_requests)) == n_requests
@@ -329,7 +342,7 @@ def test_routing_asset_recommends_a_cascade_and_the_report_shows_it(tmp_path, _m
 
 def test_routing_asset_without_confidence_or_frontier_says_so(tmp_path, _model_call_counter):  # noqa: F811
     # The local profile on a backend without logprobs: only the zero-shot base, no confidence.
-    from cost_fixtures import plant_task
+    from cost_fixtures import DISTILLED, plant_task
     from distil_platform.assets.costs import build_task_cost_assets
     from distil_platform.assets.routing import compute_task_routing
 
@@ -338,8 +351,9 @@ def test_routing_asset_without_confidence_or_frontier_says_so(tmp_path, _model_c
 
     store = ResultsStore()
     spec = get_task_text2sql()
-    plant_task(store, spec, tmp_path, api_models={})
-    _materialise([a for a in build_task_cost_assets(spec) if a.key.path[0].endswith("_cost_table")])
+    info = plant_task(store, spec, tmp_path, api_models={}, student_lineage=DISTILLED)
+    _materialise([a for a in build_task_cost_assets(spec) if a.key.path[0].endswith("_cost_table")],
+                 _published(spec, info))
     assert latest_cost_table(store, spec.name)
     out = compute_task_routing(spec, store, "r1")
     notes = " ".join(out["notes"])

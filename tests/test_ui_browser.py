@@ -204,5 +204,6 @@ def test_asset_page_renders_key_metadata(page, webserver, asset, expected):
         table = page.locator("[role=dialog] table").first
         table.wait_for(state="visible")
         assert table.locator("tr").count() >= 2  # a header and at least one task
+        table.evaluate("el => el.scrollIntoView({block: 'start'})")  # the headline table at the top
         page.locator("[role=dialog]").first.screenshot(path=str(_artifacts() / "report_table.png"))
         _docs_screenshot(_artifacts() / "report_table.png", "report-table.png")

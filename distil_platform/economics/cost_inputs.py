@@ -5,6 +5,12 @@ the test prompts for frontier models that were skipped) and the student's throug
 Lineage (``storage.lineage``): the reference student is the latest student eval that is not the
 seed-only ablation (that one is a baseline row, never the student); a throughput profile of another
 checkpoint is refused.
+
+Which runs count (``runs``): the assets pass, per stage, the run ids of the upstream asset's
+*successful* materialisations, read from Dagster's event log (``assets/published.py``); rows of any
+other run (a run that failed after writing some rows) are never read, only named in
+``CostInputs.ignored_runs``. Without ``runs`` (offline inspection: tests, benchmarks) each stage's
+newest rows are read, as the store alone can tell.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ STAGE_BASELINES = "baseline_evals"
 STAGE_FRONTIER = "frontier_evals"
 STAGE_FP8_EVAL = "throughput_fp8"  # the fp8 student's accuracy, measured by <task>_throughput
 STAGE_THROUGHPUT = "throughput"  # lineage rows of <task>_throughput
+# Keys of ``runs`` beside the stages above: the table ids of <task>_cost_table's materialisations and
+# the run ids of <task>_routing's (read by routing and the benchmark report).
+STAGE_COST_TABLE = "cost_table"
+STAGE_ROUTING = "routing"
 
 API_TIERS = ("frontier", "mid_tier")
 SEED_ONLY_SUFFIX = " (seed-only)"
@@ -88,6 +98,9 @@ class CostInputs:
     judge: str | None = None  # the task's judge model when its metric is llm_judge
     # Why the reference student has no throughput profile (a profile of another checkpoint was refused).
     throughput_note: str | None = None
+    # Stage -> runs whose rows are newer than the ones read but that never materialised successfully
+    # (a failed run's rows: kept for resume and audit, never priced). Empty without ``runs``.
+    ignored_runs: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _item_scores(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[float | None]]:
@@ -120,9 +133,17 @@ def _runs_latest_first(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return sorted(last, key=lambda run: -last[run])
 
 
-def _latest_run(rows: Sequence[Mapping[str, Any]]) -> str | None:
-    runs = _runs_latest_first(rows)
-    return runs[0] if runs else None
+def readable_runs(rows: Sequence[Mapping[str, Any]], published: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """(the runs of ``rows`` a reader may use, newest first; the runs skipped for want of a successful
+    materialisation). ``published``: the run ids of the stage's successful materialisations, newest
+    first (Dagster's record); None: every run, newest rows first (offline inspection only)."""
+    written = _runs_latest_first(rows)
+    if published is None:
+        return written, []
+    present, counted = set(written), set(published)
+    readable = [run for run in dict.fromkeys(published) if run in present]
+    newest = written.index(readable[0]) if readable else len(written)
+    return readable, [run for run in written[:newest] if run not in counted]
 
 
 def _usage_from_rows(rows: Sequence[Mapping[str, Any]], basis: str) -> Usage | None:
@@ -153,14 +174,24 @@ def base_model_of(label: str) -> str:
 
 
 def gather_cost_inputs(store: Any, spec: TaskSpec, *, test_rows: Sequence[Mapping[str, Any]] | None = None,
-                       token_counter: Any = None) -> CostInputs:
+                       token_counter: Any = None, runs: Mapping[str, Sequence[str]] | None = None) -> CostInputs:
     """Read everything a cost table needs from the results store.
+
+    ``runs``: stage (``STAGE_STUDENT_EVAL``, ``STAGE_BASELINES``, ``STAGE_FRONTIER``,
+    ``STAGE_THROUGHPUT``) -> the run ids of that asset's successful materialisations, newest first;
+    only their rows are read, and a stage missing from it (never materialised successfully) is
+    absent (frontier models then "skipped"). The cost-table asset always passes it. Without it: each
+    stage's newest rows in the store, for offline inspection only (a run that failed after writing
+    some rows is then read as if it had succeeded).
 
     Lineage: the reference student is the latest ``<task>_student_eval`` run that is not the
     seed-only ablation (which is shown as its own baseline row); throughput and the fp8 eval come
     from the latest ``<task>_throughput`` run that measured the *same checkpoint* — a profile of
-    another checkpoint is refused (the student is then unpriced, with the reason). Runs without a
-    lineage record are matched by served name (it carries the student's run id) and marked so.
+    another checkpoint is refused (the student is then unpriced, with the reason). With ``runs``,
+    a student eval without a lineage record is never the student: if it is newer than every
+    recorded one, :class:`CostTableError` names it (its checkpoint, distilled or seed-only, is
+    unknown). Without ``runs`` such evals are matched by served name (it carries the student's run
+    id) and marked "unrecorded", as stores from before lineage need.
     ``test_rows`` (for estimating skipped frontier models) default to the task's latest seed set.
     """
     from distil_platform.storage.store import llm_requests, predictions, throughput_profiles
@@ -168,20 +199,33 @@ def gather_cost_inputs(store: Any, spec: TaskSpec, *, test_rows: Sequence[Mappin
     task = spec.name
     tiers = _tiers(spec)
     lineage_rows = read_lineage_rows(store, task)
+    ignored: dict[str, list[str]] = {}
+
+    def published(stage: str) -> Sequence[str] | None:
+        return None if runs is None else runs.get(stage, ())
 
     student_rows = store.select(predictions, task=task, stage=STAGE_STUDENT_EVAL)
-    runs = _runs_latest_first(student_rows)
-    if not runs:
+    eval_runs, ignored[STAGE_STUDENT_EVAL] = readable_runs(student_rows, published(STAGE_STUDENT_EVAL))
+    if not eval_runs:
         from distil_platform.redact import hide_password
 
-        raise CostTableError(f"{task}: no student evaluation in the results store ({hide_password(store.url)}); "
+        what = "no student evaluation" if runs is None else "no successfully materialised student evaluation"
+        raise CostTableError(f"{task}: {what} in the results store ({hide_password(store.url)}); "
                              f"materialise {task}_student_eval first")
     by_run: dict[str, list[dict]] = defaultdict(list)
     for r in student_rows:
         by_run[r["run_id"]].append(r)
-    run_lineage = {run: lineage(lineage_rows, STAGE_STUDENT_EVAL, run, by_run[run][0]["model"]) for run in runs}
-    distilled = [run for run in runs if run_lineage[run].use_synthetic is not False]
-    seed_only = [run for run in runs if run_lineage[run].use_synthetic is False]
+    run_lineage = {run: lineage(lineage_rows, STAGE_STUDENT_EVAL, run, by_run[run][0]["model"]) for run in eval_runs}
+    known = [run for run in eval_runs if runs is None or run_lineage[run].recorded]
+    distilled = [run for run in known if run_lineage[run].use_synthetic is not False]
+    seed_only = [run for run in known if run_lineage[run].use_synthetic is False]
+    unknown = eval_runs[:eval_runs.index(distilled[0])] if distilled else eval_runs
+    unknown = [run for run in unknown if run not in known]
+    if unknown:
+        raise CostTableError(
+            f"{task}: student eval run {unknown[0]} has no lineage record, so whether it measured the distilled "
+            f"student or the seed-only ablation is unknown; it is never priced as the student, and no older eval "
+            f"stands in for it. Re-materialise {task}_student_eval (it records the checkpoint it served)")
     if not distilled:
         raise CostTableError(
             f"{task}: the only student evaluations in the results store are of the seed-only ablation "
@@ -198,7 +242,7 @@ def gather_cost_inputs(store: Any, spec: TaskSpec, *, test_rows: Sequence[Mappin
     throughput: dict[str, ThroughputProfile] = {}
     throughput_note = None
     tp_rows = store.select(throughput_profiles, task=task)
-    tp_runs = _runs_latest_first(tp_rows)
+    tp_runs, ignored[STAGE_THROUGHPUT] = readable_runs(tp_rows, published(STAGE_THROUGHPUT))
     tp_by_run: dict[str, list[dict]] = defaultdict(list)
     for r in tp_rows:
         tp_by_run[r["run_id"]].append(r)
@@ -235,9 +279,10 @@ def gather_cost_inputs(store: Any, spec: TaskSpec, *, test_rows: Sequence[Mappin
     by_label: dict[str, tuple[int, str, str, list[dict]]] = {}
     for stage in (STAGE_BASELINES, STAGE_FRONTIER):
         stage_rows = store.select(predictions, task=task, stage=stage)
-        stage_run = _latest_run(stage_rows)
-        if not stage_run:
+        stage_runs, ignored[stage] = readable_runs(stage_rows, published(stage))
+        if not stage_runs:
             continue
+        stage_run = stage_runs[0]
         grouped: dict[str, list[dict]] = defaultdict(list)
         for r in stage_rows:
             if r["run_id"] == stage_run:
@@ -273,7 +318,8 @@ def gather_cost_inputs(store: Any, spec: TaskSpec, *, test_rows: Sequence[Mappin
 
     judge = spec.judge.model if spec.judge is not None and spec.metric_name == "llm_judge" else None
     return CostInputs(task=task, students=students, baselines=baselines, usage=usage, throughput=throughput,
-                      skipped=skipped, margin=spec.margin, judge=judge, throughput_note=throughput_note)
+                      skipped=skipped, margin=spec.margin, judge=judge, throughput_note=throughput_note,
+                      ignored_runs={stage: found for stage, found in ignored.items() if found})
 
 
 def _latest_test_rows(store: Any, task: str) -> list[dict[str, Any]]:

@@ -358,13 +358,20 @@ def cost_rows_for_store(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
              "row": {k: clean(v) for k, v in r.items()}} for r in rows]
 
 
-def latest_cost_table(store: Any, task: str) -> list[dict[str, Any]]:
-    """The most recently written cost table of ``task`` ([] if none)."""
+def latest_cost_table(store: Any, task: str, table_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The cost table of ``task`` ([] if none). ``table_ids``: the ids of its successful
+    materialisations, newest first (the assets pass Dagster's record): the first with rows. None:
+    the most recently written table, successful or not (offline inspection only)."""
     from distil_platform.storage.store import cost_rows
 
     rows = store.select(cost_rows, task=task)
     if not rows:
         return []
-    latest = max(rows, key=lambda r: r["id"])
-    table_id = latest["row"].get("table_id")
+    if table_ids is None:
+        table_id = max(rows, key=lambda r: r["id"])["row"].get("table_id")
+    else:
+        written = {r["row"].get("table_id") for r in rows}
+        table_id = next((t for t in table_ids if t in written), None)
+        if table_id is None:
+            return []
     return [r["row"] for r in sorted(rows, key=lambda r: r["id"]) if r["row"].get("table_id") == table_id]

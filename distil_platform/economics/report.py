@@ -3,8 +3,9 @@ frontier model (< $1 per million input tokens), with scores and CIs, the paired 
 non-inferior (δ) / inconclusive / loss, with the test used), USD per million requests and the cost
 ratio; the headline count; the rules (:data:`RULES`); a cost-vs-accuracy plot per task.
 
-Reads only the latest cost table of each task from the results store: tasks without one are
-listed as missing, never fail the report.
+Reads only the latest cost table of each task from the results store (the benchmark-report asset:
+the table of the task's last successful ``<task>_cost_table`` materialisation): tasks without one
+are listed as missing, never fail the report.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distil_platform.economics.cost_inputs import STAGE_COST_TABLE
 from distil_platform.economics.costs import MID_TIER_MAX_INPUT_PER_MTOK, fmt_usd, latest_cost_table
 from distil_platform.economics.stats import verdict_label
 
@@ -259,18 +261,25 @@ def build_markdown(summaries: Sequence[TaskSummary], tables: Mapping[str, Sequen
     return "\n".join(lines) + "\n"
 
 
-def write_report(store: Any, task_names: Sequence[str], out_dir: Path) -> Report:
-    """Summarise every task that has a cost table; write the markdown and plots into ``out_dir``."""
+def write_report(store: Any, task_names: Sequence[str], out_dir: Path,
+                 runs: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> Report:
+    """Summarise every task that has a cost table; write the markdown and plots into ``out_dir``.
+
+    ``runs`` (what the asset passes, from Dagster's record): task -> {``STAGE_COST_TABLE``: table ids,
+    ``STAGE_ROUTING``: run ids} of the successful materialisations, newest first; a task missing
+    from it has neither. None: each task's newest cost table and routing (offline inspection only)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tables = {t: latest_cost_table(store, t) for t in task_names}
+    task_runs = {t: None if runs is None else runs.get(t, {}) for t in task_names}
+    tables = {t: latest_cost_table(store, t, None if r is None else r.get(STAGE_COST_TABLE, ()))
+              for t, r in task_runs.items()}
     missing = [t for t, rows in tables.items() if not rows]
     tables = {t: rows for t, rows in tables.items() if rows}
     summaries = [summarise_task(t, rows) for t, rows in tables.items()]
     from distil_platform.economics.routing_io import routing_report_columns
 
     for s in summaries:  # the routing column: recommended route and its cost ratio vs the mid-tier model
-        s.extra.update(routing_report_columns(store, s))
+        s.extra.update(routing_report_columns(store, s, task_runs[s.task]))
     plots = {}
     for task, rows in tables.items():
         path = plot_task(task, rows, out_dir / f"{task}_cost_vs_accuracy.png")

@@ -11,7 +11,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from distil_platform.economics.cost_inputs import STAGE_BASELINES, STAGE_FRONTIER, STAGE_STUDENT_EVAL
+from distil_platform.economics.cost_inputs import (
+    STAGE_BASELINES,
+    STAGE_COST_TABLE,
+    STAGE_FRONTIER,
+    STAGE_ROUTING,
+    STAGE_STUDENT_EVAL,
+    readable_runs,
+)
 from distil_platform.economics.costs import fmt_usd
 from distil_platform.economics.routing import (
     DEFAULT_DAILY_REQUESTS,
@@ -51,11 +58,6 @@ def _item_means(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in acc.items()}
 
 
-def _latest_run(rows: Sequence[Mapping[str, Any]]) -> str | None:
-    best = max(rows, key=lambda r: r["id"], default=None)
-    return best["run_id"] if best else None
-
-
 def task_margin(spec: Any) -> tuple[float, str]:
     """The task's non-inferiority margin δ and where it came from."""
     for name in ("noninferiority_margin", "margin"):
@@ -66,19 +68,27 @@ def task_margin(spec: Any) -> tuple[float, str]:
 
 
 def gather_routing_inputs(store: Any, spec: Any, *, daily_requests: float = DEFAULT_DAILY_REQUESTS,
-                          folds: int = DEFAULT_FOLDS, seed: int = 0, margin: float | None = None) -> RoutingInputs:
+                          folds: int = DEFAULT_FOLDS, seed: int = 0, margin: float | None = None,
+                          runs: Mapping[str, Sequence[str]] | None = None) -> RoutingInputs:
     """Everything routing needs, from the results store: the latest cost table (prices, and which
     eval run of each model it priced: ``eval_run_id``), and those runs' per-item scores and the
-    student's confidence. Models the cost table has no answers for are listed in the notes."""
+    student's confidence. Models the cost table has no answers for are listed in the notes.
+
+    ``runs`` (what the routing asset passes, from Dagster's record): ``STAGE_COST_TABLE`` -> the
+    table ids of the cost table's successful materialisations, and each eval stage -> its successful
+    runs, newest first (read only where a cost row names no eval run). Without it: the newest cost
+    table and rows in the store, for offline inspection only."""
     from distil_platform.economics.costs import latest_cost_table
     from distil_platform.storage.store import predictions
 
     task = spec.name
-    table = latest_cost_table(store, task)
+    table = latest_cost_table(store, task, None if runs is None else runs.get(STAGE_COST_TABLE, ()))
     if not table:
         from distil_platform.redact import hide_password
 
-        raise RoutingError(f"{task}: no cost table in the results store ({hide_password(store.url)}); materialise {task}_cost_table")
+        what = "no cost table" if runs is None else "no successfully materialised cost table"
+        raise RoutingError(f"{task}: {what} in the results store ({hide_password(store.url)}); "
+                           f"materialise {task}_cost_table")
     students = [r for r in table if r.get("role") == "student"]
     # The reference variant (the precision the eval ran in) is the table's first student row.
     student_row = students[0] if students else None
@@ -87,7 +97,8 @@ def gather_routing_inputs(store: Any, spec: Any, *, daily_requests: float = DEFA
 
     def rows_of(stage: str, row: Mapping[str, Any]) -> list[dict[str, Any]]:
         rows = store.select(predictions, task=task, stage=stage, model=row["model"])
-        run = row.get("eval_run_id") or _latest_run(rows)
+        readable = readable_runs(rows, None if runs is None else runs.get(stage, ()))[0]
+        run = row.get("eval_run_id") or (readable[0] if readable else None)
         return [r for r in rows if r["run_id"] == run]
 
     student_rows = rows_of(STAGE_STUDENT_EVAL, student_row)
@@ -255,23 +266,27 @@ def store_routing(store: Any, result: RoutingResult, run_id: str) -> None:
     }])
 
 
-def latest_routing(store: Any, task: str) -> dict[str, Any] | None:
-    """The summary of the most recent routing of ``task`` (None if never computed)."""
+def latest_routing(store: Any, task: str, run_ids: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """The summary of the most recent routing of ``task`` (None if never computed). ``run_ids``: the
+    runs of its successful materialisations, newest first (the first with a row counts); None: the
+    most recently written one (offline inspection only)."""
     from distil_platform.storage.store import routing_results
 
     rows = store.select(routing_results, task=task)
-    if not rows:
+    readable = readable_runs(rows, run_ids)[0]
+    if not readable:
         return None
-    return max(rows, key=lambda r: r["id"])["summary"]
+    return max((r for r in rows if r["run_id"] == readable[0]), key=lambda r: r["id"])["summary"]
 
 
-def routing_report_columns(store: Any, summary: Any) -> dict[str, str]:
+def routing_report_columns(store: Any, summary: Any, runs: Mapping[str, Sequence[str]] | None = None) -> dict[str, str]:
     """The benchmark report's routing cells for one task (``report.TaskSummary``): the recommended
     route with its $/M requests, and its cost ratio against the report's best mid-tier model
     (mid-tier $/M ÷ route $/M). A routing computed on another cost table than the report's is
-    marked stale; none yet says which asset to materialise."""
+    marked stale; none yet says which asset to materialise. ``runs``: as the report's (the routing
+    of ``STAGE_ROUTING``'s runs only); None: the newest routing in the store."""
     task = summary.task
-    r = latest_routing(store, task)
+    r = latest_routing(store, task, None if runs is None else runs.get(STAGE_ROUTING, ()))
     if r is None:
         return {"recommended route": f"– (materialise {task}_routing)", "cost ratio (mid-tier ÷ route)": "–"}
     table_id = (summary.student or {}).get("table_id") if getattr(summary, "student", None) else None

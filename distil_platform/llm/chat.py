@@ -1,6 +1,26 @@
 """The client's request and result types (:class:`ChatRequest`, :class:`ChatResult` with its reply
 outcomes ``truncated`` and ``empty``), the batch-level errors, and the default per-request deadline
-(:func:`request_timeout_s`). See :mod:`distil_platform.llm.client` for the semantics."""
+(:func:`request_timeout_s`). See :mod:`distil_platform.llm.client` for the semantics.
+
+Reply outcomes. Every answered request records the choice's ``finish_reason`` ("stop", "length",
+"content_filter", "tool_calls", ...; None when the server sends none) and the reasoning tokens the
+provider reports (``usage.completion_tokens_details.reasoning_tokens``). Two outcomes are billed but
+are not an answer: an **empty** reply (a 200 with no text and no tool call: a reasoning model that
+spent its whole budget thinking, a safety block) and a **truncated** one (``finish_reason ==
+"length"``: cut off at ``max_tokens``). They are cached like any other reply, *with* their
+``finish_reason`` (a rerun pays nothing and sees the same outcome), flagged on :class:`ChatResult`
+(``empty``, ``truncated``) and counted per client (:meth:`LLMClient.reply_counts`); what a consumer
+does with them is its rule: the teacher stage never keeps such a reply as a training row
+(``synthesis``), an evaluation never scores an empty reply as an answer (``evaluation``).
+
+Timeouts. ``timeout_s=None`` (the default) gives each request a deadline that scales with what it
+may generate: ``max(60, 30 + max_tokens / 20)`` seconds (:func:`request_timeout_s`, 20 tokens/s being
+a slow hosted model), so a 4k-token teacher or reasoning request is not cut at 60 s; a number is a
+fixed deadline for every request. A timed-out attempt may still be billed by the provider, so
+timeouts are retried at most ``max_timeout_retries`` times (default 2), apart from the other retries,
+and counted (``ChatResult.timeouts``, ``reply_counts()["timeouts"]``, the ``timeouts`` column of
+``llm_requests``).
+"""
 
 from __future__ import annotations
 
@@ -40,6 +60,15 @@ class BudgetExceeded(LLMError):
 
 class UnknownPriceError(LLMError):
     """A budget was set but no price is known for the model."""
+
+
+class EndpointGone(LLMError):
+    """The local server answering the batch exited: the batch stops at once (no retries against it)."""
+
+
+class StoreUnavailable(LLMError):
+    """The results store kept refusing writes: the batch stops calling (nothing more would be cached);
+    the answers not yet written are spilled to a file and loaded into the store by the next batch."""
 
 
 @dataclass

@@ -1,33 +1,14 @@
 """Async batch LLM client: bounded concurrency, retries, response cache, usage/cost records, budget cap.
 
-One client serves frontier APIs (any litellm model string) and OpenAI-compatible servers
-(``openai/<served name>`` + ``api_base``: vLLM, ``transformers serve``). For the latter it talks
-HTTP directly through one pooled ``aiohttp`` session (``fast_path``): ~0.2-0.3 ms of client CPU
-per request against ~3.2 ms through litellm (which caps a 2-core machine near 200-300 req/s), and
-``httpx.AsyncClient`` degrades at high concurrency (3-5 ms per request at 64-256 connections); see
-``benchmarks/README.md``. Providers always go through ``litellm.acompletion``.
+One client serves frontier APIs (litellm model strings, through ``litellm.acompletion``) and
+OpenAI-compatible servers (``openai/<served name>`` + ``api_base``: vLLM, ``transformers serve``),
+the latter over one pooled ``aiohttp`` session (``fast_path``; ~0.2-0.3 ms of client CPU per request
+against ~3.2 ms through litellm: ``benchmarks/README.md``).
 
 A batch whose share of failed items exceeds ``max_error_rate`` raises (checked once
 ``min_items_for_error_rate`` items are done, and at the end, so a one-item batch that fails raises).
 
-Reply outcomes. Every answered request records the choice's ``finish_reason`` ("stop", "length",
-"content_filter", "tool_calls", ...; None when the server sends none) and the reasoning tokens the
-provider reports (``usage.completion_tokens_details.reasoning_tokens``). Two outcomes are billed but
-are not an answer: an **empty** reply (a 200 with no text and no tool call: a reasoning model that
-spent its whole budget thinking, a safety block) and a **truncated** one (``finish_reason ==
-"length"``: cut off at ``max_tokens``). They are cached like any other reply, *with* their
-``finish_reason`` (a rerun pays nothing and sees the same outcome), flagged on :class:`ChatResult`
-(``empty``, ``truncated``) and counted per client (:meth:`LLMClient.reply_counts`); what a consumer
-does with them is its rule: the teacher stage never keeps such a reply as a training row
-(``synthesis``), an evaluation never scores an empty reply as an answer (``evaluation``).
-
-Timeouts. ``timeout_s=None`` (the default) gives each request a deadline that scales with what it
-may generate: ``max(60, 30 + max_tokens / 20)`` seconds (:func:`request_timeout_s`, 20 tokens/s being
-a slow hosted model), so a 4k-token teacher or reasoning request is not cut at 60 s; a number is a
-fixed deadline for every request. A timed-out attempt may still be billed by the provider, so
-timeouts are retried at most ``max_timeout_retries`` times (default 2), apart from the other retries,
-and counted (``ChatResult.timeouts``, ``reply_counts()["timeouts"]``, the ``timeouts`` column of
-``llm_requests``).
+Reply outcomes (empty, truncated) and the default per-request deadline: see :mod:`distil_platform.llm.chat`.
 
 Results store use (``distil_platform.storage.store``):
 - ``llm_cache``: one row per successful response, keyed by model, endpoint identity (checkpoint,
@@ -36,8 +17,13 @@ Results store use (``distil_platform.storage.store``):
   keeps logprobs, cached-token counts, ``finish_reason`` and reasoning tokens. A rerun after a crash
   re-bills nothing; repeats 0, 1, 2 of one prompt are three distinct calls.
 - ``llm_requests``: one row per request answered (from the server or the cache) or failed.
-Rows are written in batches from a background flush (one transaction per ~0.25 s or 256 rows),
-so hundreds of requests per second do not serialise on SQLite commits.
+Rows are written as answers arrive (one transaction for whatever arrived during the previous write),
+so a SIGKILL loses only the answers in flight and a rerun re-bills nothing else; a store that keeps
+failing stops the batch (:class:`StoreUnavailable`) and the unwritten answers go to ``spill_dir``
+(loaded by the next batch). See :class:`~distil_platform.llm.cache.StoreWriter`.
+
+``abort_check`` (e.g. ``Server.exit_reason``) is polled while a batch runs: when the local server
+exited, the batch stops at once, no retries against a dead server (:class:`EndpointGone`).
 
 Beside this module: ``chat`` (request/result types, errors), ``transport`` (one attempt over HTTP or
 litellm) and ``cache`` (identities, cache keys, the store writer).
@@ -47,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import threading
 import time
@@ -60,13 +47,16 @@ from distil_platform.llm.cache import (
     cache_payload,
     default_identity,
     normalise_identity,
+    store_unavailable,
 )
 from distil_platform.llm.chat import (
     BudgetExceeded,
     ChatRequest,
     ChatResult,
+    EndpointGone,
     ErrorRateExceeded,
     LLMError,
+    StoreUnavailable,
     UnknownPriceError,
     request_timeout_s,
 )
@@ -126,6 +116,8 @@ class LLMClient:
         progress_every_s: float = 10.0,
         identity: str | Mapping[str, Any] | None = None,
         request_extra: Mapping[str, Any] | None = None,
+        abort_check: Callable[[], str | None] | None = None,
+        spill_dir: str | os.PathLike | None = None,
     ):
         if not model:
             raise ValueError("LLMClient needs a model string (a litellm model, or openai/<name> with api_base)")
@@ -156,6 +148,7 @@ class LLMClient:
         self.fast_path = bool(fast_path and self.api_base and model.startswith("openai/"))
         self.min_items_for_error_rate = min_items_for_error_rate
         self.progress_every_s = progress_every_s
+        self.abort_check, self.spill_dir = abort_check, spill_dir
         self.spent_usd = 0.0  # fresh (billed) spend across this client's batches
         self._price: tuple[float, float] | bool | None = False  # False = not looked up yet
         self.http_calls = 0  # attempts sent over the wire (tests and benchmarks read it)
@@ -300,8 +293,12 @@ class LLMClient:
             )
         keys = [cache_key(self.model, r, self.identity, self.request_extra) for r in requests]
         results: list[ChatResult | None] = [None] * len(requests)
-        writer = StoreWriter(self.store)
-        cached = await asyncio.to_thread(writer.lookup, set(keys)) if self.store is not None else {}
+        writer = StoreWriter(self.store, spill_dir=self.spill_dir, log=self.log)
+        cached = {}
+        if self.store is not None:
+            if replayed := await asyncio.to_thread(writer.replay_spills):
+                self.log(f"llm cache: loaded {replayed} rows a batch had spilled while the store was down")
+            cached = await asyncio.to_thread(writer.lookup, set(keys))
 
         # Identical requests in one batch are asked once and share the answer.
         first_index: dict[str, int] = {}
@@ -377,17 +374,24 @@ class LLMClient:
         try:
             async with http_session(self.fast_path, self._api_key, self.concurrency, self.timeout_s) as http:
                 tasks = [asyncio.create_task(run_one(i, http)) for i in pending]
+                watcher = asyncio.create_task(self._watch(writer, stop, tasks))
                 try:
-                    if tasks:
-                        await asyncio.gather(*tasks)
+                    outcomes = await asyncio.gather(*tasks, return_exceptions=True) if tasks else []
+                    for outcome in outcomes:  # a cancelled task was halted by the watcher; anything else is a bug
+                        if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+                            raise outcome
                 except BaseException:
                     for task in tasks:
                         task.cancel()
                     await asyncio.gather(*tasks, return_exceptions=True)
                     raise
+                finally:
+                    watcher.cancel()
         finally:
             writer.close()
             await flush_task
+        if writer.failed is not None and not stop:
+            stop.append(store_unavailable(self.model, writer))
         self._check_error_rate(state, stop, final=True)
         self._progress(state, started, final=True)
         done_results = [r for r in results if r is not None]
@@ -395,6 +399,23 @@ class LLMClient:
             stop[0].results = done_results
             raise stop[0]
         return done_results  # every slot is filled when nothing stopped the batch
+
+    async def _watch(self, writer: StoreWriter, stop: list[LLMError], tasks: list[asyncio.Task],
+                     every_s: float = 0.2) -> None:
+        """Stop the batch at once, in-flight requests cancelled, when its local server died
+        (``abort_check``) or the store gave up (a batch whose answers are not kept pays for nothing)."""
+        while True:
+            reason = self.abort_check() if self.abort_check is not None else None
+            if reason is not None and not stop:
+                stop.append(EndpointGone(f"{self.model!r}: {reason}; the batch stopped at once (completed items "
+                                         "are cached)"))
+            if writer.failed is not None and not stop:
+                stop.append(store_unavailable(self.model, writer))
+            if stop and isinstance(stop[0], EndpointGone | StoreUnavailable):
+                for task in tasks:
+                    task.cancel()
+                return
+            await asyncio.sleep(every_s)
 
     def _check_error_rate(self, state: _BatchState, stop: list[LLMError], final: bool = False) -> None:
         if stop:
@@ -467,7 +488,6 @@ class LLMClient:
             "error": result.error, "finish_reason": result.finish_reason, "reasoning_tokens": result.reasoning_tokens,
             "timeouts": result.timeouts,
         }
-
 
 
 @dataclass

@@ -70,6 +70,7 @@ class Server:
     # The dtype it serves in and why (distil_platform.precision); None only for hand-made handles.
     precision: Precision | None = None
     _sampler: MemorySampler | None = field(default=None, repr=False)
+    _proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def precision_label(self) -> str:
@@ -90,6 +91,11 @@ class Server:
 
     def peak_rss_gb(self) -> float:
         return 0.0 if self._sampler is None else self._sampler.peak_rss_bytes / 1024**3
+
+    def exit_reason(self) -> str | None:
+        """None while the server process runs; once it exited, what happened (exit code, log tail).
+        LLM clients of this server poll it (``abort_check``) to stop a batch at once when it dies."""
+        return None if self._proc is None else _died_in_use(self._proc, self.backend, self.log_path)
 
     def log_tail(self, lines: int = 40) -> str:
         return _tail(self.log_path, lines)
@@ -372,7 +378,7 @@ def serve(
             sampler.start()
             server = Server(base_url=f"{base}/v1", model=served_name, backend=chosen, pid=proc.pid,
                             hardware_description=description, hardware_key=key, command=command,
-                            log_path=log_path, on_gpu=on_gpu, settings=settings, _sampler=sampler,
+                            log_path=log_path, on_gpu=on_gpu, settings=settings, _sampler=sampler, _proc=proc,
                             weights_estimate_gib=weights_gib(model_dir, dtype, quantization), identity=identity,
                             precision=precision)
             try:

@@ -267,7 +267,9 @@ _LOCK = threading.Lock()
 def _engine(url: str) -> Engine:
     with _LOCK:
         if url not in _ENGINES:
-            engine = create_engine(url, future=True)
+            # pool_pre_ping: a pooled connection the server dropped while idle (a Postgres restart, an
+            # idle timeout) is replaced before use instead of failing the next write.
+            engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
             if url.startswith("sqlite"):
                 # WAL + a busy timeout: concurrent writers (client threads, runs) wait rather than fail.
                 @event.listens_for(engine, "connect")
