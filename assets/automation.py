@@ -10,10 +10,11 @@ the UI's asset page shows each evaluation and why it did or did not request a ru
   or missing. Cheap: these assets read the results store and never call a model.
 - ``refresh_condition`` (``pricing``, ``benchmark_report``): any upstream updated, whether or not the
   asset or some upstream is missing (tasks that were never run do not hold the report back).
-- ``gpu_chain_condition`` (teacher data, student, evals, throughput): a new version of an upstream
-  asset *other than the seed set* (so rebuilding a seed set never starts training). The chain's
-  root, ``<task>_teacher_data``, also requires that it was materialised before: a task that was
-  never run is not started by an edit of its prompt.
+- ``gpu_chain_condition`` (teacher eval, teacher data, student, evals, throughput): a new version of
+  an upstream asset *other than the seed set* (so rebuilding a seed set never starts training). The
+  chain's roots, ``<task>_teacher_eval`` and ``<task>_teacher_data`` (both read the prompt), also
+  require that they were materialised before: a task that was never run is not started by an edit of
+  its prompt. The teacher data is not held back by a teacher eval that was never materialised.
 """
 
 import dagster as dg
@@ -42,9 +43,14 @@ def refresh_condition() -> AC:
         "refresh when an upstream has a new version")
 
 
-def gpu_chain_condition(seed_key: dg.AssetKey, *, root: bool) -> AC:
+def gpu_chain_condition(seed_key: dg.AssetKey, *, root: bool, optional=()) -> AC:
+    """``optional``: upstream keys whose absence does not hold the asset back (the teacher data
+    proceeds without a teacher eval, and says the gate was not evaluated)."""
     updated = AC.any_deps_updated().ignore(dg.AssetSelection.assets(seed_key)).since_last_handled()
-    condition = updated & ~AC.any_deps_missing() & _not_busy()
+    missing = AC.any_deps_missing()
+    if optional:
+        missing = missing.ignore(dg.AssetSelection.assets(*optional))
+    condition = updated & ~missing & _not_busy()
     if root:
         condition = condition & ~AC.missing()
     return condition.with_label("re-distil on a new upstream version (the seed set ignored)")

@@ -121,6 +121,24 @@ def server_client(context, llm: LLMResource, server, model_dir: Path, *, stage: 
     )
 
 
+def evaluate_served(context, spec: TaskSpec, profile: Profile, llm: LLMResource, server, model_dir: Path,
+                    test: list[dict], *, stage: str, concurrency: int, judge=None) -> list:
+    """How a served student is evaluated, whichever variant it is (the reference variant in
+    ``<task>_student_eval``, fp8 in ``<task>_throughput``): every test row at temperature 0 within the
+    task's answer budget, with token logprobs (each answer's confidence, what routing escalates on; a
+    backend that returns none leaves it None), scored by the task's metric with ``judge``
+    (:func:`build_judge`; None: the documented token-F1 fallback). One path, so two variants' scores are
+    of the same metric and pair. Returns the per-item results."""
+    from distil_platform.evaluation.confidence import confidence_fn
+    from distil_platform.evaluation.evaluate import client_answer_fn, evaluate
+
+    client = server_client(context, llm, server, model_dir, stage=stage, task=spec.name, concurrency=concurrency)
+    answer = client_answer_fn(client, 0.0, answer_token_cap(profile, spec.max_answer_tokens),
+                              [str(r["id"]) for r in test], extra={"logprobs": True},
+                              confidence=confidence_fn(spec.type))
+    return evaluate(spec, test, answer, repeats=1, judge=judge)
+
+
 def api_client(context, llm: LLMResource, ref: ModelRef, *, stage: str, task: str, concurrency: int,
                 api_key: str | None = None):
     """A client of an API model; its key is ``api_key`` (from a resource) or ``os.environ[ref.api_key_env]``.

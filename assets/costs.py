@@ -20,7 +20,7 @@ from .automation import refresh_condition
 from .config_sources import pricing_file_observation
 from .keys import OWNERS, PRICING_FILE_KEY, PRICING_KEY, REPORT_KEY, cost_table_key, task_key, throughput_key
 from .metadata import location_metadata, polars_column_schema, table_metadata
-from .published import cost_table_runs, report_runs, store_run_id_metadata
+from .published import cost_table_runs, report_runs, store_run_id_metadata, student_gate_notes
 
 
 class PricingConfig(dg.Config):
@@ -39,7 +39,7 @@ def build_task_cost_assets(spec: TaskSpec) -> list:
         group_name=task,
         deps=[task_key(task, "student_eval"), task_key(task, "baseline_evals"),
               task_key(task, "frontier_evals"), throughput_key(task),
-              PRICING_KEY],
+              PRICING_KEY],  # (and the teacher eval's rows, for the gap closed, read like the evals')
         kinds={"polars", "parquet"},
         description=f"`{task}`: one row per model — accuracy ± std and CI, USD per million requests (APIs: measured "
         "tokens x snapshot prices; students: hardware $/h / sustained RPS), verdict and cost ratio vs the student, "
@@ -50,7 +50,8 @@ def build_task_cost_assets(spec: TaskSpec) -> list:
         # so nothing is pickled through the IO manager. Only rows of the upstream assets' successful
         # materialisations are read (Dagster's record), never a failed run's.
         result = compute_cost_table(spec, results_store.store(), context.run_id,
-                                    runs=cost_table_runs(context.instance, task))
+                                    runs=cost_table_runs(context.instance, task),
+                                    gate_notes=student_gate_notes(context.instance, task))
         for stage, runs in result["ignored_runs"].items():
             context.log.warning(f"{task}: not priced: {stage} rows of run(s) {', '.join(runs)}, newer than the "
                                 "ones priced but never materialised successfully")
@@ -61,10 +62,11 @@ def build_task_cost_assets(spec: TaskSpec) -> list:
     return [cost_table]
 
 
-def compute_cost_table(spec: TaskSpec, store, table_id: str, runs=None) -> dict[str, Any]:
+def compute_cost_table(spec: TaskSpec, store, table_id: str, runs=None, gate_notes=None) -> dict[str, Any]:
     """Build, write (Parquet, CSV, store) and describe one task's cost table at the current prices.
     ``runs``: each upstream stage's successful runs (``gather_cost_inputs``); None reads the newest
-    rows (offline callers: tests, benchmarks; the asset always passes them)."""
+    rows (offline callers: tests, benchmarks; the asset always passes them). ``gate_notes``: student
+    run id -> what the teacher gate did to that student's data (``published.student_gate_notes``)."""
     import hashlib
 
     from distil_platform.economics.cost_inputs import gather_cost_inputs
@@ -72,6 +74,7 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str, runs=None) -> dict[
         build_cost_table,
         cost_rows_for_store,
         cost_table_markdown,
+        teacher_lines,
         write_cost_table,
     )
     from distil_platform.economics.pricing import current_snapshot
@@ -92,6 +95,7 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str, runs=None) -> dict[
         store_snapshot(store, snapshot, table_id)
     inputs = gather_cost_inputs(store, spec, runs=runs)
     inputs.table_id = table_id
+    inputs.gate_notes = dict(gate_notes or {})
     rows = build_cost_table(inputs, snapshot)
     import polars as pl
 
@@ -115,6 +119,10 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str, runs=None) -> dict[
         "parquet_path": location_metadata(parquet),
         "csv_path": location_metadata(csv),
         "cost_table": dg.MetadataValue.md(md),
+        # Teacher, student and zero-shot base side by side; the gap closed with its CI and reading.
+        "teacher_student_base": dg.MetadataValue.md("\n".join(f"- {line}" for line in teacher_lines(rows)) or "–"),
+        "gap_closed": dg.MetadataValue.json({f"{r['model']} ({r['variant']})": r.get("gap_closed_note")
+                                             for r in rows if r["role"] == "student"}),
         "model_calls": 0,
         # How the task's prompt (same for every model) renders tools/labels: the token counts priced here.
         "prompt_rendering": rendering_label(spec),

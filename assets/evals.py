@@ -21,13 +21,13 @@ from .common import (
     api_client,
     build_judge,
     eval_concurrency_for,
+    evaluate_served,
     fmt_value,
     is_store_model,
     jsonable,
     local_client,
     peak_memory,
     read_asset_rows,
-    server_client,
     serving_identity_for,
     serving_model_string,
     summary_metadata,
@@ -125,8 +125,7 @@ def evaluate_student(context, spec: TaskSpec, profile: Profile, config: "EvalCon
                      results_store: ResultsStoreResource) -> tuple[dict, dict[str, Any]]:
     """The body of ``<task>_student_eval``: the student (served by ``server`` from ``ckpt``) answers every
     test row at temperature 0; per-item rows go to the results store. Returns ``(value, metadata)``."""
-    from distil_platform.evaluation.confidence import confidence_fn
-    from distil_platform.evaluation.evaluate import evaluate, prediction_rows
+    from distil_platform.evaluation.evaluate import prediction_rows
     from distil_platform.evaluation.summary import summarize
     from distil_platform.storage.store import predictions
 
@@ -134,12 +133,10 @@ def evaluate_student(context, spec: TaskSpec, profile: Profile, config: "EvalCon
     judge = build_judge(spec, llm, context)
     start = time.monotonic()
     concurrency = eval_concurrency_for(config, serving, profile)
-    client = server_client(context, llm, server, ckpt, stage=STAGE_STUDENT_EVAL, task=task, concurrency=concurrency)
-    # Token logprobs give each answer a confidence (routing cascades escalate the unsure ones);
-    # a backend that returns none (transformers serve ignores the field) leaves it None.
-    results = evaluate(spec, test, client_answer_fn(client, 0.0, answer_token_cap(profile, spec.max_answer_tokens),
-                                             [str(r["id"]) for r in test], extra={"logprobs": True},
-                                             confidence=confidence_fn(spec.type)), repeats=1, judge=judge)
+    # The one path every served variant is evaluated by (fp8 too): greedy, token logprobs (each
+    # answer's confidence; transformers serve returns none), the judge (common.evaluate_served).
+    results = evaluate_served(context, spec, profile, llm, server, ckpt, test, stage=STAGE_STUDENT_EVAL,
+                              concurrency=concurrency, judge=judge)
     peak = peak_memory(server)
     backend = getattr(server, "backend", None)
     wall = time.monotonic() - start
@@ -179,6 +176,11 @@ def evaluate_student(context, spec: TaskSpec, profile: Profile, config: "EvalCon
                             f"recorded, {task}_routing will skip cascades")
     if peak is not None:
         metadata["server_peak_memory_gb"] = round(peak, 2)
+        if callable(getattr(server, "peak_memory", None)):  # GPU: by PID, device used, or vLLM's figures
+            metadata["server_peak_memory_source"] = server.peak_memory()[1]
+    from .teacher_eval import gap_closed_metadata  # (student − base) / (teacher − base), paired bootstrap CI
+
+    metadata.update(gap_closed_metadata(context, spec, profile, results, store))
     context.log.info(f"{task}: student {spec.metric_name} {summary.score:.3f} "
                      f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}] n={summary.n}")
     return value, metadata

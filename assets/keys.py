@@ -3,8 +3,8 @@
 import dagster as dg
 
 # Per-task stages, in graph order; the seed set's key is the bare task name.
-TASK_STAGES = ("", "_teacher_data", "_student", "_student_eval", "_baseline_evals", "_frontier_evals", "_throughput",
-               "_cost_table", "_routing")
+TASK_STAGES = ("", "_teacher_eval", "_teacher_data", "_student", "_student_eval", "_baseline_evals", "_frontier_evals", "_throughput",
+               "_cost_table", "_routing", "_student_bundle")
 
 # Owner of every asset (shown and filterable in the UI).
 OWNERS = ["team:distil-platform"]
@@ -31,6 +31,10 @@ def cost_table_key(task: str) -> dg.AssetKey:
 
 def teacher_data_key(task: str) -> dg.AssetKey:
     return task_key(task, "teacher_data")
+
+
+def teacher_eval_key(task: str) -> dg.AssetKey:
+    return task_key(task, "teacher_eval")
 
 
 # Observable source assets (group `config`): the configuration files whose content hash is their

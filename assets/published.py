@@ -21,10 +21,11 @@ from distil_platform.economics.cost_inputs import (
     STAGE_FRONTIER,
     STAGE_ROUTING,
     STAGE_STUDENT_EVAL,
+    STAGE_TEACHER_EVAL,
     STAGE_THROUGHPUT,
 )
 
-from .keys import cost_table_key, task_key, throughput_key
+from .keys import cost_table_key, task_key, teacher_eval_key, throughput_key
 
 STORE_RUN_ID = "store_run_id"
 # Successful materialisations read per asset, newest first: the cost table needs the latest
@@ -50,11 +51,42 @@ def published_runs(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int = 
 
 
 def cost_table_runs(instance: dg.DagsterInstance, task: str) -> dict[str, list[str]]:
-    """What ``<task>_cost_table`` may read: each upstream stage's successful runs."""
+    """What ``<task>_cost_table`` may read: each upstream stage's successful runs (the teacher eval's
+    for the gap closed)."""
     return {STAGE_STUDENT_EVAL: published_runs(instance, task_key(task, "student_eval")),
             STAGE_BASELINES: published_runs(instance, task_key(task, "baseline_evals")),
             STAGE_FRONTIER: published_runs(instance, task_key(task, "frontier_evals")),
-            STAGE_THROUGHPUT: published_runs(instance, throughput_key(task))}
+            STAGE_THROUGHPUT: published_runs(instance, throughput_key(task)),
+            STAGE_TEACHER_EVAL: published_runs(instance, teacher_eval_key(task))}
+
+
+# The teacher eval's metadata entries the gate is read from (``evaluation.teacher_gate.gate_decision``).
+GATE_FIELDS = ("teacher", "teacher_source", "verdict", "score", "metric", "reason", "n")
+
+
+def latest_teacher_eval(instance: dg.DagsterInstance, task: str) -> dict[str, Any] | None:
+    """The gate as ``<task>_teacher_eval`` last recorded it (its latest materialisation's metadata,
+    whichever run made it, plus ``run_id``); None when it was never materialised. The teacher data
+    reads it here, so the gate holds in any run or selection, not only in the run that evaluated."""
+    event = instance.get_latest_materialization_event(teacher_eval_key(task))
+    materialization = event.asset_materialization if event is not None else None
+    if materialization is None:
+        return None
+    out = {k: getattr(v, "value", v) for k, v in materialization.metadata.items() if k in GATE_FIELDS}
+    out["run_id"] = event.run_id
+    return out
+
+
+def student_gate_notes(instance: dg.DagsterInstance, task: str, limit: int = HISTORY) -> dict[str, str]:
+    """Student run id -> what the teacher gate did to the data that student trained on (its
+    ``teacher_gate`` metadata), for the cost table and the report."""
+    out: dict[str, str] = {}
+    for record in instance.fetch_materializations(task_key(task, "student"), limit=limit).records:
+        materialization = record.asset_materialization
+        entry = materialization.metadata.get("teacher_gate") if materialization is not None else None
+        if entry is not None and record.run_id not in out:
+            out[record.run_id] = str(getattr(entry, "value", entry))
+    return out
 
 
 def routing_runs(instance: dg.DagsterInstance, task: str) -> dict[str, list[str]]:

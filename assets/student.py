@@ -22,6 +22,9 @@ class StudentConfig(dg.Config):
     """Overrides for ``<task>_student`` (None = task YAML ``training``, else profile default)."""
 
     max_steps: int | None = None
+    # Epochs over the training rows (None: the task's / profile's: gpu 2; local plans steps). A
+    # max_steps given here replaces the profile's epochs.
+    epochs: float | None = None
     learning_rate: float | None = None
     # Rows per step (overrides the profile's tokens_per_step budget).
     batch_size: int | None = None
@@ -77,13 +80,14 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
         train_cfg = TrainConfig.for_task(
             spec, profile, max_steps=config.max_steps, learning_rate=config.learning_rate,
             batch_size=config.batch_size, max_length=config.max_length, use_lora=config.use_lora, seed=config.seed,
-            time_budget_s=config.time_budget_s,
+            time_budget_s=config.time_budget_s, epochs=config.epochs,
         )
         # The exact rows trained on, beside the other artefacts (the training job reads them from here).
         rows_url = paths.write_parquet(pl.DataFrame(rows, schema=dict.fromkeys(rows[0], pl.String) if rows else None),
                                        paths.artifact_url(task, "student", context.run_id, "train_rows.parquet"))
         context.log.info(f"{task}: training {base_name} on {len(seeds)} seeds + {len(synthetic)} synthetic rows "
                          f"({'LoRA' if train_cfg.use_lora else 'full'}, {train_cfg.steps_for(len(rows))} steps"
+                         + (f" = {train_cfg.epochs:g} epochs" if train_cfg.epochs else "")
                          + (f" within {train_cfg.time_budget_s:g} s" if train_cfg.time_budget_s else "") + "; "
                          f"job launcher: {trainer.launcher})")
         job = trainer.train(context, training_params(spec, rows_url=rows_url, test_url=seed_set.get("test_path"),
@@ -115,8 +119,13 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
             "seed_examples": len(seeds),
             "synthetic_examples": len(synthetic),
             "steps": result["steps"],
-            # With a time budget: the steps it afforded at the step time measured before training.
-            "steps_planned": (result.get("time_budget") or {}).get("planned_steps", result["steps"]),
+            # The steps the schedule planned (epochs over the rows, or max_steps) before a time budget
+            # cut them to what it afforded at the step time measured before training.
+            "steps_planned": result.get("steps_planned") or (result.get("time_budget") or {}).get(
+                "planned_steps", result["steps"]),
+            "schedule": result.get("schedule", "max_steps"),
+            "epochs_planned": result.get("epochs_planned") or 0.0,  # 0: steps were planned, not epochs
+            "epochs": result.get("epochs", 0.0),  # passes over the training rows the steps made
             "time_budget_s": (result.get("time_budget") or {}).get("budget_s") or 0.0,
             "step_time_probe_s": (result.get("time_budget") or {}).get("probe_s_per_step") or 0.0,
             "wall_time_s": result["wall_time_s"],
@@ -139,6 +148,11 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
             "compute_dtype_reason": (result.get("precision") or {}).get("reason", "not reported by the job"),
             "config": dg.MetadataValue.json(result["config"]),
         }
+        gate = teacher_data.get("teacher_gate") or {}
+        if gate.get("note"):
+            # What the teacher gate did to this student's data ("seed-only: the teacher failed its gate
+            # (...)"): read back by the cost table and the report.
+            metadata["teacher_gate"] = gate["note"]
         if job.get("loss_curve"):
             curve = job["loss_curve"]
             metadata["loss_curve"] = png_base64_markdown(curve["png_base64"], "loss curve")

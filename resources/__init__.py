@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "HubResource": "hub",
     "LLMResource": "models",
     "ModelStoreResource": "models",
     "ServingResource": "models",

@@ -12,8 +12,8 @@ from distil_platform.tasks.spec import load_tasks
 
 NINE = {"text2sql", "smart_home", "git_assistant", "banking77", "ecommerce", "trec", "hotpotqa",
         "docstring", "pii_redaction"}
-STAGES = ["", "_teacher_data", "_student", "_student_eval", "_baseline_evals", "_frontier_evals", "_throughput",
-          "_cost_table", "_routing"]
+STAGES = ["", "_teacher_eval", "_teacher_data", "_student", "_student_eval", "_baseline_evals", "_frontier_evals", "_throughput",
+          "_cost_table", "_routing", "_student_bundle"]
 
 
 def test_key_module_matches_the_documented_stages():

@@ -159,9 +159,16 @@ def test_hub_snapshot_gets_generation_marked_template(monkeypatch, tmp_path):
     monkeypatch.setattr(modelstore, "_download_hub", lambda repo_id: snapshot)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    before = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in snapshot.iterdir()}
     path = resolve_model("Qwen/Qwen3-0.6B")
     assert path.name == "hub--Qwen--Qwen3-0.6B"
     assert (path / "model.safetensors").is_symlink()
+    # What adoption writes (tokenizer files, template, generation config) is its own file, never
+    # written through a link into the hub cache: the downloaded snapshot is untouched.
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        assert (path / name).is_file() and not (path / name).is_symlink(), name
+    assert {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in snapshot.iterdir()} == before
+    assert not any(p.name.startswith(".save-") for p in path.iterdir())  # the scratch dir is gone
     AutoModelForCausalLM.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     prompt = tokenizer.apply_chat_template(MESSAGES[:2], tokenize=False, add_generation_prompt=True)

@@ -115,13 +115,19 @@ def test_text2sql_graph_end_to_end_and_cached_baseline_rerun(test_profile, tmp_p
     # A margin other than the 0.02 default, so a verdict computed with the default is caught.
     spec = get_task("text2sql").model_copy(update={"margin": 0.07})
     assets = _assets(spec)
-    run_config = {"ops": {"text2sql_teacher_data": {"config": {"literal_swap": True}}}}
+    # The random tiny teacher fails its gate (RETHINK): the override makes it write rows anyway, so the
+    # teacher's path stays covered end to end (tests/test_teacher_gate.py covers the seed-only path).
+    run_config = {"ops": {"text2sql_teacher_data": {"config": {"literal_swap": True, "override_teacher_gate": True}}}}
     with dg.instance_for_test(temp_dir=os.environ["DAGSTER_HOME"]) as instance:
         result = dg.materialize(assets, resources=_resources(), instance=instance, run_config=run_config)
         assert result.success
         run_id = result.run_id
 
+        gate = _md(result, "text2sql_teacher_eval")
+        assert gate["verdict"] == "RETHINK" and gate["teacher"] == "tiny-qwen3" and gate["teacher_is_student_base"]
+        assert gate["thresholds"] == {"proceed": 0.8, "rethink": 0.6, "metric": "sql_execution_match"}
         teacher = _md(result, "text2sql_teacher_data")
+        assert teacher["override_teacher_gate"] is True and "overridden" in teacher["teacher_gate"]
         for key in ("teacher", "requested", "teacher_requests", "accepted_per_request", "generated", "accepted", "rejections_by_reason", "exact_duplicates",
                     "near_duplicates", "decontaminated", "sample", "accepted_path", "teacher_accepted", "augmented_accepted"):
             assert key in teacher, key
@@ -160,6 +166,8 @@ def test_text2sql_graph_end_to_end_and_cached_baseline_rerun(test_profile, tmp_p
         n_test = pl.read_parquet(result.output_for_node("text2sql")["test_path"]).height
         assert evaluation["n"] == n_test
         assert evaluation["ci_low"] <= evaluation["score"] <= evaluation["ci_high"]
+        # On the test profile the teacher is the student's base: no gap to close.
+        assert evaluation["gap_closed_note"] == "not defined: the teacher is the student's base model"
 
         store = ResultsStore()
         student_rows = store.select(predictions, run_id=run_id, stage="student_eval")
@@ -185,8 +193,13 @@ def test_text2sql_graph_end_to_end_and_cached_baseline_rerun(test_profile, tmp_p
         assert "verdict" in header and "McNemar p" in header and "student − model" in header
         base_rows = store.select(predictions, run_id=run_id, stage="baseline_evals")
         assert len(base_rows) == n_test and {r["variant"] for r in base_rows} == {"zero_shot"}
+        # The teacher eval asked the same model the same requests on the same server type: the zero-shot
+        # base's answers all came from the response cache, and no server was started for it.
         first_calls = [r for r in store.select(llm_requests, stage="baseline_evals") if not r["cache_hit"]]
-        assert len(first_calls) == n_test and baselines["new_model_calls"] == n_test
+        assert first_calls == [] and baselines["new_model_calls"] == 0
+        assert len([r for r in store.select(llm_requests, stage="teacher_eval") if not r["cache_hit"]]) == n_test
+        first_hits = sum(1 for r in store.select(llm_requests, stage="baseline_evals") if r["cache_hit"])
+        assert first_hits == n_test
 
         # Rerun the baselines alone: every answer comes from the response cache, no server starts.
         rerun = dg.materialize(assets, resources=_resources(), instance=instance,
@@ -196,7 +209,7 @@ def test_text2sql_graph_end_to_end_and_cached_baseline_rerun(test_profile, tmp_p
         assert again["new_model_calls"] == 0
         after = store.select(llm_requests, stage="baseline_evals")
         assert [r for r in after if not r["cache_hit"]] == first_calls
-        assert sum(1 for r in after if r["cache_hit"]) == n_test
+        assert sum(1 for r in after if r["cache_hit"]) == first_hits + n_test
         assert again["per_model"]["tiny-qwen3 (zero-shot)"]["score"] == base["score"]
 
 

@@ -279,7 +279,8 @@ def test_concurrent_writers_of_one_snapshot_all_succeed(tmp_path):
 
 def test_price_lookup_for_llm_client_and_cpu_hardware_key():
     lookup = price_lookup()
-    assert lookup("anthropic/claude-haiku-4-5") == pytest.approx((1e-6, 5e-6))
+    # (input, output, cached input) per token: the client bills cached prompt tokens at the third.
+    assert lookup("anthropic/claude-haiku-4-5") == pytest.approx((1e-6, 5e-6, 1e-7))
     assert lookup("unknown/model") is None
     assert pricing_hardware_key("cpu", "AMD EPYC 9R14, 2 cores") == "cpu-2core"
     assert pricing_hardware_key("h100", "1x NVIDIA H100 80GB HBM3") == "h100"
@@ -296,3 +297,28 @@ def test_hardware_names_match_exactly_gh200_is_not_h200():
     # ... and a GH200 without a price is an error naming it, never the H200's price.
     with pytest.raises(PricingError, match="hardware 'gh200'"):
         build_snapshot().hardware_price("gh200")
+
+
+def test_the_clients_cost_and_spend_bill_cached_tokens_at_the_pricing_files_cached_rate(tmp_path, monkeypatch):
+    """Issue 32, finding 8: the pricing file's lookup returned (input, output) only, so a model priced
+    there had its provider-cached prompt tokens billed at the full input price, per request and
+    against the spend cap. Through the resource's default lookup (the pricing file first)."""
+    from distil_platform.resources.models import LLMResource
+    from test_llm_client import StubServer
+
+    from distil_platform.llm import ChatRequest
+
+    data = _base()
+    data["models"]["openai/stub-priced"] = {"input_per_mtok": 1000.0, "output_per_mtok": 2000.0,
+                                            "cached_input_per_mtok": 100.0, "source": "test", "as_of": "2026-12-01"}
+    monkeypatch.setenv("DISTIL_PRICING_FILE", str(_write(tmp_path, data)))
+    stub = StubServer()  # "cached ..." prompts: 4 of the 10 prompt tokens cached, 5 completion tokens
+    try:
+        client = LLMResource(concurrency=1).client(model="openai/stub-priced", api_base=stub.api_base,
+                                                   api_key="sk-test", max_usd=1.0)
+        (result,) = client.chat_batch([ChatRequest(messages=[{"role": "user", "content": "cached prefix"}])])
+    finally:
+        stub.close()
+    expected = 6 * 1e-3 + 4 * 1e-4 + 5 * 2e-3
+    assert result.cached_prompt_tokens == 4 and result.cost_usd == pytest.approx(expected)
+    assert client.spent_usd == pytest.approx(expected)

@@ -44,3 +44,14 @@ def test_make_run_prints_the_summary_after_materialising():
     lines = plan.splitlines()
     materialise = next(i for i, line in enumerate(lines) if "asset materialize" in line)
     assert any(re.search(r"-m distil_platform\.run_summary text2sql", line) for line in lines[materialise + 1:])
+
+
+def test_summary_states_the_teacher_gate_and_the_gap_closed():
+    gated = {**STUDENT, "teacher_model": "smollm2-135m-instruct", "teacher_accuracy": 0.04, "teacher_ci_low": 0.011,
+             "teacher_ci_high": 0.135, "gap_closed_note": "not defined: the teacher is the student's base model",
+             "teacher_gate": "seed-only: the teacher failed its gate (0.040 < 0.6, sql_execution_match)"}
+    text = format_summary("text2sql", [gated, ZERO])
+    assert ("teacher   smollm2-135m-instruct: 4.0% [1.1%, 13.5%]; gap closed not defined: the teacher is the "
+            "student's base model") in text
+    assert "teacher data: seed-only: the teacher failed its gate (0.040 < 0.6, sql_execution_match)" in text
+    assert "teacher " not in format_summary("text2sql", [STUDENT, ZERO])  # a table from before the gate

@@ -63,8 +63,8 @@ class _Env:
         """What a finished run leaves: materialisations, and the config versions the run used."""
         specs = load_tasks(self.tasks_dir)
         for key in keys:
-            if key.endswith("_teacher_data"):
-                self.instance.report_runless_asset_event(prompt_observation(specs[key[: -len("_teacher_data")]]))
+            if key.endswith(("_teacher_eval", "_teacher_data")):  # both log the prompt version they read
+                self.instance.report_runless_asset_event(prompt_observation(specs[key.rsplit("_teacher_", 1)[0]]))
             if key == "pricing":
                 self.instance.report_runless_asset_event(pricing_file_observation())
             self.instance.report_runless_asset_event(dg.AssetMaterialization(key))
@@ -141,7 +141,8 @@ def test_pricing_edit_requests_pricing_materialised_cost_tables_and_report_only(
     settled.edit(settled.pricing, "usd_per_hour: 2.40", "usd_per_hour: 2.10")
     settled.observe()
     requested = settled.tick()
-    repriced = {f"text2sql{s}" for s in ("_cost_table", "_routing") if f"text2sql{s}" in settled.keys}
+    # The student bundle follows its cost table: its card states $ per million requests (no model call).
+    repriced = {f"text2sql{s}" for s in ("_cost_table", "_routing", "_student_bundle") if f"text2sql{s}" in settled.keys}
     assert requested == {"pricing", "benchmark_report", *repriced}
     assert settled.tick() == set()  # requested once, not again on the next tick
 
@@ -153,6 +154,22 @@ def test_prompt_edit_requests_that_tasks_teacher_data_and_downstream_only(settle
     assert requested == (_stages("text2sql") - {"text2sql"}) | {"benchmark_report"}
     assert not any(k.startswith("banking77") for k in requested)
     assert "pricing" not in requested
+
+
+def test_a_home_without_a_teacher_eval_still_re_distils_on_a_prompt_edit(env):
+    """A task materialised before ``<task>_teacher_eval`` existed: a prompt edit requests its teacher data
+    (which then says the gate was not evaluated), never a first teacher eval."""
+    env.tick()
+    env.materialise("pricing")
+    env.materialise(*sorted(_stages("text2sql") - {"text2sql_teacher_eval"},
+                            key=lambda k: TASK_STAGES.index(k[len("text2sql"):])))
+    env.materialise("benchmark_report")
+    env.observe()
+    assert env.tick() == set()
+    env.edit(env.tasks_dir / "text2sql.yaml", "Question: {question}", "Q: {question}")
+    env.observe()
+    requested = env.tick()
+    assert "text2sql_teacher_data" in requested and "text2sql_teacher_eval" not in requested
 
 
 def test_revert_to_earlier_content_triggers_again(settled):

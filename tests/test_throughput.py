@@ -424,12 +424,14 @@ def test_throughput_asset_on_vllm_cpu(tmp_path, monkeypatch):
     result, started = _serve_student(
         spec, tmp_path / "test.parquet",
         {"checkpoint_path": str(ckpt), "served_name": "tiny-vllm", "base_model": "tiny-qwen3",
-         "checkpoint_fingerprint": "", "run_id": "r"},
+         "checkpoint_fingerprint": "", "run_id": "r", "max_model_len": 6000},  # T_student's context
         ServingResource(backend="vllm", kv_cache_gib=1), {"rates": [2.0], "duration_s": 3.0},
         ["text2sql_student_eval", "text2sql_throughput"], monkeypatch)
     assert result.success
     precision = ServingResource(backend="vllm").precision()  # the hardware's dtype (bf16 or fp32 on CPUs)
-    assert started == [{}, {"dtype": precision.dtype, "enable_prefix_caching": False}]
+    # Both servers at the context T_student computed for the task (max_model_len).
+    assert started == [{"max_model_len": 6000},
+                       {"max_model_len": 6000, "dtype": precision.dtype, "enable_prefix_caching": False}]
     evaluation, eval_md = _output(result, spec, "student_eval")
     assert evaluation["n"] == 10 and eval_md["server_shared_with_throughput"].value is True
     assert eval_md["serving_backend"].value == "vllm"
@@ -446,6 +448,7 @@ def test_throughput_asset_on_vllm_cpu(tmp_path, monkeypatch):
     assert on["settings"]["dtype"] == off["settings"]["dtype"] == precision.dtype
     assert on["backend"] == off["backend"] == "vllm"
     assert on["settings"]["enforce_eager"] and on["settings"]["env"] == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    assert on["settings"]["max_model_len"] == off["settings"]["max_model_len"] == 6000  # the student's context
     assert on["settings"]["enable_prefix_caching"] and not off["settings"]["enable_prefix_caching"]
     assert on["memory"]["kv_reserved_gib"] == 1.0 and 0 <= on["memory"]["kv_used_peak_gib"] < 1.0
     # Every request shares the task's system prompt: with caching on, most prompt tokens are hits.

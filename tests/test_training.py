@@ -162,6 +162,7 @@ def test_lora_training_writes_a_servable_checkpoint_and_is_seeded(tiny_dir, tmp_
                  "train_summary.json", "loss_history.json"):
         assert (tmp_path / "a" / name).exists(), name
     assert not (tmp_path / "a" / "adapter_config.json").exists()  # LoRA merged, not an adapter
+    assert (tmp_path / "a" / "adapter" / "adapter_config.json").exists()  # the adapter alone, kept beside it
     assert a.steps == 3 and a.train_examples == len(ROWS) and a.final_loss is not None
     # max_length derived from the data: exactly the longest rendered row, nothing truncated.
     from transformers import AutoTokenizer as _Tok
@@ -242,3 +243,17 @@ def test_full_fine_tune_option(tiny_dir, tmp_path):
     cut = train_student(spec, ROWS, tiny_dir, tmp_path / "cut", budget)
     assert cut.batch_size == 2 and cut.max_length == res.max_length - 5 and cut.truncated_examples >= 1
     assert (tmp_path / "full" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_an_epoch_schedule_is_planned_from_the_rows_and_recorded(tiny_dir, tmp_path):
+    """The gpu profile's plan (issue 32, finding 7): epochs over the rows set the steps, and the result
+    says so (``T_student``'s metadata: schedule, steps planned, epochs planned and made)."""
+    spec = get_task("text2sql")
+    res = train_student(spec, ROWS, tiny_dir, tmp_path / "epochs", TrainConfig(epochs=2, batch_size=4, dtype="fp32"))
+    assert res.steps == res.steps_planned == 6 and res.schedule == "epochs"  # 12 rows / 4 per step x 2
+    assert res.epochs_planned == 2.0 and res.epochs == pytest.approx(2.0)
+    summary = json.loads((tmp_path / "epochs" / "train_summary.json").read_text())
+    assert (summary["schedule"], summary["steps_planned"], summary["epochs"]) == ("epochs", 6, 2.0)
+    steps = train_student(spec, ROWS, tiny_dir, tmp_path / "steps", TrainConfig(max_steps=3, batch_size=4, dtype="fp32"))
+    assert (steps.schedule, steps.steps_planned, steps.epochs_planned, steps.epochs) == ("max_steps", 3, None, 1.0)

@@ -29,6 +29,9 @@ STAGE_BASELINES = "baseline_evals"
 STAGE_FRONTIER = "frontier_evals"
 STAGE_FP8_EVAL = "throughput_fp8"  # the fp8 student's accuracy, measured by <task>_throughput
 STAGE_THROUGHPUT = "throughput"  # lineage rows of <task>_throughput
+STAGE_TEACHER_EVAL = "teacher_eval"  # the teacher's answers to the test set (<task>_teacher_eval)
+# The teacher eval's variant when the teacher is the student's base model (the gap closed is undefined).
+TEACHER_IS_BASE_VARIANT = "teacher_is_base"
 # Keys of ``runs`` beside the stages above: the table ids of <task>_cost_table's materialisations and
 # the run ids of <task>_routing's (read by routing and the benchmark report).
 STAGE_COST_TABLE = "cost_table"
@@ -101,6 +104,10 @@ class CostInputs:
     # Stage -> runs whose rows are newer than the ones read but that never materialised successfully
     # (a failed run's rows: kept for resume and audit, never priced). Empty without ``runs``.
     ignored_runs: dict[str, list[str]] = field(default_factory=dict)
+    # The teacher's scores on the test set (the latest successful <task>_teacher_eval; None: none), for
+    # the gap closed; and per student run id, what the teacher gate did to its training data.
+    teacher: EvaluatedModel | None = None
+    gate_notes: dict[str, str] = field(default_factory=dict)
 
 
 def _item_scores(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[float | None]]:
@@ -319,7 +326,23 @@ def gather_cost_inputs(store: Any, spec: TaskSpec, *, test_rows: Sequence[Mappin
     judge = spec.judge.model if spec.judge is not None and spec.metric_name == "llm_judge" else None
     return CostInputs(task=task, students=students, baselines=baselines, usage=usage, throughput=throughput,
                       skipped=skipped, margin=spec.margin, judge=judge, throughput_note=throughput_note,
-                      ignored_runs={stage: found for stage, found in ignored.items() if found})
+                      ignored_runs={stage: found for stage, found in ignored.items() if found},
+                      teacher=_teacher(store, task, published(STAGE_TEACHER_EVAL)))
+
+
+def _teacher(store: Any, task: str, published: Sequence[str] | None) -> EvaluatedModel | None:
+    """The teacher's per-item scores of the latest successful ``<task>_teacher_eval`` (``published``;
+    None: the newest rows). A latest eval without rows (a recorded teacher that answered no test
+    question) means no teacher scores: an older eval never stands in for it."""
+    from distil_platform.storage.store import predictions
+
+    rows = store.select(predictions, task=task, stage=STAGE_TEACHER_EVAL)
+    written = _runs_latest_first(rows)
+    run = (published[0] if published else None) if published is not None else (written[0] if written else None)
+    chosen = [r for r in rows if r["run_id"] == run]
+    if not chosen:
+        return None
+    return _evaluated(chosen[0]["model"], "teacher", chosen[0].get("variant") or "teacher", run, chosen)
 
 
 def _latest_test_rows(store: Any, task: str) -> list[dict[str, Any]]:

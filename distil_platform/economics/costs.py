@@ -22,6 +22,10 @@ row names the checkpoint it measured (student run id, checkpoint fingerprint fro
 is a baseline row, never the student (``economics.cost_inputs`` reads the inputs from the results
 store). A model without a price is an error naming it unless the pricing file declares it
 ``unpriced`` (then "price unknown", with the reason).
+
+Each student row also carries the teacher's score (the latest ``<task>_teacher_eval``), the gap closed
+(student − base) / (teacher − base) with its paired bootstrap CI and reading, and what the teacher gate
+did to that student's data (``evaluation.teacher_gate``).
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ COLUMNS = [
     "cached_input_usd_per_mtok", "price_origin", "price_source", "price_as_of", "hardware_key", "usd_per_hour",
     "sustained_rps", "student_result", "diff_vs_student", "diff_ci_low", "diff_ci_high", "mcnemar_p",
     "verdict_test", "verdict_note", "n_paired", "margin", "verdicts", "cost_ratio_vs_student", "break_even_requests_per_day",
+    "teacher_model", "teacher_accuracy", "teacher_ci_low", "teacher_ci_high", "gap_closed", "gap_closed_ci_low",
+    "gap_closed_ci_high", "gap_closed_note", "teacher_gate",
     "eval_run_id", "student_run_id", "checkpoint_fingerprint", "lineage", "judge",
     "snapshot_hash", "snapshot_as_of", "table_id",
 ]
@@ -234,6 +240,34 @@ def _lineage_columns(model: EvaluatedModel, profile: ThroughputProfile | None = 
             "checkpoint_fingerprint": lin.fingerprint, "lineage": text}
 
 
+def _teacher_columns(student: EvaluatedModel, inputs: CostInputs) -> dict[str, Any]:
+    """A student row's teacher columns: the teacher's score, the gap closed ((student − base) /
+    (teacher − base) on the items all three scored with the same metric, paired bootstrap CI) and what
+    the teacher gate did to this student's training data (``evaluation.teacher_gate``)."""
+    from distil_platform.economics.cost_inputs import TEACHER_IS_BASE_VARIANT
+    from distil_platform.evaluation.teacher_gate import gap_closed_summary, same_metric_items, teacher_is_base
+
+    teacher = inputs.teacher
+    base = next((b for b in inputs.baselines if b.variant == "zero_shot"), None)
+    out: dict[str, Any] = {"teacher_gate": inputs.gate_notes.get(student.lineage.student_run_id or "")
+                           if student.lineage is not None else None}
+    if teacher is not None:
+        summary = _summary(teacher)
+        out.update(teacher_model=teacher.label, teacher_accuracy=summary["accuracy"],
+                   teacher_ci_low=summary["ci_low"], teacher_ci_high=summary["ci_high"])
+    same = teacher is not None and (teacher.variant == TEACHER_IS_BASE_VARIANT or (
+        base is not None and teacher_is_base(teacher.label, base.label.removesuffix(" (zero-shot)"))))
+    means = {"s": _item_means(student), "b": _item_means(base) if base else {}, "t": _item_means(teacher) if teacher else {}}
+    items = (same_metric_items((means["s"], student.metrics), (means["b"], base.metrics), (means["t"], teacher.metrics))
+             if base is not None and teacher is not None else [])
+    gap = gap_closed_summary({i: means["s"][i] for i in items},
+                             {i: means["b"][i] for i in items} if base is not None else None,
+                             {i: means["t"][i] for i in items} if teacher is not None else None, same_model=same)
+    out.update(gap_closed=gap.get("value"), gap_closed_ci_low=gap.get("ci_low"), gap_closed_ci_high=gap.get("ci_high"),
+               gap_closed_note=gap["note"])
+    return out
+
+
 def build_cost_table(inputs: CostInputs, snapshot: PriceSnapshot) -> list[dict[str, Any]]:
     """Rows of the cost table (see :data:`COLUMNS`). Pure: no store, no model."""
     if not inputs.students:
@@ -249,7 +283,8 @@ def build_cost_table(inputs: CostInputs, snapshot: PriceSnapshot) -> list[dict[s
         profile = inputs.throughput.get(student.variant)
         row = {**common, "model": student.label, "role": "student", "variant": student.variant,
                **_summary(student), **_student_cost(profile, snapshot, inputs.task, inputs.throughput_note),
-               **_lineage_columns(student, profile), **_versus(reference, student, inputs.students, margin)}
+               **_lineage_columns(student, profile), **_versus(reference, student, inputs.students, margin),
+               **_teacher_columns(student, inputs)}
         if student is reference:
             student_cost = row["usd_per_million_requests"]
         rows.append(row)
@@ -300,7 +335,7 @@ def write_cost_table(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> tuple[
 _TEXT_COLUMNS = {"task", "model", "role", "variant", "ci_method", "metric", "cost_source", "cost_basis", "cost_note",
                  "price_origin", "price_source", "price_as_of", "hardware_key", "student_result", "verdict_test",
                  "verdict_note", "verdicts", "eval_run_id", "student_run_id", "checkpoint_fingerprint", "lineage", "judge",
-                 "snapshot_hash", "snapshot_as_of", "table_id"}
+                 "snapshot_hash", "snapshot_as_of", "table_id", "teacher_model", "gap_closed_note", "teacher_gate"}
 _INT_COLUMNS = {"n_items", "repeats", "n_paired"}
 
 
@@ -345,6 +380,30 @@ def cost_table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
                      f"| {std} | {fmt_usd(r.get('usd_per_million_requests'))} | {_source_cell(r)} "
                      f"| {verdict} | {ratio} | {fmt_volume(r.get('break_even_requests_per_day'))} |")
     return "\n".join(lines)
+
+
+def teacher_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per student row: teacher, student and zero-shot base side by side, the gap closed, and what the
+    teacher gate did ("seed-only: the teacher failed its gate (...)")."""
+    base = next((r for r in rows if r.get("variant") == "zero_shot" and r.get("accuracy") is not None), None)
+
+    def score(acc, lo, hi) -> str:
+        return "–" if acc is None else f"{acc:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    lines = []
+    for r in rows:
+        if r.get("role") != "student":
+            continue
+        teacher = (f"{r['teacher_model']} {score(r.get('teacher_accuracy'), r.get('teacher_ci_low'), r.get('teacher_ci_high'))}"
+                   if r.get("teacher_model") else "not evaluated")
+        text = (f"{r['model']} ({r['variant']}): teacher {teacher} · student "
+                f"{score(r.get('accuracy'), r.get('ci_low'), r.get('ci_high'))} · base "
+                + (f"{base['model']} {score(base['accuracy'], base['ci_low'], base['ci_high'])}" if base else "not evaluated")
+                + f"; gap closed {r.get('gap_closed_note') or '–'}")
+        if r.get("teacher_gate"):
+            text += f"; teacher data: {r['teacher_gate']}"
+        lines.append(text)
+    return lines
 
 
 def cost_rows_for_store(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -227,15 +227,17 @@ def load_pricing_file(path: str | Path | None = None) -> PricingFile:
 
 
 def price_lookup(path: str | Path | None = None):
-    """``callable(model) -> (usd_per_input_token, usd_per_output_token) | None`` from the pricing
-    file (for the LLM client's budget; litellm's map is its own fallback)."""
+    """``callable(model) -> (usd_per_input_token, usd_per_output_token, usd_per_cached_input_token) |
+    None`` from the pricing file, for the LLM client's per-request ``cost_usd`` and spend cap (cached
+    prompt tokens billed at the cached rate: the file's ``cached_input_per_mtok``, which defaults to
+    the input price); litellm's map is its own fallback (``distil_platform.llm.prices``)."""
     priced = load_pricing_file(path)
 
-    def lookup(model: str) -> tuple[float, float] | None:
+    def lookup(model: str) -> tuple[float, float, float] | None:
         for key in model_keys(model):
             price = priced.models.get(key)
             if price is not None:
-                return price.usd_per_input_token, price.usd_per_output_token
+                return price.usd_per_input_token, price.usd_per_output_token, price.usd_per_cached_input_token
         return None
 
     return lookup

@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from distil_platform.economics.cost_inputs import STAGE_COST_TABLE
-from distil_platform.economics.costs import MID_TIER_MAX_INPUT_PER_MTOK, fmt_usd, latest_cost_table
+from distil_platform.economics.costs import (
+    MID_TIER_MAX_INPUT_PER_MTOK,
+    fmt_usd,
+    latest_cost_table,
+    teacher_lines,
+)
 from distil_platform.economics.stats import verdict_label
 
 API_ROLES = ("frontier", "mid_tier")
@@ -37,7 +42,12 @@ RULES = (
     "dtype: bf16, fp16 or fp32), or fp8 when fp8 is non-inferior to it and "
     "cheaper per request, and uses that variant's verdict. Students are priced at hardware $/hour ÷ "
     "sustained requests/s of the same checkpoint (a profile of another checkpoint is refused); API models at "
-    "measured tokens per request (cached prompt tokens at the cached price) × the price snapshot."
+    "measured tokens per request (cached prompt tokens at the cached price) × the price snapshot. "
+    "Gap closed: (student − base) / (teacher − base) on the items the student, its zero-shot base and the teacher "
+    "scored with the same metric, with a paired percentile bootstrap 95% CI (items resampled jointly); deploy at "
+    "≥ 0.8, retune at 0.4–0.8, below under 0.4; not defined where the teacher is the student's base model or "
+    "does not beat it. The teacher gate: the teacher's score on the test set, PROCEED / ITERATE / RETHINK by the "
+    "task's thresholds; on RETHINK the student is trained on the seeds alone (\"seed-only\")."
 )
 
 
@@ -60,6 +70,7 @@ class TaskSummary:
     unpriced: list[str] = field(default_factory=list)  # comparison models shown as "price unknown"
     # Further per-task columns (name -> cell text), appended to the summary table in order.
     extra: dict[str, str] = field(default_factory=dict)
+    base: Mapping[str, Any] | None = None  # the zero-shot base's cost-table row (the gap closed's base)
 
 
 @dataclass
@@ -144,6 +155,7 @@ def summarise_task(task: str, rows: Sequence[Mapping[str, Any]]) -> TaskSummary:
         mid_tier_t0=mid_t0, verdict_t0=result_t0["verdict"] if result_t0 else None,
         unpriced=[r["model"] for r in rows if r.get("cost_basis") == "api"
                   and str(r.get("cost_note") or "").startswith("price unknown")],
+        base=next((r for r in rows if r.get("variant") == "zero_shot" and _num(r.get("accuracy")) is not None), None),
     )
 
 
@@ -192,9 +204,18 @@ def summary_row(s: TaskSummary) -> dict[str, str]:
         "vs mid-tier @ temperature 0": (f"{_score(s.mid_tier_t0)}: {verdict_label(s.verdict_t0, s.margin)}"
                                         if s.mid_tier_t0 is not None else "–"),
         "cost ratio (mid-tier ÷ student)": f"{s.cost_ratio:.3g}×" if s.cost_ratio is not None else "–",
+        "teacher · student · base": " · ".join(_short(v) for v in (
+            (_num(st.get("teacher_accuracy")) if st else None), (_num(st.get("accuracy")) if st else None),
+            (_num(s.base.get("accuracy")) if s.base else None))),
+        "gap closed": str(st.get("gap_closed_note") or "–") if st else "–",
+        "teacher gate": str(st.get("teacher_gate") or "–") if st else "–",
     }
     row.update(s.extra)
     return row
+
+
+def _short(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def plot_task(task: str, rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
@@ -252,6 +273,7 @@ def build_markdown(summaries: Sequence[TaskSummary], tables: Mapping[str, Sequen
         lines += ["", f"## {task}", "", f"Prices: snapshot `{(rows_[0].get('snapshot_hash') or '')[:12]}` "
                   f"as of {rows_[0].get('snapshot_as_of')}." + (f" LLM judge: {judge}." if judge else ""), "",
                   cost_table_markdown(rows_)]
+        lines += ["", "Teacher, student and base: " + "; ".join(teacher_lines(rows_)) + "."]
         lineage = [f"{r['model']} ({r['variant']}): {r['lineage']}" for r in rows_
                    if r.get("role") == "student" and r.get("lineage")]
         if lineage:

@@ -8,7 +8,8 @@ Verdicts (:func:`compare`): for 0/1 scores the exact McNemar test decides superi
 Newcombe's paired-Wilson interval bounds the difference; otherwise the paired BCa bootstrap does
 both. "Matches" is non-inferiority: the interval's lower bound above −δ (the task's margin).
 Published score intervals (:func:`score_interval`) are Wilson for 0/1 scores, bootstrap otherwise.
-See docs/metrics.md.
+The gap closed (:func:`gap_closed`): (student − base) / (teacher − base) on the same items, with a
+paired percentile bootstrap interval. See docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -370,3 +371,66 @@ def compare(
         # Set where the exact test and the interval disagree on whether the difference is 0.
         "verdict_note": note,
     }
+
+
+@dataclass(frozen=True)
+class GapClosed:
+    """(student − base) / (teacher − base) on the same items, with its paired bootstrap interval."""
+
+    value: float  # NaN where undefined (no items, or the teacher does not beat the base)
+    low: float
+    high: float
+    n: int
+    student: float
+    base: float
+    teacher: float
+    confidence: float = 0.95
+    n_resamples: int = 0
+    undefined_resamples: int = 0  # resamples in which the teacher did not beat the base (left out)
+    # "paired percentile bootstrap"; "unbounded" (over (1 − confidence)/2 of the resamples undefined:
+    # the teacher's lead over the base is too uncertain to bound the ratio); "undefined"; "none" (no items).
+    method: str = "paired percentile bootstrap"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gap_closed(student_items: ItemScores, base_items: ItemScores, teacher_items: ItemScores,
+               confidence: float = 0.95, n_resamples: int = 10_000, seed: int = 0) -> GapClosed:
+    """The share of the teacher's lead over the base that the student closed, on the items all three
+    scored (aligned lists, or mappings over the same item ids; items with a NaN anywhere dropped).
+    Interval: the items are resampled jointly (one index draw for all three models), the ratio taken
+    per resample, and its percentiles read off; resamples where the teacher does not beat the base
+    have no ratio and are counted in ``undefined_resamples``. Seeded: the same scores give the same
+    interval."""
+    _check_confidence(confidence)
+    given = (student_items, base_items, teacher_items)
+    if all(isinstance(x, Mapping) for x in given) and not (given[0].keys() == given[1].keys() == given[2].keys()):
+        raise ValueError("gap_closed: the three models' scores must cover the same item ids")
+    arrays = [per_item_means(x) for x in given]
+    if len({a.shape for a in arrays}) != 1:
+        raise ValueError(f"gap_closed: the scores must cover the same items: {[a.size for a in arrays]}")
+    keep = ~(np.isnan(arrays[0]) | np.isnan(arrays[1]) | np.isnan(arrays[2]))
+    s, b, t = (a[keep] for a in arrays)
+    n = int(s.size)
+    if n == 0:
+        return GapClosed(math.nan, math.nan, math.nan, 0, math.nan, math.nan, math.nan, confidence, 0, 0, "none")
+    means = float(s.mean()), float(b.mean()), float(t.mean())
+    lead = means[2] - means[1]
+    if lead <= 0:
+        return GapClosed(math.nan, math.nan, math.nan, n, *means, confidence, 0, 0, "undefined")
+    value = (means[0] - means[1]) / lead
+    rng = np.random.default_rng(seed)
+    ratios, undefined = [], 0
+    for start in range(0, n_resamples, 1000):  # chunks: 1000 x n indices at a time
+        idx = rng.integers(0, n, size=(min(1000, n_resamples - start), n))
+        sm, bm, tm = s[idx].mean(axis=1), b[idx].mean(axis=1), t[idx].mean(axis=1)
+        ok = tm - bm > 0
+        undefined += int((~ok).sum())
+        ratios.append((sm[ok] - bm[ok]) / (tm[ok] - bm[ok]))
+    alpha = 1.0 - confidence
+    if undefined > alpha / 2 * n_resamples:
+        return GapClosed(value, math.nan, math.nan, n, *means, confidence, n_resamples, undefined, "unbounded")
+    values = np.concatenate(ratios)
+    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return GapClosed(value, float(low), float(high), n, *means, confidence, n_resamples, undefined)

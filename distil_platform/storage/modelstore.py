@@ -342,16 +342,33 @@ def _adopt_hub_snapshot(snapshot: Path, repo_id: str, out_dir: Path) -> None:
         )
     # Hybrid-thinking Qwen3 checkpoints: pin the no-think answer format (instruct-only ones lack it).
     prefix = QWEN3_NO_THINK_PREFIX if "enable_thinking" in template else ""
-    for name in ("tokenizer_config.json", "chat_template.jinja", "generation_config.json", "special_tokens_map.json"):
-        if (out_dir / name).is_symlink():
-            (out_dir / name).unlink()
     try:
         generation_config = GenerationConfig.from_pretrained(snapshot)
     except OSError:
         generation_config = GenerationConfig()
     _apply_chatml(tokenizer, out_dir, make_chat_template(None, prefix), generation_config)
-    tokenizer.save_pretrained(out_dir)
-    generation_config.save_pretrained(out_dir)
+
+    def save(directory: Path) -> None:
+        tokenizer.save_pretrained(directory)
+        generation_config.save_pretrained(directory)
+
+    _save_over_links(out_dir, save)
+
+
+def _save_over_links(out_dir: Path, save: Callable[[Path], None]) -> None:
+    """Run ``save(dir)`` in a scratch directory and move what it wrote into ``out_dir``, each file
+    replacing the symlink of that name: writing in place would follow the link into the hub cache
+    and rewrite the downloaded snapshot (every later adoption of that revision would read ours)."""
+    scratch = Path(tempfile.mkdtemp(prefix=".save-", dir=out_dir))
+    try:
+        save(scratch)
+        for item in sorted(scratch.iterdir()):
+            target = out_dir / item.name
+            if target.is_symlink() or target.is_file():
+                target.unlink()
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def resolve_hub_model(repo_id: str) -> Path:

@@ -228,6 +228,48 @@ class SynthesisConfig(_Strict):
         return self
 
 
+GATE_METRICS = ("exact_match", "tool_call_equivalence", "sql_execution_match", "llm_judge", "token_f1")
+
+
+class GateThresholds(_Strict):
+    """One metric's teacher-gate thresholds: PROCEED at or above ``proceed``, RETHINK below
+    ``rethink``, ITERATE in between (``evaluation.teacher_gate``)."""
+
+    proceed: float = Field(ge=0.0, le=1.0)
+    rethink: float = Field(ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GateThresholds:
+        if self.rethink > self.proceed:
+            raise ValueError(f"rethink ({self.rethink:g}) must not be above proceed ({self.proceed:g})")
+        return self
+
+
+class TeacherGate(_Strict):
+    """``teacher_gate:`` in a task YAML: the thresholds ``<task>_teacher_eval`` judges the teacher by
+    and what a RETHINK does (docs/tasks.md). Unset fields take the defaults per metric."""
+
+    # Thresholds of the task's own metric (both or neither).
+    proceed: float | None = Field(default=None, ge=0.0, le=1.0)
+    rethink: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Thresholds of another metric the teacher may be scored by (the judge's token-F1 fallback).
+    by_metric: dict[str, GateThresholds] = Field(default_factory=dict)
+    # seed_only: the teacher data asks nothing and the student trains on the seeds (the run goes on);
+    # stop: the gate's blocking check fails with ERROR, stopping what is downstream.
+    on_rethink: Literal["seed_only", "stop"] = "seed_only"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TeacherGate:
+        if (self.proceed is None) != (self.rethink is None):
+            raise ValueError("give both `proceed` and `rethink` (or neither)")
+        if self.proceed is not None and self.rethink is not None and self.rethink > self.proceed:
+            raise ValueError(f"rethink ({self.rethink:g}) must not be above proceed ({self.proceed:g})")
+        unknown = sorted(set(self.by_metric) - set(GATE_METRICS))
+        if unknown:
+            raise ValueError(f"by_metric: unknown metric {unknown[0]!r} (one of {', '.join(GATE_METRICS)})")
+        return self
+
+
 class TaskSpec(_Strict):
     name: str
     type: TaskType
@@ -261,6 +303,7 @@ class TaskSpec(_Strict):
     frontier_temperature_0: bool = False
     training: TrainingOverrides = Field(default_factory=TrainingOverrides)
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    teacher_gate: TeacherGate = Field(default_factory=TeacherGate)
     max_answer_tokens: int = 128
     latency_slo_s: float = 1.0
     # p95 latency SLO per profile (seconds), overriding latency_slo_s there: a 2-core CPU serving a

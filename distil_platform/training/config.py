@@ -35,6 +35,8 @@ class TrainConfig:
     lora_target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
     # Epochs instead of steps when set (max_steps then derived from the data size).
     epochs: float | None = None
+    # Fail at once when torch sees no CUDA GPU (the gpu profile) instead of training on the CPU.
+    require_cuda: bool = False
     # Seconds the training loop may take (None or 0: no limit). With a budget, the step count is
     # what the budget affords at the step time measured on this machine before training (at most
     # max_steps), so the learning-rate schedule is planned for the steps that will run.
@@ -53,9 +55,14 @@ class TrainConfig:
 
     @classmethod
     def for_task(cls, spec: TaskSpec, profile, **overrides: Any) -> TrainConfig:
-        """Profile defaults, then the task YAML's ``training`` overrides, then ``overrides``."""
+        """Profile defaults, then the task YAML's ``training`` overrides, then ``overrides``. A step
+        count given by a layer replaces the epochs of the layers below it (the profile's
+        ``train_epochs``, the task's ``epochs``), and epochs given by a layer replace its steps."""
         t = spec.training
         explicit_batch = t.batch_size or overrides.get("batch_size")
+        epochs = t.epochs if t.epochs is not None else (None if t.max_steps else profile.train_epochs)
+        if overrides.get("max_steps") is not None and overrides.get("epochs") is None:
+            epochs = None  # the run config asks for steps
         cfg = cls(
             max_steps=t.max_steps or profile.max_steps,
             learning_rate=t.learning_rate or profile.learning_rate,
@@ -69,7 +76,8 @@ class TrainConfig:
             lora_r=t.lora_r,
             lora_alpha=t.lora_alpha,
             lora_target_modules=tuple(t.lora_target_modules),
-            epochs=t.epochs,
+            epochs=epochs,
+            require_cuda=profile.requires_cuda,
             dtype=profile.dtype,
             time_budget_s=t.time_budget_s if t.time_budget_s is not None else profile.train_time_budget_s,
         )
@@ -81,6 +89,10 @@ class TrainConfig:
         if not cfg.use_lora and t.learning_rate is None and overrides.get("learning_rate") is None:
             cfg.learning_rate = min(cfg.learning_rate, 5e-5)  # full FT needs a far smaller step
         return cfg
+
+    def schedule(self) -> str:
+        """What planned the step count: ``epochs`` or ``max_steps`` (a time budget may cut the latter)."""
+        return "epochs" if self.epochs else "max_steps"
 
     def steps_for(self, n_examples: int, batch_size: int | None = None) -> int:
         if self.epochs:

@@ -54,7 +54,7 @@ def run_training(params: dict[str, Any], log: LogFn) -> dict[str, Any]:
     from distil_platform.tasks.spec import TaskSpec
     from distil_platform.training.config import TrainConfig
     from distil_platform.training.lengths import serving_context_length
-    from distil_platform.training.trainer import train_student
+    from distil_platform.training.trainer import check_training_device, train_student
 
     spec = TaskSpec.model_validate(params["spec"])
     task = spec.name
@@ -63,6 +63,9 @@ def run_training(params: dict[str, Any], log: LogFn) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{task}: unknown training option(s) {unknown} in the job parameters")
     config = TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in params["train_config"].items()})
+    # The device first: a gpu-profile job where torch sees no CUDA fails here, saying why, before the
+    # base model is downloaded (precision.NoCudaError).
+    check_training_device(config)
     rows = paths.read_rows(params["rows_url"], what=f"{task}_student (its training rows)")
     base_dir = resolve_model(params["base_model"])
     test_rows = paths.read_rows(params.get("test_url"), what=task)

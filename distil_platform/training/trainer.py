@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distil_platform.precision import detect_precision
+from distil_platform.precision import detect_precision, training_device
 from distil_platform.tasks.spec import TaskSpec
 from distil_platform.training.config import TrainConfig
 from distil_platform.training.lengths import plan_max_length, row_token_lengths, to_chat_dataset_rows
@@ -60,6 +60,12 @@ class TrainResult:
     precision: dict[str, str] = field(default_factory=dict)
     # With a time budget: {"budget_s", "probe_s_per_step", "planned_steps", "steps"} (steps <= planned).
     time_budget: dict[str, float] = field(default_factory=dict)
+    # What planned the steps ("epochs" or "max_steps"), the steps planned (before a time budget cut
+    # them), the epochs asked for (None: steps were) and the passes over the rows the steps made.
+    schedule: str = "max_steps"
+    steps_planned: int = 0
+    epochs_planned: float | None = None
+    epochs: float = 0.0
     loss_history: list[dict[str, float]] = field(default_factory=list)
     loss_curve_png: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
@@ -170,6 +176,17 @@ def plot_loss_curve(history: Sequence[dict[str, float]], out_path: Path, title: 
     return out_path
 
 
+def check_training_device(config: TrainConfig, cuda_available: bool | None = None) -> str:
+    """``"cuda"`` or ``"cpu"``: where this job trains (:func:`distil_platform.precision.training_device`);
+    raises ``NoCudaError`` when the config requires CUDA (the gpu profile) and torch sees none.
+    ``cuda_available`` None asks torch."""
+    import torch
+
+    available = torch.cuda.is_available() if cuda_available is None else cuda_available
+    return training_device(bool(available), require_cuda=config.require_cuda, torch_version=torch.__version__,
+                           torch_cuda=torch.version.cuda)
+
+
 def train_student(
     spec: TaskSpec,
     rows: Sequence[dict[str, Any]],
@@ -179,13 +196,18 @@ def train_student(
     *,
     base_model_name: str | None = None,
     progress: ProgressFn | None = None,
+    cuda_available: bool | None = None,
 ) -> TrainResult:
     """Fine-tune ``base_model_dir`` on ``rows`` and write a standalone checkpoint to ``out_dir``.
 
-    ``out_dir`` receives the merged model + tokenizer (servable as is), ``loss_curve.png``,
-    ``train_summary.json`` and ``loss_history.json``.
+    ``out_dir`` receives the merged model + tokenizer (servable as is), with LoRA the adapter alone in
+    ``adapter/``, ``loss_curve.png``,
+    ``train_summary.json`` and ``loss_history.json``. ``cuda_available`` (None: torch's answer) decides
+    the device (:func:`check_training_device`: an error before anything is loaded when the config
+    requires CUDA and there is none).
     """
     config = config or TrainConfig()
+    on_cuda = check_training_device(config, cuda_available) == "cuda"
     if not rows:
         raise ValueError(f"{spec.name}: no training rows")
     base_model_dir = Path(base_model_dir)
@@ -227,7 +249,6 @@ def train_student(
                   f"{plan.max_length} tokens (longest {plan.longest}); their prompt start is cut "
                   "(training.allow_truncation is set)"})
     batch_size = config.batch_size_for(plan.max_length)
-    on_cuda = torch.cuda.is_available()
     precision = detect_precision("cuda" if on_cuda else "cpu", config.dtype, setting_name="training dtype")
     compute_dtype = getattr(torch, precision.dtype)
     if progress:
@@ -253,7 +274,7 @@ def train_student(
         )
 
     dataset = Dataset.from_list(chat_rows)
-    steps = config.steps_for(len(rows), batch_size)
+    steps = steps_planned = config.steps_for(len(rows), batch_size)
     import warnings
 
     with warnings.catch_warnings():
@@ -313,6 +334,8 @@ def train_student(
 
     final = trainer.model
     if config.use_lora:
+        # The adapter alone, kept beside the merged weights (the student bundle ships it).
+        final.save_pretrained(out_dir / "adapter", safe_serialization=True)
         final = final.merge_and_unload()
     final = final.to(compute_dtype)
     final.config.use_cache = True
@@ -321,6 +344,8 @@ def train_student(
     tokenizer.save_pretrained(out_dir)
     gen_cfg = base_model_dir / "generation_config.json"
     if gen_cfg.exists():
+        # Stop tokens and defaults as the base has them; vLLM serves with `--generation-config vllm`,
+        # so its sampling defaults (Qwen3: T=0.6, top-k 20) never apply to requests (serving.launch).
         (out_dir / "generation_config.json").write_text(gen_cfg.read_text())
 
     # Tokens seen: epochs over the tokenised data scaled by the fraction of it the steps covered.
@@ -346,6 +371,10 @@ def train_student(
         length_plan=plan.summary(),
         precision=precision.as_dict(),
         time_budget=budget,
+        schedule=config.schedule(),
+        steps_planned=steps_planned,
+        epochs_planned=config.epochs or None,
+        epochs=round(examples_seen / len(rows), 3),
         loss_history=history,
         loss_curve_png=png,
         config={**asdict(config), "threads": threads, "effective_batch_size": batch_size,
