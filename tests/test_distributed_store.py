@@ -128,7 +128,7 @@ def test_concurrent_first_opens_on_postgres_migrate_once(pg):
 
 
 def _write_cache(store: ResultsStore, key: str, answer: str, run_id: str) -> None:
-    writer = StoreWriter(store, flush_every_s=0.01)
+    writer = StoreWriter(store)
 
     async def go():
         task = asyncio.create_task(writer.run())
