@@ -204,10 +204,6 @@ class StoreWriter:
         Each file is claimed by an atomic rename first, so two batches never load one file twice."""
         if self.spill_dir is None or not self.spill_dir.is_dir():
             return 0
-        from sqlalchemy import insert
-
-        from distil_platform.storage.store import llm_cache, llm_requests
-
         loaded = 0
         for path in sorted(self.spill_dir.glob("*.jsonl")):
             claimed = path.with_suffix(f".loading-{os.getpid()}")
@@ -221,11 +217,7 @@ class StoreWriter:
                     record = json.loads(line)
                     rows[record["table"]].append(record["row"])
             try:
-                with self.store.engine.begin() as conn:
-                    if rows["llm_cache"]:
-                        conn.execute(insert_ignore(conn, llm_cache), rows["llm_cache"])
-                    if rows["llm_requests"]:
-                        conn.execute(insert(llm_requests), rows["llm_requests"])
+                self._write(rows["llm_requests"], rows["llm_cache"])  # the writer's own transaction
             except Exception:
                 claimed.rename(path)  # the store is still unwell: leave the file for the next batch
                 raise
