@@ -24,7 +24,7 @@ _STAGES = {
     "_baseline_evals": ({"vllm", "litellm"}, "gpu"),
     # API calls, not a GPU, but the same chain: re-asked when the seed set or prompt changes, never on re-pricing.
     "_frontier_evals": ({"litellm"}, "gpu"),
-    "_throughput": ({"vllm", "guidellm"}, "gpu"),
+    "_throughput": ({"vllm", "aiohttp"}, "gpu"),
     "_cost_table": ({"polars", "parquet"}, "reprice"),
     "_routing": ({"polars"}, "reprice"),
     # Links and small files from the student and the store: rebuilt when any of them has a new version.

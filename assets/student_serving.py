@@ -3,7 +3,7 @@
 Both stages serve the same checkpoint with the same settings (the hardware's compute dtype, prefix
 caching on). As one subsettable multi-asset (``<task>_student_serving``) they share that server: the
 eval answers the test set first, on a fresh server, so its scores do not depend on the load test;
-then guidellm measures that reference variant (named after its dtype: ``bf16``, ``fp32``, ...) on the
+then the load generator measures that reference variant (named after its dtype: ``bf16``, ``fp32``, ...) on the
 same server; the server stops; then the variant without prefix caching and fp8 get servers of their
 own (their settings differ). Selecting only one of the two assets (the UI, a
 ``--select``, an automation request) runs only that part. In the graph they stay two assets with
@@ -61,9 +61,10 @@ def build_student_serving_asset(spec: TaskSpec, profile: Profile | None = None) 
                 description=f"The `{task}` student answering every test row at temperature 0, scored with "
                 f"`{spec.metric_name}`; per-item rows in the results store (stage {STAGE_STUDENT_EVAL})."),
             THROUGHPUT_OUTPUT: dg.AssetOut(
-                key=throughput_key(task), is_required=False, kinds={"guidellm"},
-                description=f"Serving profile of the `{task}` student: guidellm load test with the task's real "
-                f"test prompts at rising Poisson rates; sustained RPS (the highest offered rate, with every lower "
+                key=throughput_key(task), is_required=False, kinds={"aiohttp"},
+                description=f"Serving profile of the `{task}` student: open-loop Poisson load test (the platform's "
+                f"generator; guidellm by run config) with the task's real test prompts at rising rates, to saturation "
+                f"where the profile has no fixed rates; the generator's own ceiling on the host beside the claim; sustained RPS (the highest offered rate, with every lower "
                 f"one, whose arrivals matched it, whose backlog at the window's close was no more than a server "
                 f"keeping up leaves, and whose p95 met the profile's SLO: {slo} else {spec.latency_slo_s:g} s), max "
                 "throughput, latency/TTFT percentiles, memory (process peak; vLLM: weights, KV cache reserved vs "

@@ -1,4 +1,4 @@
-"""``<task>_throughput``'s body: guidellm load test of the served student at its compute dtype (the
+"""``<task>_throughput``'s body: load test (the platform's open-loop generator; guidellm by run config) of the served student at its compute dtype (the
 reference variant, named after that dtype: ``bf16``, ``fp32``, ``fp16``), the same without prefix
 caching, and fp8 where supported. The asset itself is wired in ``assets/student_serving.py``."""
 
@@ -25,9 +25,23 @@ from .published import store_run_id_metadata
 class ThroughputConfig(dg.Config):
     """Overrides for ``<task>_throughput`` (None = the profile's sweep)."""
 
-    # Offered request rates (req/s, Poisson arrivals). None: the profile's; if that is None too,
-    # guidellm's adaptive sweep (synchronous, max throughput, rates in between).
+    # The load generator: "loadgen" (the platform's open-loop Poisson generator on aiohttp: keeps
+    # ~8,000 req/s on time on one core, benchmarks/README.md) or "guidellm" (one worker: behind from
+    # ~100 req/s on one core; kept for comparison).
+    load_generator: str = "loadgen"
+    # Offered request rates (req/s, Poisson arrivals). None: the profile's; if that is None too, the
+    # saturation search (loadgen) or guidellm's adaptive sweep.
     rates: list[float] | None = None
+    # loadgen: search for the rate the student first fails (rates grow x2 from half the idle service
+    # rate until one fails, then 3 bisections; distil_platform.serving.sweep). None: when the profile
+    # has no fixed rates (gpu). `make run` keeps the local profile's short sweep; the benchmark sets it.
+    saturation: bool | None = None
+    saturation_start_rps: float | None = None
+    saturation_max_rates: int = 12
+    saturation_budget_s: float = 1800.0
+    # loadgen: measure the generator's own ceiling on this host against a stub after the sweep (~20 s)
+    # and flag a claim within 20% of it.
+    generator_ceiling: bool = True
     duration_s: float | None = None
     # Each rate's window holds at least this many expected arrivals (slow rates get longer windows,
     # run as their own guidellm run). None: the profile's (local 30); 0: the duration alone.
@@ -40,7 +54,7 @@ class ThroughputConfig(dg.Config):
     # machine). None: the profile's (local: off in `make run`, one run config away).
     prefix_caching_off: bool | None = None
     max_concurrency: int | None = None
-    # guidellm worker processes: 1 keeps arrivals truly Poisson (see distil_platform.serving.loadtest).
+    # guidellm worker processes (each now seeded differently; 1 keeps the generator off a CPU server's cores).
     worker_processes: int = 1
     # vLLM-CPU: run the load generator on the cores the server reserves for its frontend, off the
     # engine's compute core (on 2 cores it otherwise competes with the engine it measures).
@@ -74,6 +88,11 @@ class StudentProfiler:
         self.variants: dict[str, dict[str, Any]] = {}
         self.series: dict[str, Any] = {}
         self.notes: list[str] = []
+        if config.load_generator not in ("loadgen", "guidellm"):
+            raise ValueError(f"{spec.name}_throughput config: load_generator={config.load_generator!r} is not "
+                             "'loadgen' or 'guidellm'")
+        self.saturation = (config.load_generator == "loadgen"
+                           and (config.saturation if config.saturation is not None else not self.rates))
 
     def eval_concurrency(self) -> int:
         """A variant's accuracy eval runs at the student eval's concurrency (run config, else per backend)."""
@@ -93,6 +112,7 @@ class StudentProfiler:
         from distil_platform.economics.cost_inputs import STAGE_THROUGHPUT
         from distil_platform.economics.hardware_keys import pricing_hardware_key
         from distil_platform.serving.loadtest import load_test
+        from distil_platform.serving.sweep import first_failure
         from distil_platform.serving.throughput import analyse, point_rows, points_markdown
         from distil_platform.storage.lineage import record_student_lineage  # which checkpoint this measured
         from distil_platform.storage.store import throughput_points, throughput_profiles
@@ -104,12 +124,15 @@ class StudentProfiler:
         if affinity:
             context.log.info(f"{task} {variant}: vLLM computes on cores {sorted(binding[0])}; the load "
                              f"generator runs on {sorted(affinity)}")
-        points, report = load_test(
-            spec, self.test, base_url=server.base_url, model=server.model, tokenizer=str(self.ckpt), rates=self.rates,
-            duration_s=self.duration, workdir=self.out.local / variant, seed=config.seed,
-            max_concurrency=config.max_concurrency, worker_processes=config.worker_processes,
-            cpu_affinity=affinity, min_requests=self.min_requests, log=context.log.info,
-        )
+        if config.load_generator == "guidellm":
+            points, report = load_test(
+                spec, self.test, base_url=server.base_url, model=server.model, tokenizer=str(self.ckpt),
+                rates=self.rates, duration_s=self.duration, workdir=self.out.local / variant, seed=config.seed,
+                max_concurrency=config.max_concurrency, worker_processes=config.worker_processes,
+                cpu_affinity=affinity, min_requests=self.min_requests, log=context.log.info,
+            )
+        else:
+            points, report = self.loadgen_sweep(server, variant, affinity)
         summary = analyse(points, self.slo)
         accuracy = accuracy_metric = None
         if variant == "fp8":
@@ -144,18 +167,57 @@ class StudentProfiler:
             "memory": memory, "settings": settings, "on_gpu": on_gpu,
             "short_arrival_rates": summary.short_arrival_rates,
             "unreliable_rates": summary.unreliable_rates,
+            "client_bound_rates": summary.client_bound_rates,
+            "offered_rates": [p.offered_rps for p in points if p.offered_rps is not None],
+            "first_failed_rps": first_failure(points, self.slo),
             "load_generator_cpus": sorted(affinity) if affinity else None,
             "precision": server.precision.as_dict() if getattr(server, "precision", None) else None,
             "points_md": points_markdown(points, self.slo, summary.sustained_rps)}
         if summary.unreliable_rates:
             context.log.warning(f"{task} {variant}: unreliable measurement at {summary.unreliable_rates} req/s "
                                 "(arrivals in a burst, or completions compressed); those rates are not counted")
+        if summary.client_bound_rates:
+            context.log.warning(f"{task} {variant}: the load generator fell behind its schedule at "
+                                f"{summary.client_bound_rates} req/s (client bound); those rates are never claimed")
         if summary.short_arrival_rates:
             context.log.warning(f"{task} {variant}: arrivals fell short of the offered rate at "
                                 f"{summary.short_arrival_rates} req/s (load generator behind or capped); "
                                 "those rates are not counted as sustained")
         context.log.info(f"{task} {variant}: sustained {summary.sustained_rps:g} req/s, max achieved "
                          f"{summary.max_achieved_rps:.3g} req/s, peak memory {peak:.2f} GiB")
+
+    def loadgen_sweep(self, server, variant: str, affinity: set[int] | None):
+        """The platform's generator against ``server``: the fixed rates, or the saturation search."""
+        from distil_platform.serving.loadtest import rate_windows, warm_up
+        from distil_platform.serving.sweep import SaturationPlan, sweep
+        from distil_platform.tasks.prompts import build_messages
+
+        config, spec = self.config, self.spec
+        messages = [build_messages(spec, dict(r)) for r in self.test]
+        idle = warm_up(server.base_url, server.model, messages[:2], spec.max_answer_tokens)
+        plan = SaturationPlan(start_rps=config.saturation_start_rps, max_rates=config.saturation_max_rates,
+                              budget_s=config.saturation_budget_s)
+        return sweep(server.base_url, server.model, messages, slo_s=self.slo,
+                     rates=None if self.saturation else self.rates, plan=plan,
+                     window_for=lambda rate: rate_windows([rate], self.duration, idle, self.min_requests)[0][0],
+                     workdir=self.out.local / variant, seed=config.seed, max_tokens=spec.max_answer_tokens,
+                     cpus=affinity, idle_latency_s=idle, log=self.context.log.info)
+
+    def generator_ceiling(self) -> dict[str, Any] | None:
+        """The generator's ceiling on this host, on the cores it had (None: guidellm, or switched off)."""
+        if self.config.load_generator != "loadgen" or not self.config.generator_ceiling:
+            return None
+        from distil_platform.serving.sweep import ceiling_start, generator_ceiling
+        from distil_platform.tasks.prompts import build_messages, format_answer
+
+        ref = self.variants[self.reference]
+        offered = [r for v in self.variants.values() for r in v.get("offered_rates") or []]
+        cpus = set(ref["load_generator_cpus"]) if ref.get("load_generator_cpus") else None
+        return generator_ceiling(
+            [build_messages(self.spec, dict(r)) for r in self.test],
+            [format_answer(self.spec, r["answer"]) for r in self.test], workdir=self.out.local / "generator_ceiling",
+            generator_cpus=cpus, tokenizer=str(self.ckpt), start_rps=ceiling_start(offered),
+            max_tokens=self.spec.max_answer_tokens, log=self.context.log.info)
 
     def measure_served(self, variant: str | None = None, **serve_kw: Any) -> None:
         with self.serve(**serve_kw) as server:
@@ -184,12 +246,20 @@ class StudentProfiler:
                 self.notes.append(note)
 
     def result(self, *, shared_with_eval: bool = False) -> tuple[dict, dict[str, Any]]:
+        from distil_platform.serving.sweep import ceiling_flag
         from distil_platform.serving.throughput import plot_latency_vs_load
 
         variants, slo, out, task = self.variants, self.slo, self.out, self.spec.name
         name = self.reference
         ref = variants[name]
         backend = ref["backend"]
+        ceiling = self.generator_ceiling()  # every server is stopped by now: the host is quiet
+        flags = {k: ceiling_flag(v["sustained_rps"], ceiling) for k, v in variants.items()}
+        if self.config.load_generator == "guidellm":
+            flags = dict.fromkeys(variants)  # no ceiling measured for guidellm: its arrivals test stands
+        for k, flag in flags.items():
+            if flag:
+                self.context.log.warning(f"{task} {k}: {flag}")
         plot = plot_latency_vs_load(self.series, slo, out.local / "latency_vs_load.png",
                                     title=f"{task} student: latency vs offered load ({backend}, {name})")
         (out.local / "summary.json").write_text(json.dumps(variants, indent=1, default=str), encoding="utf-8")
@@ -239,8 +309,16 @@ class StudentProfiler:
             "hardware": ref["hardware"],
             "hardware_key": ref["hardware_key"],
             "server_shared_with_eval": shared_with_eval,
-            "load_generator": "guidellm (Poisson arrivals, 1 worker process"
-            + (f", pinned to cores {ref['load_generator_cpus']})" if ref.get("load_generator_cpus") else ")"),
+            "load_generator": self.generator_description(ref),
+            "sweep": "saturation search" if self.saturation else "fixed rates",
+            "first_failed_rps": ref.get("first_failed_rps"),
+            "client_bound_rates": dg.MetadataValue.json(ref.get("client_bound_rates") or []),
+            "generator_ceiling_rps": (float(ceiling["ceiling_rps"]) if ceiling else None),
+            "generator_ceiling": dg.MetadataValue.json(ceiling) if ceiling else "not measured (guidellm, or "
+            "generator_ceiling: false)",
+            "claim_near_generator_ceiling": bool(flags.get(name)),
+            "claim_check": flags.get(name) or ("the claim is below 80% of the generator's measured ceiling"
+                                               if ceiling else "no generator ceiling measured"),
             "variants": dg.MetadataValue.md("\n".join(variant_md) + "".join(f"\n\n{n}" for n in notes)),
             "load_points": dg.MetadataValue.md(f"**{name}**\n\n" + ref["points_md"]),
             "latency_vs_load": png_markdown(plot, "latency vs offered load"),
@@ -251,8 +329,16 @@ class StudentProfiler:
         metadata["plot_path"] = location_metadata(plot_url)
         metadata["artifacts"] = location_metadata(out.url)
         value = {"run_id": self.context.run_id, "plot": plot_url, "reference_variant": name,
+                 "generator_ceiling": ceiling, "claim_flags": flags,
                  "variants": {k: {kk: vv for kk, vv in v.items() if kk != "points_md"} for k, v in variants.items()}}
         return value, metadata
+
+
+    def generator_description(self, ref: dict[str, Any]) -> str:
+        pinned = f", pinned to cores {ref['load_generator_cpus']}" if ref.get("load_generator_cpus") else ""
+        if self.config.load_generator == "guidellm":
+            return f"guidellm (Poisson arrivals, {self.config.worker_processes} worker process(es){pinned})"
+        return f"distil_platform.serving.loadgen (open-loop Poisson, aiohttp, one process per rate{pinned})"
 
 
 def serve_student(serving: ServingResource, ckpt: Path, student: dict, *, log, **serve_kw: Any):

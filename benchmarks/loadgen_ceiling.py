@@ -1,6 +1,6 @@
 """The load generator's ceiling on one core (issue 31): candidates side by side against a stub.
 
-The stub (``benchmarks/loadgen_stub.py``: vLLM's SSE chunks, text2sql's real reference answers in
+The stub (``distil_platform/serving/loadgen_stub.py``: vLLM's SSE chunks, text2sql's real reference answers in
 the tiny-qwen3 tokenizer's tokens, sent at once) runs on CPU 0; each candidate load generator runs
 pinned to CPU 1 and sends text2sql's real test prompts (``prompts.build_messages`` of the shipped
 sample) as Poisson arrivals at each offered rate, one window per rate, the candidates one after the
@@ -47,7 +47,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -121,20 +120,9 @@ def free_port() -> int:
 
 
 def start_stub(port: int, tokenizer: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "loadgen_stub.py"), "--port", str(port),
-                             "--cpu", str(STUB_CPU), "--tokenizer", tokenizer], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"stub exited: {proc.stdout.read()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("stub did not start")
+    from distil_platform.serving.loadgen_stub import start_stub as start
+
+    return start(port, tokenizer=tokenizer, cpu=STUB_CPU)
 
 
 class TreeCpu(threading.Thread):

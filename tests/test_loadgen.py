@@ -1,76 +1,50 @@
 """The open-loop load generator (distil_platform.serving.loadgen, issue 31) against the streaming stub
-(benchmarks/loadgen_stub.py, a subprocess): arrivals on time and Poisson, every request timed, tokens
+(distil_platform.serving.loadgen_stub, a subprocess): arrivals on time and Poisson, every request timed, tokens
 counted, errors recorded, and a rate far above what the generator can send flagged ``client_bound``
 (the verdict is asserted, never a timing of this machine). Also guidellm's per-worker seeding fix.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from distil_platform.serving import loadgen
+from distil_platform.serving import loadgen, loadgen_stub
+from distil_platform.serving.server import free_port, stop_process_group
 from distil_platform.tasks.prompts import build_messages
 from distil_platform.tasks.sources import load_seed_and_test
 from distil_platform.tasks.spec import get_task
 
 REPO = Path(__file__).resolve().parents[1]
-STUB = REPO / "benchmarks" / "loadgen_stub.py"
 TWO_CPUS = hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= 2
 CLIENT_CPUS = {sorted(os.sched_getaffinity(0))[1]} if TWO_CPUS else None
+STUB_CPU = min(os.sched_getaffinity(0)) if TWO_CPUS else None
 
 
-def _stub_module():
-    spec = importlib.util.spec_from_file_location("loadgen_stub", STUB)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _start_stub(fail_every: int = 0):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, str(STUB), "--port", str(port), "--fail-every", str(fail_every)]
-    if TWO_CPUS:
-        cmd += ["--cpu", str(min(os.sched_getaffinity(0)))]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                return proc, f"http://127.0.0.1:{port}/v1"
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the loadgen stub did not start")
+def _start_stub(**kwargs):
+    port = free_port()
+    proc = loadgen_stub.start_stub(port, cpu=STUB_CPU, **kwargs)
+    return proc, f"http://127.0.0.1:{port}/v1"
 
 
 @pytest.fixture(scope="module")
 def stub_url():
     proc, url = _start_stub()
     yield url
-    proc.terminate()
-    proc.wait(10)
+    stop_process_group(proc, timeout_s=5)
 
 
 @pytest.fixture(scope="module")
 def failing_stub_url():
     proc, url = _start_stub(fail_every=4)
     yield url
-    proc.terminate()
-    proc.wait(10)
+    stop_process_group(proc, timeout_s=5)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +83,7 @@ def test_a_modest_rate_is_sent_on_time_as_poisson_arrivals(stub_url, messages, t
     assert res["completed"] == res["sent"] and res["errors"] == 0
     assert res["ttft_p50_s"] is not None and res["e2e_p99_s"] >= res["e2e_p50_s"] > 0
     # Tokens from the usage chunk: each one of the stub's answer lengths (text2sql answers, chars/4).
-    stub = _stub_module()
+    stub = loadgen_stub
     lengths = {min(len(p), 128) for p in stub.token_pieces(stub.answer_texts("text2sql"), None)}
     assert res["output_tokens_from"] == "usage"
     assert set(req["output_tokens"]) <= lengths and res["output_tokens"] == sum(req["output_tokens"])

@@ -312,9 +312,10 @@ def _output(result, spec, key: str):
 # -- live -------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_throughput_asset_live_on_tiny_qwen3(tmp_path, monkeypatch):
-    """The asset end to end: serve tiny-qwen3 with `transformers serve`, guidellm at the test
-    profile's rates, rows in the store, then a cost row priced from them. Selected alone, the
-    throughput part of the student-serving step starts one server and writes no eval."""
+    """The asset end to end: serve tiny-qwen3 with `transformers serve`, the platform's generator at
+    the test profile's rates, rows in the store, the generator's ceiling beside the claim, then a cost
+    row priced from them. Selected alone, the throughput part of the student-serving step starts one
+    server and writes no eval."""
     import polars as pl
     from distil_platform.resources.models import ServingResource
 
@@ -357,17 +358,25 @@ def test_throughput_asset_live_on_tiny_qwen3(tmp_path, monkeypatch):
     assert bf16["max_achieved_rps"] > 0 and bf16["peak_memory_gb"] > 0
     store = ResultsStore()
     points = store.select(throughput_points, task="text2sql")
-    assert sorted(p["offered_rps"] for p in points) == [2.0, 4.0]
+    offered = sorted(p["offered_rps"] for p in points)
+    assert offered in ([2.0], [2.0, 4.0])  # the fixed sweep stops at the first rate the server fails
     assert all(p["errors"] == 0 and p["requests"] > 0 for p in points)
     profile = store.select(throughput_profiles, task="text2sql")[0]
     assert profile["hardware"] and profile["slo_s"] == spec.latency_slo("test")
     assert Path(out.value["plot"]).is_file()
     assert "fp8 not measured" in out.metadata["variants"].value
     report = json.loads(Path(bf16["report"]).read_text())
-    assert len(report["benchmarks"]) == 2
+    assert report["sweep"] == "fixed" and len(report["runs"]) == len(offered)
+    # The generator's ceiling was measured on this host after the sweep, above every offered rate.
+    ceiling = out.value["generator_ceiling"]
+    assert ceiling["probed"][0]["offered_rps"] >= 250.0 and metadata["generator_ceiling_rps"].value == ceiling["ceiling_rps"]
+    assert metadata["claim_near_generator_ceiling"].value is (ceiling["ceiling_rps"] * 0.8 <= profile["sustained_rps"])
+    assert "loadgen" in metadata["load_generator"].value
     # The published sustained rate is the analysis of this run's own report, and that rate really
     # was offered and served within the SLO.
-    recomputed = analyse(parse_guidellm_report(report), profile["slo_s"])
+    from distil_platform.serving.loadgen import load_point
+
+    recomputed = analyse([load_point(r) for r in report["runs"]], profile["slo_s"])
     assert profile["sustained_rps"] == recomputed.sustained_rps == out.metadata["sustained_rps"].value
     for point in recomputed.points:
         # Every rate up to the claim was met (a higher rate met above a missed lower one is not claimed).

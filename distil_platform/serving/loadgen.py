@@ -41,6 +41,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -56,6 +57,7 @@ DEFAULT_GRACE_S = 0.5  # a late scheduler may still send the window's arrivals t
 DEFAULT_DRAIN_TIMEOUT_S = 60.0
 _HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
 _TAIL_BYTES = 4096  # enough for the usage chunk and [DONE]
+_FINISHED = re.compile(rb'"finish_reason":\s*"')  # a finish chunk (null while the stream runs)
 
 
 def poisson_schedule(rate: float, duration_s: float, seed: int) -> list[float]:
@@ -70,12 +72,16 @@ def poisson_schedule(rate: float, duration_s: float, seed: int) -> list[float]:
     return out
 
 
-def request_bodies(model: str, messages: Sequence[list[dict[str, Any]]], max_tokens: int) -> list[bytes]:
-    """One encoded streaming chat request per prompt (encoded once, before the run)."""
+def request_bodies(model: str, messages: Sequence[list[dict[str, Any]]], max_tokens: int,
+                   temperature: float | None = 0.0) -> list[bytes]:
+    """One encoded streaming chat request per prompt (encoded once, before the run). Temperature 0 by
+    default: the student is evaluated greedy, so it is load-tested greedy (a server started with
+    ``--generation-config vllm`` would otherwise sample at 1.0); None leaves it to the server."""
     if not messages:
         raise ThroughputError("no prompts to send")
-    return [json.dumps({"model": model, "messages": list(m), "max_tokens": int(max_tokens), "stream": True,
-                        "stream_options": {"include_usage": True}}, ensure_ascii=False).encode()
+    sampling = {} if temperature is None else {"temperature": float(temperature)}
+    return [json.dumps({"model": model, "messages": list(m), "max_tokens": int(max_tokens), **sampling,
+                        "stream": True, "stream_options": {"include_usage": True}}, ensure_ascii=False).encode()
             for m in messages]
 
 
@@ -138,8 +144,10 @@ class _Run:
                     carry = chunk[-5:]  # shorter than the pattern: never counted twice
                     tail = (tail + chunk)[-_TAIL_BYTES:]
                 self.first[i] = first
-                if b"data: [DONE]" not in tail:
-                    self.error[i] = "stream ended before data: [DONE]"
+                # Complete: vLLM ends with ``data: [DONE]``; `transformers serve` ends with the finish
+                # chunk and the usage chunk, without it. A stream cut short has neither.
+                if b"data: [DONE]" not in tail and not _FINISHED.search(tail):
+                    self.error[i] = "stream ended before data: [DONE] or a finish_reason"
                     return
                 tokens = _usage_tokens(tail)
                 if tokens is None:
@@ -314,7 +322,11 @@ def load_point(result: dict[str, Any]) -> LoadPoint:
     duration = result["duration_s"]
     sent = [(s, e, err) for s, e, err in zip(req["sent_s"], req["end_s"], req["error"]) if s is not None]
     ok = [(s, e) for s, e, err in sent if err is None and e is not None]
-    latencies = sorted(e - s for s, e in ok)
+    # The backlog test's latencies are those completed within the window, as in a guidellm report
+    # (which cancels the rest): the drained requests' latencies hold the queue of an overloaded
+    # server, and with them "in flight at the close" reads as expected (110 vs 106 at twice a stub's
+    # capacity, a 3 s window).
+    latencies = sorted(e - s for s, e in ok if e <= duration)
     arrivals = [s for s, _e, _err in sent if s <= duration]
     backlog = in_flight = None
     if len(latencies) >= 2:
@@ -330,7 +342,9 @@ def load_point(result: dict[str, Any]) -> LoadPoint:
         output_tokens_per_s=result["output_tokens"] / result["wall_s"] if result["wall_s"] else None,
         requests=result["sent"], successful=result["completed"], errors=result["errors"],
         incomplete=result["incomplete"], duration_s=duration, mean_output_tokens=result["output_tokens_mean"],
-        first_error=result["first_error"], backlog_expected=backlog, in_flight_at_close=in_flight)
+        first_error=result["first_error"], backlog_expected=backlog, in_flight_at_close=in_flight,
+        client_bound_reasons=list(result.get("client_bound_reasons") or []),
+        dispatch_delay_p99_s=result["dispatch_delay_p99_s"], generator_cpu_share=result["cpu_share"])
 
 
 def run(base_url: str, model: str, messages: Sequence[list[dict[str, Any]]], *, use_uvloop: bool = True,

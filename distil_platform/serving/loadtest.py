@@ -1,21 +1,24 @@
-"""Serving throughput of a model: a guidellm load test with the task's real prompts against a running
-server. The analysis of its report (load points, sustained rate) is :mod:`distil_platform.serving.throughput`.
+"""Serving throughput of a model with guidellm: the task's real prompts against a running server. The
+platform's default load path is its own open-loop generator (:mod:`distil_platform.serving.loadgen`,
+swept by :mod:`distil_platform.serving.sweep`): on one core it keeps ~8,000 req/s on time where
+guidellm (one worker) falls behind from ~100 req/s (benchmarks/README.md). guidellm stays one run
+config away (``load_generator: guidellm``) for comparison; :func:`warm_up`, :func:`window_seconds` and
+:func:`rate_windows` serve both. The analysis of its report is :mod:`distil_platform.serving.throughput`.
 
 guidellm (the vLLM project's load generator) sends Poisson arrivals at each offered rate (or, with
 no rates given, runs its adaptive sweep: synchronous, max-throughput, then rates in between) and
 writes a JSON report with every request. This module writes the prompt file, builds the guidellm
 scenario, runs ``guidellm run`` in a subprocess and parses its report into load points.
 
-Two guidellm 0.8.1 behaviours this works around, both measured here:
+guidellm 0.8.1 behaviours this works around, all measured here:
 
-- With several worker processes each process seeds its own ``random.Random`` identically, so the
-  Poisson gaps repeat once per process (ten equal gaps in a row): arrivals are bursty, not Poisson.
-  One worker process gives true Poisson arrivals (and keeps the load generator from competing with
-  a CPU server for cores); :data:`DEFAULT_WORKER_PROCESSES`.
+- Every worker process seeded its ``random.Random`` identically, so with N processes each Poisson gap
+  repeated N times (bursts, not Poisson). :mod:`distil_platform.serving.guidellm_cli` now seeds each
+  worker differently; one worker (:data:`DEFAULT_WORKER_PROCESSES`) remains the default, since it keeps
+  the generator off a CPU server's cores.
 - A run stops when the prompt file is exhausted, so prompts are cycled to cover rate x duration.
 - The Poisson strategy releases its worker before it sets the arrival clock (a race): a worker that
-  wins it sends its first arrivals in one burst. guidellm runs through
-  :mod:`distil_platform.serving.guidellm_cli`, which sets the clock first.
+  wins it sends its first arrivals in one burst. ``guidellm_cli`` sets the clock first.
 """
 
 from __future__ import annotations

@@ -75,6 +75,16 @@ class LoadPoint:
     # Requests of the report's request list still in flight at the close (what the backlog test
     # compares with ``backlog_expected``; guidellm's totals can differ from its lists by one or two).
     in_flight_at_close: int | None = None
+    # The load generator's own verdict on this rate (distil_platform.serving.loadgen): why it, not the
+    # server, limited the run (empty: it kept its schedule), its p99 dispatch delay and CPU share.
+    # guidellm reports none of these: its points rely on the arrivals test alone.
+    client_bound_reasons: list[str] = field(default_factory=list)
+    dispatch_delay_p99_s: float | None = None
+    generator_cpu_share: float | None = None
+
+    @property
+    def client_bound(self) -> bool:
+        return bool(self.client_bound_reasons)
 
     @property
     def achieved_ratio(self) -> float | None:
@@ -194,7 +204,7 @@ class LoadPoint:
         """The configured rate was offered (arrivals not short of it) and kept up with (no growing
         backlog, few errors) within the p95 latency SLO."""
         if (self.offered_rps is None or self.successful < 2 or self.p95_s is None or self.arrivals_short
-                or self.unreliable):
+                or self.unreliable or self.client_bound):
             return False
         return self.kept_up(min_ratio) and self.p95_s <= slo_s and self.error_share <= MAX_ERROR_SHARE
 
@@ -210,11 +220,14 @@ class ThroughputSummary:
     # Configured rates measured unreliably: arrivals in a burst, or completions compressed into a
     # span too short for the arrivals (never sustained, never in max_achieved_rps).
     unreliable_rates: list[float] = field(default_factory=list)
+    # Configured rates at which the load generator fell behind its schedule (never counted).
+    client_bound_rates: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"sustained_rps": self.sustained_rps, "max_achieved_rps": self.max_achieved_rps,
                 "slo_s": self.slo_s, "short_arrival_rates": self.short_arrival_rates,
-                "unreliable_rates": self.unreliable_rates, "points": [asdict(p) for p in self.points]}
+                "unreliable_rates": self.unreliable_rates, "client_bound_rates": self.client_bound_rates,
+                "points": [asdict(p) for p in self.points]}
 
 
 # -- the guidellm report ----------------------------------------------------------------------
@@ -352,12 +365,14 @@ def analyse(points: Sequence[LoadPoint], slo_s: float, min_ratio: float = MIN_AC
         sustained = point.offered_rps
     return ThroughputSummary(
         sustained_rps=sustained,
-        max_achieved_rps=max((p.throughput_rps(min_ratio) for p in points if p.successful and not p.unreliable),
+        max_achieved_rps=max((p.throughput_rps(min_ratio) for p in points
+                              if p.successful and not p.unreliable and not p.client_bound),
                              default=0.0),
         slo_s=float(slo_s),
         points=list(points),
         short_arrival_rates=[p.offered_rps for p in points if p.arrivals_short and p.offered_rps is not None],
         unreliable_rates=[p.offered_rps for p in points if p.unreliable and p.offered_rps is not None],
+        client_bound_rates=[p.offered_rps for p in points if p.client_bound and p.offered_rps is not None],
     )
 
 
@@ -384,7 +399,8 @@ def points_markdown(points: Sequence[LoadPoint], slo_s: float, claimed: float | 
     if claimed is None:
         claimed = analyse(points, slo_s).sustained_rps
     for p in points:
-        verdict = ("no (arrivals short)" if p.arrivals_short else "no (arrivals in a burst)" if p.arrivals_burst
+        verdict = ("no (client bound: the load generator fell behind)" if p.client_bound
+                   else "no (arrivals short)" if p.arrivals_short else "no (arrivals in a burst)" if p.arrivals_burst
                    else "no (completions compressed)" if p.completions_compressed
                    else "no (backlog growing)" if p.offered_rps is not None and p.backlog_growing
                    else "no" if not p.sustained(slo_s)

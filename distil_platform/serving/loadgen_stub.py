@@ -1,4 +1,6 @@
-"""A stub OpenAI-compatible streaming server, for measuring a load generator alone (issue 31).
+"""A stub OpenAI-compatible streaming server, for measuring a load generator alone (issue 31): the
+throughput asset measures its generator's ceiling against it (:func:`start_stub`,
+:func:`distil_platform.serving.sweep.generator_ceiling`), and so does ``benchmarks/loadgen_ceiling.py``.
 
 ``POST /v1/chat/completions`` with ``"stream": true`` answers the way vLLM streams a chat completion:
 a role chunk, then one ``data: {...}`` chunk per token with that token's text as the delta, then a
@@ -7,7 +9,8 @@ chunk with ``finish_reason``, then (with ``stream_options.include_usage``) a usa
 a client measures against it is the client's own. Non-streaming requests get one
 ``chat.completion`` object (guidellm may send them). ``GET /v1/models`` and ``/health`` answer too.
 
-Answers are the task's real reference answers (``--task``, the shipped sample's test split), one
+Answers are the task's real reference answers (``--task``, the shipped sample's test split; or
+``--answers FILE``, a JSON list of answer texts, e.g. the test split the asset measures), one
 drawn per request with a seeded ``random.Random``, cut at the request's ``max_tokens`` /
 ``max_completion_tokens``. Their tokens: with ``--tokenizer`` (a model-store name such as
 ``tiny-qwen3``, or a directory; needs ``DAGSTER_HOME`` for a store name) the tokenizer's own tokens,
@@ -15,8 +18,11 @@ each decoded to its text; without it, 4-character slices (a token is ~4 characte
 Usage's ``prompt_tokens`` is the request body's length / 4.
 
 ``--fail-every N`` answers HTTP 500 to every N-th chat request (for tests of error recording).
+``--service-s S --capacity C`` make it a server with a capacity: each answer takes ``S`` seconds and at
+most ``C`` are served at once (the rest queue), so it saturates at ``C / S`` req/s (for tests of the
+saturation search; by default it answers at once, with no limit).
 
-    .venv/bin/python benchmarks/loadgen_stub.py --port 8123 --cpu 0 [--tokenizer tiny-qwen3]
+    .venv/bin/python -m distil_platform.serving.loadgen_stub --port 8123 --cpu 0 [--tokenizer tiny-qwen3]
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ import asyncio
 import json
 import os
 import random
+import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 CREATED = 1_700_000_000
 _ID = "chatcmpl-stub"
@@ -95,8 +102,11 @@ def completion_body(pieces: list[str], model: str, prompt_tokens: int) -> bytes:
     }, separators=(",", ":")).encode()
 
 
-def make_app(answers: list[list[str]], *, seed: int = 0, fail_every: int = 0, model_name: str = "stub"):
+def make_app(answers: list[list[str]], *, seed: int = 0, fail_every: int = 0, model_name: str = "stub",
+             service_s: float = 0.0, capacity: int = 0):
     from aiohttp import web
+
+    slots = asyncio.Semaphore(capacity) if capacity > 0 else None
 
     rng = random.Random(seed)
     pick = rng.randrange
@@ -124,6 +134,12 @@ def make_app(answers: list[list[str]], *, seed: int = 0, fail_every: int = 0, mo
                     else completion_body(pieces, model, prompt_tokens))
             if len(cache) < 100_000:
                 cache[key] = body
+        if service_s > 0 or slots is not None:
+            if slots is not None:
+                async with slots:
+                    await asyncio.sleep(service_s)
+            else:
+                await asyncio.sleep(service_s)
         if not stream:
             return web.Response(body=body, content_type="application/json")
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -162,24 +178,71 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--cpu", type=int, default=None, help="pin the stub to this CPU")
     parser.add_argument("--task", default="text2sql")
+    parser.add_argument("--answers", type=Path, default=None, help="a JSON list of answer texts (instead of --task)")
     parser.add_argument("--tokenizer", default=None, help="model-store name or directory (default: 4-char slices)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fail-every", type=int, default=0, help="answer 500 to every N-th chat request")
     parser.add_argument("--model-name", default="stub")
+    parser.add_argument("--service-s", type=float, default=0.0, help="seconds each answer takes")
+    parser.add_argument("--capacity", type=int, default=0, help="answers served at once (0: no limit)")
     args = parser.parse_args()
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
-    answers = token_pieces(answer_texts(args.task), args.tokenizer)
+    texts = json.loads(args.answers.read_text(encoding="utf-8")) if args.answers else answer_texts(args.task)
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise SystemExit(f"{args.answers}: expected a non-empty JSON list of answer texts")
+    answers = token_pieces(texts, args.tokenizer)
     lengths = sorted(len(a) for a in answers)
     print(f"stub: {len(answers)} {args.task} answers, tokens {'by ' + args.tokenizer if args.tokenizer else '~chars/4'}:"
           f" median {lengths[len(lengths) // 2]}, max {lengths[-1]}", flush=True)
-    app = make_app(answers, seed=args.seed, fail_every=args.fail_every, model_name=args.model_name)
+    app = make_app(answers, seed=args.seed, fail_every=args.fail_every, model_name=args.model_name,
+                   service_s=args.service_s, capacity=args.capacity)
     try:
         import uvloop
     except ImportError:
         asyncio.run(serve(app, args.host, args.port))
     else:
         uvloop.run(serve(app, args.host, args.port))
+
+
+def start_stub(port: int, *, answers: Sequence[str] | None = None, task: str = "text2sql",
+               tokenizer: str | None = None, cpu: int | None = None, workdir: Path | None = None,
+               fail_every: int = 0, service_s: float = 0.0, capacity: int = 0,
+               startup_timeout_s: float = 120.0) -> subprocess.Popen:
+    """Start the stub as its own process (``python -m distil_platform.serving.loadgen_stub``) and wait
+    until it answers ``/health``; the caller stops it (``stop_process_group``). ``answers``: the texts to
+    stream (written to ``workdir``), else ``task``'s sample answers."""
+    from distil_platform.serving.launch import server_env
+    from distil_platform.serving.throughput import ThroughputError
+
+    cmd = [sys.executable, "-m", "distil_platform.serving.loadgen_stub", "--port", str(port),
+           "--fail-every", str(fail_every), "--task", task, "--service-s", repr(float(service_s)),
+           "--capacity", str(int(capacity))]
+    if answers is not None:
+        path = Path(workdir or ".") / "stub_answers.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(list(answers), ensure_ascii=False), encoding="utf-8")
+        cmd += ["--answers", str(path)]
+    if tokenizer:
+        cmd += ["--tokenizer", str(tokenizer)]
+    if cpu is not None:
+        cmd += ["--cpu", str(cpu)]
+    # No secrets; DAGSTER_HOME where set (a model-store name as ``tokenizer`` resolves through it).
+    env = server_env({"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+                      **({"DAGSTER_HOME": os.environ["DAGSTER_HOME"]} if "DAGSTER_HOME" in os.environ else {})})
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            text=True, env=env, start_new_session=True)
+    deadline = time.monotonic() + startup_timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ThroughputError(f"the load generator's stub exited {proc.returncode}: {proc.stdout.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise ThroughputError(f"the load generator's stub did not answer within {startup_timeout_s:.0f}s")
 
 
 if __name__ == "__main__":
