@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 from distil_platform.resources.store import ResultsStoreResource
 
+from distil_platform.profiles import get_profile
 from distil_platform.storage import paths
 from distil_platform.tasks.spec import TaskSpec
 
@@ -86,12 +87,12 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str, runs=None, gate_not
         # First run on a fresh DAGSTER_HOME (e.g. `--select 'text2sql*'`, which does not select the
         # upstream `pricing`): take the snapshot `pricing` would take, from the pricing file and the
         # bundled price map, and store it so later re-pricings compare against it.
-        from distil_platform.economics.pricing import build_snapshot, store_snapshot
-        from distil_platform.economics.pricing_file import pricing_file
+        from distil_platform.economics.pricing import store_snapshot
         from distil_platform.tasks.spec import load_tasks
 
-        needed = [ref.model for s in load_tasks().values() for ref in s.comparison_models]
-        snapshot = build_snapshot(pricing_file(), needed)
+        tasks = load_tasks()
+        needed = [ref.model for s in tasks.values() for ref in s.comparison_models]
+        snapshot, _ = snapshot_with_production_models(store, needed, list(tasks))
         store_snapshot(store, snapshot, table_id)
     inputs = gather_cost_inputs(store, spec, runs=runs)
     inputs.table_id = table_id
@@ -140,8 +141,30 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str, runs=None, gate_not
             "snapshot_hash": snapshot.hash, "rows": rows, "ignored_runs": inputs.ignored_runs}
 
 
-def build_shared_cost_assets(task_names: list[str]) -> list:
+def snapshot_with_production_models(store, needed: list[str], task_names: list[str], **kw):
+    """``(snapshot, warning)``: the price snapshot of ``needed`` plus the production models the tasks'
+    traces logged (``cost_inputs.production_models``) that the pricing file does not name. A production
+    model nobody prices does not fail the snapshot: it is left out (its cost row says "price unknown")
+    and ``warning`` says so."""
+    from distil_platform.economics.cost_inputs import production_models
+    from distil_platform.economics.costs import production_price
+    from distil_platform.economics.pricing import build_snapshot
+    from distil_platform.economics.pricing_file import PricingError, pricing_file
+
+    base = build_snapshot(pricing_file(), needed, **kw)
+    extra = [m for m in production_models(store, task_names) if production_price(base, m) is None]
+    if not extra:
+        return base, None
+    try:
+        return build_snapshot(pricing_file(), needed + extra, **kw), None
+    except PricingError as exc:
+        return base, f"production model(s) {', '.join(extra)} left unpriced: {exc}"
+
+
+def build_shared_cost_assets(task_names: list[str], profile=None) -> list:
     task_names = list(task_names)
+    # A rehearsal's report marks its frontier rows as stand-ins (distil_platform.economics.report).
+    stand_ins = (profile or get_profile()).frontier_stand_ins
 
     @dg.asset(
         key=PRICING_KEY,
@@ -156,14 +179,18 @@ def build_shared_cost_assets(task_names: list[str]) -> list:
     )
     def pricing(context: dg.AssetExecutionContext, config: PricingConfig,
                 results_store: ResultsStoreResource) -> dg.Output[dict]:
-        from distil_platform.economics.pricing import build_snapshot, store_snapshot
-        from distil_platform.economics.pricing_file import pricing_file
+        from distil_platform.economics.pricing import store_snapshot
         from distil_platform.tasks.spec import load_tasks
 
         if (observation := pricing_file_observation()) is not None:
             context.log_event(observation)  # the pricing-file version this snapshot is taken from
-        needed = [ref.model for spec in load_tasks().values() for ref in spec.comparison_models]
-        snapshot = build_snapshot(pricing_file(), needed, refresh_hosted=config.refresh_hosted)
+        tasks = load_tasks()
+        needed = [ref.model for spec in tasks.values() for ref in spec.comparison_models]
+        # And the production models the tasks' traces logged (their cost rows: "your current model").
+        snapshot, unpriced_note = snapshot_with_production_models(results_store.store(), needed, list(tasks),
+                                                                  refresh_hosted=config.refresh_hosted)
+        if unpriced_note:
+            context.log.warning(f"pricing: {unpriced_note}")
         store_snapshot(results_store.store(), snapshot, context.run_id)
         fallback = {k: v.origin for k, v in snapshot.models.items() if v.origin != "pricing_file"}
         for warning in snapshot.warnings:
@@ -211,7 +238,7 @@ def build_shared_cost_assets(task_names: list[str]) -> list:
         with paths.ArtifactDir("reports", local_dir=paths.reports_dir()) as out:
             # Each task's cost table and routing of its last successful materialisation (Dagster's record).
             report = write_report(results_store.store(), task_names, out.local,
-                                  runs=report_runs(context.instance, task_names))
+                                  runs=report_runs(context.instance, task_names), stand_ins=stand_ins)
             report_path = out.url_for(report.path)
         context.log.info(report.headline)
         metadata = {

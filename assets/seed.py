@@ -20,6 +20,38 @@ class InvalidSeedSetError(ValueError):
     """Rows that are not valid for the task. The message names file, row and field."""
 
 
+class SeedSetConfig(dg.Config):
+    """Run-config overrides of the task YAML's ``data.traces`` (None = the YAML's value, else its default).
+    A ``traces_path`` turns traces on for a task whose YAML has no ``data.traces`` block."""
+
+    traces_path: str | None = None
+    traces_format: str | None = None  # auto | openai | langfuse
+    traces_labelled: bool | None = None
+    traces_mask_pii: bool | None = None
+    traces_test_share: float | None = None
+
+
+def load_task_data(spec: TaskSpec, config: SeedSetConfig | None = None):
+    """``(LoadedData, TraceData | None)``: the task's seed and test rows - from its traces when they are
+    the labels (``data.traces.labelled``), else from the first configured source - and its traces."""
+    from distil_platform.tasks.sources import LoadedData, load_seed_and_test
+    from distil_platform.tasks.traces import load_traces, traces_config, traces_path
+
+    config = config or SeedSetConfig()
+    cfg = traces_config(spec, {"path": config.traces_path, "format": config.traces_format,
+                               "labelled": config.traces_labelled, "mask_pii": config.traces_mask_pii,
+                               "test_share": config.traces_test_share})
+    if cfg is None:
+        return load_seed_and_test(spec), None
+    path = traces_path(spec, cfg)
+    traces = load_traces(spec, cfg, path)
+    if not cfg.labelled:
+        return load_seed_and_test(spec), traces
+    data = LoadedData(traces.seed, traces.test, None, f"traces:{path}", [str(path), str(path)],
+                      note=traces.summary["labels_note"])
+    return data, traces
+
+
 def _frame_hash(*frames: pl.DataFrame) -> str:
     h = hashlib.sha256()
     for df in frames:
@@ -61,13 +93,14 @@ def build_seed_set_asset(spec: TaskSpec) -> list:
         group_name=task,
         kinds={"polars", "parquet"},
         description=f"Seed (train) and test splits of `{task}` ({spec.type}), Parquet under "
-        f"$DAGSTER_HOME/artifacts/{task}/seed_set/<run id>/ (or under DISTIL_ARTIFACTS_URL).",
+        f"$DAGSTER_HOME/artifacts/{task}/seed_set/<run id>/ (or under DISTIL_ARTIFACTS_URL). From production "
+        "traces where `data.traces` (or env DISTIL_TRACES_<TASK>) names them: masked, checked, deduplicated, "
+        "split; their summary in traces.json, the calls without a usable answer (for the teacher) beside it.",
         metadata={"task_type": spec.type, "metric": spec.metric_name, "task_file": spec.source_file or ""},
     )
-    def seed_set(context: dg.AssetExecutionContext, results_store: ResultsStoreResource) -> dg.Output[dict]:
-        from distil_platform.tasks.sources import load_seed_and_test
-
-        data = load_seed_and_test(spec)
+    def seed_set(context: dg.AssetExecutionContext, config: SeedSetConfig,
+                 results_store: ResultsStoreResource) -> dg.Output[dict]:
+        data, traces = load_task_data(spec, config)
         origin = data.source
         context.log.info(f"{task}: loaded {data.seed.height} seed / {data.test.height} test rows from {origin}")
         # A bad row fails the run before anything is written, so the last good materialisation stays.
@@ -89,6 +122,12 @@ def build_seed_set_asset(spec: TaskSpec) -> list:
             unstructured_path = paths.write_parquet(
                 data.unstructured, paths.artifact_url(task, "seed_set", context.run_id, "unstructured.parquet"))
 
+        trace_values, trace_metadata = {}, {}
+        if traces is not None:
+            trace_values, trace_metadata = _write_traces(traces, task, context.run_id)
+            context.log.info(f"{task}: traces {traces.summary['calls']} calls: {traces.summary['labelled']} labelled, "
+                             f"{traces.summary['unlabelled']} to the teacher, {traces.summary['rejected']} rejected")
+
         content_hash = _frame_hash(data.seed, data.test)
         results_store.store().insert(
             seed_sets,
@@ -102,6 +141,7 @@ def build_seed_set_asset(spec: TaskSpec) -> list:
             "unstructured_path": str(unstructured_path) if unstructured_path else None,
             "source": origin,
             "content_hash": content_hash,
+            **trace_values,
         }
         dist = label_distribution(spec, data.seed)
         metadata = {
@@ -116,6 +156,7 @@ def build_seed_set_asset(spec: TaskSpec) -> list:
             "test_path": location_metadata(test_path),
             "content_hash": content_hash[:16],
             "seed_sample": table_metadata(data.seed.to_dicts(), ["id", "question", "answer"]),
+            **trace_metadata,
         }
         if dist:
             metadata["seed_label_distribution"] = dg.MetadataValue.json(dist)
@@ -138,6 +179,42 @@ def build_seed_set_asset(spec: TaskSpec) -> list:
         return check_minimum_sizes(spec, seed_set)
 
     return [seed_set, rows_valid, no_leakage, minimum_sizes]
+
+
+def _write_traces(traces, task: str, run_id: str) -> tuple[dict, dict]:
+    """The trace source's artefacts (``traces.json``: its summary, read by the cost table; and
+    ``traces_unlabelled.parquet``: the rows for the teacher) and metadata. Every row is masked already."""
+    import json
+
+    from distil_platform.tasks.traces import summary_markdown
+
+    summary = traces.summary
+    summary_url = paths.write_bytes(paths.artifact_url(task, "seed_set", run_id, "traces.json"),
+                                    json.dumps(summary, indent=1, sort_keys=True).encode())
+    values = {"traces_summary_path": summary_url, "traces_unlabelled_path": None,
+              "labels_note": summary["labels_note"] if summary["labels_are_production_answers"] else None}
+    if traces.unlabelled.height:
+        values["traces_unlabelled_path"] = paths.write_parquet(
+            traces.unlabelled, paths.artifact_url(task, "seed_set", run_id, "traces_unlabelled.parquet"))
+    usage = summary["usage"]
+    metadata = {
+        "traces": dg.MetadataValue.md(summary_markdown(summary)),
+        "labels_note": summary["labels_note"],
+        "trace_calls": dg.MetadataValue.int(summary["calls"]),
+        "trace_rows_labelled": dg.MetadataValue.int(summary["labelled"]),
+        "trace_rows_unlabelled": dg.MetadataValue.int(summary["unlabelled"]),
+        "trace_rows_rejected": dg.MetadataValue.int(summary["rejected"]),
+        "trace_rejections_by_reason": dg.MetadataValue.json(summary["rejections_by_reason"]),
+        "trace_rejected_examples": dg.MetadataValue.md("\n".join(f"- {w}" for w in summary["rejected_examples"])
+                                                       or "none"),
+        "trace_duplicates": dg.MetadataValue.int(summary["duplicates"]),
+        "trace_decontaminated": dg.MetadataValue.int(summary["decontaminated"]),
+        "pii_masked": dg.MetadataValue.json(summary["pii_masked"] if summary["mask_pii"] else {"masking": "off"}),
+        "production_model": summary["production_model"],
+        "production_usage": dg.MetadataValue.json(usage),
+        "traces_summary_path": location_metadata(summary_url),
+    }
+    return values, metadata
 
 
 # The check bodies are plain functions so tests can run them on planted data.

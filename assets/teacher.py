@@ -223,6 +223,9 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
         seeds = read_asset_rows(seed_set["seed_path"])
         test = read_asset_rows(seed_set["test_path"])
         unstructured = read_asset_rows(seed_set.get("unstructured_path"))
+        # Production-trace questions without a usable answer (the seed set's traces): the teacher labels them.
+        trace_texts = [{"id": r["id"], "question": r["question"], "context": r.get("context") or ""}
+                       for r in read_asset_rows(seed_set.get("traces_unlabelled_path"))]
         target = _synthetic_target(spec, profile, config.target)
         source = teacher_source(spec, profile, config.source)
         filters = spec.synthesis.filters
@@ -264,21 +267,31 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                                      sample_seed=rcfg.sample_seed, teacher_model=rcfg.teacher_model)
             teacher_label = rcfg.teacher_model
             context.log.info(f"{task}: recorded teacher {rcfg.teacher_model}: {len(recorded)} rows from {path}")
+        from distil_platform.teacher.self_training import SELF_TRAINING_TYPES
+
         texts: list[dict] = []
         if source == "self_training" and not seed_only:
             import random
 
-            from distil_platform.teacher.self_training import SELF_TRAINING_TYPES, unlabelled_texts
+            from distil_platform.teacher.self_training import unlabelled_texts
 
             if spec.type not in SELF_TRAINING_TYPES:
                 raise ValueError(f"{task}: self-training applies to {', '.join(SELF_TRAINING_TYPES)} tasks, not {spec.type}")
             texts = unlabelled_texts(unstructured)
-            if not texts:
+            if not texts and not trace_texts:
                 raise RuntimeError(f"{task}: self-training needs unlabelled messages (data.unstructured_file in "
-                                   f"{spec.source_file}); the seed set has none")
+                                   f"{spec.source_file}, or production traces); the seed set has none")
             if target < len(texts):
                 texts = random.Random(config.seed).sample(texts, max(0, target))
-        needs_model = not seed_only and ((source in ("teacher", "self_training") and target > 0)
+        traces_note = None
+        if trace_texts and (seed_only or source == "recorded" or spec.type not in SELF_TRAINING_TYPES):
+            traces_note = (f"{len(trace_texts)} unlabelled trace rows not labelled: "
+                           + ("the teacher gate says the teacher is asked nothing" if seed_only else
+                              "a recorded teacher labels nothing" if source == "recorded" else
+                              f"the teacher labels {' and '.join(SELF_TRAINING_TYPES)} messages only"))
+            context.log.warning(f"{task}: {traces_note}")
+            trace_texts = []
+        needs_model = not seed_only and ((source in ("teacher", "self_training") and (target > 0 or bool(trace_texts)))
                                          or (filters.answer_agreement and not config.agreement_model))
         labeller_dir = None
         if config.labeller:
@@ -292,6 +305,7 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
             teacher = spec.teacher_for(profile.name)
         served: dict[str, Any] = {"structured_output": False}
         errors: list[str] = []
+        traced: list[dict] = []  # the trace rows as the teacher labelled them (filled once a model is up)
 
         def generate_with(client):
             def generate(batch, formats):
@@ -386,16 +400,16 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                 spec, seeds, test, generate, target=target, teacher_model=teacher_label,
                 unstructured=unstructured, ground_in_unstructured=config.ground_in_unstructured,
                 literal_swap=config.literal_swap, rng_seed=config.seed, log=context.log.info,
-                recorded=recorded, second_answer=second, filters=filters, reply_format=reply_format,
+                recorded=recorded, second_answer=second, filters=filters, reply_format=reply_format, traced=traced,
             )
 
-        def label_with(client, send_logprobs):
-            # Self-training: the teacher answers each real message with the student's prompt, greedy.
+        def label_with(client, send_logprobs, texts=texts, counter="labelled"):
+            # Self-training (and trace rows): the teacher answers each real message with the student's prompt, greedy.
             from distil_platform.llm import ErrorRateExceeded, LLMError
             from distil_platform.teacher.self_training import answer_confidence, label_rows
 
             extra = {"logprobs": True} if send_logprobs else {}
-            requests = [ChatRequest(messages=m, temperature=0.0, item_id=f"label-{i}", extra=dict(extra),
+            requests = [ChatRequest(messages=m, temperature=0.0, item_id=f"{counter}-{i}", extra=dict(extra),
                                     max_tokens=answer_token_cap(profile, spec.max_answer_tokens))
                         for i, m in enumerate(eval_messages(spec, texts))]
             try:
@@ -409,9 +423,9 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
             done = {id(r.request): r for r in results}
             errors.extend(r.error for r in results if r.error)
             got = [done.get(id(q)) for q in requests]
-            served["labelled"] = sum(1 for r in got if r is not None and r.text is not None)
+            served[counter] = sum(1 for r in got if r is not None and r.text is not None)
             served["confidence_available"] = any(r is not None and r.logprobs for r in got)
-            if requests and not served["labelled"]:
+            if requests and not served[counter]:
                 first = next((e for e in errors if e), "no reply")
                 raise dg.Failure(description=f"{task}: the labeller {teacher.model} answered none of {len(requests)} "
                                  f"messages (first error: {first[:300]})")
@@ -447,13 +461,15 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
                     second = second_answer_by(*judge, release_teacher=teacher_stack.close)
                 else:
                     second = second_answer_with(client, structured) if filters.answer_agreement else None
+                if trace_texts:  # transformers serve returns no logprobs; vLLM and OpenAI-style endpoints do.
+                    traced.extend(label_with(client, send_logprobs=local_backend != "transformers",
+                                             texts=trace_texts, counter="traces_labelled"))
                 if source == "self_training":
-                    # transformers serve returns no logprobs; vLLM and OpenAI-style endpoints do.
-                    labelled = label_with(client, send_logprobs=local_backend != "transformers")
+                    labelled = label_with(client, send_logprobs=local_backend != "transformers") if texts else []
                     report = synthesize(
                         spec, seeds, test, lambda batch, formats: [], target=target, teacher_model=teacher.model,
                         rng_seed=config.seed, log=context.log.info, recorded=labelled, second_answer=second,
-                        filters=filters, source_name="self_training")
+                        filters=filters, source_name="self_training", traced=traced)
                 else:
                     report = run(generate_with(client), second, reply_format)
                 served["reply_counts"] = client.reply_counts()  # truncated / empty / timeouts of this teacher
@@ -504,8 +520,16 @@ def build_teacher_assets(spec: TaskSpec, profile: Profile | None = None) -> list
             "augmented_accepted": summary["augmented_accepted"],
             "rejected": summary["rejected"],
             "rejections_by_reason": dg.MetadataValue.json(summary["rejections_by_reason"]),
-            "funnel": table_metadata([{"step": k, "rows": v} for k, v in summary["funnel"].items()],
+            "funnel": table_metadata([{"step": k, "rows": v} for k, v in summary["funnel"].items()]
+                                     + ([{"step": "of which from traces: in", "rows": summary["traces_candidates"]},
+                                         {"step": "of which from traces: accepted", "rows": summary["traces_accepted"]}]
+                                        if summary["traces_candidates"] else []),
                                   [("step", "string"), ("rows", "int")], max_rows=20),
+            # Production-trace questions the teacher labelled (the seed set's unlabelled trace rows).
+            "traces_candidates": summary["traces_candidates"],
+            "traces_accepted": summary["traces_accepted"],
+            **({"traces_labelled": served.get("traces_labelled", 0)} if summary["traces_candidates"] else {}),
+            **({"traces_note": traces_note} if traces_note else {}),
             "filters": table_metadata(
                 [{"filter": name, "checked": st["checked"], "passed": st["passed"],
                   "rejected": sum(st["rejected"].values()),

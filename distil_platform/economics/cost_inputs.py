@@ -108,6 +108,54 @@ class CostInputs:
     # the gap closed; and per student run id, what the teacher gate did to its training data.
     teacher: EvaluatedModel | None = None
     gate_notes: dict[str, str] = field(default_factory=dict)
+    # The model the task's production traces logged (the latest seed set's ``traces.json``), priced from
+    # its logged usage as "your current model: <name>"; None when the seed set read no traces.
+    production: ProductionModel | None = None
+
+
+@dataclass
+class ProductionModel:
+    """What the user runs today, from its traces (``tasks.traces``): the model name and mean logged usage."""
+
+    model: str
+    usage: Usage | None
+    source: str  # the traces' path
+    labels_note: str | None = None  # "labels are your production model's answers (...)" when they are
+
+
+TRACES_SUMMARY = "traces.json"  # beside the seed set's test.parquet (written by the seed-set asset)
+
+
+def production_model(store: Any, task: str) -> ProductionModel | None:
+    """The production model of ``task``'s latest seed set, from its trace summary (None: no traces)."""
+    import json
+
+    from distil_platform.storage.paths import read_bytes
+    from distil_platform.storage.store import seed_sets
+
+    rows = store.select(seed_sets, task=task)
+    if not rows:
+        return None
+    test_path = str(max(rows, key=lambda r: r["id"])["test_path"])
+    try:
+        summary = json.loads(read_bytes(test_path.rsplit("/", 1)[0] + "/" + TRACES_SUMMARY))
+    except FileNotFoundError:
+        return None
+    usage = summary.get("usage") or {}
+    logged = None
+    if usage.get("n_requests"):
+        logged = Usage(n_requests=int(usage["n_requests"]), prompt_tokens=float(usage["mean_prompt_tokens"]),
+                       completion_tokens=float(usage["mean_completion_tokens"]),
+                       cached_prompt_tokens=float(usage.get("mean_cached_tokens") or 0.0), basis="traces")
+    return ProductionModel(model=str(summary.get("production_model") or "model not logged"), usage=logged,
+                           source=str(summary.get("path") or ""),
+                           labels_note=summary.get("labels_note") if summary.get("labels_are_production_answers") else None)
+
+
+def production_models(store: Any, tasks: Iterable[str]) -> list[str]:
+    """The production models the tasks' latest seed sets logged (for the price snapshot)."""
+    found = [production_model(store, task) for task in tasks]
+    return sorted({p.model for p in found if p is not None and p.usage is not None})
 
 
 def _item_scores(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[float | None]]:
@@ -327,7 +375,8 @@ def gather_cost_inputs(store: Any, spec: TaskSpec, *, test_rows: Sequence[Mappin
     return CostInputs(task=task, students=students, baselines=baselines, usage=usage, throughput=throughput,
                       skipped=skipped, margin=spec.margin, judge=judge, throughput_note=throughput_note,
                       ignored_runs={stage: found for stage, found in ignored.items() if found},
-                      teacher=_teacher(store, task, published(STAGE_TEACHER_EVAL)))
+                      teacher=_teacher(store, task, published(STAGE_TEACHER_EVAL)),
+                      production=production_model(store, task))
 
 
 def _teacher(store: Any, task: str, published: Sequence[str] | None) -> EvaluatedModel | None:

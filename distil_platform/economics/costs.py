@@ -9,6 +9,8 @@ Formulas (per request):
 
 - API model: mean (prompt - cached) tokens x input price + mean cached tokens x cached-input price
   + mean completion tokens x output price; x 1e6 for USD per million requests.
+- The production model (from its traces, "your current model: <name>"): the API formula on its mean
+  logged tokens per call (``production_row``).
 - Self-hosted student: hardware USD/hour / (3600 x sustained RPS) x 1e6 (the benchmark's: $2.40/h at
   222 RPS = $3.00 per million requests).
 - Break-even volume: a dedicated instance costs 24 x USD/hour a day, busy or not. Up to its capacity
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -41,6 +44,7 @@ from distil_platform.economics.cost_inputs import (
     CostInputs,
     CostTableError,
     EvaluatedModel,
+    ProductionModel,
     ThroughputProfile,
     Usage,
 )
@@ -83,6 +87,58 @@ def break_even_requests_per_day(usd_per_hour: float, api_usd_per_million: float,
     if api_usd_per_million <= 0 or api_usd_per_million <= student_usd_per_million:
         return None
     return 24.0 * usd_per_hour / (api_usd_per_million / 1e6)
+
+
+# -- the production model (from its traces) ------------------------------------------------------
+PRODUCTION_PREFIX = "your current model: "
+_DATED_RE = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
+
+
+def production_price(snapshot: PriceSnapshot, model: str):
+    """The snapshot's price of a model as traces log it (``gpt-5-mini-2025-08-07``): the entry of that
+    name, else of that name without a provider prefix or date suffix (``openai/gpt-5-mini``); the
+    pricing file's entries first. None when none matches."""
+    names = {model, _DATED_RE.sub("", model)}
+    names |= {n.split("/", 1)[1] for n in list(names) if "/" in n}
+    matches = [(k, p) for k, p in sorted(snapshot.models.items())
+               if k in names or k.split("/", 1)[-1] in names or _DATED_RE.sub("", k.split("/", 1)[-1]) in names]
+    matches.sort(key=lambda kp: (kp[1].origin != "pricing_file", kp[0] != model))
+    return matches[0][1] if matches else None
+
+
+def production_row(prod: ProductionModel, snapshot: PriceSnapshot, common: Mapping[str, Any],
+                   margin: float) -> dict[str, Any]:
+    """The cost-table row of the model the traces logged: its mean logged tokens per request at the
+    snapshot's prices (cached prompt tokens at the cached rate). No model call; no accuracy (when its
+    answers are the labels, it agrees with them by construction)."""
+    row: dict[str, Any] = {**common, "model": PRODUCTION_PREFIX + prod.model, "role": "production", "variant": "traces",
+                           "n_items": 0, "repeats": 0, "accuracy": None, "accuracy_std": None, "ci_low": None,
+                           "ci_high": None, "margin": margin, "cost_basis": "api"}
+    notes = [prod.labels_note] if prod.labels_note else []
+    price = production_price(snapshot, prod.model)
+    if prod.usage is not None:
+        row.update(mean_prompt_tokens=prod.usage.prompt_tokens, mean_completion_tokens=prod.usage.completion_tokens,
+                   mean_cached_prompt_tokens=prod.usage.cached_prompt_tokens)
+    if price is None:
+        row.update(usd_per_million_requests=None, cost_source=None, cost_note="; ".join(
+            [f"price unknown: {prod.model} is not in price snapshot {snapshot.hash[:12]}; add models.{prod.model} "
+             "to the pricing file and re-materialise `pricing`", *notes]))
+        return row
+    row.update(input_usd_per_mtok=price.input_per_mtok, output_usd_per_mtok=price.output_per_mtok,
+               cached_input_usd_per_mtok=price.cached_input_per_mtok, price_origin=price.origin,
+               price_source=price.source, price_as_of=price.as_of)
+    if prod.usage is None:
+        row.update(usd_per_million_requests=None, cost_source=None,
+                   cost_note="; ".join(["no token usage logged in the traces", *notes]))
+        return row
+    u = prod.usage
+    per_request = api_usd_per_request(u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens,
+                                      price.input_per_mtok, price.output_per_mtok, price.cached_input_per_mtok)
+    row.update(usd_per_million_requests=per_request * 1e6, cost_source="measured", cost_note="; ".join(
+        [f"logged usage of {u.n_requests} calls in {prod.source or 'the traces'}: {u.prompt_tokens:.1f} prompt "
+         f"({u.cached_prompt_tokens:.1f} cached, at the cached price) + {u.completion_tokens:.1f} completion tokens "
+         "per request", *notes]))
+    return row
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -305,6 +361,8 @@ def build_cost_table(inputs: CostInputs, snapshot: PriceSnapshot) -> list[dict[s
         rows.append({**common, "model": model, "role": tier, "variant": tier, "n_items": 0, "repeats": 0,
                      "accuracy": None, "accuracy_std": None, "ci_low": None, "ci_high": None, "margin": margin,
                      **_api_cost(model, inputs.usage.get(model), snapshot)})
+    if inputs.production is not None:
+        rows.append(production_row(inputs.production, snapshot, common, margin))
 
     hw_hour = next((r.get("usd_per_hour") for r in rows if r["role"] == "student" and r.get("usd_per_hour")), None)
     for row in rows:

@@ -211,6 +211,13 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def split_schema_question(question: str) -> tuple[str, str]:
+    """``(ddl, question)`` of a text2sql question in the public layout (``"Schema:\\n<DDL>\\n\\nQuestion:
+    <q>"``); ``("", question)`` when it is not in that layout."""
+    match = _TEXT2SQL_RE.match(question)
+    return (match["ddl"].strip(), match["q"].strip()) if match else ("", question)
+
+
 def normalise_records(
     spec: TaskSpec, records: Iterable[tuple[int, dict[str, Any]]], origin: str, split: str
 ) -> pl.DataFrame:
@@ -235,9 +242,7 @@ def normalise_records(
         question, answer = _text(record["question"]), _text(record["answer"])
         context = _text(record.get("context"))
         if spec.type == "text2sql" and not context.strip():
-            match = _TEXT2SQL_RE.match(question)
-            if match:
-                context, question = match["ddl"].strip(), match["q"].strip()
+            context, question = split_schema_question(question)
         if spec.type == "tool_calling":
             try:
                 answer = canonical_tool_call(answer)

@@ -66,6 +66,33 @@ class HFSource(_Strict):
     revision: str | None = None
 
 
+class TracesSource(_Strict):
+    """``data.traces``: production traces as the task's data (``tasks/traces.py``, docs/traces.md)."""
+
+    path: str | None = None  # a file, or a directory of *.jsonl / *.json files; relative to the YAML
+    path_env: str | None = None  # env var overriding path; default DISTIL_TRACES_<TASK>
+    format: Literal["auto", "openai", "langfuse"] = "auto"
+    test_share: float = Field(default=0.2, gt=0.0, lt=1.0)  # of the labelled rows, stratified
+    split_seed: int = 0
+    mask_pii: bool = True  # e-mail addresses, phone and card numbers masked before anything is stored
+    labelled: bool = True  # the traces' answers are the labels (else every trace row goes to the teacher)
+    # A regex with a named group `question` (and optionally `context`) cutting the message out of the
+    # production prompt's last user turn; None: the whole turn is the question.
+    question_pattern: str | None = None
+
+    @field_validator("question_pattern")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                groups = re.compile(v).groupindex
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+            if "question" not in groups:
+                raise ValueError("needs a named group `question`, e.g. '^Message: (?P<question>.*)$'")
+        return v
+
+
 class DataSources(_Strict):
     # (1) local directory in the question/answer(/context) jsonl-or-csv layout (train/test files).
     local_dir: str | None = None
@@ -78,6 +105,9 @@ class DataSources(_Strict):
     # Unlabelled in-domain text (a csv/jsonl with a `question` or `context` column) that the
     # teacher may ground generation in.
     unstructured_file: str | None = None
+    # Production traces (OpenAI chat-completions JSONL or a Langfuse export); with `labelled` they are
+    # the seed and test sets, and rows without a usable answer go to the teacher.
+    traces: TracesSource | None = None
 
 
 class ModelRef(_Strict):
@@ -115,6 +145,7 @@ class PerProfile(_Strict):
     local: str | None = None
     gpu: str | None = None
     test: str | None = None
+    rehearsal: str | None = None  # the gpu graph on a CPU with stand-in endpoints (distil_platform.profiles)
 
     def for_profile(self, profile: str) -> str | None:
         return getattr(self, profile)
@@ -218,7 +249,7 @@ class SynthesisConfig(_Strict):
         if low is not None and not 1 <= low <= self.examples_per_request:
             raise ValueError(f"min_examples_per_request must be between 1 and examples_per_request "
                              f"({self.examples_per_request}), got {low}")
-        for profile in ("local", "gpu", "test"):
+        for profile in ("local", "gpu", "test", "rehearsal"):
             if self.constrain_sql.for_profile(profile) not in (None, "free", "subset"):
                 raise ValueError(f"constrain_sql.{profile} must be free or subset, "
                                  f"got {self.constrain_sql.for_profile(profile)!r}")
@@ -308,7 +339,7 @@ class TaskSpec(_Strict):
     latency_slo_s: float = 1.0
     # p95 latency SLO per profile (seconds), overriding latency_slo_s there: a 2-core CPU serving a
     # 135M model cannot meet a GPU's 1 s, and the CPU student still deserves a measured sustained RPS.
-    latency_slo_by_profile: dict[Literal["local", "gpu", "test"], float] = Field(default_factory=dict)
+    latency_slo_by_profile: dict[Literal["local", "gpu", "test", "rehearsal"], float] = Field(default_factory=dict)
     min_seed_rows: int = 10
     min_test_rows: int = 20
     # Where the YAML came from (set by the loader, not by the file).

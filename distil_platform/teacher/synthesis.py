@@ -62,7 +62,7 @@ GenerateFn = Callable[[list[Messages], list["dict[str, Any] | None"]], list["str
 FILTER_ORDER = ("min_confidence", "question_sanity", "sql_nonempty", "grounded_arguments", "enum_consistency",
                 "answer_agreement")
 # Rows a model (or a recorded model) wrote, as opposed to deterministic augmentation of the seeds.
-MODEL_ORIGINS = ("teacher", "recorded", "self_training")
+MODEL_ORIGINS = ("teacher", "recorded", "self_training", "traces")
 # A second answer per row (the rows' questions answered independently): rows -> texts.
 SecondAnswerFn = Callable[[list[dict[str, Any]]], list["str | None"]]
 
@@ -202,6 +202,12 @@ class SynthesisReport:
     # Every candidate with its fate (accepted / invalid / rejected by a filter / duplicate /
     # contaminated): the stage's sample table reads it.
     audit: list[dict[str, Any]] = field(default_factory=list)
+    # Candidates that are production traces labelled by the teacher (origin "traces"), of ``generated``.
+    traces_candidates: int = 0
+
+    @property
+    def traces_accepted(self) -> int:
+        return sum(1 for r in self.accepted if r.get("origin") == "traces")
 
     @property
     def teacher_accepted(self) -> int:
@@ -246,6 +252,8 @@ class SynthesisReport:
             "augmented_accepted": self.augmented_accepted,
             "teacher_accepted": self.teacher_accepted,
             "accepted": len(self.accepted),
+            "traces_candidates": self.traces_candidates,
+            "traces_accepted": self.traces_accepted,
         }
 
 
@@ -271,6 +279,7 @@ def synthesize(
     filters: Any = None,
     source_name: str = "recorded",
     reply_format: Callable[[TeacherRequest], dict[str, Any] | None] | None = None,
+    traced: Sequence[dict[str, Any]] | None = None,
 ) -> SynthesisReport:
     """Ask the teacher for ``target`` examples and keep the valid, sane, agreed, new, uncontaminated ones.
 
@@ -281,6 +290,8 @@ def synthesize(
     ``second_answer`` answers rows independently for the agreement filter (when it is on).
     ``reply_format`` gives each teacher request its constrained-output format (a request's schema
     can depend on its context); ``generate(messages, formats)`` gets None formats without it.
+    ``traced``: production-trace questions the teacher labelled (``self_training.label_rows``); they join
+    the candidates as origin ``traces`` and pass the same steps (``traces_candidates`` counts them).
     Steps: parse → validate (schema) → quality filters → dedup → decontaminate.
     """
     cfg = spec.synthesis
@@ -327,6 +338,8 @@ def synthesize(
                            topic=req.topic, prompt_hash=req.prompt_hash,
                            grounding_ids=",".join(req.grounding_ids))
                 candidates.append(row)
+    candidates += [dict(r, origin="traces") for r in traced or ()]
+    requested += len(traced or ())  # each trace question is one label asked for
     generated = len(candidates)
     augmented = literal_swap_augment(spec, seeds, rng_seed=rng_seed) if literal_swap else []
     for row in augmented:
@@ -381,6 +394,7 @@ def synthesize(
         filter_stats=stats,
         decontamination_fields=fields,
         audit=audit,
+        traces_candidates=len(traced or ()),
     )
     if log:
         log(f"{spec.name}: synthesis {report.summary()}")
