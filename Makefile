@@ -93,6 +93,18 @@ run: venv serving-venv $(HOME_CONFIG)
 test: venv serving-venv $(HOME_CONFIG)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# The rehearsal (docs/gpu.md): the gpu profile's graph for one task on this CPU, a local teacher endpoint
+# and the provider fake on loopback in place of every API (distil_platform/rehearsal.py starts and stops
+# them). Its own DAGSTER_HOME: stand-in numbers never mix with real results (report: rehearsal_report.md).
+REHEARSAL_TASK ?= hotpotqa
+REHEARSAL_HOME ?= $(ROOT)/.rehearsal_home
+.PHONY: rehearsal
+rehearsal: export DISTIL_VLLM_PYTHON ?= $(abspath $(VENV_VLLM))/bin/python
+rehearsal: venv serving-venv
+	mkdir -p $(REHEARSAL_HOME)
+	test -f $(REHEARSAL_HOME)/dagster.yaml || cp distil_platform/config/dagster.yaml $(REHEARSAL_HOME)/dagster.yaml
+	DAGSTER_HOME=$(REHEARSAL_HOME) HF_HUB_OFFLINE=1 $(PY) -m distil_platform.rehearsal --task $(REHEARSAL_TASK)
+
 ui: venv $(HOME_CONFIG)
 	$(VENV)/bin/dagster dev -w workspace.yaml
 

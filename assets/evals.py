@@ -37,6 +37,11 @@ from .keys import task_key
 from .metadata import location_metadata, markdown_table
 from .published import store_run_id_metadata
 
+# What a rehearsal's frontier rows are (profiles.Profile.frontier_stand_ins).
+STAND_IN_NOTE = ("**Rehearsal: every frontier row is a stand-in** answered by the provider fake on loopback "
+                 "(distil_platform/llm/provider_fake.py), not by the provider: it proves the code path, never a "
+                 "score or a cost of that model.")
+
 
 class EvalConfig(dg.Config):
     # Requests in flight per model. None: 16 on vLLM (CPU or GPU; see common.VLLM_EVAL_CONCURRENCY),
@@ -220,6 +225,7 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
     for entry in plan:
         ref: ModelRef = entry["ref"]
         repeats = entry["repeats"]
+        outcomes: dict[str, int] = {}
         answer_kwargs = {"temperature": ref.temperature, "max_tokens": answer_token_cap(profile, ref.max_tokens)}
         start = time.monotonic()
         if entry["local"]:
@@ -251,6 +257,9 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
             results = evaluate(spec, test, client_answer_fn(client, **answer_kwargs, item_ids=item_ids),
                                repeats=repeats, judge=judge, empty_reply="unscorable")
             new_calls += client.http_calls
+            # Attempts after a request's first (429 / 5xx / timeouts) and requests that failed after them.
+            counts = client.reply_counts()
+            outcomes = {"retries": counts["retries"], "failed_requests": counts["failed"]}
         wall = time.monotonic() - start
         label = entry["label"]
         store.insert(predictions, prediction_rows(results, task=task, stage=stage, model=label,
@@ -258,14 +267,18 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
         summary = summarize(results)
         comparison = (paired_comparison(student_results, results, margin=spec.margin)
                       if student_results else {"n_paired": 0})
-        per_model[label] = {**summary.as_dict(), "tier": ref.tier, "repeats": repeats,
+        per_model[label] = {**summary.as_dict(), **outcomes, "tier": ref.tier, "repeats": repeats,
                             "wall_time_s": round(wall, 1), "vs_student": comparison}
-        table.append({"model": label, "tier": ref.tier, "repeats": repeats,
+        stand_in = profile.frontier_stand_ins and not entry["local"]  # answered by the rehearsal's provider fake
+        if stand_in:
+            per_model[label]["stand_in"] = True
+        table.append({"model": label + (" [stand-in]" if stand_in else ""), "tier": ref.tier, "repeats": repeats,
                       "score": f"{summary.score:.3f}", "ci": f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}]",
                       "mean±std over repeats": f"{summary.repeat_mean:.3f} ± {summary.repeat_std:.3f}",
                       "prompt tok": fmt_value(summary.mean_prompt_tokens), "completion tok":
                       fmt_value(summary.mean_completion_tokens), "parse fails": summary.parse_failures,
                       "truncated / empty": f"{summary.truncated} / {summary.empty}",
+                      "retries / timeouts": f"{outcomes.get('retries', 0)} / {summary.timeouts}",
                       "student − model": fmt_value(comparison.get("diff", comparison.get("mean_diff"))),
                       "McNemar p": fmt_value(comparison.get("mcnemar_p", comparison.get("p_value"))),
                       "verdict": (verdict_label(comparison.get("verdict"), spec.margin)
@@ -289,6 +302,8 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
         "comparison": dg.MetadataValue.md(markdown_table([student_line, *table],
                                                          columns=list(table[0]) if table else None)),
         "per_model": dg.MetadataValue.json(jsonable(per_model)),
+        **({"stand_ins": dg.MetadataValue.md(STAND_IN_NOTE)} if profile.frontier_stand_ins and stage == STAGE_FRONTIER
+           else {}),
         **store_run_id_metadata(context.run_id),  # the rows readers may use (assets/published.py)
     }
     return dg.Output(value, metadata=metadata)

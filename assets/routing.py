@@ -11,9 +11,11 @@ from typing import Any
 import dagster as dg
 from distil_platform.resources.store import ResultsStoreResource
 
+from distil_platform.profiles import Profile, get_profile
 from distil_platform.storage import paths
 from distil_platform.tasks.spec import TaskSpec
 
+from .evals import STAND_IN_NOTE
 from .keys import cost_table_key, task_key
 from .metadata import location_metadata, markdown_table, png_markdown
 from .published import routing_runs, store_run_id_metadata
@@ -30,8 +32,9 @@ class RoutingConfig(dg.Config):
     margin: float | None = None
 
 
-def build_routing_asset(spec: TaskSpec) -> list:
+def build_routing_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
     task = spec.name
+    profile = profile or get_profile()  # resolved once, when the Definitions are built
 
     @dg.asset(
         key=task_key(task, "routing"),
@@ -50,6 +53,10 @@ def build_routing_asset(spec: TaskSpec) -> list:
         result = compute_task_routing(spec, results_store.store(), context.run_id, daily_requests=config.daily_requests,
                                       folds=config.folds, seed=config.seed, margin=config.margin,
                                       runs=routing_runs(context.instance, task))
+        if profile.frontier_stand_ins:  # the rehearsal: its frontier routes are stand-ins, not recommendations
+            result["metadata"]["stand_ins"] = dg.MetadataValue.md(STAND_IN_NOTE)
+            result["metadata"]["recommendation"] = dg.MetadataValue.md(
+                f"**Rehearsal, frontier models are stand-ins:** {result['sentence']}")
         for note in result["notes"]:
             context.log.info(f"{task}: {note}")
         context.log.info(result["sentence"])

@@ -8,6 +8,14 @@
   OpenAI-compatible endpoint (``DISTIL_TEACHER_API_BASE``; the model it serves: ``DISTIL_TEACHER_MODEL``,
   default :data:`GPU_DEFAULT_TEACHER`).
 - ``test``: ``tiny-qwen3`` everywhere; seconds per stage, for the test suite.
+- ``rehearsal``: the gpu profile's graph on a CPU, every external endpoint a local stand-in (``make
+  rehearsal``, docs/gpu.md "The rehearsal"): the task YAMLs' ten frontier comparison models, their
+  repeats and the LLM judge, reached through litellm's provider settings at the provider fake
+  (``distil_platform.llm.provider_fake``); the teacher an OpenAI-compatible endpoint like the gpu
+  profile's (``DISTIL_TEACHER_API_BASE`` / ``_KEY`` / ``_MODEL``: a small local model served on
+  loopback); the student ``smollm2-135m-instruct`` trained and served on the CPU as ``local`` does.
+  Its sizes for a small CPU teacher and student are stated in :data:`REHEARSAL_SIZING` (and in the
+  report), and its report marks every frontier row a stand-in: its numbers are never results.
 
 Frontier models are used under any profile whenever their API key is set.
 """
@@ -18,13 +26,24 @@ import os
 from dataclasses import dataclass, replace
 from typing import Literal
 
-ProfileName = Literal["local", "gpu", "test"]
-PROFILES: tuple[ProfileName, ...] = ("local", "gpu", "test")
+ProfileName = Literal["local", "gpu", "test", "rehearsal"]
+PROFILES: tuple[ProfileName, ...] = ("local", "gpu", "test", "rehearsal")
 
 # The gpu profile's teacher: a litellm model string, ``openai/<the name the endpoint serves>`` for an
 # OpenAI-compatible endpoint (vLLM, SGLang, a hosted open-weight API). Env DISTIL_TEACHER_MODEL replaces it.
 TEACHER_MODEL_ENV = "DISTIL_TEACHER_MODEL"
 GPU_DEFAULT_TEACHER = "openai/deepseek-ai/DeepSeek-V3.1"
+# The rehearsal's teacher: the small local model `make rehearsal` serves on loopback (env replaces it).
+REHEARSAL_DEFAULT_TEACHER = "openai/smollm2-135m-instruct"
+# What the rehearsal sizes differently from the gpu profile, and why (its metadata and report say so).
+REHEARSAL_SIZING = (
+    "rehearsal sizing (CPU, small local models): teacher and student SmolLM2-135M (the gpu profile: a hosted "
+    "open-weight teacher, a Qwen3 student); 16 synthetic rows (gpu: 2,000); training 40 steps under a 120 s "
+    "budget (gpu: 2 epochs); a short throughput sweep at 1-2 req/s against the task's rehearsal latency SLO; "
+    "the teacher gate's thresholds are the gpu profile's, so a 135M teacher fails them and the make target "
+    "overrides the gate by run config (override_teacher_gate, recorded in the teacher data's metadata); "
+    "frontier models and judge answer through the provider fake: stand-ins, not results"
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +94,9 @@ class Profile:
     # Training needs a CUDA GPU: the job fails at once, saying why, when torch sees none (a CPU
     # fallback would train a billion-parameter student for days).
     requires_cuda: bool = False
+    # Every frontier model and the judge answer through a stand-in (the rehearsal's provider fake): reports
+    # mark those rows, and their numbers are never results.
+    frontier_stand_ins: bool = False
 
 
 PROFILE_DEFAULTS: dict[str, Profile] = {
@@ -155,6 +177,19 @@ PROFILE_DEFAULTS: dict[str, Profile] = {
         throughput_duration_s=3.0,
     ),
 }
+# The rehearsal trains and serves like `local` (the same CPU recipe), with the gpu profile's teacher
+# endpoint, frontier models and judge (through stand-ins), a shorter budget and sweep.
+PROFILE_DEFAULTS["rehearsal"] = replace(
+    PROFILE_DEFAULTS["local"],
+    name="rehearsal",
+    default_teacher=REHEARSAL_DEFAULT_TEACHER,
+    max_steps=40,
+    train_time_budget_s=120.0,
+    throughput_rates=(1.0, 2.0),
+    throughput_duration_s=10.0,
+    throughput_min_requests=10,
+    frontier_stand_ins=True,
+)
 
 
 def current_profile_name() -> ProfileName:
@@ -165,13 +200,13 @@ def current_profile_name() -> ProfileName:
 
 
 def get_profile(name: str | None = None) -> Profile:
-    """The named profile (None: ``DISTIL_PROFILE``'s); the gpu profile's teacher from env
+    """The named profile (None: ``DISTIL_PROFILE``'s); the gpu and rehearsal profiles' teacher from env
     ``DISTIL_TEACHER_MODEL`` when set."""
     name = name or current_profile_name()
     if name not in PROFILE_DEFAULTS:
         raise ValueError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
     profile = PROFILE_DEFAULTS[name]
     teacher = os.environ.get(TEACHER_MODEL_ENV, "").strip()
-    if name == "gpu" and teacher:
+    if name in ("gpu", "rehearsal") and teacher:
         profile = replace(profile, default_teacher=teacher)
     return profile

@@ -150,7 +150,7 @@ def test_finish_reason_and_reasoning_tokens_are_recorded_cached_and_replayed(fak
     # Billed: the empty reply's reasoning tokens are paid for.
     assert results[2].cost_usd == pytest.approx(10 * 1e-3 + 2053 * 2e-3)
     assert client.reply_counts() == {"answered": 4, "truncated": 2, "empty": 2, "content_filter": 1, "failed": 0,
-                                     "timeouts": 0, "reasoning_tokens": 2148}
+                                     "timeouts": 0, "retries": 0, "reasoning_tokens": 2148}
     rows = {r["cache_key"]: r for r in store.select(llm_requests, run_id="r1")}
     cached = {r["key"]: r["response"] for r in store.select(llm_cache)}
     assert sorted(r["finish_reason"] for r in rows.values()) == ["content_filter", "length", "length", "stop"]

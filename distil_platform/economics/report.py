@@ -6,11 +6,16 @@ ratio; the headline count; the rules (:data:`RULES`); a cost-vs-accuracy plot pe
 Reads only the latest cost table of each task from the results store (the benchmark-report asset:
 the table of the task's last successful ``<task>_cost_table`` materialisation): tasks without one
 are listed as missing, never fail the report.
+
+A rehearsal's report (``stand_ins``: the profile's frontier models answered through the provider fake)
+says so in its title, its headline and every frontier row, and is written as ``rehearsal_report.md``,
+never as ``benchmark_report.md``: its numbers prove the code path, they are not results.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +33,12 @@ from distil_platform.economics.stats import verdict_label
 API_ROLES = ("frontier", "mid_tier")
 TEMPERATURE_0_VARIANT = "@t0"  # variant suffix of a comparison model's extra run at temperature 0
 GOOD_VERDICTS = ("win", "non_inferior")
+STAND_IN_MARK = " [stand-in]"  # after every frontier model's name in a rehearsal's report
+STAND_IN_TITLE = "# Rehearsal report: frontier rows are stand-ins, not benchmark results"
+STAND_IN_NOTE = ("**Rehearsal** (profile `rehearsal`): every frontier model and the judge were answered by the "
+                 "provider fake on loopback (distil_platform/llm/provider_fake.py: a small local model's answers, "
+                 "or a test's deterministic ones), and the student is a small CPU stand-in; every number below proves that the gpu profile's code "
+                 "path runs, none is a score or a cost of the models named. Do not publish it as a result.")
 
 RULES = (
     "Verdicts compare the student with a model on the same test items (paired) and never pair items scored "
@@ -251,10 +262,26 @@ def plot_task(task: str, rows: Sequence[Mapping[str, Any]], path: Path) -> Path 
     return path
 
 
+def mark_stand_ins(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Cost-table rows with every frontier (API) model's name marked as a stand-in."""
+    return [{**r, "model": str(r.get("model")) + STAND_IN_MARK} if r.get("role") in API_ROLES else dict(r)
+            for r in rows]
+
+
 def build_markdown(summaries: Sequence[TaskSummary], tables: Mapping[str, Sequence[Mapping[str, Any]]],
-                   missing: Sequence[str], plots: Mapping[str, str], head: str) -> str:
-    lines = ["# Benchmark report", "", f"**{head}**", ""]
+                   missing: Sequence[str], plots: Mapping[str, str], head: str, *, stand_ins: bool = False) -> str:
+    lines = [STAND_IN_TITLE, "", STAND_IN_NOTE, ""] if stand_ins else ["# Benchmark report", ""]
+    lines += [f"**{head}**", ""]
     rows = [summary_row(s) for s in summaries]
+    if stand_ins:  # every frontier model's name, wherever a cell names it (best mid-tier, routes, unpriced)
+        names = sorted({str(r.get("model")) for rows_ in tables.values() for r in rows_ if r.get("role") in API_ROLES},
+                       key=len, reverse=True)
+        pattern = re.compile("|".join(re.escape(n) for n in names) or "(?!)")
+        for row in rows:
+            for column, cell in row.items():
+                if column not in ("task", "student (variant)"):
+                    row[column] = pattern.sub(lambda m: m.group(0) + STAND_IN_MARK, cell)
+        tables = {task: mark_stand_ins(rows_) for task, rows_ in tables.items()}
     if rows:
         columns = list(dict.fromkeys(c for r in rows for c in r))
         lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -267,7 +294,7 @@ def build_markdown(summaries: Sequence[TaskSummary], tables: Mapping[str, Sequen
 
     for s in summaries:
         if s.unpriced:
-            lines += ["", f"{s.task}: price unknown for {', '.join(s.unpriced)} (see the pricing file's `unpriced`)."]
+            lines += ["", f"{s.task}: price unknown for {', '.join(n + (STAND_IN_MARK if stand_ins else '') for n in s.unpriced)} (see the pricing file's `unpriced`)."]
     for task, rows_ in tables.items():
         judge = rows_[0].get("judge")
         lines += ["", f"## {task}", "", f"Prices: snapshot `{(rows_[0].get('snapshot_hash') or '')[:12]}` "
@@ -284,8 +311,9 @@ def build_markdown(summaries: Sequence[TaskSummary], tables: Mapping[str, Sequen
 
 
 def write_report(store: Any, task_names: Sequence[str], out_dir: Path,
-                 runs: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> Report:
-    """Summarise every task that has a cost table; write the markdown and plots into ``out_dir``.
+                 runs: Mapping[str, Mapping[str, Sequence[str]]] | None = None, *, stand_ins: bool = False) -> Report:
+    """Summarise every task that has a cost table; write the markdown and plots into ``out_dir``
+    (``stand_ins``: a rehearsal's, marked as such: module docstring).
 
     ``runs`` (what the asset passes, from Dagster's record): task -> {``STAGE_COST_TABLE``: table ids,
     ``STAGE_ROUTING``: run ids} of the successful materialisations, newest first; a task missing
@@ -304,12 +332,15 @@ def write_report(store: Any, task_names: Sequence[str], out_dir: Path,
         s.extra.update(routing_report_columns(store, s, task_runs[s.task]))
     plots = {}
     for task, rows in tables.items():
-        path = plot_task(task, rows, out_dir / f"{task}_cost_vs_accuracy.png")
+        path = plot_task(task, mark_stand_ins(rows) if stand_ins else rows,
+                         out_dir / f"{task}_{'rehearsal_' if stand_ins else ''}cost_vs_accuracy.png")
         if path:
             plots[task] = str(path)
     head = headline(summaries)
-    markdown = build_markdown(summaries, tables, missing, plots, head)
-    path = out_dir / "benchmark_report.md"
+    if stand_ins:
+        head = f"REHEARSAL, frontier rows are stand-ins (not results): {head}"
+    markdown = build_markdown(summaries, tables, missing, plots, head, stand_ins=stand_ins)
+    path = out_dir / ("rehearsal_report.md" if stand_ins else "benchmark_report.md")
     path.write_text(markdown, encoding="utf-8")
     return Report(markdown=markdown, headline=head, path=path, tasks=list(tables), missing=missing, plots=plots,
                   summaries=summaries)

@@ -165,15 +165,15 @@ class LLMClient:
 
     def reply_counts(self) -> dict[str, int]:
         """Outcomes of this client's requests so far: ``answered`` (fresh or cached), ``truncated``
-        (finish_reason length), ``empty`` (no text, no tool call), ``content_filter``, ``failed``, and
-        ``timeouts`` (timed-out attempts, each possibly billed), ``reasoning_tokens`` (sum reported)."""
-        keys = ("answered", "truncated", "empty", "content_filter", "failed", "timeouts", "reasoning_tokens")
+        (finish_reason length), ``empty`` (no text, no tool call), ``content_filter``, ``failed``, ``timeouts``
+        (timed-out attempts, each possibly billed), ``retries`` (attempts after a request's first: 429/5xx/timeouts), ``reasoning_tokens``."""
+        keys = ("answered", "truncated", "empty", "content_filter", "failed", "timeouts", "retries", "reasoning_tokens")
         return {k: self._counts.get(k, 0) for k in keys}
 
     def _count(self, result: ChatResult, fresh: bool) -> None:
         c = self._counts
         if fresh:
-            c["timeouts"] = c.get("timeouts", 0) + result.timeouts
+            c["timeouts"], c["retries"] = c.get("timeouts", 0) + result.timeouts, c.get("retries", 0) + max(0, result.attempts - 1)
         if result.error is not None:
             c["failed"] = c.get("failed", 0) + 1
             return
