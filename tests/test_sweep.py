@@ -81,7 +81,9 @@ def text2sql():
 
 def test_the_saturation_search_finds_a_capacity_bound_servers_knee(text2sql, tmp_path):
     """A stub serving 2 requests at a time, 50 ms each (capacity 40 req/s), SLO 0.5 s: the search
-    claims a rate below the capacity, fails one above it, and writes one small report."""
+    claims a rate below the capacity, fails one above it, and writes one small report. The generator's
+    dispatch tolerance is 50 ms here (5 ms by default): the verdict under test is the server's, and
+    the suite may share the machine."""
     _spec, _rows, messages = text2sql
     port = free_port()
     stub = loadgen_stub.start_stub(port, cpu=STUB_CPU, service_s=0.05, capacity=2, workdir=tmp_path)
@@ -90,7 +92,7 @@ def test_the_saturation_search_finds_a_capacity_bound_servers_knee(text2sql, tmp
         points, report = sweep(f"http://127.0.0.1:{port}/v1", "stub", messages, slo_s=0.5, rates=None,
                                plan=SaturationPlan(start_rps=5, refine_steps=2, budget_s=60),
                                window_for=lambda rate: 3.0, workdir=tmp_path / "sweep", cpus=CLIENT_CPUS,
-                               max_tokens=64, log=logged.append)
+                               max_tokens=64, log=logged.append, max_dispatch_delay_s=0.05)
     finally:
         stop_process_group(stub, timeout_s=5)
     from distil_platform.serving.throughput import analyse
@@ -116,7 +118,7 @@ def test_a_fixed_sweep_stops_at_the_first_rate_the_server_fails(text2sql, tmp_pa
     try:
         points, _report = sweep(f"http://127.0.0.1:{port}/v1", "stub", messages, slo_s=0.5,
                                 rates=[40.0, 5.0, 80.0], plan=None, window_for=lambda rate: 2.0,
-                                workdir=tmp_path / "fixed", cpus=CLIENT_CPUS, max_tokens=64)
+                                workdir=tmp_path / "fixed", cpus=CLIENT_CPUS, max_tokens=64, max_dispatch_delay_s=0.05)
     finally:
         stop_process_group(stub, timeout_s=5)
     assert [p.offered_rps for p in points] == [5.0, 40.0]  # 40 fails (capacity 20): 80 is not run

@@ -99,13 +99,16 @@ def next_rate(tried: Sequence[tuple[float, bool]], plan: SaturationPlan) -> floa
 
 def run_rate(base_url: str, model: str, messages: Sequence[list[dict[str, Any]]], *, rate: float,
              window_s: float, workdir: Path, seed: int, max_tokens: int, cpus: set[int] | None,
-             drain_timeout_s: float) -> tuple[LoadPoint, dict[str, Any]]:
-    """One rate: the generator in its own process; its point and its result (per-request timings)."""
+             drain_timeout_s: float, max_dispatch_delay_s: float | None = None) -> tuple[LoadPoint, dict[str, Any]]:
+    """One rate: the generator in its own process; its point and its result (per-request timings).
+    ``max_dispatch_delay_s``: the p99 dispatch delay past which the run is client bound (None: 5 ms)."""
     from distil_platform.serving.loadgen import load_point, run_loadgen
 
+    extra = ["--drain-timeout", repr(float(drain_timeout_s))]
+    if max_dispatch_delay_s is not None:
+        extra += ["--max-dispatch-delay-ms", repr(float(max_dispatch_delay_s) * 1e3)]
     result = run_loadgen(base_url, model, messages, rate=rate, duration_s=window_s, workdir=workdir, seed=seed,
-                         max_tokens=max_tokens, cpus=cpus, extra_args=["--drain-timeout", repr(float(drain_timeout_s))],
-                         timeout_s=window_s + drain_timeout_s + 120.0)
+                         max_tokens=max_tokens, cpus=cpus, extra_args=extra, timeout_s=window_s + drain_timeout_s + 120.0)
     if result["completed"] == 0 and result["sent"]:
         raise ThroughputError(f"every load-test request at {rate:g} req/s failed; first error: {result['first_error']}")
     return load_point(result), result
@@ -114,7 +117,8 @@ def run_rate(base_url: str, model: str, messages: Sequence[list[dict[str, Any]]]
 def sweep(base_url: str, model: str, messages: Sequence[list[dict[str, Any]]], *, slo_s: float,
           rates: Sequence[float] | None, plan: SaturationPlan | None, window_for: Callable[[float], float],
           workdir: Path, seed: int = 0, max_tokens: int = 256, cpus: set[int] | None = None,
-          idle_latency_s: float = 1.0, log: Callable[[str], None] | None = None) -> tuple[list[LoadPoint], Path]:
+          idle_latency_s: float = 1.0, max_dispatch_delay_s: float | None = None,
+          log: Callable[[str], None] | None = None) -> tuple[list[LoadPoint], Path]:
     """Offer ``rates`` (slowest first; stops at the first not sustained) or, with ``rates`` None, the
     saturation search of ``plan``. ``window_for(rate)``: that rate's window in seconds. Returns the
     points and one JSON report (every run's summary and per-request timings)."""
@@ -143,7 +147,8 @@ def sweep(base_url: str, model: str, messages: Sequence[list[dict[str, Any]]], *
             log(f"load test rate {i + 1}{'/' + str(len(fixed)) if fixed else ''}: {rate:g} req/s for {window:g} s"
                 f" ({'fixed sweep' if fixed else 'saturation search'}); ETA at most {left:.0f}s")
         point, result = run_rate(base_url, model, messages, rate=rate, window_s=window, workdir=workdir / f"rate{i}",
-                                 seed=seed + i, max_tokens=max_tokens, cpus=cpus, drain_timeout_s=drain)
+                                 seed=seed + i, max_tokens=max_tokens, cpus=cpus, drain_timeout_s=drain,
+                                 max_dispatch_delay_s=max_dispatch_delay_s)
         spent += window
         points.append(point)
         results.append(result)
