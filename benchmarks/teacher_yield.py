@@ -8,6 +8,11 @@ teacher-data issue is >= 1 accepted row per teacher request on every task.
 
     DAGSTER_HOME=/tmp/yield_home .venv/bin/python benchmarks/teacher_yield.py --out benchmarks/results/teacher_yield.json
 
+``--gate`` also materialises ``<task>_teacher_eval`` first (the teacher gate: the teacher answers the
+test set; verdict PROCEED / ITERATE / RETHINK with its score and interval) and then asks the teacher
+anyway (run config ``override_teacher_gate: true``), so the table shows whether the gate's verdict
+predicts what the teacher data then yields.
+
 One task at a time (each starts and stops its own teacher server); run it on a quiet machine.
 """
 
@@ -29,7 +34,7 @@ def _md(result, key: str) -> dict:
 
 
 def task_yield(task: str, target: int | None = None, frequency_penalty: float | None = None,
-               answer_agreement: bool | None = None) -> dict:
+               answer_agreement: bool | None = None, gate: bool = False) -> dict:
     import dagster as dg
     from distil_platform.assets.seed import build_seed_set_asset
     from distil_platform.assets.teacher import build_teacher_assets
@@ -43,15 +48,23 @@ def task_yield(task: str, target: int | None = None, frequency_penalty: float | 
     spec = get_task(task)
     profile = get_profile()
     assets = build_seed_set_asset(spec) + build_teacher_assets(spec, profile)
+    selection = [task, f"{task}_teacher_data"]
+    if gate:
+        from distil_platform.assets.teacher_eval import build_teacher_eval_asset
+
+        assets += build_teacher_eval_asset(spec, profile)
+        selection.insert(1, f"{task}_teacher_eval")
     resources = local_resources(profile)
     config = {} if target is None else {"target": target}
+    if gate:
+        config["override_teacher_gate"] = True  # ask the teacher whatever the verdict: yield vs gate
     if frequency_penalty is not None:
         config["frequency_penalty"] = frequency_penalty
     if answer_agreement is not None:
         config["answer_agreement"] = answer_agreement
     start = time.monotonic()
     result = dg.materialize(assets, resources=resources, instance=dg.DagsterInstance.get(),
-                            selection=[task, f"{task}_teacher_data"],
+                            selection=selection,
                             run_config={"ops": {f"{task}_teacher_data": {"config": config}}})
     wall = round(time.monotonic() - start, 1)
     md = _md(result, f"{task}_teacher_data")
@@ -67,7 +80,13 @@ def task_yield(task: str, target: int | None = None, frequency_penalty: float | 
             "frequency_penalty": md.get("frequency_penalty"),
             "answer_agreement": "answer_agreement" in (summary.get("filters") or {}),
             "rejected_by_filter": {name: st["rejected"] for name, st in (summary.get("filters") or {}).items()},
-            "wall_s": wall}
+            "wall_s": wall, **(_gate(result, task) if gate else {})}
+
+
+def _gate(result, task: str) -> dict:
+    md = _md(result, f"{task}_teacher_eval")
+    return {"gate": {k: md.get(k) for k in ("verdict", "score", "ci_low", "ci_high", "metric", "thresholds",
+                                             "n_test", "teacher", "verdict_line", "wall_time_s")}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the teacher's frequency penalty (default: each task YAML's)")
     parser.add_argument("--answer-agreement", choices=["on", "off"], default=None,
                         help="override every task's round-trip agreement filter (default: each task YAML's)")
+    parser.add_argument("--gate", action="store_true", help="evaluate the teacher first (T_teacher_eval), then ask it anyway")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "teacher_yield.json"))
     args = parser.parse_args(argv)
     os.environ.setdefault("DISTIL_PROFILE", "local")
@@ -90,14 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     for task in tasks:
         print(f"== {task}", file=sys.stderr, flush=True)
         agreement = None if args.answer_agreement is None else args.answer_agreement == "on"
-        rows.append(task_yield(task, args.target, args.frequency_penalty, agreement))
+        rows.append(task_yield(task, args.target, args.frequency_penalty, agreement, gate=args.gate))
         Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1) + "\n")
-    print("| task | requests | generated | schema-valid | accepted | accepted / request | top rejections |")
-    print("|---|---|---|---|---|---|---|")
+    gate_head = ("| gate verdict | teacher score [CI] |", "|---|---|") if args.gate else ("", "")
+    print(f"| task {gate_head[0]} requests | generated | schema-valid | accepted | accepted / request | top rejections |")
+    print(f"|---{gate_head[1]}---|---|---|---|---|---|")
     for r in rows:
         top = ", ".join(f"`{k}` {v}" for k, v in r["top_rejections"].items()) or "–"
-        print(f"| {r['task']} | {r['teacher_requests']} | {r['generated']} | {r['schema_valid']} | {r['accepted']} "
-              f"| {r['accepted_per_request']} | {top} |")
+        g = r.get("gate") or {}
+        gate_cells = ""
+        if args.gate:
+            score = "–" if g.get("score") is None else (f"{g['score']:.3f} [{g.get('ci_low') or 0:.3f}, "
+                                                        f"{g.get('ci_high') or 0:.3f}] ({g.get('metric')})")
+            gate_cells = f" {g.get('verdict')} | {score} |"
+        print(f"| {r['task']} |{gate_cells} {r['teacher_requests']} | {r['generated']} | {r['schema_valid']} "
+              f"| {r['accepted']} | {r['accepted_per_request']} | {top} |")
     return 0
 
 
