@@ -52,7 +52,7 @@ def task_asset_attributes(spec: TaskSpec, assets: list) -> list:
     seed_key = dg.AssetKey(spec.name)
 
     def attrs(asset_spec: dg.AssetSpec) -> dg.AssetSpec:
-        suffix = asset_spec.key.path[-1][len(spec.name):]
+        suffix = asset_spec.key.path[-1][len(spec.name):].split("__")[0]  # a candidate's: <stage>__<candidate>
         kinds, role = _STAGES.get(suffix, (set(), None))
         out = asset_spec.merge_attributes(tags={"task": spec.name, "task_type": spec.type}, kinds=kinds)
         out = out.replace_attributes(owners=OWNERS)
@@ -70,11 +70,14 @@ def build_task_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
 
     Keys: ``<task>`` (seed set), ``<task>_teacher_eval``, ``<task>_teacher_data``, ``<task>_student``, ``<task>_student_eval``,
     ``<task>_baseline_evals``, ``<task>_frontier_evals``, ``<task>_throughput``, ``<task>_cost_table`` (and ``<task>_routing``),
-    ``<task>_student_bundle``.
+    ``<task>_student_bundle``. Further student candidates (``assets/candidates.py``; env
+    ``DISTIL_STUDENT_CANDIDATES``): ``<task>_student__<c>`` and ``<task>_student_serving__<c>``
+    (``<task>_student_eval__<c>``, ``<task>_throughput__<c>``), from the same factories.
 
     ``profile`` (default: ``DISTIL_PROFILE``, read once here) is fixed when the graph is built and
     captured by the stage factories; no asset body reads the environment for it.
     """
+    from .candidates import wirings
     from .checks import build_task_checks
     from .costs import build_task_cost_assets
     from .evals import build_eval_assets
@@ -87,11 +90,14 @@ def build_task_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
     from .teacher_eval import build_teacher_eval_asset
 
     profile = profile or get_profile()
+    candidates = wirings(spec, profile.name)
+    extra = [a for c in candidates[1:] for a in build_student_asset(spec, profile, c)
+             + build_student_serving_asset(spec, profile, c)]
     assets = (build_seed_set_asset(spec) + build_teacher_eval_asset(spec, profile) + build_teacher_assets(spec, profile)
               + build_student_asset(spec, profile)
               + build_student_serving_asset(spec, profile) + build_eval_assets(spec, profile)
-              + build_task_cost_assets(spec) + build_routing_asset(spec)
-              + build_student_bundle_asset(spec, profile))
+              + build_task_cost_assets(spec, [c.candidate for c in candidates]) + build_routing_asset(spec)
+              + build_student_bundle_asset(spec, profile) + extra)
     return task_asset_attributes(spec, assets) + build_task_checks(spec)
 
 

@@ -19,9 +19,24 @@ from distil_platform.tasks.spec import TaskSpec
 
 from .automation import refresh_condition
 from .config_sources import pricing_file_observation
-from .keys import OWNERS, PRICING_FILE_KEY, PRICING_KEY, REPORT_KEY, cost_table_key, task_key, throughput_key
-from .metadata import location_metadata, polars_column_schema, table_metadata
-from .published import cost_table_runs, report_runs, store_run_id_metadata, student_gate_notes
+from .keys import (
+    OWNERS,
+    PRICING_FILE_KEY,
+    PRICING_KEY,
+    REPORT_KEY,
+    candidate_key,
+    cost_table_key,
+    task_key,
+    throughput_key,
+)
+from .metadata import location_metadata, png_markdown, polars_column_schema, table_metadata
+from .published import (
+    cost_table_runs,
+    report_runs,
+    store_run_id_metadata,
+    student_candidate_runs,
+    student_gate_notes,
+)
 
 
 class PricingConfig(dg.Config):
@@ -32,15 +47,19 @@ class PricingConfig(dg.Config):
 
 
 
-def build_task_cost_assets(spec: TaskSpec) -> list:
+def build_task_cost_assets(spec: TaskSpec, candidates: list | None = None) -> list:
+    """``<task>_cost_table``. ``candidates`` (``tasks.candidates.StudentCandidate``, first = today's
+    keys; None: the student alone): a row per candidate and the choice among them."""
     task = spec.name
+    candidates = list(candidates or [])
 
     @dg.asset(
         key=cost_table_key(task),
         group_name=task,
         deps=[task_key(task, "student_eval"), task_key(task, "baseline_evals"),
               task_key(task, "frontier_evals"), throughput_key(task),
-              PRICING_KEY],  # (and the teacher eval's rows, for the gap closed, read like the evals')
+              PRICING_KEY]  # (and the teacher eval's rows, for the gap closed, read like the evals')
+        + [candidate_key(task, stage, c.name) for c in candidates[1:] for stage in ("student_eval", "throughput")],
         kinds={"polars", "parquet"},
         description=f"`{task}`: one row per model — accuracy ± std and CI, USD per million requests (APIs: measured "
         "tokens x snapshot prices; students: hardware $/h / sustained RPS), verdict and cost ratio vs the student, "
@@ -52,7 +71,8 @@ def build_task_cost_assets(spec: TaskSpec) -> list:
         # materialisations are read (Dagster's record), never a failed run's.
         result = compute_cost_table(spec, results_store.store(), context.run_id,
                                     runs=cost_table_runs(context.instance, task),
-                                    gate_notes=student_gate_notes(context.instance, task))
+                                    gate_notes=student_gate_notes(context.instance, task),
+                                    candidates=student_candidate_runs(context.instance, task, candidates) or None)
         for stage, runs in result["ignored_runs"].items():
             context.log.warning(f"{task}: not priced: {stage} rows of run(s) {', '.join(runs)}, newer than the "
                                 "ones priced but never materialised successfully")
@@ -63,11 +83,14 @@ def build_task_cost_assets(spec: TaskSpec) -> list:
     return [cost_table]
 
 
-def compute_cost_table(spec: TaskSpec, store, table_id: str, runs=None, gate_notes=None) -> dict[str, Any]:
+def compute_cost_table(spec: TaskSpec, store, table_id: str, runs=None, gate_notes=None,
+                       candidates=None) -> dict[str, Any]:
     """Build, write (Parquet, CSV, store) and describe one task's cost table at the current prices.
     ``runs``: each upstream stage's successful runs (``gather_cost_inputs``); None reads the newest
     rows (offline callers: tests, benchmarks; the asset always passes them). ``gate_notes``: student
-    run id -> what the teacher gate did to that student's data (``published.student_gate_notes``)."""
+    run id -> what the teacher gate did to that student's data (``published.student_gate_notes``).
+    ``candidates``: the student candidates' runs (``published.student_candidate_runs``; first = the
+    student above): a ``candidate`` row per further one and the choice (``economics.candidates``)."""
     import hashlib
 
     from distil_platform.economics.cost_inputs import gather_cost_inputs
@@ -98,9 +121,23 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str, runs=None, gate_not
     inputs.table_id = table_id
     inputs.gate_notes = dict(gate_notes or {})
     rows = build_cost_table(inputs, snapshot)
+    section = None
+    if candidates:
+        from distil_platform.economics.candidates import price_candidates
+
+        priced, extra_rows = price_candidates(store, spec, snapshot, runs, candidates, inputs, rows)
+        for row in rows:
+            row["candidate"] = candidates[0]["name"] if row["role"] == "student" else None
+        rows += extra_rows
+        # Another candidate's rows are its own, not a failed run of this table's student.
+        published_elsewhere = {r for c in candidates for found in c["runs"].values() for r in found}
+        inputs.ignored_runs = {stage: kept for stage, found in inputs.ignored_runs.items()
+                               if (kept := [r for r in found if r not in published_elsewhere])}
     import polars as pl
 
     with paths.ArtifactDir(spec.name, "cost_table", table_id) as out:  # published on leaving the block
+        if candidates:
+            section = candidate_metadata(spec, priced, inputs, rows, out.local)
         parquet, csv = write_cost_table(rows, out.local)
         column_schema = polars_column_schema(pl.read_parquet(parquet, n_rows=0))
         parquet, csv = out.url_for(parquet), out.url_for(csv)
@@ -112,7 +149,7 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str, runs=None, gate_not
         "dagster/row_count": len(rows),
         "dagster/column_schema": column_schema,
         "rows": len(rows),
-        "cost_rows": table_metadata(rows, ["model", "role", "variant", "accuracy", "ci_low", "ci_high",
+        "cost_rows": table_metadata(rows, ["model", "role", "candidate", "variant", "accuracy", "ci_low", "ci_high",
                                            "usd_per_million_requests", "cost_source", "student_result",
                                            "cost_ratio_vs_student"], max_rows=40),
         "snapshot_hash": snapshot.hash[:16],
@@ -134,11 +171,35 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str, runs=None, gate_not
         # The eval runs priced, and newer runs left out because they never materialised successfully.
         "eval_runs": dg.MetadataValue.json({r["model"]: r.get("eval_run_id") for r in rows if r.get("eval_run_id")}),
         "ignored_runs": dg.MetadataValue.json(inputs.ignored_runs),
+        **(section or {}),
         **store_run_id_metadata(table_id),
     }
     value = {"table_id": table_id, "parquet_path": str(parquet), "csv_path": str(csv), "snapshot_hash": snapshot.hash}
     return {"value": value, "metadata": metadata, "content_hash": content_hash, "n_rows": len(rows),
             "snapshot_hash": snapshot.hash, "rows": rows, "ignored_runs": inputs.ignored_runs}
+
+
+def candidate_metadata(spec: TaskSpec, priced: list, inputs, rows: list[dict[str, Any]], out_dir) -> dict[str, Any]:
+    """The choice among the student candidates as metadata: ``chosen_candidate`` ("none" when none
+    is good enough), ``chosen_candidate_why``, a table of candidates and a plot of accuracy vs $/M."""
+    from distil_platform.economics.candidates import (
+        best_mid_tier_api,
+        candidates_markdown,
+        choose_candidate,
+        plot_candidates,
+    )
+
+    api = best_mid_tier_api(inputs, rows)
+    choice = choose_candidate(priced, api, spec.margin)
+    apis = [(r["model"], r.get("usd_per_million_requests"), r.get("accuracy")) for r in rows
+            if r.get("cost_basis") == "api"]
+    plot = plot_candidates(priced, apis, out_dir / "candidates.png", spec.name)
+    return {"chosen_candidate": choice.chosen or "none",
+            "chosen_candidate_why": dg.MetadataValue.md(choice.why),
+            "candidates": dg.MetadataValue.md(candidates_markdown(priced, choice, spec.margin)),
+            "candidate_verdicts": dg.MetadataValue.json(choice.verdicts),
+            "candidates_plot": png_markdown(plot, "accuracy vs $/M requests") if plot is not None
+            else dg.MetadataValue.md("no candidate is both evaluated and priced")}
 
 
 def snapshot_with_production_models(store, needed: list[str], task_names: list[str], **kw):

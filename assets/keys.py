@@ -47,3 +47,15 @@ PRICING_FILE_KEY = dg.AssetKey([CONFIG_GROUP, "pricing_file"])
 def prompt_key(task: str) -> dg.AssetKey:
     """``config/<task>_prompt``: the prompt-bearing fields of the task's YAML."""
     return dg.AssetKey([CONFIG_GROUP, f"{task}_prompt"])
+
+
+def candidate_key(task: str, stage: str, candidate: str | None = None) -> dg.AssetKey:
+    """A student candidate's key of ``stage`` (``student``, ``student_eval``, ``throughput``): the
+    first candidate (``None``) keeps today's key; another ``c``: ``<task>_<stage>__<c>``."""
+    key = task_key(task, stage)
+    return key if candidate is None else dg.AssetKey(f"{key.path[-1]}__{candidate}")
+
+
+def student_serving_name(task: str, candidate: str | None = None) -> str:
+    """The student-serving multi-asset's name (``<task>_student_serving``, ``..._serving__<c>``)."""
+    return f"{task}_student_serving" + (f"__{candidate}" if candidate else "")

@@ -25,7 +25,7 @@ from distil_platform.economics.cost_inputs import (
     STAGE_THROUGHPUT,
 )
 
-from .keys import cost_table_key, task_key, teacher_eval_key, throughput_key
+from .keys import candidate_key, cost_table_key, task_key, teacher_eval_key, throughput_key
 
 STORE_RUN_ID = "store_run_id"
 # Successful materialisations read per asset, newest first: the cost table needs the latest
@@ -58,6 +58,23 @@ def cost_table_runs(instance: dg.DagsterInstance, task: str) -> dict[str, list[s
             STAGE_FRONTIER: published_runs(instance, task_key(task, "frontier_evals")),
             STAGE_THROUGHPUT: published_runs(instance, throughput_key(task)),
             STAGE_TEACHER_EVAL: published_runs(instance, teacher_eval_key(task))}
+
+
+def student_candidate_runs(instance: dg.DagsterInstance, task: str, candidates: list) -> list[dict[str, Any]]:
+    """Per student candidate (``tasks.candidates.StudentCandidate``, first = today's keys): its name,
+    base model, the successful runs of its student eval and throughput, and its latest training's
+    wall time (``wall_time_s``; None if never trained), for the cost table's choice."""
+    out = []
+    for i, candidate in enumerate(candidates):
+        suffix = candidate.name if i else None
+        event = instance.get_latest_materialization_event(candidate_key(task, "student", suffix))
+        materialization = event.asset_materialization if event is not None else None
+        wall = materialization.metadata.get("wall_time_s") if materialization is not None else None
+        out.append({"name": candidate.name, "base_model": candidate.base_model,
+                    "training_s": float(getattr(wall, "value", wall)) if wall is not None else None,
+                    "runs": {STAGE_STUDENT_EVAL: published_runs(instance, candidate_key(task, "student_eval", suffix)),
+                             STAGE_THROUGHPUT: published_runs(instance, candidate_key(task, "throughput", suffix))}})
+    return out
 
 
 # The teacher eval's metadata entries the gate is read from (``evaluation.teacher_gate.gate_decision``).

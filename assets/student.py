@@ -12,6 +12,7 @@ from distil_platform.storage import paths
 from distil_platform.tasks.prompts import rendering_label
 from distil_platform.tasks.spec import TaskSpec
 
+from .candidates import CandidateWiring, default_wiring
 from .common import read_asset_rows
 from .deployment import gpu_op_tags
 from .keys import task_key
@@ -40,13 +41,16 @@ class StudentConfig(dg.Config):
 
 
 
-def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
-    """``<task>_student``."""
+def build_student_asset(spec: TaskSpec, profile: Profile | None = None, candidate: CandidateWiring | None = None) -> list:
+    """``<task>_student`` (a further candidate ``c``: ``<task>_student__c``, its base model and
+    training settings where the run config leaves them unset)."""
     profile = profile or get_profile()  # resolved once, when the Definitions are built
+    candidate = candidate or default_wiring(spec, profile.name)
     task = spec.name
     seed_key = dg.AssetKey(task)
     teacher_key = task_key(task, "teacher_data")
-    student_key = task_key(task, "student")
+    student_key = candidate.key(task, "student")
+    cand = candidate.candidate
 
     @dg.asset(
         key=student_key,
@@ -57,7 +61,7 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
         # GPU request / placement of the step pod on Kubernetes; with DISTIL_TRAIN_LAUNCHER=k8s the step
         # only orchestrates (Pipes) and the training pod requests the GPU instead.
         op_tags={} if launcher_from_env() == "k8s" else gpu_op_tags(),
-        description=f"The `{task}` student: SFT (LoRA merged, or full) of the profile's base model on seeds + "
+        description=f"The `{task}` student (candidate `{cand.name}`: {cand.base_model}, {cand.settings()}): SFT (LoRA merged, or full) of the profile's base model on seeds + "
         "accepted synthetic rows; checkpoint under $DAGSTER_HOME/checkpoints/<task>/<run id>/ (uploaded to "
         "<DISTIL_ARTIFACTS_URL>/checkpoints/<task>/<run id>/ when artefacts are on an object store).",
     )
@@ -73,18 +77,21 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
         from distil_platform.training.config import TrainConfig
         from distil_platform.training.job import training_params
 
-        base_name = spec.student_base(profile.name)
+        base_name = cand.base_model
+        run_id = candidate.store_run_id(context.run_id)  # checkpoint and rows of this candidate
         seeds = read_asset_rows(seed_set["seed_path"])
         synthetic = read_asset_rows(teacher_data["path"]) if config.use_synthetic else []
         rows = [{k: str(r[k] or "") for k in ("id", "question", "answer", "context")} for r in seeds + synthetic]
         train_cfg = TrainConfig.for_task(
-            spec, profile, max_steps=config.max_steps, learning_rate=config.learning_rate,
-            batch_size=config.batch_size, max_length=config.max_length, use_lora=config.use_lora, seed=config.seed,
+            spec, profile, max_steps=config.max_steps if config.max_steps is not None else cand.max_steps,
+            learning_rate=config.learning_rate if config.learning_rate is not None else cand.learning_rate,
+            batch_size=config.batch_size, max_length=config.max_length,
+            use_lora=config.use_lora if config.use_lora is not None else cand.use_lora, seed=config.seed,
             time_budget_s=config.time_budget_s, epochs=config.epochs,
         )
         # The exact rows trained on, beside the other artefacts (the training job reads them from here).
         rows_url = paths.write_parquet(pl.DataFrame(rows, schema=dict.fromkeys(rows[0], pl.String) if rows else None),
-                                       paths.artifact_url(task, "student", context.run_id, "train_rows.parquet"))
+                                       paths.artifact_url(task, "student", run_id, "train_rows.parquet"))
         context.log.info(f"{task}: training {base_name} on {len(seeds)} seeds + {len(synthetic)} synthetic rows "
                          f"({'LoRA' if train_cfg.use_lora else 'full'}, {train_cfg.steps_for(len(rows))} steps"
                          + (f" = {train_cfg.epochs:g} epochs" if train_cfg.epochs else "")
@@ -92,15 +99,15 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
                          f"job launcher: {trainer.launcher})")
         job = trainer.train(context, training_params(spec, rows_url=rows_url, test_url=seed_set.get("test_path"),
                                                      base_model=base_name, train_config=train_cfg,
-                                                     run_id=context.run_id))
+                                                     run_id=run_id))
         result = job["summary"]
         checkpoint = job["checkpoint"]
         fingerprint = job["fingerprint"]
         max_model_len = job["max_model_len"]
-        served_name = f"{task}-student-{context.run_id[:8]}"
+        served_name = f"{task}-student-" + ("" if candidate.first else f"{cand.name}-") + context.run_id[:8]
         plan = result["length_plan"]
         value = {"checkpoint_path": checkpoint, "checkpoint_fingerprint": fingerprint, "base_model": base_name,
-                 "served_name": served_name, "run_id": context.run_id, "use_synthetic": config.use_synthetic,
+                 "served_name": served_name, "run_id": run_id, "candidate": cand.name, "use_synthetic": config.use_synthetic,
                  # Training sequence length (longest rendered row unless fixed) and the context an eval
                  # server needs: the longest test prompt + max_answer_tokens, at least max_length.
                  "max_length": result["max_length"], "max_model_len": max_model_len,
@@ -112,6 +119,7 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
             "train_rows_path": location_metadata(rows_url),
             "training_launcher": trainer.launcher,
             "base_model": base_name,
+            "candidate": cand.name,
             "method": "lora (merged)" if train_cfg.use_lora else "full fine-tune",
             "trainable_params": result["trainable_params"],
             "total_params": result["total_params"],

@@ -27,10 +27,10 @@ from distil_platform.profiles import Profile, get_profile
 from distil_platform.storage import paths
 from distil_platform.tasks.spec import TaskSpec
 
+from .candidates import CandidateWiring, default_wiring
 from .common import read_asset_rows
 from .deployment import GPU_POOL, gpu_op_tags
 from .evals import EvalConfig, evaluate_student
-from .keys import task_key, throughput_key
 from .throughput import StudentProfiler, ThroughputConfig, serve_student
 
 EVAL_OUTPUT = "student_eval"
@@ -44,25 +44,30 @@ class StudentServingConfig(ThroughputConfig):
     worst_items: int = 10
 
 
-def build_student_serving_asset(spec: TaskSpec, profile: Profile | None = None) -> list:
+def build_student_serving_asset(spec: TaskSpec, profile: Profile | None = None,
+                                candidate: CandidateWiring | None = None) -> list:
+    """``<task>_student_serving`` (a further candidate ``c``: ``<task>_student_serving__c`` with
+    ``<task>_student_eval__c`` and ``<task>_throughput__c``, rows under its store run id)."""
     profile = profile or get_profile()  # resolved once, when the Definitions are built
+    candidate = candidate or default_wiring(spec, profile.name)
     task = spec.name
     seed_key = dg.AssetKey(task)
-    student_key = task_key(task, "student")
+    student_key = candidate.key(task, "student")
+    of = "" if candidate.first else f" candidate `{candidate.candidate.name}`"
     slo = spec.latency_slo_by_profile or {}
 
     @dg.multi_asset(
-        name=f"{task}_student_serving",
+        name=candidate.serving_name(task),
         group_name=task,
         ins={"seed_set": dg.AssetIn(seed_key), "student": dg.AssetIn(student_key)},
         outs={
             EVAL_OUTPUT: dg.AssetOut(
-                key=task_key(task, "student_eval"), is_required=False,
-                description=f"The `{task}` student answering every test row at temperature 0, scored with "
+                key=candidate.key(task, "student_eval"), is_required=False,
+                description=f"The `{task}` student{of} answering every test row at temperature 0, scored with "
                 f"`{spec.metric_name}`; per-item rows in the results store (stage {STAGE_STUDENT_EVAL})."),
             THROUGHPUT_OUTPUT: dg.AssetOut(
-                key=throughput_key(task), is_required=False, kinds={"aiohttp"},
-                description=f"Serving profile of the `{task}` student: open-loop Poisson load test (the platform's "
+                key=candidate.key(task, "throughput"), is_required=False, kinds={"aiohttp"},
+                description=f"Serving profile of the `{task}` student{of}: open-loop Poisson load test (the platform's "
                 f"generator; guidellm by run config) with the task's real test prompts at rising rates, to saturation "
                 f"where the profile has no fixed rates; the generator's own ceiling on the host beside the claim; sustained RPS (the highest offered rate, with every lower "
                 f"one, whose arrivals matched it, whose backlog at the window's close was no more than a server "
@@ -74,7 +79,7 @@ def build_student_serving_asset(spec: TaskSpec, profile: Profile | None = None) 
         can_subset=True,
         pool=GPU_POOL,
         op_tags=gpu_op_tags(),  # GPU request / placement of the step pod on Kubernetes
-        description=f"Serves the `{task}` student once for its eval and its throughput profile.",
+        description=f"Serves the `{task}` student{of} once for its eval and its throughput profile.",
     )
     def student_serving(
         context: dg.AssetExecutionContext,
@@ -86,6 +91,7 @@ def build_student_serving_asset(spec: TaskSpec, profile: Profile | None = None) 
         results_store: ResultsStoreResource,
     ):
         selected = set(context.selected_output_names)
+        context = candidate.context(context)  # a further candidate writes under its own store run id
         test = read_asset_rows(seed_set["test_path"])
         ckpt = paths.local_checkpoint(student["checkpoint_path"], what=f"{task}_student")  # fetched if remote
         profiler = (StudentProfiler(context, spec, profile, config, test, student, ckpt, serving, llm, results_store)

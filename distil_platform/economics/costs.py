@@ -62,7 +62,7 @@ COLUMNS = [
     "teacher_model", "teacher_accuracy", "teacher_ci_low", "teacher_ci_high", "gap_closed", "gap_closed_ci_low",
     "gap_closed_ci_high", "gap_closed_note", "teacher_gate",
     "eval_run_id", "student_run_id", "checkpoint_fingerprint", "lineage", "judge",
-    "snapshot_hash", "snapshot_as_of", "table_id",
+    "snapshot_hash", "snapshot_as_of", "table_id", "candidate",
 ]
 
 
@@ -393,7 +393,8 @@ def write_cost_table(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> tuple[
 _TEXT_COLUMNS = {"task", "model", "role", "variant", "ci_method", "metric", "cost_source", "cost_basis", "cost_note",
                  "price_origin", "price_source", "price_as_of", "hardware_key", "student_result", "verdict_test",
                  "verdict_note", "verdicts", "eval_run_id", "student_run_id", "checkpoint_fingerprint", "lineage", "judge",
-                 "snapshot_hash", "snapshot_as_of", "table_id", "teacher_model", "gap_closed_note", "teacher_gate"}
+                 "snapshot_hash", "snapshot_as_of", "table_id", "teacher_model", "gap_closed_note", "teacher_gate",
+                 "candidate"}
 _INT_COLUMNS = {"n_items", "repeats", "n_paired"}
 
 

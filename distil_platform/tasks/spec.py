@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from distil_platform.storage.paths import PACKAGE_DIR
+from distil_platform.tasks.candidates import StudentCandidates
 
 TaskType = Literal["classification", "tool_calling", "text2sql", "open_book_qa", "generation"]
 MetricName = Literal[
@@ -34,8 +35,7 @@ DEFAULT_METRIC: dict[str, str] = {
 
 TASK_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
-# Label suffix of a comparison model's extra run at temperature 0 (``frontier_temperature_0``).
-TEMPERATURE_0_SUFFIX = " @ temperature 0"
+TEMPERATURE_0_SUFFIX = " @ temperature 0"  # label of a comparison model's extra run at temperature 0
 
 
 class TaskSpecError(ValueError):
@@ -320,6 +320,7 @@ class TaskSpec(_Strict):
     answer_placeholders: list[str] | None = None
     data: DataSources = Field(default_factory=DataSources)
     student_base_model: PerProfile = Field(default_factory=PerProfile)
+    student_candidates: StudentCandidates = Field(default_factory=dict)  # profile -> candidates (tasks/candidates.py)
     teacher: dict[str, ModelRef] = Field(default_factory=dict)  # profile -> teacher
     judge: ModelRef | None = None
     # The judge may share a family (Anthropic, OpenAI, Google, xAI, ...) with a judged comparison
@@ -342,8 +343,7 @@ class TaskSpec(_Strict):
     latency_slo_by_profile: dict[Literal["local", "gpu", "test", "rehearsal"], float] = Field(default_factory=dict)
     min_seed_rows: int = 10
     min_test_rows: int = 20
-    # Where the YAML came from (set by the loader, not by the file).
-    source_file: str | None = None
+    source_file: str | None = None  # where the YAML came from (set by the loader, not by the file)
 
     @field_validator("name")
     @classmethod
