@@ -109,6 +109,21 @@ def test_errors_are_recorded_per_request(failing_stub_url, messages):
     assert res["first_error"].startswith("HTTP 500")
 
 
+def test_the_dispatch_tolerance_is_5_ms_or_a_twentieth_of_the_arrival_gap():
+    """At 1,000 req/s the 5 ms floor; at 4 req/s (250 ms gaps) 12.5 ms: a 5.4 ms late request there
+    changes nothing the server sees (it flagged make run's 4 req/s on a 2-core host), 20 ms does."""
+    assert loadgen.dispatch_delay_limit(0.005, 1000) == 0.005
+    assert loadgen.dispatch_delay_limit(0.005, 4) == pytest.approx(0.0125)
+    base = {"max_dispatch_delay_s": 0.005, "offered_rps": 4.0, "sent": 60, "duration_s": 15.0, "unsent": 0,
+            "concurrency_cap_hits": 0, "concurrency_cap": 4096}
+
+    class Point:  # only the arrivals test is read besides the result's own fields
+        arrivals_short, arrivals_p_value = False, 0.5
+
+    assert loadgen.client_bound_reasons(dict(base, dispatch_delay_p99_s=0.0054), Point()) == []
+    assert "12.5 ms" in loadgen.client_bound_reasons(dict(base, dispatch_delay_p99_s=0.020), Point())[0]
+
+
 def test_a_refused_connection_is_an_error_not_a_crash(messages):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
