@@ -17,8 +17,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -47,19 +45,6 @@ def _resources():
     return {"llm": LLMResource(), "serving": ServingResource(backend="transformers", dtype=get_profile("test").dtype),
             "model_store": ModelStoreResource(), "results_store": ResultsStoreResource(),
             "teacher_endpoint": TeacherEndpointResource(), "trainer": TrainerResource(), "hub": HubResource()}
-
-
-def _wait_for(base_url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{base_url}/models", timeout=2):
-                return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"no server at {base_url} after {timeout_s:.0f}s:\n{log.read_text()[-3000:]}")
 
 
 def _adapter_is_the_merged_difference(root: Path) -> None:
@@ -96,7 +81,7 @@ def test_the_unpacked_bundle_answers_as_the_platform_evaluated(monkeypatch, tmp_
 
     from distil_platform.evaluation.evaluate import client_answer_fn, evaluate
     from distil_platform.evaluation.scoring import extract_sql
-    from distil_platform.serving.server import free_port, stop_process_group
+    from distil_platform.serving.server import free_port, stop_process_group, wait_until_healthy
     from distil_platform.storage.paths import read_rows
 
     monkeypatch.setenv("DISTIL_PROFILE", "test")
@@ -142,7 +127,7 @@ def test_the_unpacked_bundle_answers_as_the_platform_evaluated(monkeypatch, tmp_
                                 stderr=subprocess.STDOUT, start_new_session=True)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
-        _wait_for(base_url, proc, log)
+        wait_until_healthy(f"{base_url}/models", 300.0, proc, log_path=log, interval_s=1.0)
         rows_file = tmp_path / "rows.jsonl"
         rows_file.write_text("".join(json.dumps({"id": r["id"], "question": r["question"], "context": r["context"]})
                                      + "\n" for r in test_rows))
@@ -188,7 +173,7 @@ def test_vllm_cpu_serves_the_unpacked_bundle_as_the_platform_serves_the_checkpoi
     from distil_platform.evaluation.evaluate import client_answer_fn, evaluate
     from distil_platform.evaluation.scoring import extract_sql
     from distil_platform.serving.launch import vllm_python
-    from distil_platform.serving.server import free_port, serve, stop_process_group
+    from distil_platform.serving.server import free_port, serve, stop_process_group, wait_until_healthy
     from distil_platform.storage.modelstore import resolve_model
 
     python = vllm_python()
@@ -226,7 +211,7 @@ def test_vllm_cpu_serves_the_unpacked_bundle_as_the_platform_serves_the_checkpoi
                                 stderr=subprocess.STDOUT, start_new_session=True)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
-        _wait_for(base_url, proc, log, timeout_s=600)
+        wait_until_healthy(f"{base_url}/models", 600.0, proc, log_path=log, interval_s=1.0)
         rows_file = tmp_path / "rows.jsonl"
         rows_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
         answered = subprocess.run([sys.executable, "-I", "-S", "client.py", "--jsonl", str(rows_file), "--base-url",

@@ -146,6 +146,23 @@ def test_nothing_is_left_behind_when_the_server_cannot_be_launched(tmp_path, mon
     assert opened and all(handle.closed for handle in opened)
 
 
+def test_waiting_for_a_server_that_dies_or_never_answers_names_the_url(tmp_path):
+    from distil_platform.serving.server import free_port, wait_until_healthy
+
+    url = f"http://127.0.0.1:{free_port()}/health"
+    log = tmp_path / "server.log"
+    log.write_text("loading...\nboom: out of memory\n")
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+    start = time.monotonic()
+    with pytest.raises(ServingError) as err:
+        wait_until_healthy(url, 60.0, proc, log_path=log)
+    text = str(err.value)
+    assert url in text and "exited with code 3" in text and "boom: out of memory" in text
+    assert time.monotonic() - start < 30  # at once, not after the timeout
+    with pytest.raises(ServingError, match=f"no healthy server at {url} after 1s"):
+        wait_until_healthy(url, 1.0)
+
+
 def test_prometheus_and_memory_report():
     text = textwrap.dedent('''
         # HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.

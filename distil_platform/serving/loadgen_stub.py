@@ -34,8 +34,6 @@ import os
 import random
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -212,7 +210,8 @@ def start_stub(port: int, *, answers: Sequence[str] | None = None, task: str = "
     """Start the stub as its own process (``python -m distil_platform.serving.loadgen_stub``) and wait
     until it answers ``/health``; the caller stops it (``stop_process_group``). ``answers``: the texts to
     stream (written to ``workdir``), else ``task``'s sample answers."""
-    from distil_platform.serving.launch import server_env
+    from distil_platform.serving.launch import ServingError, server_env
+    from distil_platform.serving.server import wait_until_healthy
     from distil_platform.serving.throughput import ThroughputError
 
     cmd = [sys.executable, "-m", "distil_platform.serving.loadgen_stub", "--port", str(port),
@@ -232,17 +231,13 @@ def start_stub(port: int, *, answers: Sequence[str] | None = None, task: str = "
                       **({"DAGSTER_HOME": os.environ["DAGSTER_HOME"]} if "DAGSTER_HOME" in os.environ else {})})
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             text=True, env=env, start_new_session=True)
-    deadline = time.monotonic() + startup_timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ThroughputError(f"the load generator's stub exited {proc.returncode}: {proc.stdout.read()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise ThroughputError(f"the load generator's stub did not answer within {startup_timeout_s:.0f}s")
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}/health", startup_timeout_s, proc, interval_s=0.1)
+    except ServingError as exc:
+        output = f"; its output: {proc.stdout.read()[-2000:]}" if proc.poll() is not None else ""
+        proc.kill()
+        raise ThroughputError(f"the load generator's stub did not start: {exc}{output}") from exc
+    return proc
 
 
 if __name__ == "__main__":

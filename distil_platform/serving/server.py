@@ -219,32 +219,47 @@ def _get_json(url: str, timeout: float = 2.0):
         return response.status, json.loads(response.read() or b"null")
 
 
-def _wait_ready(proc: subprocess.Popen, base: str, served_name: str, timeout_s: float, log_path: Path,
-                command: list[str]) -> None:
+def _command_text(proc: subprocess.Popen) -> str:
+    return proc.args if isinstance(proc.args, str) else " ".join(map(str, proc.args))
+
+
+def wait_until_healthy(url: str, timeout_s: float, proc: subprocess.Popen | None = None, *,
+                       log_path: Path | None = None, ready: Callable[[], str | None] | None = None,
+                       interval_s: float = 0.25) -> None:
+    """Poll ``url`` until it answers 2xx (and ``ready()``, if given, returns None; else the text it
+    returns says what is missing). Raises :class:`ServingError` naming the URL when ``timeout_s``
+    passes, or, at once, with ``proc``'s exit code and command when that process exits first; either
+    error ends with the tail of ``log_path`` where one is given."""
+    def failure(what: str) -> ServingError:
+        command = f"\ncommand: {_command_text(proc)}" if proc is not None else ""
+        tail = f"\nlog tail ({log_path}):\n{_tail(log_path, 40)}" if log_path is not None else ""
+        return ServingError(f"{what}{command}{tail}")
+
     deadline = time.monotonic() + timeout_s
     last_error = "no answer yet"
     while time.monotonic() < deadline:
-        code = proc.poll()
-        if code is not None:
-            raise ServingError(
-                f"server exited with code {code} during start-up.\ncommand: {' '.join(command)}\n"
-                f"log tail ({log_path}):\n{_tail(log_path, 40)}"
-            )
+        if proc is not None and (code := proc.poll()) is not None:
+            raise failure(f"the server for {url} exited with code {code} during start-up.")
         try:
-            status, _ = _get_json(f"{base}/health")
-            if status == 200:
-                status, models = _get_json(f"{base}/v1/models")
-                ids = [m.get("id") for m in (models or {}).get("data", [])]
-                if status == 200 and (served_name in ids or not ids):
-                    return
-                last_error = f"/v1/models lists {ids}, not {served_name!r}"
+            with urllib.request.urlopen(url, timeout=2.0) as response:
+                response.read()
+            last_error = ready() if ready is not None else None
+            if last_error is None:
+                return
         except (urllib.error.URLError, OSError, ValueError) as exc:
             last_error = f"{type(exc).__name__}: {exc}"
-        time.sleep(0.25)
-    raise ServingError(
-        f"server not healthy after {timeout_s:.0f}s ({last_error}).\ncommand: {' '.join(command)}\n"
-        f"log tail ({log_path}):\n{_tail(log_path, 40)}"
-    )
+        time.sleep(interval_s)
+    raise failure(f"no healthy server at {url} after {timeout_s:.0f}s ({last_error}).")
+
+
+def _wait_ready(proc: subprocess.Popen, base: str, served_name: str, timeout_s: float, log_path: Path) -> None:
+    """Healthy, and ``/v1/models`` lists ``served_name`` (or nothing)."""
+    def serves_the_model() -> str | None:
+        status, models = _get_json(f"{base}/v1/models")
+        ids = [m.get("id") for m in (models or {}).get("data", [])]
+        return None if status == 200 and (served_name in ids or not ids) else f"/v1/models lists {ids}, not {served_name!r}"
+
+    wait_until_healthy(f"{base}/health", timeout_s, proc, log_path=log_path, ready=serves_the_model)
 
 
 def _warm_up(base_url: str, served_name: str, timeout_s: float, log_path: Path) -> None:
@@ -423,8 +438,7 @@ def serve(
                             weights_estimate_gib=weights_gib(model_dir, dtype, quantization), identity=identity,
                             precision=precision)
             try:
-                _wait_ready(proc, base, served_name, startup_timeout_s - (time.monotonic() - started), log_path,
-                            command)
+                _wait_ready(proc, base, served_name, startup_timeout_s - (time.monotonic() - started), log_path)
                 break
             except ServingError:
                 # Another process took the port between free_port() and the server's bind: retry.

@@ -31,7 +31,7 @@ import sqlglot
 from sqlglot import exp
 
 from distil_platform.evaluation.scoring.sql.boundary_aggregates import aggregate_edits, subquery_edits
-from distil_platform.evaluation.scoring.sql.database import build_database, extract_literals
+from distil_platform.evaluation.scoring.sql.database import build_database, extract_literals, shift_days
 from distil_platform.evaluation.scoring.sql.editor import (
     Editor,
     alias_map,
@@ -60,7 +60,7 @@ def _boundary_values(literal: exp.Literal, kind: str) -> list[Any]:
     except ValueError:
         day = None
     if day is not None and kind in ("date", "datetime"):
-        days = [d for k in (-1, 0, 1) if (d := _shift(day, k))]
+        days = [d for k in (-1, 0, 1) if (d := shift_days(day, k))]
         if kind == "date":
             return [d.isoformat() for d in days]
         return [
@@ -89,17 +89,10 @@ def _period_values(text: str, kind: str) -> list[str]:
             return []
     except (ValueError, OverflowError):
         return []
-    days = [d for d in (_shift(first, -1), first, last, _shift(last, 1)) if d is not None]
+    days = [d for d in (shift_days(first, -1), first, last, shift_days(last, 1)) if d is not None]
     if kind == "datetime":
         return [f"{d.isoformat()} 12:00:00" for d in days]
     return [d.isoformat() for d in days]
-
-
-def _shift(day: dt.date, days: int) -> dt.date | None:
-    try:
-        return day + dt.timedelta(days=days)
-    except OverflowError:
-        return None
 
 
 def _literal_edits(editor: Editor, tree: exp.Expression, aliases: dict[str, Table]) -> None:

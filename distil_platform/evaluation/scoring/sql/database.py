@@ -116,7 +116,7 @@ def _parse_date(value: Any) -> dt.date | None:
     return None
 
 
-def _shift_days(day: dt.date, days: int) -> dt.date | None:
+def shift_days(day: dt.date, days: int) -> dt.date | None:
     """``day`` moved by ``days``, or None past year 1 / 9999 (a literal like '0001-01-01')."""
     try:
         return day + dt.timedelta(days=days)
@@ -131,7 +131,7 @@ def _literal_variants(lit: _Literal, kind: str, rng: random.Random) -> list[Any]
         day = _parse_date(value)
         if day is None:
             return []
-        days = [day] if lit.op == "eq" else [x for d in (-1, 0, 1, -30, 30) if (x := _shift_days(day, d))]
+        days = [day] if lit.op == "eq" else [x for d in (-1, 0, 1, -30, 30) if (x := shift_days(day, d))]
         if kind == "date":
             return [d.isoformat() for d in days]
         return [f"{d.isoformat()} {rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00" for d in days]
