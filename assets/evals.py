@@ -11,6 +11,7 @@ from distil_platform.resources.models import LLMResource, ModelStoreResource, Se
 from distil_platform.resources.store import ResultsStoreResource
 
 from distil_platform.economics.cost_inputs import STAGE_BASELINES, STAGE_FRONTIER, STAGE_STUDENT_EVAL
+from distil_platform.economics.production import PRODUCTION_VARIANT
 from distil_platform.evaluation.evaluate import client_answer_fn
 from distil_platform.profiles import Profile, get_profile
 from distil_platform.tasks.spec import ModelRef, TaskSpec
@@ -216,12 +217,40 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
     # Rows from before the per-item metric column: only a metric without fallback can be assumed.
     student_results = results_from_store_rows(
         student_rows, default_metric=spec.metric_name if spec.metric_name != "llm_judge" else "")
-    judge = build_judge(spec, llm, context) if plan else None
+    judge = build_judge(spec, llm, context) if plan or seed_set.get("traces_production_answers_path") else None
     for entry in skipped:
         context.log.info(f"{task}: {entry['model']} skipped ({entry['reason']})")
     per_model: dict[str, Any] = {}
     table = []
     new_calls = 0
+
+    def record(label: str, variant: str, tier: str, repeats: int, results, outcomes: dict[str, int], wall: float,
+               stand_in: bool) -> None:
+        """Store one model's per-item rows and its summary, paired with the student, in the table."""
+        store.insert(predictions, prediction_rows(results, task=task, stage=stage, model=label,
+                                                  run_id=context.run_id, variant=variant))
+        summary = summarize(results)
+        comparison = (paired_comparison(student_results, results, margin=spec.margin)
+                      if student_results else {"n_paired": 0})
+        per_model[label] = {**summary.as_dict(), **outcomes, "tier": tier, "repeats": repeats,
+                            "wall_time_s": round(wall, 1), "vs_student": comparison}
+        if stand_in:
+            per_model[label]["stand_in"] = True
+        table.append({"model": label + (" [stand-in]" if stand_in else ""), "tier": tier, "repeats": repeats,
+                      "score": f"{summary.score:.3f}", "ci": f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}]",
+                      "mean±std over repeats": f"{summary.repeat_mean:.3f} ± {summary.repeat_std:.3f}",
+                      "prompt tok": fmt_value(summary.mean_prompt_tokens), "completion tok":
+                      fmt_value(summary.mean_completion_tokens), "parse fails": summary.parse_failures,
+                      "truncated / empty": f"{summary.truncated} / {summary.empty}",
+                      "retries / timeouts": f"{outcomes.get('retries', 0)} / {summary.timeouts}",
+                      "student − model": fmt_value(comparison.get("diff", comparison.get("mean_diff"))),
+                      "McNemar p": fmt_value(comparison.get("mcnemar_p", comparison.get("p_value"))),
+                      "verdict": (verdict_label(comparison.get("verdict"), spec.margin)
+                                  + (f" ({comparison['verdict_note']})" if comparison.get("verdict_note") else ""))
+                      if comparison.get("verdict") else "–"})
+        context.log.info(f"{task}: {label} {spec.metric_name} {summary.score:.3f} "
+                         f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}] over {repeats} repeat(s)")
+
     for entry in plan:
         ref: ModelRef = entry["ref"]
         repeats = entry["repeats"]
@@ -260,32 +289,12 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
             # Attempts after a request's first (429 / 5xx / timeouts) and requests that failed after them.
             counts = client.reply_counts()
             outcomes = {"retries": counts["retries"], "failed_requests": counts["failed"]}
-        wall = time.monotonic() - start
-        label = entry["label"]
-        store.insert(predictions, prediction_rows(results, task=task, stage=stage, model=label,
-                                                  run_id=context.run_id, variant=entry["variant"]))
-        summary = summarize(results)
-        comparison = (paired_comparison(student_results, results, margin=spec.margin)
-                      if student_results else {"n_paired": 0})
-        per_model[label] = {**summary.as_dict(), **outcomes, "tier": ref.tier, "repeats": repeats,
-                            "wall_time_s": round(wall, 1), "vs_student": comparison}
         stand_in = profile.frontier_stand_ins and not entry["local"]  # answered by the rehearsal's provider fake
-        if stand_in:
-            per_model[label]["stand_in"] = True
-        table.append({"model": label + (" [stand-in]" if stand_in else ""), "tier": ref.tier, "repeats": repeats,
-                      "score": f"{summary.score:.3f}", "ci": f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}]",
-                      "mean±std over repeats": f"{summary.repeat_mean:.3f} ± {summary.repeat_std:.3f}",
-                      "prompt tok": fmt_value(summary.mean_prompt_tokens), "completion tok":
-                      fmt_value(summary.mean_completion_tokens), "parse fails": summary.parse_failures,
-                      "truncated / empty": f"{summary.truncated} / {summary.empty}",
-                      "retries / timeouts": f"{outcomes.get('retries', 0)} / {summary.timeouts}",
-                      "student − model": fmt_value(comparison.get("diff", comparison.get("mean_diff"))),
-                      "McNemar p": fmt_value(comparison.get("mcnemar_p", comparison.get("p_value"))),
-                      "verdict": (verdict_label(comparison.get("verdict"), spec.margin)
-                                  + (f" ({comparison['verdict_note']})" if comparison.get("verdict_note") else ""))
-                      if comparison.get("verdict") else "–"})
-        context.log.info(f"{task}: {label} {spec.metric_name} {summary.score:.3f} "
-                         f"[{summary.ci_low:.3f}, {summary.ci_high:.3f}] over {repeats} repeat(s)")
+        record(entry["label"], entry["variant"], ref.tier, repeats, results, outcomes, time.monotonic() - start,
+               stand_in)
+    production = production_answers(spec, seed_set, test, judge) if stage == STAGE_FRONTIER else None
+    if production is not None and production[1]:  # its trace answers, scored: no model call
+        record(production[0], PRODUCTION_VARIANT, "production", 1, production[1], {}, 0.0, False)
     student_line = {"model": f"{student_eval['model']} (student)", "tier": "student", "repeats": 1,
                     "score": f"{student_eval['score']:.3f}",
                     "ci": f"[{student_eval['ci'][0]:.3f}, {student_eval['ci'][1]:.3f}]"}
@@ -302,11 +311,29 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
         "comparison": dg.MetadataValue.md(markdown_table([student_line, *table],
                                                          columns=list(table[0]) if table else None)),
         "per_model": dg.MetadataValue.json(jsonable(per_model)),
+        **({"production_model_scored": production[2]} if production is not None else {}),
         **({"stand_ins": dg.MetadataValue.md(STAND_IN_NOTE)} if profile.frontier_stand_ins and stage == STAGE_FRONTIER
            else {}),
         **store_run_id_metadata(context.run_id),  # the rows readers may use (assets/published.py)
     }
     return dg.Output(value, metadata=metadata)
+
+
+def production_answers(spec: TaskSpec, seed_set: dict, test: list[dict], judge) -> tuple[str, list, str] | None:
+    """``(label, results, note)``: the production model's trace answers (``labelled: false``: the seed
+    set's ``traces_production_answers_path``) to the test questions its traces asked, scored against
+    the test set's labels; None when the seed set has none."""
+    from distil_platform.economics.production import production_label
+    from distil_platform.evaluation.evaluate import score_logged_answers
+
+    path = seed_set.get("traces_production_answers_path")
+    if not path:
+        return None
+    matched, results = score_logged_answers(spec, test, read_asset_rows(path), judge=judge)
+    label = production_label(seed_set.get("production_model") or "")
+    note = (f"{label}: {len(matched)} of {len(test)} test question(s) asked in its traces (matched by normalised "
+            "question), scored against the test set's labels" + ("" if matched else ": no score"))
+    return label, results, note
 
 
 def plan_baselines(spec: TaskSpec, profile: Profile, *, include_zero_shot_base: bool = True,

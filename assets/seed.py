@@ -196,6 +196,10 @@ def _write_traces(traces, task: str, run_id: str) -> tuple[dict, dict]:
     if traces.unlabelled.height:
         values["traces_unlabelled_path"] = paths.write_parquet(
             traces.unlabelled, paths.artifact_url(task, "seed_set", run_id, "traces_unlabelled.parquet"))
+    if traces.production_answers is not None:  # scored against the test labels by <task>_frontier_evals
+        values["traces_production_answers_path"] = paths.write_parquet(
+            traces.production_answers, paths.artifact_url(task, "seed_set", run_id, "traces_production_answers.parquet"))
+        values["production_model"] = summary["production_model"]
     usage = summary["usage"]
     metadata = {
         "traces": dg.MetadataValue.md(summary_markdown(summary)),
@@ -212,6 +216,7 @@ def _write_traces(traces, task: str, run_id: str) -> tuple[dict, dict]:
         "pii_masked": dg.MetadataValue.json(summary["pii_masked"] if summary["mask_pii"] else {"masking": "off"}),
         "production_model": summary["production_model"],
         "production_usage": dg.MetadataValue.json(usage),
+        "production_answers": dg.MetadataValue.int(summary["production_answers"]),
         "traces_summary_path": location_metadata(summary_url),
     }
     return values, metadata

@@ -207,9 +207,7 @@ def gate_check(spec: TaskSpec, verdict: str, score: float | None, thresholds, re
 
 def recorded_answers(spec: TaskSpec, test: list[dict], judge) -> tuple[list, str | None, str]:
     """A recorded teacher's answers to the test questions its file has, scored; or ``([], reason)``."""
-    from distil_platform.evaluation.evaluate import Answer, score_answers
-    from distil_platform.evaluation.teacher_gate import match_recorded
-    from distil_platform.tasks.prompts import format_answer
+    from distil_platform.evaluation.evaluate import score_logged_answers
     from distil_platform.tasks.spec import RecordedTeacher
     from distil_platform.teacher.recorded import RecordedTeacherError, load_recorded, recorded_path
 
@@ -219,18 +217,10 @@ def recorded_answers(spec: TaskSpec, test: list[dict], judge) -> tuple[list, str
         rows = load_recorded(spec, path, teacher_model=rcfg.teacher_model)  # every row: the most matches
     except RecordedTeacherError as exc:
         return [], f"no recorded teacher file: {exc}", "recorded file"
-    matched, answers = match_recorded(test, rows)
+    matched, results = score_logged_answers(spec, test, rows, judge=judge)
     if not matched:
         return [], (f"the recorded file {path} answers none of the {len(test)} test questions (matched by "
                     "normalised question)"), f"recorded file {path}"
-
-    def text(answer: str) -> str:
-        try:
-            return format_answer(spec, answer)
-        except ValueError:  # a tool call that is no JSON: scored as written
-            return answer
-
-    results = score_answers(spec, matched, [Answer(text=text(a)) for a in answers], judge=judge)
     return results, None, f"recorded file {path} ({len(matched)} of {len(test)} test questions)"
 
 

@@ -399,6 +399,110 @@ def test_an_unpriced_production_model_is_shown_not_fatal(tmp_path):
     assert prod["usd_per_million_requests"] is None and prod["cost_note"].startswith("price unknown: acme-inhouse-llm-7")
 
 
+# -- the production model scored where the labels come from elsewhere (labelled: false) ---------------------
+def _unlabelled_banking(tmp_path):
+    """banking77 traces with ``labelled: false``, their production answers written like the seed set's,
+    and a test set "from another source": 12 of the traced questions, the last 3 labelled differently
+    from the production model's answer (it is wrong there), and one question no trace asks."""
+    spec, data = _load("banking77", BANKING, labelled=False)
+    answers = data.production_answers
+    path = tmp_path / "traces_production_answers.parquet"
+    answers.write_parquet(path)
+    picked = answers.unique("question", keep="first", maintain_order=True).head(12).to_dicts()
+    labels = sorted(spec.labels)
+    test = [{"id": f"t{i}", "question": r["question"], "context": r["context"],
+             "answer": r["answer"] if i < 9 else next(label for label in labels if label != r["answer"])}
+            for i, r in enumerate(picked)]
+    test.append({"id": "t-other", "question": "A question no production call asked?", "context": "",
+                 "answer": labels[0]})
+    return spec, data, test, path
+
+
+def test_unlabelled_traces_keep_the_production_answers_masked(tmp_path):
+    spec, data, _, _ = _unlabelled_banking(tmp_path)
+    answers = data.production_answers
+    assert answers is not None and answers.columns == ["question", "context", "answer"]
+    assert answers.height == data.summary["production_answers"] > 100
+    assert not any(v in cell for cell in _cells(answers) for v in _raw_values())
+    # Answered with a label, in or out of the label set: what the production model said.
+    assert set(answers["answer"]) & set(spec.labels)
+    _, labelled = _load("banking77", BANKING)
+    assert labelled.production_answers is None  # its answers are the labels: nothing to score
+
+
+def test_production_answers_are_scored_against_the_test_sets_labels(tmp_path):
+    from distil_platform.assets.evals import production_answers
+
+    spec, _, test, path = _unlabelled_banking(tmp_path)
+    label, results, note = production_answers(
+        spec, {"traces_production_answers_path": str(path), "production_model": MODEL}, test, judge=None)
+    assert label == f"your current model: {MODEL}"
+    assert [r.item_id for r in results] == [f"t{i}" for i in range(12)]
+    assert [r.score for r in results] == [1.0] * 9 + [0.0] * 3
+    assert "12 of 13 test question(s)" in note
+    assert production_answers(spec, {}, test, judge=None) is None  # no trace answers: nothing to score
+
+
+def test_frontier_evals_store_the_scored_production_answers_and_the_cost_row_shows_them(tmp_path):
+    from cost_fixtures import plant_student_eval, plant_task
+    from distil_platform.assets.evals import build_eval_assets
+    from distil_platform.assets.keys import task_key
+    from distil_platform.resources import LLMResource
+
+    from distil_platform.economics.cost_inputs import gather_cost_inputs
+    from distil_platform.economics.costs import build_cost_table
+    from distil_platform.economics.pricing import build_snapshot
+    from distil_platform.profiles import get_profile
+    from distil_platform.storage.store import predictions
+
+    spec, data, test, path = _unlabelled_banking(tmp_path)
+    store = ResultsStore()
+    info = plant_task(store, spec, tmp_path, api_models={})
+    # The student, scored by the same metric (only such items pair): the first 10 planted items right.
+    plant_student_eval(store, spec, "student-run-2", info["student"], 10, metric="exact_match")
+    # The test set is this one (its ids are the student's): planted rows' ids on the traced questions.
+    ids = [r["id"] for r in info["rows"]]
+    test = [{**row, "id": i} for row, i in zip(test[:12], ids)]  # the 12 traced questions
+    assert len(test) == 12
+    test_path = tmp_path / "banking77_test.parquet"
+    pl.DataFrame(test).select("id", "question", "answer", "context").write_parquet(test_path)
+    (tmp_path / "traces.json").write_text(json.dumps(data.summary))  # labels_are_production_answers: false
+    seed_value = {"test_path": str(test_path), "seed_path": str(test_path),
+                  "traces_production_answers_path": str(path), "production_model": MODEL}
+    student_value = {"run_id": "student-run", "model": info["student"], "score": 0.5, "ci": [0.2, 0.8]}
+
+    @dg.asset(key=dg.AssetKey("banking77"))
+    def seed_set():
+        return seed_value
+
+    @dg.asset(key=task_key("banking77", "student_eval"))
+    def student_eval():
+        return student_value
+
+    (_, frontier) = build_eval_assets(spec, get_profile("test"))
+    for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "XAI_API_KEY",
+                "MISTRAL_API_KEY"):
+        os.environ.pop(key, None)
+    result = dg.materialize([seed_set, student_eval, frontier],
+                            resources={"llm": LLMResource(), "results_store": ResultsStoreResource()})
+    assert result.success
+    md = result.asset_materializations_for_node("banking77_frontier_evals")[0].metadata
+    assert md["new_model_calls"].value == 0 and "12 of 12" in md["production_model_scored"].value
+    label = f"your current model: {MODEL}"
+    stored = store.select(predictions, task="banking77", stage="frontier_evals", model=label)
+    assert sorted(r["score"] for r in stored) == [0.0] * 3 + [1.0] * 9
+
+    snapshot = build_snapshot(models_needed=[r.model for r in spec.comparison_models])
+    rows = build_cost_table(gather_cost_inputs(store, spec), snapshot)
+    prod = next(r for r in rows if r["role"] == "production")
+    assert prod["model"] == label and prod["n_items"] == 12 and prod["accuracy"] == pytest.approx(0.75)
+    assert prod["ci_low"] < 0.75 < prod["ci_high"] and prod["usd_per_million_requests"] > 0
+    # Paired with the student on the 12 items both answered (the student: the first 10 right).
+    assert prod["n_paired"] == 12 and prod["diff_vs_student"] == pytest.approx(10 / 12 - 9 / 12)
+    assert "scored on the 12 test question(s) its traces asked" in prod["cost_note"]
+    assert not any(r["model"] == label for r in rows if r["role"] != "production")  # not a baseline too
+
+
 # -- end to end on the test profile ---------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_task_driven_by_traces_end_to_end_on_the_test_profile(monkeypatch):

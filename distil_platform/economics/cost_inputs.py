@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from distil_platform.economics.production import PRODUCTION_PREFIX, production_label
 from distil_platform.storage.lineage import Lineage, lineage, read_lineage_rows
 from distil_platform.tasks.spec import TaskSpec
 
@@ -121,6 +122,10 @@ class ProductionModel:
     usage: Usage | None
     source: str  # the traces' path
     labels_note: str | None = None  # "labels are your production model's answers (...)" when they are
+    # Its trace answers to test questions, scored against the test set's own labels (``labelled: false``;
+    # the latest successful <task>_frontier_evals), and how many test questions they covered.
+    evaluated: EvaluatedModel | None = None
+    scored_note: str | None = None
 
 
 TRACES_SUMMARY = "traces.json"  # beside the seed set's test.parquet (written by the seed-set asset)
@@ -347,7 +352,14 @@ def gather_cost_inputs(store: Any, spec: TaskSpec, *, test_rows: Sequence[Mappin
             if label not in by_label or newest > by_label[label][0]:
                 by_label[label] = (newest, stage, stage_run, rows)
     request_cache: dict[tuple[str, str], list[dict]] = {}
+    prod = production_model(store, task)
     for label, (_, stage, base_run, rows) in sorted(by_label.items()):
+        if label.startswith(PRODUCTION_PREFIX):  # the production model's trace answers: its own row, no call
+            if prod is not None and label == production_label(prod.model):
+                prod.evaluated = _evaluated(label, "production", rows[0].get("variant") or "", base_run, rows)
+                prod.scored_note = (f"scored on the {len(prod.evaluated.scores)} test question(s) its traces asked, "
+                                    "against the test set's labels")
+            continue
         if (stage, base_run) not in request_cache:
             request_cache[(stage, base_run)] = store.select(llm_requests, task=task, stage=stage, run_id=base_run)
         request_rows = request_cache[(stage, base_run)]
@@ -375,8 +387,7 @@ def gather_cost_inputs(store: Any, spec: TaskSpec, *, test_rows: Sequence[Mappin
     return CostInputs(task=task, students=students, baselines=baselines, usage=usage, throughput=throughput,
                       skipped=skipped, margin=spec.margin, judge=judge, throughput_note=throughput_note,
                       ignored_runs={stage: found for stage, found in ignored.items() if found},
-                      teacher=_teacher(store, task, published(STAGE_TEACHER_EVAL)),
-                      production=production_model(store, task))
+                      teacher=_teacher(store, task, published(STAGE_TEACHER_EVAL)), production=prod)
 
 
 def _teacher(store: Any, task: str, published: Sequence[str] | None) -> EvaluatedModel | None:

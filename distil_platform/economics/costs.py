@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -49,6 +48,7 @@ from distil_platform.economics.cost_inputs import (
     Usage,
 )
 from distil_platform.economics.pricing import PriceSnapshot
+from distil_platform.economics.production import production_label, production_price
 
 MID_TIER_MAX_INPUT_PER_MTOK = 1.0  # "mid-tier": under $1 per million input tokens
 
@@ -62,7 +62,7 @@ COLUMNS = [
     "teacher_model", "teacher_accuracy", "teacher_ci_low", "teacher_ci_high", "gap_closed", "gap_closed_ci_low",
     "gap_closed_ci_high", "gap_closed_note", "teacher_gate",
     "eval_run_id", "student_run_id", "checkpoint_fingerprint", "lineage", "judge",
-    "snapshot_hash", "snapshot_as_of", "table_id", "candidate",
+    "snapshot_hash", "snapshot_as_of", "table_id", "candidate", "candidate_choice", "candidate_choice_note", "versus",
 ]
 
 
@@ -90,31 +90,19 @@ def break_even_requests_per_day(usd_per_hour: float, api_usd_per_million: float,
 
 
 # -- the production model (from its traces) ------------------------------------------------------
-PRODUCTION_PREFIX = "your current model: "
-_DATED_RE = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
-
-
-def production_price(snapshot: PriceSnapshot, model: str):
-    """The snapshot's price of a model as traces log it (``gpt-5-mini-2025-08-07``): the entry of that
-    name, else of that name without a provider prefix or date suffix (``openai/gpt-5-mini``); the
-    pricing file's entries first. None when none matches."""
-    names = {model, _DATED_RE.sub("", model)}
-    names |= {n.split("/", 1)[1] for n in list(names) if "/" in n}
-    matches = [(k, p) for k, p in sorted(snapshot.models.items())
-               if k in names or k.split("/", 1)[-1] in names or _DATED_RE.sub("", k.split("/", 1)[-1]) in names]
-    matches.sort(key=lambda kp: (kp[1].origin != "pricing_file", kp[0] != model))
-    return matches[0][1] if matches else None
-
-
 def production_row(prod: ProductionModel, snapshot: PriceSnapshot, common: Mapping[str, Any],
-                   margin: float) -> dict[str, Any]:
+                   margin: float, scored: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The cost-table row of the model the traces logged: its mean logged tokens per request at the
-    snapshot's prices (cached prompt tokens at the cached rate). No model call; no accuracy (when its
-    answers are the labels, it agrees with them by construction)."""
-    row: dict[str, Any] = {**common, "model": PRODUCTION_PREFIX + prod.model, "role": "production", "variant": "traces",
-                           "n_items": 0, "repeats": 0, "accuracy": None, "accuracy_std": None, "ci_low": None,
-                           "ci_high": None, "margin": margin, "cost_basis": "api"}
+    snapshot's prices (cached prompt tokens at the cached rate); no model call. ``scored``: its
+    accuracy and verdict columns where its trace answers were scored against the test set's own
+    labels (``labelled: false``); none when its answers are the labels (it agrees with them by
+    construction) or no trace call asks a test question."""
+    row: dict[str, Any] = {**common, "model": production_label(prod.model), "role": "production",
+                           "variant": "traces", "n_items": 0, "repeats": 0, "accuracy": None, "accuracy_std": None,
+                           "ci_low": None, "ci_high": None, "margin": margin, "cost_basis": "api", **(scored or {})}
     notes = [prod.labels_note] if prod.labels_note else []
+    if prod.scored_note:
+        notes.append(prod.scored_note)
     price = production_price(snapshot, prod.model)
     if prod.usage is not None:
         row.update(mean_prompt_tokens=prod.usage.prompt_tokens, mean_completion_tokens=prod.usage.completion_tokens,
@@ -362,7 +350,9 @@ def build_cost_table(inputs: CostInputs, snapshot: PriceSnapshot) -> list[dict[s
                      "accuracy": None, "accuracy_std": None, "ci_low": None, "ci_high": None, "margin": margin,
                      **_api_cost(model, inputs.usage.get(model), snapshot)})
     if inputs.production is not None:
-        rows.append(production_row(inputs.production, snapshot, common, margin))
+        scored = inputs.production.evaluated
+        rows.append(production_row(inputs.production, snapshot, common, margin, scored=None if scored is None else
+                                   {**_summary(scored), **_versus(reference, scored, inputs.students, margin)}))
 
     hw_hour = next((r.get("usd_per_hour") for r in rows if r["role"] == "student" and r.get("usd_per_hour")), None)
     for row in rows:
@@ -382,7 +372,7 @@ def write_cost_table(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> tuple[
     out_dir.mkdir(parents=True, exist_ok=True)
     schema = {c: (pl.Utf8 if c in _TEXT_COLUMNS else pl.Int64 if c in _INT_COLUMNS else pl.Float64)
               for c in COLUMNS}
-    df = pl.DataFrame([{**r, "verdicts": json.dumps(r.get("verdicts") or {}, sort_keys=True, default=str)}
+    df = pl.DataFrame([{**r, **{c: json.dumps(r.get(c) or {}, sort_keys=True, default=str) for c in ("verdicts", "versus")}}
                        for r in rows], schema=schema)
     parquet, csv = out_dir / "cost_table.parquet", out_dir / "cost_table.csv"
     df.write_parquet(parquet)
@@ -394,7 +384,7 @@ _TEXT_COLUMNS = {"task", "model", "role", "variant", "ci_method", "metric", "cos
                  "price_origin", "price_source", "price_as_of", "hardware_key", "student_result", "verdict_test",
                  "verdict_note", "verdicts", "eval_run_id", "student_run_id", "checkpoint_fingerprint", "lineage", "judge",
                  "snapshot_hash", "snapshot_as_of", "table_id", "teacher_model", "gap_closed_note", "teacher_gate",
-                 "candidate"}
+                 "candidate", "candidate_choice", "candidate_choice_note", "versus"}
 _INT_COLUMNS = {"n_items", "repeats", "n_paired"}
 
 

@@ -287,6 +287,28 @@ def evaluate(
     return results
 
 
+def score_logged_answers(spec: TaskSpec, test_rows: Sequence[dict[str, Any]], logged_rows: Sequence[dict[str, Any]],
+                         *, judge: Any = None) -> tuple[list[dict[str, Any]], list[ItemResult]]:
+    """Answers given outside this evaluation (a recorded teacher's file, a production model's traces)
+    to the test questions they ask, matched by normalised question (and context where several rows
+    ask it: ``teacher_gate.match_recorded``) and scored like a model's replies (an empty answer scores
+    0: it was given): ``(matched test rows, results)``, both empty when no row asks a test question."""
+    from distil_platform.evaluation.teacher_gate import match_recorded
+    from distil_platform.tasks.prompts import format_answer
+
+    matched, answers = match_recorded(test_rows, logged_rows)
+
+    def text(answer: str) -> str:
+        try:
+            return format_answer(spec, answer)
+        except ValueError:  # a tool call that is no JSON: scored as written
+            return answer
+
+    if not matched:
+        return [], []
+    return matched, score_answers(spec, matched, [Answer(text=text(a)) for a in answers], judge=judge)
+
+
 def prediction_rows(
     results: Sequence[ItemResult], *, task: str, stage: str, model: str, run_id: str, variant: str = ""
 ) -> list[dict[str, Any]]:

@@ -184,16 +184,16 @@ def map_generation(spec: TaskSpec, gen: Generation, cfg: TracesSource, pii: Coun
     if spec.type == "text2sql" and not context:
         context, question = split_schema_question(question)
     answer, status = _answer(spec, gen)
+    production = None
     if not cfg.labelled and not (status or "").startswith("unlabelled:"):
-        answer, status = "", "unlabelled:not_labelled"  # the answer is not a label: the teacher's job
+        # Not a label (the teacher's job), but what the production model answered, in or out of the answer
+        # space: scored against the test set's own labels where the call asks a test question.
+        production, answer, status = answer, "", "unlabelled:not_labelled"
     if pii is not None:
         question = mask_json_text(question, pii) if spec.type == "tool_calling" else mask_text(question, pii)
         context = mask_text(context, pii)
-        if spec.type == "tool_calling" and answer:
-            call = json.loads(answer) if answer.startswith("{") else None
-            answer = json.dumps(mask_value(call, pii), ensure_ascii=False) if call is not None else mask_text(answer, pii)
-        else:
-            answer = mask_text(answer, pii)
+        answer = _masked_answer(spec, answer, pii)
+        production = _masked_answer(spec, production, pii) if production else production
     if spec.type == "tool_calling" and answer:
         try:
             answer = canonical_tool_call(answer)
@@ -201,6 +201,8 @@ def map_generation(spec: TaskSpec, gen: Generation, cfg: TracesSource, pii: Coun
             return {}, "tool_call_unparseable"
     row = {"question": question, "answer": answer, "context": context, "where": gen.where, "model": gen.model,
            "message": mask_text(last, Counter()) if pii is not None else last}
+    if production is not None:
+        row["production_answer"] = production
     if status is not None and status.startswith("unlabelled:"):
         # Only the question side is checked: the teacher writes the answer.
         reason = validate_row(spec, {**row, "answer": _placeholder_answer(spec)})
@@ -208,6 +210,13 @@ def map_generation(spec: TaskSpec, gen: Generation, cfg: TracesSource, pii: Coun
     if status is not None:
         return {}, status
     return row, validate_row(spec, row)
+
+
+def _masked_answer(spec: TaskSpec, answer: str, pii: Counter) -> str:
+    if spec.type == "tool_calling" and answer:
+        call = json.loads(answer) if answer.startswith("{") else None
+        return json.dumps(mask_value(call, pii), ensure_ascii=False) if call is not None else mask_text(answer, pii)
+    return mask_text(answer, pii)
 
 
 def _placeholder_answer(spec: TaskSpec) -> str:
@@ -227,6 +236,9 @@ class TraceData:
     test: pl.DataFrame
     unlabelled: pl.DataFrame  # columns id, question, context (for the teacher)
     summary: dict[str, Any] = field(default_factory=dict)
+    # ``labelled: false``: the production model's answers (question, context, answer; masked), scored
+    # against the test set's own labels where a call asks a test question (``<task>_frontier_evals``).
+    production_answers: pl.DataFrame | None = None
 
 
 def _frame(rows: list[dict[str, Any]], columns=COLUMNS) -> pl.DataFrame:
@@ -334,6 +346,8 @@ def load_traces(spec: TaskSpec, cfg: TracesSource, path: Path | None = None) -> 
         seed_rows, decontaminated = decon.kept, len(decon.dropped)
 
     production = models.most_common(1)[0][0] if models else ""
+    # The production model's answers to its (deduplicated) calls, where its answers are not the labels.
+    answered = [r for r in unlabelled if "production_answer" in r and r.get("model") == production]
     used = usage_by_model.get(production, [])
     n = len(used)
     summary: dict[str, Any] = {
@@ -349,12 +363,15 @@ def load_traces(spec: TaskSpec, cfg: TracesSource, path: Path | None = None) -> 
         "labels_note": labels_note(production) if cfg.labelled else "labels come from the task's own data; the "
         "traces' answers are not used as labels",
         "production_model": production, "models": dict(models.most_common()),
+        "production_answers": len(answered),
         "usage": {"model": production, "n_requests": n,
                   "mean_prompt_tokens": sum(u[0] for u in used) / n if n else None,
                   "mean_completion_tokens": sum(u[1] for u in used) / n if n else None,
                   "mean_cached_tokens": sum(u[2] for u in used) / n if n else None},
     }
-    return TraceData(_frame(seed_rows), _frame(test_rows), _frame(unlabelled, ("id", "question", "context")), summary)
+    answers = _frame([{**r, "answer": r["production_answer"]} for r in answered], ("question", "context", "answer"))
+    return TraceData(_frame(seed_rows), _frame(test_rows), _frame(unlabelled, ("id", "question", "context")), summary,
+                     production_answers=answers if answered else None)
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
