@@ -96,7 +96,7 @@ def build_task_assets(spec: TaskSpec, profile: Profile | None = None) -> list:
     assets = (build_seed_set_asset(spec) + build_teacher_eval_asset(spec, profile) + build_teacher_assets(spec, profile)
               + build_student_asset(spec, profile)
               + build_student_serving_asset(spec, profile) + build_eval_assets(spec, profile)
-              + build_task_cost_assets(spec, [c.candidate for c in candidates]) + build_routing_asset(spec)
+              + build_task_cost_assets(spec, [c.candidate for c in candidates], profile) + build_routing_asset(spec)
               + build_student_bundle_asset(spec, profile) + extra)
     return task_asset_attributes(spec, assets) + build_task_checks(spec)
 

@@ -47,11 +47,13 @@ class PricingConfig(dg.Config):
 
 
 
-def build_task_cost_assets(spec: TaskSpec, candidates: list | None = None) -> list:
+def build_task_cost_assets(spec: TaskSpec, candidates: list | None = None, profile=None) -> list:
     """``<task>_cost_table``. ``candidates`` (``tasks.candidates.StudentCandidate``, first = today's
-    keys; None: the student alone): a row per candidate and the choice among them."""
+    keys; None: the student alone): a row per candidate and the choice among them. A rehearsal's
+    profile marks its frontier rows as stand-ins in the metadata."""
     task = spec.name
     candidates = list(candidates or [])
+    stand_ins = (profile or get_profile()).frontier_stand_ins  # resolved once, when the Definitions are built
 
     @dg.asset(
         key=cost_table_key(task),
@@ -73,6 +75,14 @@ def build_task_cost_assets(spec: TaskSpec, candidates: list | None = None) -> li
                                     runs=cost_table_runs(context.instance, task),
                                     gate_notes=student_gate_notes(context.instance, task),
                                     candidates=student_candidate_runs(context.instance, task, candidates) or None)
+        if stand_ins:  # the rehearsal: frontier rows answered by the provider fake, never results
+            from distil_platform.economics.costs import cost_table_markdown
+            from distil_platform.economics.report import mark_stand_ins
+
+            from .evals import STAND_IN_NOTE
+
+            result["metadata"]["stand_ins"] = dg.MetadataValue.md(STAND_IN_NOTE)
+            result["metadata"]["cost_table"] = dg.MetadataValue.md(cost_table_markdown(mark_stand_ins(result["rows"])))
         for stage, runs in result["ignored_runs"].items():
             context.log.warning(f"{task}: not priced: {stage} rows of run(s) {', '.join(runs)}, newer than the "
                                 "ones priced but never materialised successfully")
@@ -186,11 +196,13 @@ def candidate_metadata(spec: TaskSpec, priced: list, inputs, rows: list[dict[str
         best_mid_tier_api,
         candidates_markdown,
         choose_candidate,
+        mark_choice,
         plot_candidates,
     )
 
     api = best_mid_tier_api(inputs, rows)
     choice = choose_candidate(priced, api, spec.margin)
+    mark_choice(rows, choice)  # the report and routing read it from the stored rows
     apis = [(r["model"], r.get("usd_per_million_requests"), r.get("accuracy")) for r in rows
             if r.get("cost_basis") == "api"]
     plot = plot_candidates(priced, apis, out_dir / "candidates.png", spec.name)
@@ -208,9 +220,9 @@ def snapshot_with_production_models(store, needed: list[str], task_names: list[s
     model nobody prices does not fail the snapshot: it is left out (its cost row says "price unknown")
     and ``warning`` says so."""
     from distil_platform.economics.cost_inputs import production_models
-    from distil_platform.economics.costs import production_price
     from distil_platform.economics.pricing import build_snapshot
     from distil_platform.economics.pricing_file import PricingError, pricing_file
+    from distil_platform.economics.production import production_price
 
     base = build_snapshot(pricing_file(), needed, **kw)
     extra = [m for m in production_models(store, task_names) if production_price(base, m) is None]

@@ -148,7 +148,7 @@ def test_ten_frontier_models_through_the_fake_count_every_misbehaviour_and_the_s
     instance = dg.DagsterInstance.ephemeral()
     publish_planted(instance, spec.name, {**info["runs"], "student_eval": "stu-j", "frontier_evals": run_id})
     pricing, report = build_shared_cost_assets([spec.name], profile)
-    cost_table = [a for a in build_task_cost_assets(spec) if a.key.path[0].endswith("_cost_table")]
+    cost_table = [a for a in build_task_cost_assets(spec, profile=profile) if a.key.path[0].endswith("_cost_table")]
     result = dg.materialize([pricing, *cost_table, *build_routing_asset(spec, profile)],
                             resources={"results_store": ResultsStoreResource()}, instance=instance)
     assert result.success
@@ -163,6 +163,9 @@ def test_ten_frontier_models_through_the_fake_count_every_misbehaviour_and_the_s
         mean = sum((p - c) * price[0] + c * price[2] + o * price[1] for p, c, o, _ in usage) / len(usage)
         assert row["usd_per_million_requests"] == pytest.approx(mean * 1e6, rel=1e-6), model
         assert row["mean_cached_prompt_tokens"] == pytest.approx(40 + k), model
+    cost_md = result.asset_materializations_for_node("hotpotqa_cost_table")[0].metadata
+    assert "stand-in" in cost_md["stand_ins"].value
+    assert all(f"{m}{STAND_IN_MARK}" in cost_md["cost_table"].value for m in models)
     routing = result.asset_materializations_for_node("hotpotqa_routing")[0].metadata
     assert "stand-in" in routing["stand_ins"].value and "stand-ins" in routing["recommendation"].value
     assert routing["confidence_available"].value is True and "cascade" in routing["policies"].value
