@@ -11,7 +11,7 @@ import pytest
 import yaml
 from test_costs import model_call_counter as _model_call_counter  # noqa: F401  (fixture: refuses and counts model calls)
 
-from distil_platform.economics.candidates import Candidate, PricedAPI, choose_candidate
+from distil_platform.economics.candidates import Candidate, CandidateChoice, PricedAPI, choose_candidate
 from distil_platform.economics.cost_inputs import EvaluatedModel
 from distil_platform.tasks.candidates import StudentCandidate, selected_candidates, task_candidates
 from distil_platform.tasks.spec import TaskSpecError, get_task, load_task_file, tasks_dir
@@ -69,6 +69,26 @@ def test_shipped_local_candidates_are_two_real_cpu_choices():
         first, second = task_candidates(spec, "local")
         assert first.base_model == second.base_model == spec.student_base("local")
         assert first.name != second.name and (first.max_steps, first.use_lora) != (second.max_steps, second.use_lora)
+
+
+def test_shipped_gpu_candidates_are_the_benchmarks_qwen3_sizes_and_build(monkeypatch):
+    from distil_platform.assets import build_task_assets
+
+    from distil_platform.profiles import get_profile
+    from distil_platform.tasks.spec import load_tasks
+
+    sizes = {"Qwen/Qwen3-0.6B", "Qwen/Qwen3-1.7B", "Qwen/Qwen3-4B-Instruct-2507", "Qwen/Qwen3-8B"}
+    for name, spec in load_tasks().items():
+        listed = task_candidates(spec, "gpu")
+        assert {c.base_model for c in listed} == sizes, name
+        assert listed[0].base_model == spec.student_base("gpu"), name  # the default keeps today's student
+    monkeypatch.setenv("DISTIL_STUDENT_CANDIDATES", "all")
+    spec = get_task("smart_home")
+    keys = {k.to_user_string() for a in build_task_assets(spec, get_profile("gpu"))
+            if isinstance(a, dg.AssetsDefinition) and not isinstance(a, dg.AssetChecksDefinition) for k in a.keys}
+    assert {f"smart_home_{stage}__{c}" for stage in ("student", "student_eval", "throughput")
+            for c in ("qwen3_1_7b", "qwen3_4b", "qwen3_8b")} <= keys
+    assert "smart_home_student__qwen3_0_6b" not in keys  # the first: today's keys
 
 
 def test_definitions_hold_further_candidates_only_when_asked(monkeypatch):
@@ -189,6 +209,42 @@ def test_cost_table_prices_each_candidate_and_chooses_without_a_model_call(tmp_p
     assert md["candidate_verdicts"].value["large"]["vs_api"] == "win"
     assert "data:image/png;base64," in md["candidates_plot"].value
     assert md["ignored_runs"].value == {}
+    assert {r["candidate"]: r["candidate_choice"] for r in rows.values()} == {"small": "not chosen", "large": "chosen"}
+
+    # Routing and the report name the chosen candidate, from the stored rows alone (no model call).
+    from distil_platform.assets.routing import compute_task_routing
+
+    from distil_platform.economics.report import write_report
+    from distil_platform.economics.routing_io import gather_routing_inputs
+
+    inputs = gather_routing_inputs(store, spec)
+    assert inputs.student.label == "text2sql-student-large-abc"
+    assert "the student is candidate large (chosen by the cost table)" in inputs.notes
+    assert "text2sql-student-abc" not in [m.label for m in inputs.models]  # the other candidate is no route
+    routed = compute_task_routing(spec, store, "routing-run")
+    assert routed["result"].policies[0].model == "text2sql-student-large-abc" and _model_call_counter.n == 0
+    report = write_report(store, ["text2sql"], tmp_path / "report")
+    (summary,) = report.summaries
+    assert summary.student["candidate"] == "large" and summary.verdict == "win"  # its own verdict vs the API
+    assert summary.cost_ratio == pytest.approx(summary.mid_tier["usd_per_million_requests"]
+                                               / rows["large"]["usd_per_million_requests"])
+    assert "candidate large)" in report.markdown and "Student candidates: **large**" in report.markdown
+
+
+def test_when_no_candidate_is_good_enough_the_report_names_the_default_and_says_so():
+    from distil_platform.economics.candidates import mark_choice
+    from distil_platform.economics.report import summarise_task
+
+    small = {"model": "s", "role": "student", "variant": "bf16", "candidate": "small", "accuracy": 0.5,
+             "usd_per_million_requests": 2.0}
+    large = {"model": "l", "role": "candidate", "variant": "bf16", "candidate": "large", "accuracy": 0.6,
+             "usd_per_million_requests": 1.0, "versus": {}}
+    rows = [small, large]
+    mark_choice(rows, CandidateChoice(None, "**None is chosen**: no priced candidate is non-inferior.", "large"))
+    summary = summarise_task("t", rows)
+    assert summary.student is small and summary.candidates.startswith("**None is chosen**")
+    mark_choice(rows, CandidateChoice("large", "**large** ...", "large"))
+    assert summarise_task("t", rows).student is large
 
 
 # -- two tiny sizes, trained, served, priced -------------------------------------------------------

@@ -193,7 +193,7 @@ def price_candidates(store: Any, spec: Any, snapshot: Any, runs: Mapping[str, Se
             cost = row["usd_per_million_requests"]
             rows_out.append({**row, "role": "candidate", "candidate": cand["name"],
                              "cost_ratio_vs_student": cost / first_cost if cost is not None and first_cost else None,
-                             "break_even_requests_per_day": None})
+                             "break_even_requests_per_day": None, "versus": versus_models(rows)})
         out.append(Candidate(cand["name"], cand["base_model"], inputs.students[0], accuracy=row["accuracy"],
                              ci_low=row["ci_low"], ci_high=row["ci_high"], usd_per_million=row["usd_per_million_requests"],
                              sustained_rps=row["sustained_rps"], training_s=cand.get("training_s"),
@@ -210,3 +210,23 @@ def best_mid_tier_api(inputs: CostInputs, rows: Sequence[Mapping[str, Any]]) -> 
         return None
     row = max(priced, key=lambda r: r["accuracy"])
     return PricedAPI(row["model"], models[row["model"]], row["accuracy"], row["usd_per_million_requests"])
+
+
+VERSUS_KEYS = ("verdict", "test", "diff", "ci_low", "ci_high", "verdict_note")
+
+
+def versus_models(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A candidate's verdicts against every model of its own cost table (model -> verdict, test, diff
+    and CI, note; read by the report where the candidate is the one it names)."""
+    return {r["model"]: dict(zip(VERSUS_KEYS, (r["student_result"], r.get("verdict_test"), r.get("diff_vs_student"),
+                                               r.get("diff_ci_low"), r.get("diff_ci_high"), r.get("verdict_note"))))
+            for r in rows if r["role"] != "student" and r.get("student_result")}
+
+
+def mark_choice(rows: Sequence[dict[str, Any]], choice: CandidateChoice) -> None:
+    """Write the choice into the candidates' cost rows (``candidate_choice``: chosen / not chosen, and
+    the why), so the report and routing name the chosen candidate from the results store alone."""
+    for row in rows:
+        if row.get("candidate") and row["role"] in ("student", "candidate"):
+            row["candidate_choice"] = "chosen" if row["candidate"] == choice.chosen else "not chosen"
+            row["candidate_choice_note"] = choice.why

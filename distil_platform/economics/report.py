@@ -82,6 +82,7 @@ class TaskSummary:
     # Further per-task columns (name -> cell text), appended to the summary table in order.
     extra: dict[str, str] = field(default_factory=dict)
     base: Mapping[str, Any] | None = None  # the zero-shot base's cost-table row (the gap closed's base)
+    candidates: str | None = None  # the choice among student candidates, with why (None: one candidate)
 
 
 @dataclass
@@ -124,7 +125,18 @@ def name_student(students: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | N
     return named
 
 
+def named_row(rows: Sequence[Mapping[str, Any]], students: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The student the report names: the candidate the cost table chose (``economics.candidates``),
+    else (the first candidate chosen, or none good enough, or a single student) ``name_student``."""
+    chosen = next((r for r in rows if r.get("candidate_choice") == "chosen"), None)
+    if chosen is not None and chosen.get("role") == "candidate" and _num(chosen.get("accuracy")) is not None:
+        return chosen
+    return name_student(students)
+
+
 def _verdict_of(student: Mapping[str, Any], reference: Mapping[str, Any], other: Mapping[str, Any]):
+    if student.get("role") == "candidate":  # a further candidate: its verdicts vs its own table's models
+        return (student.get("versus") or {}).get(other.get("model"))
     if student is reference:
         if other.get("student_result") is None:
             return None
@@ -136,7 +148,7 @@ def _verdict_of(student: Mapping[str, Any], reference: Mapping[str, Any], other:
 
 def summarise_task(task: str, rows: Sequence[Mapping[str, Any]]) -> TaskSummary:
     students = [r for r in rows if r.get("role") == "student" and _num(r.get("accuracy")) is not None]
-    student = name_student(students)
+    student = named_row(rows, students)
     mids = [r for r in rows if is_mid_tier(r) and not _is_t0(r)]
     measured = [r for r in mids if _num(r.get("accuracy")) is not None]
     if measured:
@@ -167,6 +179,7 @@ def summarise_task(task: str, rows: Sequence[Mapping[str, Any]]) -> TaskSummary:
         unpriced=[r["model"] for r in rows if r.get("cost_basis") == "api"
                   and str(r.get("cost_note") or "").startswith("price unknown")],
         base=next((r for r in rows if r.get("variant") == "zero_shot" and _num(r.get("accuracy")) is not None), None),
+        candidates=next((str(r["candidate_choice_note"]) for r in rows if r.get("candidate_choice_note")), None),
     )
 
 
@@ -205,7 +218,8 @@ def summary_row(s: TaskSummary) -> dict[str, str]:
         verdict += f" ({detail}" + (f"; {s.verdict_note}" if s.verdict_note else "") + ")"
     row = {
         "task": s.task,
-        "student (variant)": f"{st['model']} ({st['variant']})" if st else "–",
+        "student (variant)": (f"{st['model']} ({st['variant']}" + (f"; candidate {st['candidate']}" if s.candidates
+                              and st.get("candidate") else "") + ")") if st else "–",
         "score (95% CI)": _score(st),
         "$/M req": fmt_usd(_num(st.get("usd_per_million_requests"))) if st else "–",
         "best mid-tier model": mid_name,
@@ -301,6 +315,9 @@ def build_markdown(summaries: Sequence[TaskSummary], tables: Mapping[str, Sequen
                   f"as of {rows_[0].get('snapshot_as_of')}." + (f" LLM judge: {judge}." if judge else ""), "",
                   cost_table_markdown(rows_)]
         lines += ["", "Teacher, student and base: " + "; ".join(teacher_lines(rows_)) + "."]
+        choice = next((s.candidates for s in summaries if s.task == task and s.candidates), None)
+        if choice:
+            lines += ["", f"Student candidates: {choice}"]
         lineage = [f"{r['model']} ({r['variant']}): {r['lineage']}" for r in rows_
                    if r.get("role") == "student" and r.get("lineage")]
         if lineage:

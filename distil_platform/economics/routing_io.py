@@ -90,8 +90,11 @@ def gather_routing_inputs(store: Any, spec: Any, *, daily_requests: float = DEFA
         raise RoutingError(f"{task}: {what} in the results store ({hide_password(store.url)}); "
                            f"materialise {task}_cost_table")
     students = [r for r in table if r.get("role") == "student"]
-    # The reference variant (the precision the eval ran in) is the table's first student row.
-    student_row = students[0] if students else None
+    # The student candidate the cost table chose (``economics.candidates``); else the reference variant
+    # (the precision the eval ran in): the table's first student row.
+    chosen = next((r for r in table if r.get("candidate_choice") == "chosen"), None)
+    student_row = chosen if chosen is not None and chosen.get("role") == "candidate" else (
+        students[0] if students else None)
     if student_row is None:
         raise RoutingError(f"{task}: the cost table has no student row; re-materialise {task}_cost_table")
 
@@ -113,17 +116,27 @@ def gather_routing_inputs(store: Any, spec: Any, *, daily_requests: float = DEFA
     student = ModelItems(label=student_row["model"], role="student", scores=_item_means(student_rows),
                          pricing=pricing_from_cost_row(student_row))
 
+    if student_row.get("candidate"):
+        how = ("chosen by the cost table" if student_row is chosen else "the default: the cost table chose none"
+               if any(r.get("candidate_choice") for r in table) else "the default")
+        notes.append(f"the student is candidate {student_row['candidate']} ({how})")
     models: list[ModelItems] = []
     unevaluated = []
     for row in table:
-        if row.get("role") == "student":
+        if row.get("role") in ("student", "candidate"):  # the other candidates are students, not routes
             continue
         # Self-hosted comparisons answer in baseline_evals, API models in frontier_evals.
         rows = (rows_of(STAGE_BASELINES, row) or rows_of(STAGE_FRONTIER, row)) if row.get("n_items") else []
         if not rows:
             unevaluated.append(row["model"])
             continue
-        models.append(ModelItems(label=row["model"], role=row.get("role") or "baseline", scores=_item_means(rows),
+        scores = _item_means(rows)
+        if row.get("role") == "production" and not set(student.scores) <= set(scores):
+            # Scored only where its traces asked a test question: routing pairs every item, so it is left out.
+            notes.append(f"{row['model']} answered {len(scores)} of the student's {len(student.scores)} test items in "
+                         "its traces: not routed")
+            continue
+        models.append(ModelItems(label=row["model"], role=row.get("role") or "baseline", scores=scores,
                                  pricing=pricing_from_cost_row(row)))
     api = [m for m in models if m.role in ("frontier", "mid_tier")]
     if models and not api:
