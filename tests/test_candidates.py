@@ -277,7 +277,8 @@ def test_two_tiny_candidates_get_cost_rows_a_choice_and_a_plot(monkeypatch):
                  "teacher_endpoint": TeacherEndpointResource(), "trainer": TrainerResource()}
     selection = ["text2sql", "text2sql_teacher_eval", "text2sql_teacher_data", "text2sql_student",
                  "text2sql_student__large", "text2sql_student_eval", "text2sql_throughput",
-                 "text2sql_student_eval__large", "text2sql_throughput__large", "text2sql_cost_table"]
+                 "text2sql_student_eval__large", "text2sql_throughput__large", "text2sql_cost_table",
+                 "text2sql_routing"]
     serving = {"config": {"generator_ceiling": False}}
     run_config = {"ops": {"text2sql_student_serving": serving, "text2sql_student_serving__large": serving}}
     with dg.instance_for_test(temp_dir=os.environ["DAGSTER_HOME"]) as instance:
@@ -314,6 +315,12 @@ def test_two_tiny_candidates_get_cost_rows_a_choice_and_a_plot(monkeypatch):
             assert row["usd_per_million_requests"] == pytest.approx(
                 self_hosted_usd_per_million_requests(row["usd_per_hour"], measured["sustained_rps"]))
         assert by_candidate["large"]["eval_run_id"] == f"{run_id}__large"
+        # Routing routes with the candidate the cost table chose (the default when none is chosen).
+        chosen = md["chosen_candidate"].value
+        routed = chosen if chosen in by_candidate else "small"
+        routing = result.asset_materializations_for_node("text2sql_routing")[0].metadata
+        assert f"the student is candidate {routed}" in routing["notes"].value
+        assert not {r["model"] for r in by_candidate.values()} & set(routing["comparison_models"].value)
         assert md["chosen_candidate"].value in ("small", "large")
         assert md["chosen_candidate"].value in md["chosen_candidate_why"].value
         assert "No mid-tier API is priced" in md["chosen_candidate_why"].value  # no API key in this test
