@@ -29,7 +29,7 @@ from .keys import (
     task_key,
     throughput_key,
 )
-from .metadata import location_metadata, png_markdown, polars_column_schema, table_metadata
+from .metadata import inline_pngs, location_metadata, png_markdown, polars_column_schema, table_metadata
 from .published import (
     cost_table_runs,
     report_runs,
@@ -318,7 +318,7 @@ def build_shared_cost_assets(task_names: list[str], profile=None) -> list:
             "headline": report.headline,
             "tasks_with_cost_tables": len(report.tasks),
             "report_path": location_metadata(report_path),
-            "report": dg.MetadataValue.md(report.markdown),
+            "report": dg.MetadataValue.md(inline_pngs(report.markdown, report.plots.values())),
         }
         metadata["tasks"] = dg.MetadataValue.json(list(report.tasks))
         return dg.MaterializeResult(metadata=metadata)  # the report is the file; nothing loads a value

@@ -98,6 +98,16 @@ def png_base64_markdown(data: str, alt: str = "plot") -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")
 
 
+def inline_pngs(markdown: str, paths) -> str:
+    """``markdown`` with each relative image link to one of ``paths`` (matched by file name) replaced
+    by the PNG inline: the UI cannot follow a link relative to a file it never opened."""
+    for path in paths:
+        path = Path(path)
+        data = base64.b64encode(path.read_bytes()).decode()
+        markdown = markdown.replace(f"]({path.name})", f"](data:image/png;base64,{data})")
+    return markdown
+
+
 def materializations_of(result, key: str) -> list:
     """The ``AssetMaterialization``s of asset ``key`` in an in-process run result, whatever step
     produced them (``asset_materializations_for_node`` takes a step name, and a multi-asset such as
