@@ -329,7 +329,19 @@ def production_answers(spec: TaskSpec, seed_set: dict, test: list[dict], judge) 
     path = seed_set.get("traces_production_answers_path")
     if not path:
         return None
-    matched, results = score_logged_answers(spec, test, read_asset_rows(path), judge=judge)
+    logged = read_asset_rows(path)
+    match_on = None
+    if seed_set.get("traces_masked"):  # the logged questions are masked: match the test's masked the same way
+        from collections import Counter
+
+        from distil_platform.tasks.pii import mask_json_text, mask_text
+
+        mask_question = mask_json_text if spec.type == "tool_calling" else mask_text
+
+        def match_on(row: dict) -> dict:
+            return {**row, "question": mask_question(str(row.get("question") or ""), Counter()),
+                    "context": mask_text(str(row.get("context") or ""), Counter())}
+    matched, results = score_logged_answers(spec, test, logged, judge=judge, match_on=match_on)
     label = production_label(seed_set.get("production_model") or "")
     note = (f"{label}: {len(matched)} of {len(test)} test question(s) asked in its traces (matched by normalised "
             "question), scored against the test set's labels" + ("" if matched else ": no score"))

@@ -200,6 +200,7 @@ def _write_traces(traces, task: str, run_id: str) -> tuple[dict, dict]:
         values["traces_production_answers_path"] = paths.write_parquet(
             traces.production_answers, paths.artifact_url(task, "seed_set", run_id, "traces_production_answers.parquet"))
         values["production_model"] = summary["production_model"]
+        values["traces_masked"] = bool(summary["mask_pii"])
     usage = summary["usage"]
     metadata = {
         "traces": dg.MetadataValue.md(summary_markdown(summary)),

@@ -441,6 +441,13 @@ def test_production_answers_are_scored_against_the_test_sets_labels(tmp_path):
     assert [r.score for r in results] == [1.0] * 9 + [0.0] * 3
     assert "12 of 13 test question(s)" in note
     assert production_answers(spec, {}, test, judge=None) is None  # no trace answers: nothing to score
+    # A test set labelled from the raw traffic still matches the masked traces: its questions are masked alike.
+    raw = "Tesco took the payment twice, call me on (555) 201-3344"
+    masked = {"traces_production_answers_path": str(path), "production_model": MODEL, "traces_masked": True}
+    row = {"id": "t-raw", "question": raw, "context": "", "answer": "transaction_charged_twice"}
+    _, results, note = production_answers(spec, masked, [row], judge=None)
+    assert [r.item_id for r in results] == ["t-raw"] and "1 of 1" in note
+    assert production_answers(spec, {**masked, "traces_masked": False}, [row], judge=None)[1] == []
 
 
 def test_frontier_evals_store_the_scored_production_answers_and_the_cost_row_shows_them(tmp_path):

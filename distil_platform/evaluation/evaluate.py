@@ -288,15 +288,21 @@ def evaluate(
 
 
 def score_logged_answers(spec: TaskSpec, test_rows: Sequence[dict[str, Any]], logged_rows: Sequence[dict[str, Any]],
-                         *, judge: Any = None) -> tuple[list[dict[str, Any]], list[ItemResult]]:
+                         *, judge: Any = None, match_on: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                         ) -> tuple[list[dict[str, Any]], list[ItemResult]]:
     """Answers given outside this evaluation (a recorded teacher's file, a production model's traces)
     to the test questions they ask, matched by normalised question (and context where several rows
     ask it: ``teacher_gate.match_recorded``) and scored like a model's replies (an empty answer scores
-    0: it was given): ``(matched test rows, results)``, both empty when no row asks a test question."""
+    0: it was given): ``(matched test rows, results)``, both empty when no row asks a test question.
+    ``match_on``: the form of a test row that is matched (e.g. masked as the logged rows were); the
+    row itself is scored."""
     from distil_platform.evaluation.teacher_gate import match_recorded
     from distil_platform.tasks.prompts import format_answer
 
-    matched, answers = match_recorded(test_rows, logged_rows)
+    keys = [match_on(row) for row in test_rows] if match_on is not None else list(test_rows)
+    matched_keys, answers = match_recorded(keys, logged_rows)
+    row_of = {id(key): row for key, row in zip(keys, test_rows)}
+    matched = [row_of[id(key)] for key in matched_keys]
 
     def text(answer: str) -> str:
         try:
