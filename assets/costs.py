@@ -132,6 +132,7 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str, runs=None, gate_not
     inputs.gate_notes = dict(gate_notes or {})
     rows = build_cost_table(inputs, snapshot)
     section = None
+    candidates = candidates if candidates and len(candidates) > 1 else None  # one student: no choice to make
     if candidates:
         from distil_platform.economics.candidates import price_candidates
 
@@ -313,12 +314,14 @@ def build_shared_cost_assets(task_names: list[str], profile=None) -> list:
             report = write_report(results_store.store(), task_names, out.local,
                                   runs=report_runs(context.instance, task_names), stand_ins=stand_ins)
             report_path = out.url_for(report.path)
+            # Inline while the plots are on this disk (a remote artefact store removes the scratch dir on leaving).
+            ui_markdown = inline_pngs(report.markdown, report.plots.values())
         context.log.info(report.headline)
         metadata = {
             "headline": report.headline,
             "tasks_with_cost_tables": len(report.tasks),
             "report_path": location_metadata(report_path),
-            "report": dg.MetadataValue.md(inline_pngs(report.markdown, report.plots.values())),
+            "report": dg.MetadataValue.md(ui_markdown),
         }
         metadata["tasks"] = dg.MetadataValue.json(list(report.tasks))
         return dg.MaterializeResult(metadata=metadata)  # the report is the file; nothing loads a value

@@ -217,7 +217,8 @@ def _compare(context, spec: TaskSpec, profile: Profile, config: "BaselineConfig"
     # Rows from before the per-item metric column: only a metric without fallback can be assumed.
     student_results = results_from_store_rows(
         student_rows, default_metric=spec.metric_name if spec.metric_name != "llm_judge" else "")
-    judge = build_judge(spec, llm, context) if plan or seed_set.get("traces_production_answers_path") else None
+    scores_production = stage == STAGE_FRONTIER and bool(seed_set.get("traces_production_answers_path"))
+    judge = build_judge(spec, llm, context) if plan or scores_production else None
     for entry in skipped:
         context.log.info(f"{task}: {entry['model']} skipped ({entry['reason']})")
     per_model: dict[str, Any] = {}
@@ -324,7 +325,7 @@ def production_answers(spec: TaskSpec, seed_set: dict, test: list[dict], judge) 
     set's ``traces_production_answers_path``) to the test questions its traces asked, scored against
     the test set's labels; None when the seed set has none."""
     from distil_platform.economics.production import production_label
-    from distil_platform.evaluation.evaluate import score_logged_answers
+    from distil_platform.evaluation.evaluate import OUTCOME_NOT_SCORED, score_logged_answers
 
     path = seed_set.get("traces_production_answers_path")
     if not path:
@@ -343,8 +344,11 @@ def production_answers(spec: TaskSpec, seed_set: dict, test: list[dict], judge) 
                     "context": mask_text(str(row.get("context") or ""), Counter())}
     matched, results = score_logged_answers(spec, test, logged, judge=judge, match_on=match_on)
     label = production_label(seed_set.get("production_model") or "")
+    not_scored = sum(1 for r in results if r.outcome == OUTCOME_NOT_SCORED)
     note = (f"{label}: {len(matched)} of {len(test)} test question(s) asked in its traces (matched by normalised "
-            "question), scored against the test set's labels" + ("" if matched else ": no score"))
+            "question and context), scored against the test set's labels" + ("" if matched else ": no score")
+            + (f"; {not_scored} not scored: the answer was changed by PII masking (`mask_pii: false` scores them)"
+               if not_scored else ""))
     return label, results, note
 
 

@@ -245,6 +245,12 @@ def test_when_no_candidate_is_good_enough_the_report_names_the_default_and_says_
     assert summary.student is small and summary.candidates.startswith("**None is chosen**")
     mark_choice(rows, CandidateChoice("large", "**large** ...", "large"))
     assert summarise_task("t", rows).student is large
+    # The chosen candidate is named even where the table's own student has no accuracy (not evaluated).
+    mid = {"model": "api", "role": "mid_tier", "variant": "mid_tier", "accuracy": 0.55, "input_usd_per_mtok": 0.1,
+           "usd_per_million_requests": 50.0}
+    large["versus"] = {"api": {"verdict": "win", "test": "mcnemar", "diff": 0.05, "ci_low": 0.01, "ci_high": 0.09}}
+    summary = summarise_task("t", [{**small, "accuracy": None}, large, mid])
+    assert summary.student is large and summary.verdict == "win" and summary.cost_ratio == pytest.approx(50.0)
 
 
 # -- two tiny sizes, trained, served, priced -------------------------------------------------------

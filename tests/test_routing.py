@@ -320,6 +320,15 @@ def test_routing_asset_recommends_a_cascade_and_the_report_shows_it(tmp_path, _m
 
     rep = _materialise([report], instance).asset_materializations_for_node("benchmark_report")[0].metadata["report"].value
     assert f"cascade → {HAIKU}" in rep
+    # With an object store for artefacts the plots are uploaded and the scratch directory removed on
+    # leaving the block: the UI's copy of the report still carries them inline.
+    import uuid
+
+    monkeypatch.setenv("DISTIL_ARTIFACTS_URL", f"memory://report-{uuid.uuid4().hex[:8]}/artifacts")
+    remote = _materialise([report], instance).asset_materializations_for_node("benchmark_report")[0].metadata
+    assert remote["report"].value.count("](data:image/png;base64,") == 1
+    assert remote["report_path"].value.startswith("memory://")
+    monkeypatch.delenv("DISTIL_ARTIFACTS_URL")
     # Cost ratio against the best mid-tier model (Flash Lite, $102/M): 102 / 325.1.
     assert f"{102.0 / (57.6 + 267.5):.3g}×" in rep
 

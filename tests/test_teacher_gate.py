@@ -396,3 +396,14 @@ def test_a_recorded_teacher_is_scored_on_the_test_questions_its_file_answers(tes
                               selection=[f"{TASK}_teacher_data"])
         assert _md(data, f"{TASK}_teacher_data")["teacher_gate"].startswith(
             "gate not evaluated: the teacher was not evaluable (the recorded file")
+
+
+def test_a_recorded_answer_for_another_context_is_not_an_answer_to_this_item():
+    from distil_platform.evaluation.teacher_gate import match_recorded
+
+    recorded = [{"question": "How many users?", "context": "CREATE TABLE a (id INT);", "answer": "SELECT 1"}]
+    same = {"id": "1", "question": "how many users?", "context": "CREATE TABLE a (id INT);"}
+    other = {"id": "2", "question": "How many users?", "context": "CREATE TABLE b (id INT);"}
+    bare = {"id": "3", "question": "How many users?", "context": ""}
+    rows, matched = match_recorded([same, other, bare], recorded)
+    assert [r["id"] for r in rows] == ["1", "3"] and [m["answer"] for m in matched] == ["SELECT 1", "SELECT 1"]

@@ -421,13 +421,41 @@ def _unlabelled_banking(tmp_path):
 def test_unlabelled_traces_keep_the_production_answers_masked(tmp_path):
     spec, data, _, _ = _unlabelled_banking(tmp_path)
     answers = data.production_answers
-    assert answers is not None and answers.columns == ["question", "context", "answer"]
+    assert answers is not None and answers.columns == ["question", "context", "answer", "not_scored"]
     assert answers.height == data.summary["production_answers"] > 100
     assert not any(v in cell for cell in _cells(answers) for v in _raw_values())
     # Answered with a label, in or out of the label set: what the production model said.
     assert set(answers["answer"]) & set(spec.labels)
     _, labelled = _load("banking77", BANKING)
     assert labelled.production_answers is None  # its answers are the labels: nothing to score
+
+
+def test_a_production_answer_changed_by_masking_is_stored_masked_and_never_scored(tmp_path):
+    from distil_platform.assets.evals import production_answers
+
+    def call(message: str, reply: str) -> str:
+        return json.dumps({"request": {"model": "gpt-5-mini", "messages": [
+            {"role": "system", "content": "Route it."}, {"role": "user", "content": f"Customer message: {message}"}]},
+            "response": {"model": MODEL, "choices": [{"message": {"role": "assistant", "content": reply},
+                                                      "finish_reason": "stop"}],
+                         "usage": {"prompt_tokens": 30, "completion_tokens": 3}}})
+
+    leaked = "write to anna.kowalski@example.com"
+    path = tmp_path / "calls.jsonl"
+    path.write_text("\n".join([call("my card never arrived", "card_arrival"),
+                               call("why was I charged twice", leaked)]) + "\n")
+    spec, data = _load("banking77", path, labelled=False)
+    answers = data.production_answers.to_dicts()
+    assert "anna.kowalski@example.com" not in json.dumps(answers) and data.summary["production_answers_masked"] == 1
+    assert [a["not_scored"] for a in answers] == ["", "answer changed by PII masking"]
+    stored = tmp_path / "answers.parquet"
+    data.production_answers.write_parquet(stored)
+    test = [{"id": "a", "question": "my card never arrived", "context": "", "answer": "card_arrival"},
+            {"id": "b", "question": "why was I charged twice", "context": "", "answer": "transaction_charged_twice"}]
+    _, results, note = production_answers(spec, {"traces_production_answers_path": str(stored),
+                                                 "production_model": MODEL}, test, judge=None)
+    assert [(r.item_id, r.score, r.outcome) for r in results] == [("a", 1.0, ""), ("b", None, "not_scored")]
+    assert "2 of 2" in note and "1 not scored: the answer was changed by PII masking" in note
 
 
 def test_production_answers_are_scored_against_the_test_sets_labels(tmp_path):

@@ -352,7 +352,8 @@ def build_cost_table(inputs: CostInputs, snapshot: PriceSnapshot) -> list[dict[s
     if inputs.production is not None:
         scored = inputs.production.evaluated
         rows.append(production_row(inputs.production, snapshot, common, margin, scored=None if scored is None else
-                                   {**_summary(scored), **_versus(reference, scored, inputs.students, margin)}))
+                                   {**_summary(scored), **_versus(reference, scored, inputs.students, margin),
+                                    "eval_run_id": scored.run_id}))
 
     hw_hour = next((r.get("usd_per_hour") for r in rows if r["role"] == "student" and r.get("usd_per_hour")), None)
     for row in rows:

@@ -82,7 +82,7 @@ class TaskSummary:
     # Further per-task columns (name -> cell text), appended to the summary table in order.
     extra: dict[str, str] = field(default_factory=dict)
     base: Mapping[str, Any] | None = None  # the zero-shot base's cost-table row (the gap closed's base)
-    candidates: str | None = None  # the choice among student candidates, with why (None: one candidate)
+    candidates: str | None = None  # the choice among student candidates, with why (None: one student)
 
 
 @dataclass
@@ -156,14 +156,15 @@ def summarise_task(task: str, rows: Sequence[Mapping[str, Any]]) -> TaskSummary:
     else:
         priced = [r for r in mids if _num(r.get("usd_per_million_requests")) is not None]
         mid = min(priced, key=lambda r: r["usd_per_million_requests"], default=None)
-    result = _verdict_of(student, students[0], mid) if student is not None and mid is not None and measured else None
+    reference = students[0] if students else None  # the table's own student (None: it has no accuracy)
+    result = _verdict_of(student, reference, mid) if student is not None and mid is not None and measured else None
     mid_t0 = None
     result_t0 = None
     if mid is not None:
         mid_t0 = next((r for r in rows if _is_t0(r) and str(r.get("model", "")).startswith(mid["model"] + " @")
                        and _num(r.get("accuracy")) is not None), None)
         if mid_t0 is not None and student is not None:
-            result_t0 = _verdict_of(student, students[0], mid_t0)
+            result_t0 = _verdict_of(student, reference, mid_t0)
     s_cost = _num(student.get("usd_per_million_requests")) if student else None
     m_cost = _num(mid.get("usd_per_million_requests")) if mid else None
     margin = _num(rows[0].get("margin")) if rows else None

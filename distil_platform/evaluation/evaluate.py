@@ -98,8 +98,10 @@ class ItemResult:
     outcome: str = ""
 
 
-# ItemResult.outcome values
+# ItemResult.outcome values ("not_scored": an answer given elsewhere that cannot be scored as stored,
+# e.g. a production answer changed by PII masking; ``detail`` says why)
 OUTCOME_EMPTY, OUTCOME_TRUNCATED, OUTCOME_SCORING_ERROR = "empty", "truncated", "scoring_error"
+OUTCOME_NOT_SCORED = "not_scored"
 # What an empty reply scores (module docstring): 0, or unscorable (left out like a missing verdict).
 EMPTY_REPLY_POLICIES = ("zero", "unscorable")
 
@@ -291,16 +293,19 @@ def score_logged_answers(spec: TaskSpec, test_rows: Sequence[dict[str, Any]], lo
                          *, judge: Any = None, match_on: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                          ) -> tuple[list[dict[str, Any]], list[ItemResult]]:
     """Answers given outside this evaluation (a recorded teacher's file, a production model's traces)
-    to the test questions they ask, matched by normalised question (and context where several rows
-    ask it: ``teacher_gate.match_recorded``) and scored like a model's replies (an empty answer scores
-    0: it was given): ``(matched test rows, results)``, both empty when no row asks a test question.
+    to the test questions they ask, matched by normalised question and context
+    (``teacher_gate.match_recorded``) and scored like a model's replies (an empty answer scores 0: it
+    was given): ``(matched test rows, results)``, both empty when no row asks a test question.
     ``match_on``: the form of a test row that is matched (e.g. masked as the logged rows were); the
-    row itself is scored."""
+    row itself is scored. A logged row with a non-empty ``not_scored`` (the reason) is matched but
+    unscorable (outcome ``not_scored``), never a silent 0 or 1."""
+    import dataclasses
+
     from distil_platform.evaluation.teacher_gate import match_recorded
     from distil_platform.tasks.prompts import format_answer
 
     keys = [match_on(row) for row in test_rows] if match_on is not None else list(test_rows)
-    matched_keys, answers = match_recorded(keys, logged_rows)
+    matched_keys, logged = match_recorded(keys, logged_rows)
     row_of = {id(key): row for key, row in zip(keys, test_rows)}
     matched = [row_of[id(key)] for key in matched_keys]
 
@@ -312,7 +317,10 @@ def score_logged_answers(spec: TaskSpec, test_rows: Sequence[dict[str, Any]], lo
 
     if not matched:
         return [], []
-    return matched, score_answers(spec, matched, [Answer(text=text(a)) for a in answers], judge=judge)
+    results = score_answers(spec, matched, [Answer(text=text(str(r.get("answer") or ""))) for r in logged], judge=judge)
+    return matched, [dataclasses.replace(res, score=None, score_strict=None, outcome=OUTCOME_NOT_SCORED,
+                                         detail=str(r["not_scored"])) if r.get("not_scored") else res
+                     for res, r in zip(results, logged)]
 
 
 def prediction_rows(

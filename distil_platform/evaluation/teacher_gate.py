@@ -136,22 +136,25 @@ def normalised_question(text: Any) -> str:
 
 
 def match_recorded(test_rows: Sequence[Mapping[str, Any]],
-                   recorded_rows: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[str]]:
-    """``(test rows the recorded file answers, its answers)``, matched by normalised question (and,
-    where several recorded rows ask it, by normalised context). The first recorded answer wins."""
+                   recorded_rows: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """``(test rows the recorded rows answer, the recorded row answering each)``, matched by normalised
+    question and, where the test row has a context (a schema, passages), by normalised context too: an
+    answer written for another context is not an answer to this item. The first match wins."""
     by_question: dict[str, list[Mapping[str, Any]]] = {}
     for r in recorded_rows:
         by_question.setdefault(normalised_question(r.get("question")), []).append(r)
-    rows, answers = [], []
+    rows, matched = [], []
     for row in test_rows:
         found = by_question.get(normalised_question(row.get("question")))
         if not found:
             continue
         context = normalised_question(row.get("context"))
-        best = next((r for r in found if normalised_question(r.get("context")) == context), found[0])
+        best = next((r for r in found if normalised_question(r.get("context")) == context), None)
+        if best is None and context:
+            continue
         rows.append(row)
-        answers.append(str(best.get("answer") or ""))
-    return rows, answers
+        matched.append(best if best is not None else found[0])
+    return rows, matched
 
 
 @dataclass(frozen=True)

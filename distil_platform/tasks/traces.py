@@ -184,7 +184,7 @@ def map_generation(spec: TaskSpec, gen: Generation, cfg: TracesSource, pii: Coun
     if spec.type == "text2sql" and not context:
         context, question = split_schema_question(question)
     answer, status = _answer(spec, gen)
-    production = None
+    production, masked_answer = None, False
     if not cfg.labelled and not (status or "").startswith("unlabelled:"):
         # Not a label (the teacher's job), but what the production model answered, in or out of the answer
         # space: scored against the test set's own labels where the call asks a test question.
@@ -193,7 +193,12 @@ def map_generation(spec: TaskSpec, gen: Generation, cfg: TracesSource, pii: Coun
         question = mask_json_text(question, pii) if spec.type == "tool_calling" else mask_text(question, pii)
         context = mask_text(context, pii)
         answer = _masked_answer(spec, answer, pii)
-        production = _masked_answer(spec, production, pii) if production else production
+        if production:
+            before = sum(pii.values())
+            production = _masked_answer(spec, production, pii)
+            # What it answered is no longer what is stored (a leaked e-mail in a redaction, a timestamp read as
+            # a phone number in SQL): scoring the masked text would be wrong either way, so it is not scored.
+            masked_answer = sum(pii.values()) > before
     if spec.type == "tool_calling" and answer:
         try:
             answer = canonical_tool_call(answer)
@@ -203,6 +208,7 @@ def map_generation(spec: TaskSpec, gen: Generation, cfg: TracesSource, pii: Coun
            "message": mask_text(last, Counter()) if pii is not None else last}
     if production is not None:
         row["production_answer"] = production
+        row["production_not_scored"] = "answer changed by PII masking" if masked_answer else ""
     if status is not None and status.startswith("unlabelled:"):
         # Only the question side is checked: the teacher writes the answer.
         reason = validate_row(spec, {**row, "answer": _placeholder_answer(spec)})
@@ -364,12 +370,14 @@ def load_traces(spec: TaskSpec, cfg: TracesSource, path: Path | None = None) -> 
         "traces' answers are not used as labels",
         "production_model": production, "models": dict(models.most_common()),
         "production_answers": len(answered),
+        "production_answers_masked": sum(1 for r in answered if r["production_not_scored"]),
         "usage": {"model": production, "n_requests": n,
                   "mean_prompt_tokens": sum(u[0] for u in used) / n if n else None,
                   "mean_completion_tokens": sum(u[1] for u in used) / n if n else None,
                   "mean_cached_tokens": sum(u[2] for u in used) / n if n else None},
     }
-    answers = _frame([{**r, "answer": r["production_answer"]} for r in answered], ("question", "context", "answer"))
+    answers = _frame([{**r, "answer": r["production_answer"], "not_scored": r["production_not_scored"]} for r in answered],
+                     ("question", "context", "answer", "not_scored"))
     return TraceData(_frame(seed_rows), _frame(test_rows), _frame(unlabelled, ("id", "question", "context")), summary,
                      production_answers=answers if answered else None)
 
