@@ -584,3 +584,54 @@ def test_a_task_driven_by_traces_end_to_end_on_the_test_profile(monkeypatch):
         assert prod["usd_per_million_requests"] == pytest.approx((prompt - cached) * 0.25 + cached * 0.025
                                                                  + completion * 2.0)
         assert "labels are your production model's answers" in prod["cost_note"]
+
+
+@pytest.mark.slow
+def test_traces_beside_labels_of_your_own_score_the_production_model_end_to_end(monkeypatch, tmp_path):
+    """``labelled: false`` with a hand-labelled test set of the same traffic: the whole test-profile graph
+    runs, and the cost table's production row is scored on the test questions its traces asked."""
+    import shutil
+
+    from distil_platform.assets import build_task_pipeline_assets
+    from distil_platform.assets.costs import compute_cost_table
+    from distil_platform.resources import (
+        LLMResource,
+        ModelStoreResource,
+        ServingResource,
+        TeacherEndpointResource,
+        TrainerResource,
+    )
+
+    from distil_platform.profiles import get_profile
+
+    monkeypatch.setenv("DISTIL_PROFILE", "test")
+    for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    spec, data = _load("banking77", BANKING, labelled=False)
+    # 24 traced questions (the task's minimum test size is 20), labelled by hand: 18 as the production model
+    # answered them, 6 otherwise.
+    picked = data.production_answers.unique("question", keep="first", maintain_order=True).head(24).to_dicts()
+    labels = sorted(spec.labels)
+    data_dir = tmp_path / "labelled"
+    data_dir.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "distil_platform/data/banking77/train.jsonl", data_dir)
+    (data_dir / "test.jsonl").write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"] if i < 18
+                                                             else next(x for x in labels if x != r["answer"])}) + "\n"
+                                                 for i, r in enumerate(picked)))
+    monkeypatch.setenv("DISTIL_DATA_BANKING77", str(data_dir))
+    resources = {"llm": LLMResource(), "serving": ServingResource(backend="transformers", dtype=get_profile("test").dtype),
+                 "model_store": ModelStoreResource(), "results_store": ResultsStoreResource(),
+                 "teacher_endpoint": TeacherEndpointResource(), "trainer": TrainerResource()}
+    with dg.instance_for_test(temp_dir=os.environ["DAGSTER_HOME"]) as instance:
+        result = dg.materialize(build_seed_set_asset(spec) + build_task_pipeline_assets(spec), resources=resources,
+                                instance=instance)
+        assert result.success
+        seed = _md(result, "banking77")
+        assert seed["source"] == f"local:{data_dir}" and seed["n_test"] == 24 and seed["production_answers"] > 100
+        frontier = _md(result, "banking77_frontier_evals")
+        assert "24 of 24 test question(s)" in frontier["production_model_scored"] and frontier["new_model_calls"] == 0
+        table = compute_cost_table(spec, ResultsStore(), "table-1")
+        prod = next(r for r in table["rows"] if r["role"] == "production")
+        assert prod["model"] == f"your current model: {MODEL}" and prod["accuracy"] == pytest.approx(0.75)
+        assert prod["n_paired"] == 24 and prod["student_result"] is not None
+        assert "labels are your production model's answers" not in prod["cost_note"]
