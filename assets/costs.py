@@ -74,7 +74,8 @@ def build_task_cost_assets(spec: TaskSpec, candidates: list | None = None, profi
         result = compute_cost_table(spec, results_store.store(), context.run_id,
                                     runs=cost_table_runs(context.instance, task),
                                     gate_notes=student_gate_notes(context.instance, task),
-                                    candidates=student_candidate_runs(context.instance, task, candidates) or None)
+                                    candidates=student_candidate_runs(context.instance, task, candidates) or None,
+                                    stand_ins=stand_ins)
         if stand_ins:  # the rehearsal: frontier rows answered by the provider fake, never results
             from distil_platform.economics.costs import cost_table_markdown
             from distil_platform.economics.report import mark_stand_ins
@@ -94,7 +95,7 @@ def build_task_cost_assets(spec: TaskSpec, candidates: list | None = None, profi
 
 
 def compute_cost_table(spec: TaskSpec, store, table_id: str, runs=None, gate_notes=None,
-                       candidates=None) -> dict[str, Any]:
+                       candidates=None, stand_ins: bool = False) -> dict[str, Any]:
     """Build, write (Parquet, CSV, store) and describe one task's cost table at the current prices.
     ``runs``: each upstream stage's successful runs (``gather_cost_inputs``); None reads the newest
     rows (offline callers: tests, benchmarks; the asset always passes them). ``gate_notes``: student
@@ -148,7 +149,7 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str, runs=None, gate_not
 
     with paths.ArtifactDir(spec.name, "cost_table", table_id) as out:  # published on leaving the block
         if candidates:
-            section = candidate_metadata(spec, priced, inputs, rows, out.local)
+            section = candidate_metadata(spec, priced, inputs, rows, out.local, stand_ins=stand_ins)
         parquet, csv = write_cost_table(rows, out.local)
         column_schema = polars_column_schema(pl.read_parquet(parquet, n_rows=0))
         parquet, csv = out.url_for(parquet), out.url_for(csv)
@@ -190,9 +191,13 @@ def compute_cost_table(spec: TaskSpec, store, table_id: str, runs=None, gate_not
             "snapshot_hash": snapshot.hash, "rows": rows, "ignored_runs": inputs.ignored_runs}
 
 
-def candidate_metadata(spec: TaskSpec, priced: list, inputs, rows: list[dict[str, Any]], out_dir) -> dict[str, Any]:
+def candidate_metadata(spec: TaskSpec, priced: list, inputs, rows: list[dict[str, Any]], out_dir, *,
+                       stand_ins: bool = False) -> dict[str, Any]:
     """The choice among the student candidates as metadata: ``chosen_candidate`` ("none" when none
-    is good enough), ``chosen_candidate_why``, a table of candidates and a plot of accuracy vs $/M."""
+    is good enough), ``chosen_candidate_why``, a table of candidates and a plot of accuracy vs $/M.
+    ``stand_ins`` (a rehearsal): the API's name is marked a stand-in wherever it is shown."""
+    import dataclasses
+
     from distil_platform.economics.candidates import (
         best_mid_tier_api,
         candidates_markdown,
@@ -200,11 +205,15 @@ def candidate_metadata(spec: TaskSpec, priced: list, inputs, rows: list[dict[str
         mark_choice,
         plot_candidates,
     )
+    from distil_platform.economics.report import STAND_IN_MARK
 
+    mark = STAND_IN_MARK if stand_ins else ""
     api = best_mid_tier_api(inputs, rows)
+    if api is not None and mark:
+        api = dataclasses.replace(api, name=api.name + mark)
     choice = choose_candidate(priced, api, spec.margin)
     mark_choice(rows, choice)  # the report and routing read it from the stored rows
-    apis = [(r["model"], r.get("usd_per_million_requests"), r.get("accuracy")) for r in rows
+    apis = [(r["model"] + mark, r.get("usd_per_million_requests"), r.get("accuracy")) for r in rows
             if r.get("cost_basis") == "api"]
     plot = plot_candidates(priced, apis, out_dir / "candidates.png", spec.name)
     return {"chosen_candidate": choice.chosen or "none",
