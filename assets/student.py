@@ -32,6 +32,8 @@ class StudentConfig(dg.Config):
     # Fixed sequence length (None: derived from the longest training row, within the ceiling).
     max_length: int | None = None
     use_lora: bool | None = None
+    # Recompute activations in the backward pass (less memory, slower steps); None: the candidate's, else off.
+    gradient_checkpointing: bool | None = None
     # False trains on the seeds alone (the "seed-only" ablation of the benchmark).
     use_synthetic: bool = True
     # Seconds the training loop may take (None: the task's / profile's, local 240; 0: no limit): the
@@ -88,6 +90,8 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None, candidat
             batch_size=config.batch_size, max_length=config.max_length,
             use_lora=config.use_lora if config.use_lora is not None else cand.use_lora, seed=config.seed,
             time_budget_s=config.time_budget_s, epochs=config.epochs,
+            gradient_checkpointing=config.gradient_checkpointing if config.gradient_checkpointing is not None
+            else cand.gradient_checkpointing,
         )
         # The exact rows trained on, beside the other artefacts (the training job reads them from here).
         rows_url = paths.write_parquet(pl.DataFrame(rows, schema=dict.fromkeys(rows[0], pl.String) if rows else None),
@@ -121,6 +125,7 @@ def build_student_asset(spec: TaskSpec, profile: Profile | None = None, candidat
             "base_model": base_name,
             "candidate": cand.name,
             "method": "lora (merged)" if train_cfg.use_lora else "full fine-tune",
+            "gradient_checkpointing": train_cfg.gradient_checkpointing,
             "trainable_params": result["trainable_params"],
             "total_params": result["total_params"],
             "train_examples": result["train_examples"],

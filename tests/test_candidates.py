@@ -82,6 +82,8 @@ def test_shipped_gpu_candidates_are_the_benchmarks_qwen3_sizes_and_build(monkeyp
         listed = task_candidates(spec, "gpu")
         assert {c.base_model for c in listed} == sizes, name
         assert listed[0].base_model == spec.student_base("gpu"), name  # the default keeps today's student
+        # 8B recomputes its activations (16 rows per step on one card); the smaller ones keep them.
+        assert [c.name for c in listed if c.gradient_checkpointing] == ["qwen3_8b"], name
     monkeypatch.setenv("DISTIL_STUDENT_CANDIDATES", "all")
     spec = get_task("smart_home")
     keys = {k.to_user_string() for a in build_task_assets(spec, get_profile("gpu"))
@@ -229,6 +231,14 @@ def test_cost_table_prices_each_candidate_and_chooses_without_a_model_call(tmp_p
     assert summary.cost_ratio == pytest.approx(summary.mid_tier["usd_per_million_requests"]
                                                / rows["large"]["usd_per_million_requests"])
     assert "candidate large)" in report.markdown and "Student candidates: **large**" in report.markdown
+
+    # A rehearsal's cost table marks the API it compared the candidates with as a stand-in.
+    from distil_platform.assets.costs import compute_cost_table
+    from distil_platform.assets.published import student_candidate_runs
+
+    rehearsed = compute_cost_table(spec, store, "table-rehearsal", stand_ins=True,
+                                   candidates=student_candidate_runs(instance, "text2sql", candidates))
+    assert "**gemini/gemini-2.5-flash-lite [stand-in]**" in rehearsed["metadata"]["chosen_candidate_why"].value
 
 
 def test_when_no_candidate_is_good_enough_the_report_names_the_default_and_says_so():

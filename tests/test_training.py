@@ -195,6 +195,39 @@ def test_lora_training_writes_a_servable_checkpoint_and_is_seeded(tiny_dir, tmp_
     assert out.shape[1] > ids["input_ids"].shape[1]
 
 
+def test_gradient_checkpointing_trains_the_same_student_with_less_memory(tiny_dir, tmp_path, monkeypatch):
+    """A large candidate (Qwen3-8B on one card) recomputes activations: the option reaches TRL
+    (non-reentrant, so PEFT's frozen base needs no input grads), and the seeded losses are those of a
+    run that keeps its activations."""
+    from trl import SFTConfig
+
+    from distil_platform.training.trainer import _sft_config
+
+    spec = get_task("text2sql")
+    cfg = TrainConfig(max_steps=2, batch_size=4, dtype="float32", learning_rate=1e-3, seed=7)
+    checkpointed = TrainConfig(**{**cfg.__dict__, "gradient_checkpointing": True})
+    args = _sft_config(SFTConfig, checkpointed, tmp_path, 2, False, batch_size=4, max_length=None)
+    assert args.activation_checkpointing and args.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert not _sft_config(SFTConfig, cfg, tmp_path, 2, False, batch_size=4, max_length=None).activation_checkpointing
+    from transformers import PreTrainedModel
+
+    enabled = []
+    original = PreTrainedModel.activation_checkpointing_enable
+
+    def spy(self, *args, **kwargs):
+        enabled.append(kwargs.get("activation_checkpointing_kwargs", args[0] if args else None))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "activation_checkpointing_enable", spy)
+    with_ckpt = train_student(spec, ROWS, tiny_dir, tmp_path / "ckpt", checkpointed)
+    assert enabled and enabled[-1] == {"use_reentrant": False}  # the trainer turned it on for the model
+    enabled.clear()
+    plain = train_student(spec, ROWS, tiny_dir, tmp_path / "plain", cfg)
+    assert not enabled
+    assert [h["loss"] for h in with_ckpt.loss_history] == pytest.approx([h["loss"] for h in plain.loss_history],
+                                                                        rel=1e-4)
+
+
 @pytest.mark.slow
 def test_time_budget_plans_the_steps_it_affords(tiny_dir, tmp_path):
     """A budget below one measured step trains one step (and warns); an ample one changes nothing and

@@ -40,12 +40,15 @@ class StudentCandidate(BaseModel):
     max_steps: int | None = Field(default=None, gt=0)
     learning_rate: float | None = Field(default=None, gt=0)
     use_lora: bool | None = None
+    # Recompute activations in the backward pass (a large base model on one card); None: the task's.
+    gradient_checkpointing: bool | None = None
 
     def settings(self) -> str:
         """``lora, 40 steps`` (what differs from the task's training settings)."""
         parts = [] if self.use_lora is None else ["lora" if self.use_lora else "full fine-tune"]
         parts += [f"{self.max_steps} steps"] if self.max_steps else []
         parts += [f"lr {self.learning_rate:g}"] if self.learning_rate else []
+        parts += ["gradient checkpointing"] if self.gradient_checkpointing else []
         return ", ".join(parts) or "task training settings"
 
 

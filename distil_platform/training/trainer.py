@@ -451,5 +451,8 @@ def _sft_config(SFTConfig, config: TrainConfig, out_dir: Path, steps: int, on_cu
         dataloader_num_workers=0,
         use_cpu=not on_cuda,
         disable_tqdm=True,
-        gradient_checkpointing=False,
+        # transformers 5's name for gradient checkpointing. Non-reentrant: works with PEFT's frozen base
+        # weights without marking the inputs as requiring grad.
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
     )
