@@ -478,7 +478,7 @@ def test_production_answers_are_scored_against_the_test_sets_labels(tmp_path):
     assert production_answers(spec, {**masked, "traces_masked": False}, [row], judge=None)[1] == []
 
 
-def test_frontier_evals_store_the_scored_production_answers_and_the_cost_row_shows_them(tmp_path):
+def test_frontier_evals_store_the_scored_production_answers_and_the_cost_row_shows_them(tmp_path, monkeypatch):
     from cost_fixtures import plant_student_eval, plant_task
     from distil_platform.assets.evals import build_eval_assets
     from distil_platform.assets.keys import task_key
@@ -515,9 +515,7 @@ def test_frontier_evals_store_the_scored_production_answers_and_the_cost_row_sho
         return student_value
 
     (_, frontier) = build_eval_assets(spec, get_profile("test"))
-    for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "XAI_API_KEY",
-                "MISTRAL_API_KEY"):
-        os.environ.pop(key, None)
+    _without_api_keys(monkeypatch)
     result = dg.materialize([seed_set, student_eval, frontier],
                             resources={"llm": LLMResource(), "results_store": ResultsStoreResource()})
     assert result.success
@@ -539,10 +537,14 @@ def test_frontier_evals_store_the_scored_production_answers_and_the_cost_row_sho
 
 
 # -- end to end on the test profile ---------------------------------------------------------------------
-@pytest.mark.slow
-def test_a_task_driven_by_traces_end_to_end_on_the_test_profile(monkeypatch):
-    from distil_platform.assets import build_task_pipeline_assets
-    from distil_platform.assets.costs import compute_cost_table
+def _without_api_keys(monkeypatch) -> None:
+    for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "XAI_API_KEY",
+                "MISTRAL_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def _test_profile_resources(monkeypatch) -> dict:
+    """The test profile, no API key, and the resources a whole task graph needs."""
     from distil_platform.resources import (
         LLMResource,
         ModelStoreResource,
@@ -554,12 +556,19 @@ def test_a_task_driven_by_traces_end_to_end_on_the_test_profile(monkeypatch):
     from distil_platform.profiles import get_profile
 
     monkeypatch.setenv("DISTIL_PROFILE", "test")
-    for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
-        monkeypatch.delenv(key, raising=False)
+    _without_api_keys(monkeypatch)
+    return {"llm": LLMResource(), "serving": ServingResource(backend="transformers", dtype=get_profile("test").dtype),
+            "model_store": ModelStoreResource(), "results_store": ResultsStoreResource(),
+            "teacher_endpoint": TeacherEndpointResource(), "trainer": TrainerResource()}
+
+
+@pytest.mark.slow
+def test_a_task_driven_by_traces_end_to_end_on_the_test_profile(monkeypatch):
+    from distil_platform.assets import build_task_pipeline_assets
+    from distil_platform.assets.costs import compute_cost_table
+
+    resources = _test_profile_resources(monkeypatch)
     spec, _ = _with_traces("banking77", BANKING)
-    resources = {"llm": LLMResource(), "serving": ServingResource(backend="transformers", dtype=get_profile("test").dtype),
-                 "model_store": ModelStoreResource(), "results_store": ResultsStoreResource(),
-                 "teacher_endpoint": TeacherEndpointResource(), "trainer": TrainerResource()}
     # The random tiny teacher fails its gate; the override makes it label the trace rows anyway.
     run_config = {"ops": {"banking77_teacher_data": {"config": {"override_teacher_gate": True, "target": 4}}}}
     with dg.instance_for_test(temp_dir=os.environ["DAGSTER_HOME"]) as instance:
@@ -594,19 +603,8 @@ def test_traces_beside_labels_of_your_own_score_the_production_model_end_to_end(
 
     from distil_platform.assets import build_task_pipeline_assets
     from distil_platform.assets.costs import compute_cost_table
-    from distil_platform.resources import (
-        LLMResource,
-        ModelStoreResource,
-        ServingResource,
-        TeacherEndpointResource,
-        TrainerResource,
-    )
 
-    from distil_platform.profiles import get_profile
-
-    monkeypatch.setenv("DISTIL_PROFILE", "test")
-    for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
-        monkeypatch.delenv(key, raising=False)
+    resources = _test_profile_resources(monkeypatch)
     spec, data = _load("banking77", BANKING, labelled=False)
     # 24 traced questions (the task's minimum test size is 20), labelled by hand: 18 as the production model
     # answered them, 6 otherwise.
@@ -619,9 +617,6 @@ def test_traces_beside_labels_of_your_own_score_the_production_model_end_to_end(
                                                              else next(x for x in labels if x != r["answer"])}) + "\n"
                                                  for i, r in enumerate(picked)))
     monkeypatch.setenv("DISTIL_DATA_BANKING77", str(data_dir))
-    resources = {"llm": LLMResource(), "serving": ServingResource(backend="transformers", dtype=get_profile("test").dtype),
-                 "model_store": ModelStoreResource(), "results_store": ResultsStoreResource(),
-                 "teacher_endpoint": TeacherEndpointResource(), "trainer": TrainerResource()}
     with dg.instance_for_test(temp_dir=os.environ["DAGSTER_HOME"]) as instance:
         result = dg.materialize(build_seed_set_asset(spec) + build_task_pipeline_assets(spec), resources=resources,
                                 instance=instance)
