@@ -418,7 +418,7 @@ def test_throughput_asset_on_vllm_cpu(tmp_path, monkeypatch):
 
     from distil_platform.serving import launch
     from distil_platform.storage.modelstore import build_tiny_qwen3
-    from distil_platform.storage.store import ResultsStore, predictions
+    from distil_platform.storage.store import ResultsStore, predictions, throughput_points
 
     python = launch.vllm_python()
     if python is None or launch.vllm_build(python) != "cpu":
@@ -463,7 +463,15 @@ def test_throughput_asset_on_vllm_cpu(tmp_path, monkeypatch):
     # Every request shares the task's system prompt: with caching on, most prompt tokens are hits.
     assert on["memory"]["prefix_cache_hit_rate"] > 0.3
     assert not off["memory"]["prefix_cache_hit_rate"]
-    assert on["max_achieved_rps"] > 0 and off["max_achieved_rps"] > 0
+    points = ResultsStore().select(throughput_points, task="text2sql")  # shown where an assertion fails
+    for v in (on, off):
+        # Each variant was load-tested at the offered rate and measured a capacity there, unless the
+        # point was flagged as saying nothing about the server (the generator starved of CPU beside
+        # vLLM, six completions bunched in a 3 s window): then it is named and never counted (the
+        # caching-off variant read 0 req/s in CI on 2026-12-07, where a bare "> 0" failed).
+        assert v["offered_rates"] == [2.0], (v, points)
+        flagged = set(v["unreliable_rates"]) | set(v["client_bound_rates"])
+        assert (v["max_achieved_rps"] == 0) == (flagged == {2.0}), (v, points)
     # The load generator ran on the cores vLLM reserved for its frontend (where it reserved any).
     for v in (on, off):
         if v["load_generator_cpus"] is not None:
