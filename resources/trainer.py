@@ -19,11 +19,16 @@ is stopped when the step is interrupted.
 
 # No `from __future__ import annotations`: Dagster reads the resource field annotations at runtime.
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import dagster as dg
@@ -91,6 +96,68 @@ class TrainingJobError(RuntimeError):
     """The training job ended without reporting a result."""
 
 
+def complete_lines(path: str, should_stop: Callable[[], bool], poll_s: float = 0.01) -> Iterator[str]:
+    """The lines appended to ``path`` while a writer runs, each only once it is whole (ends in a
+    newline); after ``should_stop()`` the file is read to its end. A line its writer never finished
+    raises ``ValueError`` (the writer died in the middle of a message)."""
+    pending = ""
+    with open(path, encoding="utf-8") as stream:
+        while True:
+            chunk = stream.readline()
+            if chunk:
+                pending += chunk
+                if pending.endswith("\n"):
+                    yield pending
+                    pending = ""
+            elif should_stop():
+                break
+            else:
+                time.sleep(poll_s)
+    if pending.strip():
+        raise ValueError(f"{path}: the last Pipes message was never finished ({len(pending)} characters, no newline)")
+
+
+class WholeLineFileMessageReader(dg.PipesMessageReader):
+    """Dagster Pipes' temporary-file message reader, parsing a message only once its line is whole.
+
+    Dagster 1.13's ``PipesTempFileMessageReader`` tails the file with ``readline()`` and parses what
+    it returns, which is half a line when the reader catches the writer between two writes of one
+    message (the job's result, with its loss curve, is written in several): ``JSONDecodeError`` in
+    the reader thread, every later message lost and the step failed with "ended without reporting a
+    result" though the job had trained (CI of 2026-12-07). Same protocol, same writer
+    (``dagster_pipes``' default file writer); the job's stdout and stderr stay on the step's."""
+
+    @contextlib.contextmanager
+    def read_messages(self, handler: Any) -> Iterator[dict[str, Any]]:
+        from dagster_pipes import PipesDefaultMessageWriter
+
+        with tempfile.TemporaryDirectory(prefix="distil-pipes-") as tempdir:
+            path = os.path.join(tempdir, "messages")
+            open(path, "w", encoding="utf-8").close()
+            closed = threading.Event()
+            thread = threading.Thread(target=self._read, args=(path, handler, closed.is_set), daemon=True)
+            thread.start()
+            try:
+                yield {PipesDefaultMessageWriter.FILE_PATH_KEY: path,
+                       PipesDefaultMessageWriter.INCLUDE_STDIO_IN_MESSAGES_KEY: False}
+            finally:
+                closed.set()
+                thread.join()
+
+    @staticmethod
+    def _read(path: str, handler: Any, should_stop: Callable[[], bool]) -> None:
+        try:
+            for line in complete_lines(path, should_stop):
+                handler.handle_message(json.loads(line))
+        except Exception:
+            handler.report_pipes_framework_exception(f"{WholeLineFileMessageReader.__name__} reader thread",
+                                                     sys.exc_info())
+            raise
+
+    def no_messages_debug_text(self) -> str:
+        return "Attempted to read messages from a temporary file (whole lines only)."
+
+
 def k8s_pod_settings() -> dict[str, Any]:
     """Image, command and base pod spec of the training pod (``PipesK8sClient.run`` arguments):
     the GPU image, GPU requests/limits, node selector and tolerations of the GPU op tags."""
@@ -135,7 +202,7 @@ class TrainerResource(dg.ConfigurableResource):
             # error report is readable after a failed exit and becomes this step's error message.
             with dg.open_pipes_session(context=context, extras=params,
                                        context_injector=dg.PipesTempFileContextInjector(),
-                                       message_reader=dg.PipesTempFileMessageReader()) as session:
+                                       message_reader=WholeLineFileMessageReader()) as session:
                 returncode = _run_job([sys.executable, "-m", JOB_MODULE],
                                       training_env(session.get_bootstrap_env_vars()))
             messages = session.get_custom_messages()

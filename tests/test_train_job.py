@@ -36,6 +36,65 @@ def test_progress_lines():
     assert format_progress("t", {"event": "warning", "message": "cut"}) == ("warning", "t: cut")
 
 
+class _Handler:
+    """What a Pipes message reader hands messages and its own errors to."""
+
+    def __init__(self):
+        self.messages, self.errors = [], []
+
+    def handle_message(self, message):
+        self.messages.append(message)
+
+    def report_pipes_framework_exception(self, origin, exc_info):
+        self.errors.append(exc_info[1])
+
+
+def _read_while_writing(reader, pieces: list[str]) -> _Handler:
+    """``reader`` reads while its file receives ``pieces``, 0.2 s apart (the reader polls every 10 ms)."""
+    import time
+
+    handler = _Handler()
+    with reader.read_messages(handler) as params:
+        with open(params["path"], "a", encoding="utf-8") as out:
+            for piece in pieces:
+                out.write(piece)
+                out.flush()
+                time.sleep(0.2)
+    return handler  # the session has closed: its reader thread has been joined
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # Dagster's reader re-raises
+def test_a_pipes_message_written_in_pieces_is_read_once_whole():
+    """The training result reaches the message file in more than one write. Dagster's reader parsed the
+    first piece (JSONDecodeError, every later message lost: "the training job ended without reporting a
+    result" after it trained, CI of 2026-12-07); the step's reader waits for the newline."""
+    from distil_platform.resources.trainer import WholeLineFileMessageReader
+
+    result = {"method": "report_custom_message", "params": {"payload": {"loss_curve": list(range(3000))}}}
+    line = json.dumps({"__dagster_pipes_version": "0.1", **result}) + "\n"
+    log = json.dumps({"__dagster_pipes_version": "0.1", "method": "log", "params": {"message": "hi"}}) + "\n"
+    pieces = [log + line[:100], line[100:5000], line[5000:]]
+    ours = _read_while_writing(WholeLineFileMessageReader(), pieces)
+    assert ours.errors == [] and [m["method"] for m in ours.messages] == ["log", "report_custom_message"]
+    assert ours.messages[1]["params"]["payload"]["loss_curve"] == list(range(3000))
+    # Why the step does not use Dagster's own reader (dagster 1.13.27): it reads the half line. If this
+    # fails after an upgrade, Dagster's reader waits for whole lines and WholeLineFileMessageReader can go.
+    theirs = _read_while_writing(dg.PipesTempFileMessageReader(), pieces)
+    assert [type(e) for e in theirs.errors] == [json.JSONDecodeError]
+    assert [m["method"] for m in theirs.messages] == ["log"]
+
+
+def test_a_pipes_message_its_writer_never_finished_is_an_error_not_a_message(tmp_path):
+    from distil_platform.resources.trainer import complete_lines
+
+    path = tmp_path / "messages"
+    path.write_text('{"method": "log"}\n{"method": "report_cus', encoding="utf-8")
+    lines = complete_lines(str(path), lambda: True)
+    assert json.loads(next(lines)) == {"method": "log"}
+    with pytest.raises(ValueError, match="never finished"):
+        next(lines)
+
+
 def _fail_context():
     return dg.build_asset_context()
 
