@@ -52,8 +52,12 @@ def run_stub(port: int) -> None:
         await request.read()
         return web.Response(body=body, content_type="application/json")
 
+    async def health(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/health", health)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, backlog=1024)
 
 
@@ -61,15 +65,15 @@ def start_stub() -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    from distil_platform.serving.server import wait_until_healthy
+
     proc = subprocess.Popen([sys.executable, __file__, "--stub-server", str(port)])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"http://127.0.0.1:{port}/v1"
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("stub server did not start")
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}/health", 30, proc, interval_s=0.1)
+    except Exception:
+        proc.kill()
+        raise
+    return proc, f"http://127.0.0.1:{port}/v1"
 
 
 # -- CPU accounting: how much of the machine did *other* processes use? --------------------------

@@ -16,11 +16,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from distil_platform.serving.server import wait_until_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -79,18 +79,9 @@ def webserver(materialised_home):
                             stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/server_info", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                raise AssertionError("webserver did not start:\n" + (materialised_home / "webserver.log").read_text()[-3000:])
-            time.sleep(1)
+        # Raises with the exit code or the timeout, and the log's tail.
+        wait_until_healthy(f"{base}/server_info", 240, proc, log_path=materialised_home / "webserver.log",
+                           interval_s=1.0)
         yield base
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
